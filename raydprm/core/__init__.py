@@ -1,0 +1,1 @@
+"""Pure math on tensors (torch/numpy only): OT losses, label scales, Dirichlet updates, PPO math."""
