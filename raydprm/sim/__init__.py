@@ -1,0 +1,1 @@
+"""The simulated crowd: a synthetic world, persona judges, PBDE pairwise labels, LLM judges."""
