@@ -1,0 +1,5 @@
+import sys
+
+from raydprm.cli import main
+
+sys.exit(main())
