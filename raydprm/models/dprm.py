@@ -183,6 +183,14 @@ class RewardOutput:
     cvar: torch.Tensor
     entropy: torch.Tensor
 
+    def to_items(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        """One JSON-able dict per row: distribution keyed by label name, expected_reward,
+        reward (the configured scalar) and entropy."""
+        mu = self.distribution.tolist()
+        ex, sc, en = self.expected.tolist(), self.scalar.tolist(), self.entropy.tolist()
+        return [{"distribution": dict(zip(names, row)), "expected_reward": e, "reward": s, "entropy": h}
+                for row, e, s, h in zip(mu, ex, sc, en)]
+
 
 class DPRM(nn.Module):
     """Backbone + linear head over the labels of ``scale``. ``forward`` returns logits (B, L)."""
