@@ -248,6 +248,11 @@ class RewardConfig(Section):
     cvar_alpha: float = opt(0.2, doc="Level of the CVaR readout.", gt=0, le=1)
     kappa: float = opt(1.0, doc="Risk aversion of the mean - kappa * std readout.", ge=0)
     num_replicas: int = opt(1, doc="RewardActor replicas in the pool.", ge=1)
+    grad_clip: float = opt(1.0, doc="Gradient clipping norm; 0 = off.", ge=0)
+    eval_every: int = opt(0, doc="Optimizer steps between held-out evaluations; 0 = once per epoch.", ge=0)
+    bt_pairs_per_item: int = opt(4, doc="Bradley-Terry pairs drawn per item from the crowd's label distributions.", ge=1)
+    model_dir: str = opt("", doc="Trained reward model directory (read by eval, the reward actor and serve); empty = <run_dir>/reward/best.")
+    actor_num_cpus: float = opt(1.0, doc="CPUs reserved per RewardActor replica.", gt=0)
 
 
 @dataclass(frozen=True)
