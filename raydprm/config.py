@@ -312,6 +312,42 @@ class PPOConfig(Section):
     offload_params: bool = opt(False, doc="ZeRO-3 parameter offload to CPU.")
     precision: str = opt("fp32", doc="Training precision.", choices=("fp32", "bf16"))
     steps: int = opt(20, doc="PPO iterations of the pipeline.", ge=1)
+    reference: str = opt("", doc="Frozen reference model (dir or hub name); empty = the initial policy.")
+    critic_model: str = opt("", doc="Backbone of the separate critic (critic=separate); empty = the policy's.")
+    optimizer: str = opt("adamw", doc="adamw: torch AdamW as DeepSpeed's client optimizer (no JIT build); ds_adam: DeepSpeed's own Adam (CPUAdam/FusedAdam, JIT-built once).", choices=("adamw", "ds_adam"))
+    weight_decay: float = opt(0.0, doc="AdamW weight decay.", ge=0)
+    ds_jit_ops: bool = opt(False, doc="Let DeepSpeed JIT-build its optional CPU comm op (~2-3 min the first time); off = plain torch.distributed collectives.")
+    num_cpus_per_worker: float = opt(1.0, doc="CPUs reserved per learner actor.", gt=0)
+    num_gpus_per_worker: float = opt(0.0, doc="GPUs reserved per learner actor (NCCL when > 0).", ge=0)
+    dist_timeout_s: float = opt(600.0, doc="torch.distributed collective timeout of the learner group.", gt=0)
+
+    @property
+    def worker_minibatch(self) -> int:
+        """Rows of one minibatch that each learner worker processes."""
+        return self.minibatch // self.num_workers
+
+    @property
+    def worker_micro_batch(self) -> int:
+        """Rows per forward/backward on one worker (micro_batch, capped by the worker's share)."""
+        return min(self.micro_batch, self.worker_minibatch)
+
+    @property
+    def grad_accum(self) -> int:
+        """Micro-batches accumulated per optimizer step on each worker."""
+        return self.worker_minibatch // self.worker_micro_batch
+
+    def validate(self) -> None:
+        if self.rollout_batch % self.minibatch:
+            raise ConfigError(f"config key 'ppo.minibatch' = {self.minibatch} must divide ppo.rollout_batch = {self.rollout_batch}")
+        if self.minibatch % self.num_workers:
+            raise ConfigError(f"config key 'ppo.minibatch' = {self.minibatch} must be a multiple of ppo.num_workers = {self.num_workers}")
+        if self.worker_minibatch % self.worker_micro_batch:
+            raise ConfigError(f"config key 'ppo.micro_batch' = {self.micro_batch} must divide the per-worker minibatch "
+                              f"ppo.minibatch / ppo.num_workers = {self.worker_minibatch}")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError("config key 'ppo.offload_params' needs ppo.zero_stage = 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("config key 'ppo.offload_optimizer' needs ppo.zero_stage >= 1")
 
 
 @dataclass(frozen=True)

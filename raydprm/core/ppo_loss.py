@@ -1,0 +1,200 @@
+"""PPO losses on masked response tokens: clipped surrogate, clipped value loss, entropy
+bonus, and token-mean / sequence-mean aggregation.
+
+Shapes: ``B`` sequences, ``T`` response tokens, ``V`` vocabulary. ``mask`` (B, T) marks
+valid response tokens. Every loss returns ``(loss, stats)`` where stats are detached
+scalar tensors (call ``.item()`` only when logging).
+
+Clipped surrogate (Schulman et al. 2017, Eq. 7), ``rho_t = exp(logp_t - logp_old_t)``::
+
+    L_pg = max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps))
+
+Clipped value loss (as in OpenAI baselines' ppo2)::
+
+    V_clip = V_old + clip(V - V_old, -c, c)
+    L_v    = 1/2 max((V - R)^2, (V_clip - R)^2)
+
+Aggregation: ``token_mean`` = sum over all valid tokens / number of valid tokens;
+``seq_mean`` = mean over sequences of each sequence's token mean. For data-parallel
+training with gradient accumulation the caller passes ``denominator`` so that the sum of
+micro-batch losses equals the loss of the whole minibatch (see :func:`aggregate`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "AGGREGATIONS",
+    "aggregate",
+    "aggregate_naive",
+    "clipped_surrogate",
+    "clipped_surrogate_naive",
+    "clipped_value_loss",
+    "clipped_value_loss_naive",
+    "entropy_from_logits",
+    "entropy_from_logits_naive",
+    "entropy_bonus",
+    "token_logprobs",
+    "token_logprobs_naive",
+]
+
+
+def _token_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask.to(x.dtype)).sum()
+
+
+def _seq_mean_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(x.dtype)
+    return ((x * m).sum(1) / m.sum(1).clamp(min=1)).sum()
+
+
+# name -> (numerator over this micro-batch, default denominator)
+AGGREGATIONS = {
+    "token_mean": (_token_sum, lambda mask: mask.sum().clamp(min=1)),
+    "seq_mean": (_seq_mean_sum, lambda mask: torch.tensor(float(mask.shape[0]))),
+}
+
+
+def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
+              denominator: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce a (B, T) per-token quantity to a scalar.
+
+    ``token_mean``: ``sum_{b,t} m x / sum m``; ``seq_mean``: ``sum_b (sum_t m x / sum_t m) / B``.
+    ``denominator`` replaces the default ``sum m`` (token_mean) or ``B`` (seq_mean), e.g.
+    with the count over the whole distributed minibatch divided by the number of
+    (rank, micro-batch) pieces whose gradients the engine averages.
+    """
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation '{mode}'; expected one of {', '.join(AGGREGATIONS)}")
+    if x.shape != mask.shape:
+        raise ValueError(f"x {tuple(x.shape)} and mask {tuple(mask.shape)} differ in shape")
+    num, default_den = AGGREGATIONS[mode]
+    den = default_den(mask) if denominator is None else denominator
+    return num(x, mask) / den
+
+
+def aggregate_naive(x: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean") -> float:
+    """Reference twin of :func:`aggregate` (default denominator), with Python lists."""
+    rows = [[float(v) for v, k in zip(xr, mr) if k] for xr, mr in zip(x, mask)]
+    if mode == "token_mean":
+        flat = [v for r in rows for v in r]
+        return sum(flat) / max(len(flat), 1)
+    return sum(sum(r) / max(len(r), 1) for r in rows) / len(rows)
+
+
+def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                      mask: torch.Tensor, clip_ratio: float, agg: str = "token_mean",
+                      denominator: float | torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped policy loss (to minimise). Stats: ``clipfrac`` (fraction of valid tokens
+    whose clipped term is the active one), ``approx_kl`` (k3 estimate of KL(old || new)),
+    ``ratio`` (mean ratio)."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)  # rho_t
+    pg1 = -advantages * ratio
+    pg2 = -advantages * torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
+    pg = torch.max(pg1, pg2)  # (Eq. 7) pessimistic bound
+    loss = aggregate(pg, mask, agg, denominator)
+    with torch.no_grad():
+        m = mask.to(pg.dtype)
+        n = m.sum().clamp(min=1)
+        stats = {
+            "clipfrac": ((pg2 > pg1).to(pg.dtype) * m).sum() / n,
+            "approx_kl": ((torch.expm1(log_ratio) - log_ratio) * m).sum() / n,  # k3 of KL(old||new)
+            "ratio": (ratio * m).sum() / n,
+        }
+    return loss, stats
+
+
+def clipped_surrogate_naive(logprobs, old_logprobs, advantages, mask, clip_ratio: float) -> float:
+    """Reference twin of :func:`clipped_surrogate` (token_mean), one token at a time."""
+    import math
+
+    tot, n = 0.0, 0
+    for lp, lo, a, k in zip(logprobs.flatten().tolist(), old_logprobs.flatten().tolist(),
+                            advantages.flatten().tolist(), mask.flatten().tolist()):
+        if not k:
+            continue
+        r = math.exp(lp - lo)
+        rc = min(max(r, 1 - clip_ratio), 1 + clip_ratio)
+        tot += max(-a * r, -a * rc)
+        n += 1
+    return tot / max(n, 1)
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor, value_clip: float, agg: str = "token_mean",
+                       denominator: float | torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss (to minimise). Stats: ``vf_clipfrac``, ``value_mean``, ``value_error``."""
+    v_clip = old_values + torch.clamp(values - old_values, -value_clip, value_clip)
+    l1 = (values - returns) ** 2
+    l2 = (v_clip - returns) ** 2
+    loss = aggregate(0.5 * torch.max(l1, l2), mask, agg, denominator)
+    with torch.no_grad():
+        m = mask.to(values.dtype)
+        n = m.sum().clamp(min=1)
+        stats = {
+            "vf_clipfrac": ((l2 > l1).to(values.dtype) * m).sum() / n,
+            "value_mean": (values * m).sum() / n,
+            "value_error": (l1 * m).sum() / n,
+        }
+    return loss, stats
+
+
+def clipped_value_loss_naive(values, old_values, returns, mask, value_clip: float) -> float:
+    """Reference twin of :func:`clipped_value_loss` (token_mean), one token at a time."""
+    tot, n = 0.0, 0
+    for v, vo, r, k in zip(values.flatten().tolist(), old_values.flatten().tolist(),
+                           returns.flatten().tolist(), mask.flatten().tolist()):
+        if not k:
+            continue
+        vc = vo + min(max(v - vo, -value_clip), value_clip)
+        tot += 0.5 * max((v - r) ** 2, (vc - r) ** 2)
+        n += 1
+    return tot / max(n, 1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (B, T) of the categorical distributions given by ``logits`` (B, T, V)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)  # H = -sum_v p_v log p_v
+
+
+def entropy_from_logits_naive(logits: torch.Tensor) -> torch.Tensor:
+    """Reference twin of :func:`entropy_from_logits`: softmax then -sum p log p, with p > 0 only."""
+    p = torch.softmax(logits.double(), dim=-1)
+    h = torch.where(p > 0, -p * torch.log(p), torch.zeros_like(p)).sum(-1)
+    return h.to(torch.float32)
+
+
+def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float, agg: str = "token_mean",
+                  denominator: float | torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``-coef * aggregate(entropy)``: added to the loss it rewards higher entropy.
+    Stats: ``entropy`` (token-mean entropy)."""
+    loss = -coef * aggregate(entropy, mask, agg, denominator)
+    with torch.no_grad():
+        m = mask.to(entropy.dtype)
+        stats = {"entropy": (entropy * m).sum() / m.sum().clamp(min=1)}
+    return loss, stats
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[ids]``: (B, T, V), (B, T) -> (B, T), without materialising the
+    full (B, T, V) log-softmax (``logit[id] - logsumexp(logits)``)."""
+    logits = logits.float()
+    picked = torch.gather(logits, -1, ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def token_logprobs_naive(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Reference twin of :func:`token_logprobs`: the full log-softmax, then index."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    B, T = ids.shape
+    out = torch.empty(B, T, dtype=torch.float64)
+    for b in range(B):
+        for t in range(T):
+            out[b, t] = logp[b, t, int(ids[b, t])]
+    return out.float()
