@@ -1,1 +1,7 @@
 """Pure math on tensors (torch/numpy only): OT losses, label scales, Dirichlet updates, PPO math."""
+
+from raydprm.core.cost import COST_NAMES, cost_matrix, validate_cost  # noqa: F401
+from raydprm.core.dirichlet import dirichlet_mean, dirichlet_update, dirichlet_variance  # noqa: F401
+from raydprm.core.label_scale import LabelScale  # noqa: F401
+from raydprm.core.ot_loss import OT_METHODS, ot_loss, ot_loss_with_stats  # noqa: F401
+from raydprm.core.smoothing import SMOOTHINGS, targeted_smoothing  # noqa: F401
