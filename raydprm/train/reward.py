@@ -1,0 +1,410 @@
+"""Train a reward model on crowd preferences: the DPRM with the OT loss or the paper's
+baselines (Wasserstein, cross-entropy), or the Bradley-Terry scalar model on pairs.
+
+Losses (a registry, not a chain; ``reward.loss`` picks one):
+
+    ot           OT_M(mu_theta, t)   with the named cost M (``reward.cost``; exact or
+                                     Sinkhorn solver, ``reward.ot_method``)      (DPRM_OT)
+    wasserstein  W_1(mu_theta, t)    on label positions, i.e. OT with the ordinal cost
+                                     |i - j| (1-D closed form)                     (DPRM_W)
+    ce           -sum_i t_i log mu_theta,i                                        (DPRM_C)
+    bt           -log sigmoid(s(chosen) - s(rejected)) on pairs from the same crowd (BT-RM)
+
+Evaluation on held-out items (every ``reward.eval_every`` steps or once per epoch):
+mean OT distance under ``reward.cost`` (the same yardstick for every variant), CE,
+expected-reward error, top-label ECE, per persona; for BT pairwise accuracy and the
+rank correlation of its score with the crowd's expected reward. The best evaluation is
+kept in ``<out>/best``, the latest in ``<out>/last``; training stops after
+``reward.patience`` evaluations without improvement. Scalars go to TensorBoard under
+``reward/...`` and to ``<out>/metrics.jsonl``.
+
+Data parallel: if ``torch.distributed`` is initialised (Ray Train's TorchTrainer does it,
+see ``raydprm.cluster.reward_train``), the model is wrapped in DDP and each rank takes
+its slice of every global batch; every rank evaluates (so that early stopping agrees)
+and rank 0 writes checkpoints and logs. This module imports no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from raydprm.core.label_scale import LabelScale
+from raydprm.errors import RaydprmError
+from raydprm.train.reward_data import (PairExamples, RewardExamples, examples_from_dataset, pairs_from_targets,
+                                       split_examples)
+from raydprm.train.reward_metrics import distribution_metrics, persona_metrics, spearman
+
+__all__ = ["LOSSES", "RewardTrainResult", "resolve_cost", "make_loss", "train_reward", "evaluate_reward_model",
+           "select_device"]
+
+LOSSES = ("ot", "wasserstein", "ce", "bt")
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def resolve_cost(cost: str, scale: LabelScale) -> torch.Tensor:
+    """A cost matrix (L, L) by name (``raydprm.core.cost.COST_NAMES``) or from a .npy /
+    .yaml / .json file holding an L x L matrix (validated)."""
+    from raydprm.core.cost import COST_NAMES, cost_matrix, validate_cost
+
+    if cost in COST_NAMES and cost != "custom":
+        try:
+            return cost_matrix(cost, scale)
+        except ValueError as e:
+            raise RaydprmError(f"reward.cost = {cost!r}: {e}") from None
+    p = Path(cost)
+    if not p.is_file():
+        raise RaydprmError(f"reward.cost = {cost!r} is neither a cost name "
+                           f"({', '.join(c for c in COST_NAMES if c != 'custom')}) nor an existing matrix file")
+    try:
+        if p.suffix == ".npy":
+            m = np.load(p)
+        else:
+            import yaml
+
+            m = np.asarray(yaml.safe_load(p.read_text()), dtype=np.float64)
+        return validate_cost(m, scale.num_labels).to(torch.float64)
+    except (ValueError, TypeError) as e:
+        raise RaydprmError(f"reward.cost file '{p}': {e}") from None
+
+
+def _ot_loss(logits, target, cost, method, **kw):
+    from raydprm.core.ot_loss import ot_loss
+
+    out = ot_loss(logits, target, cost, method=method, from_logits=True, reduction="mean", **kw)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def make_loss(reward_cfg, scale: LabelScale) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The distributional training loss of ``reward_cfg.loss``: (logits (B, L), target (B, L)) -> scalar."""
+    from raydprm.core.cost import cost_matrix
+
+    name = reward_cfg.loss
+    if name == "ot":
+        M = resolve_cost(reward_cfg.cost, scale)
+        if reward_cfg.ot_method == "sinkhorn":
+            kw = dict(eps=reward_cfg.sinkhorn_eps, max_iters=reward_cfg.sinkhorn_iters, tol=reward_cfg.sinkhorn_tol)
+            return lambda z, t: _ot_loss(z, t, M.to(z.device), "sinkhorn", **kw)
+        return lambda z, t: _ot_loss(z, t, M.to(z.device), "exact")
+    if name == "wasserstein":
+        M = cost_matrix("ordinal", scale)  # W1 on label positions (the paper's DPRM_W)
+        return lambda z, t: _ot_loss(z, t, M.to(z.device), "wasserstein")
+    if name == "ce":
+        M = cost_matrix("ordinal", scale)  # unused by CE; the API takes a cost
+        return lambda z, t: _ot_loss(z, t, M.to(z.device), "ce")
+    raise RaydprmError(f"reward.loss = {name!r} is not a distributional loss; choose one of ot, wasserstein, ce")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def select_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RaydprmError("run.device = 'cuda' but no CUDA device is available")
+    return torch.device(device)
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _Logger:
+    """TensorBoard + metrics.jsonl on rank 0; a no-op elsewhere."""
+
+    def __init__(self, out_dir: Path | None, tb_dir: Path | None, active: bool):
+        self.active = active and out_dir is not None
+        self.writer = None
+        self.jsonl = None
+        if self.active:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.jsonl = open(out_dir / "metrics.jsonl", "a")
+            if tb_dir is not None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(tb_dir))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if not self.active:
+            return
+        if self.writer is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.writer.add_scalar(k, v, step)
+        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+
+
+def _flatten(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(_flatten(f"{prefix}{k}/", v))
+        elif isinstance(v, (int, float)):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_reward_model(model, data: RewardExamples, scale: LabelScale, cost: torch.Tensor,
+                          pairs: PairExamples | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """Held-out metrics of a DPRM or BT model (see ``reward_metrics``); BT gets pairwise ones."""
+    rewards = scale.reward_tensor()
+    target_er = (data.targets.double() @ rewards).tolist()
+    if getattr(model, "kind", "dprm") == "bt":
+        out: dict[str, Any] = {}
+        s = model.score(data.prompts, data.responses, batch_size=batch_size)
+        out["rank_corr"] = spearman(s.tolist(), target_er)
+        if pairs is not None and len(pairs):
+            sc = model.score(pairs.chosen_prompts, pairs.chosen, batch_size=batch_size)
+            sr = model.score(pairs.rejected_prompts, pairs.rejected, batch_size=batch_size)
+            d = sc - sr
+            out["pair_accuracy"] = float((d > 0).double().mean())
+            out["bt_loss"] = float(-torch.nn.functional.logsigmoid(d).mean())
+        return out
+    res = model.score(data.prompts, data.responses, batch_size=batch_size)
+    mu = res.distribution.double()  # (N, L)
+    out = distribution_metrics(mu, data.targets, rewards, cost)
+    out["rank_corr"] = spearman(res.expected.tolist(), target_er)
+    per = persona_metrics(mu, data.persona_names, data.persona_counts, rewards, cost)
+    if per:
+        out["persona"] = per
+    return out
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class RewardTrainResult:
+    """Where the trained model is and how it did."""
+
+    best_dir: Path | None
+    last_dir: Path | None
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    epochs: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"best_dir": str(self.best_dir) if self.best_dir else None,
+                "last_dir": str(self.last_dir) if self.last_dir else None,
+                "best_metrics": self.best_metrics, "steps": self.steps, "epochs": self.epochs,
+                "stopped_early": self.stopped_early, "seconds": self.seconds, "history": self.history}
+
+
+def _selection(loss: str, metrics: dict[str, Any]) -> float:
+    """Lower is better: held-out OT distance for a DPRM, held-out BT loss for BT."""
+    if loss == "bt":
+        return metrics.get("bt_loss", -metrics.get("rank_corr", 0.0))
+    return metrics["ot_distance"]
+
+
+def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir: str | os.PathLike[str] | None,
+                 seed: int = 0, device: str = "auto", cache_dir: str | None = None, dtype: str = "float32",
+                 trust_remote_code: bool = False, eval_data: RewardExamples | None = None,
+                 pairs: PairExamples | None = None, tb_dir: str | os.PathLike[str] | None = "default",
+                 on_eval: Callable[[dict[str, Any]], None] | None = None,
+                 progress: bool = True) -> RewardTrainResult:
+    """Train a reward model on ``data`` (a store export ``datasets.Dataset`` or
+    :class:`RewardExamples`) with ``reward_cfg`` (a ``RewardConfig``).
+
+    ``eval_data``: held-out items (default: a seeded ``reward.eval_fraction`` split).
+    ``pairs``: explicit BT pairs (default for ``loss = bt``: drawn from the crowd's label
+    distributions of the training items, ``reward.bt_pairs_per_item`` per item).
+    ``on_eval(record)`` is called on every rank after each evaluation (Ray Train reports
+    from it). Returns a :class:`RewardTrainResult`; ``best_dir`` holds the best model.
+    """
+    t0 = time.perf_counter()
+    rank, world = _dist_info()
+    if reward_cfg.loss not in LOSSES:
+        raise RaydprmError(f"reward.loss = {reward_cfg.loss!r}; choose one of {', '.join(LOSSES)}")
+    if not isinstance(data, RewardExamples):
+        data = examples_from_dataset(data, scale.num_labels)
+    if eval_data is None:
+        train_ex, eval_ex = split_examples(data, reward_cfg.eval_fraction, seed)
+    else:
+        train_ex, eval_ex = data, eval_data
+    is_bt = reward_cfg.loss == "bt"
+    eval_cost = resolve_cost(reward_cfg.cost, scale)
+    eval_pairs = None
+    if is_bt:
+        if pairs is None:
+            train_pairs = pairs_from_targets(train_ex, scale.rewards, reward_cfg.bt_pairs_per_item, seed)
+            eval_pairs = pairs_from_targets(eval_ex, scale.rewards, reward_cfg.bt_pairs_per_item, seed + 1)
+        else:
+            perm = np.random.default_rng(seed).permutation(len(pairs))
+            k = max(1, int(round(reward_cfg.eval_fraction * len(pairs))))
+            train_pairs, eval_pairs = pairs.subset(sorted(perm[k:])), pairs.subset(sorted(perm[:k]))
+        n_train = len(train_pairs)
+        if n_train == 0:
+            raise RaydprmError("no Bradley-Terry pairs could be drawn (all items have the same reward?)")
+        loss_fn = None
+    else:
+        n_train = len(train_ex)
+        loss_fn = make_loss(reward_cfg, scale)
+        train_targets = train_ex.targets.float()
+
+    dev = select_device(device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    _seed_all(seed)
+    if is_bt:
+        from raydprm.models.bt import BTRewardModel
+
+        model = BTRewardModel.from_backbone(backbone, scale, reward_cfg.max_length, cache_dir, dtype,
+                                            trust_remote_code, seed=seed)
+    else:
+        from raydprm.models.dprm import DPRM
+
+        model = DPRM.from_backbone(backbone, scale, reward_cfg.max_length, cache_dir, dtype,
+                                   trust_remote_code, seed=seed)
+    model.to(dev)
+    train_module: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_module = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    opt = torch.optim.AdamW(model.parameters(), lr=reward_cfg.lr, weight_decay=reward_cfg.weight_decay)
+
+    bs = reward_cfg.batch_size
+    if bs < world:
+        raise RaydprmError(f"reward.batch_size = {bs} is smaller than reward.num_workers = {world}")
+    steps_per_epoch = max(1, math.ceil(n_train / bs))
+    total = steps_per_epoch * reward_cfg.epochs
+    eval_every = reward_cfg.eval_every or steps_per_epoch
+    out = Path(out_dir) if out_dir is not None else None
+    tb = None
+    if out is not None and tb_dir is not None:
+        tb = out / "tb" if tb_dir == "default" else Path(tb_dir)
+    log = _Logger(out, tb, active=rank == 0)
+    best_dir = out / "best" if out is not None else None
+    last_dir = out / "last" if out is not None else None
+
+    history: list[dict[str, Any]] = []
+    best_score, best_metrics, bad_evals, step, stopped = math.inf, {}, 0, 0, False
+    rng = np.random.default_rng(seed)
+    bar = tqdm(total=total, desc=f"reward[{reward_cfg.loss}]", disable=not progress or rank != 0,
+               dynamic_ncols=True)
+    epoch = 0
+    try:
+        for epoch in range(1, reward_cfg.epochs + 1):
+            order = rng.permutation(n_train)  # same on every rank (same seed)
+            for b in range(steps_per_epoch):
+                idx = order[b * bs:(b + 1) * bs][rank::world]  # this rank's slice of the global batch
+                model.train()
+                if is_bt:
+                    sub = train_pairs.subset(idx)
+                    n = len(sub)
+                    enc = model.backbone.tokenize(sub.chosen_prompts + sub.rejected_prompts, sub.chosen + sub.rejected)
+                    s = train_module(enc["input_ids"].to(dev), enc["attention_mask"].to(dev))  # (2n,)
+                    loss = -torch.nn.functional.logsigmoid(s[:n] - s[n:]).mean()  # BT: -log sigma(s_c - s_r)
+                else:
+                    enc = model.backbone.tokenize([train_ex.prompts[i] for i in idx],
+                                                  [train_ex.responses[i] for i in idx])
+                    z = train_module(enc["input_ids"].to(dev), enc["attention_mask"].to(dev))  # (B, L)
+                    loss = loss_fn(z, train_targets[idx].to(dev))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = None
+                if reward_cfg.grad_clip > 0:
+                    gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), reward_cfg.grad_clip))
+                opt.step()
+                step += 1
+                lv = float(loss.detach())
+                if not math.isfinite(lv):
+                    raise RaydprmError(f"reward training diverged at step {step} (loss = {lv}); lower reward.lr")
+                scal = {"reward/train_loss": lv, "reward/lr": reward_cfg.lr, "reward/epoch": epoch}
+                if gnorm is not None:
+                    scal["reward/grad_norm"] = gnorm
+                log.scalars(step, scal)
+                bar.update(1)
+                bar.set_postfix(loss=f"{lv:.4f}", epoch=epoch)
+                if step % eval_every == 0 or step == total:
+                    metrics = evaluate_reward_model(model, eval_ex, scale, eval_cost, eval_pairs)
+                    score = _selection(reward_cfg.loss, metrics)
+                    improved = score < best_score - 1e-9
+                    record = {"step": step, "epoch": epoch, "train_loss": lv, "eval": metrics,
+                              "improved": improved}
+                    history.append(record)
+                    log.scalars(step, _flatten("reward/eval_", metrics))
+                    if improved:
+                        best_score, best_metrics, bad_evals = score, metrics, 0
+                        if rank == 0 and best_dir is not None:
+                            model.save(best_dir)
+                    else:
+                        bad_evals += 1
+                    if rank == 0 and last_dir is not None:
+                        model.save(last_dir)
+                        torch.save({"optimizer": opt.state_dict(), "step": step, "epoch": epoch},
+                                   last_dir / "trainer_state.pt")
+                    if on_eval is not None:
+                        on_eval(record)
+                    if reward_cfg.patience and bad_evals >= reward_cfg.patience:
+                        stopped = True
+                        break
+            if stopped:
+                break
+    finally:
+        bar.close()
+        log.close()
+    result = RewardTrainResult(best_dir=best_dir, last_dir=last_dir, best_metrics=best_metrics, history=history,
+                               steps=step, epochs=epoch, stopped_early=stopped,
+                               seconds=time.perf_counter() - t0)
+    if rank == 0 and out is not None:
+        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    result.model = model  # type: ignore[attr-defined]  # the final in-memory model (not the best)
+    return result
+
+
+def load_examples_for_eval(data, scale: LabelScale) -> RewardExamples:
+    """A store export or records -> examples (all of them: eval uses every item given)."""
+    if isinstance(data, RewardExamples):
+        return data
+    return examples_from_dataset(data, scale.num_labels)
+
+
+def evaluate_checkpoint(model_dir: str | os.PathLike[str], data, scale: LabelScale, cost: str = "reward_gap",
+                        pairs_per_item: int = 4, seed: int = 0) -> dict[str, Any]:
+    """Load a saved reward model and evaluate it on every item of ``data``."""
+    from raydprm.models.dprm import load_reward_model
+
+    ex = load_examples_for_eval(data, scale)
+    model = load_reward_model(model_dir, scale)
+    pairs = pairs_from_targets(ex, scale.rewards, pairs_per_item, seed) if model.kind == "bt" else None
+    return evaluate_reward_model(model, ex, scale, resolve_cost(cost, scale), pairs)
+
