@@ -1,0 +1,305 @@
+"""The pure half of weight sync (no ray): buckets, manifests, checksums and the probe.
+
+A learner publishes a new policy as a :class:`WeightManifest` (version, and per tensor:
+name, dtype, shape, SHA-256 of its bytes) plus a stream of *buckets*: safetensors-encoded
+groups of tensors of bounded size. A generator stages the buckets with a
+:class:`WeightStager`, which checks every received tensor against the manifest as it
+arrives and refuses to hand out an incomplete set, so a corrupted or partial sync is
+caught before it touches the model. After loading, the generator scores a fixed probe
+sequence and :func:`check_probe` compares its logprobs with the learner's: this catches
+what checksums cannot (a tensor loaded under the wrong name, a tied output layer left
+stale, a dtype cast gone wrong).
+
+Learner side::
+
+    manifest = build_manifest(policy.state_dict(), version)
+    buckets = iter_buckets(policy.state_dict(), bucket_bytes=64 << 20)
+    probe = probe_logprobs(policy, probe_sequence(vocab_size, 32))
+
+Generator side::
+
+    stager = WeightStager(manifest)
+    for payload in buckets: stager.add(payload)
+    engine.load_weights(stager.complete())
+    check_probe(probe, engine.score([probe_ids])[0], tolerance, manifest.version)
+
+Send the full ``state_dict()``: for models with tied embeddings (GPT-2) it holds both
+``transformer.wte.weight`` and ``lm_head.weight``, and engines that keep a separate
+packed copy of the output layer (vLLM on CPU) need both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from raydprm.errors import RaydprmError
+
+PROBE_SEED = 20240601
+
+
+class WeightSyncError(RaydprmError):
+    """A weight sync failed verification (checksum, completeness, probe) or timed out."""
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's raw bytes (any dtype, any device; bit-exact, order-free)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    flat = t.contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return hashlib.sha256(b"").hexdigest()
+    return hashlib.sha256(flat.view(torch.uint8).numpy().data).hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    digest: str
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
+
+
+@dataclass(frozen=True)
+class WeightManifest:
+    """What a sync must deliver: version + name/dtype/shape/digest of every tensor."""
+
+    version: int
+    tensors: tuple[TensorInfo, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def digest(self) -> str:
+        """One checksum of the whole state (digest of the per-tensor digests, by name)."""
+        return combine_digests({t.name: t.digest for t in self.tensors})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for RPC layers that only carry builtins)."""
+        return {"version": self.version, "tensors": [asdict(t) for t in self.tensors]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> WeightManifest:
+        return cls(int(d["version"]), tuple(TensorInfo(t["name"], t["dtype"], tuple(t["shape"]), t["digest"])
+                                             for t in d["tensors"]))
+
+
+def combine_digests(digests: Mapping[str, str]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(digests):
+        h.update(name.encode())
+        h.update(b"\0")
+        h.update(digests[name].encode())
+    return h.hexdigest()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def build_manifest(state_dict: Mapping[str, torch.Tensor], version: int) -> WeightManifest:
+    """Manifest of a state dict (hashes every tensor once: ~1 s per GB on one core)."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise WeightSyncError(f"weight version must be an integer >= 0, got {version!r}")
+    if not state_dict:
+        raise WeightSyncError("cannot sync an empty state dict")
+    infos = []
+    for name, t in state_dict.items():
+        if not isinstance(t, torch.Tensor):
+            raise WeightSyncError(f"state dict entry '{name}' is a {type(t).__name__}, not a tensor")
+        infos.append(TensorInfo(name, _dtype_name(t.dtype), tuple(t.shape), tensor_digest(t)))
+    return WeightManifest(version, tuple(infos))
+
+
+# --------------------------------------------------------------------------- buckets
+
+
+def encode_bucket(tensors: Mapping[str, torch.Tensor]) -> bytes:
+    """safetensors bytes of a group of tensors (tensors sharing storage are copied)."""
+    from safetensors.torch import save
+
+    seen: set[int] = set()
+    plain = {}
+    for name, t in tensors.items():
+        t = t.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen or not t.is_contiguous():
+            t = t.clone()  # tied weights (GPT-2 wte/lm_head) share storage; safetensors refuses that
+        seen.add(ptr)
+        plain[name] = t.contiguous()
+    return save(plain)
+
+
+def decode_bucket(payload: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    try:
+        return load(bytes(payload))
+    except Exception as e:  # safetensors raises its own error types
+        raise WeightSyncError(f"a weight bucket could not be decoded ({type(e).__name__}: {e})") from None
+
+
+def iter_buckets(state_dict: Mapping[str, torch.Tensor], bucket_bytes: int) -> Iterator[bytes]:
+    """Encoded buckets of at most ``bucket_bytes`` each (one bigger tensor goes alone)."""
+    if bucket_bytes < 1:
+        raise WeightSyncError(f"bucket size must be >= 1 byte, got {bucket_bytes}")
+    group: dict[str, torch.Tensor] = {}
+    size = 0
+    for name, t in state_dict.items():
+        nb = t.numel() * t.element_size()
+        if group and size + nb > bucket_bytes:
+            yield encode_bucket(group)
+            group, size = {}, 0
+        group[name] = t
+        size += nb
+    if group:
+        yield encode_bucket(group)
+
+
+@dataclass
+class StageReport:
+    """What the receiving side saw: tensors, bytes, checksum of received tensors, time."""
+
+    version: int
+    num_tensors: int
+    nbytes: int
+    digest: str
+    seconds: float = 0.0
+    probe_max_diff: float | None = None
+    transport: str = ""
+    replica: int = -1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class WeightStager:
+    """Receives buckets for one manifest; verifies each tensor as it arrives.
+
+    ``add`` raises :class:`WeightSyncError` on an undecodable bucket, an unexpected or
+    duplicate name, a dtype/shape mismatch or a checksum mismatch; ``complete`` raises if
+    any tensor of the manifest is missing. Nothing is loaded into a model here.
+    """
+
+    def __init__(self, manifest: WeightManifest | Mapping[str, Any]) -> None:
+        if not isinstance(manifest, WeightManifest):
+            manifest = WeightManifest.from_dict(manifest)
+        self.manifest = manifest
+        self._expected = {t.name: t for t in manifest.tensors}
+        self._staged: dict[str, torch.Tensor] = {}
+        self._digests: dict[str, str] = {}
+        self.nbytes = 0
+        self.started = time.perf_counter()
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def add(self, payload: bytes | Mapping[str, torch.Tensor]) -> list[str]:
+        """Stage one bucket (encoded bytes or a name->tensor mapping); returns its names."""
+        tensors = decode_bucket(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else payload
+        v = self.manifest.version
+        for name, t in tensors.items():
+            info = self._expected.get(name)
+            if info is None:
+                raise WeightSyncError(f"weight sync v{v}: received tensor '{name}' that is not in the manifest")
+            if name in self._staged:
+                raise WeightSyncError(f"weight sync v{v}: tensor '{name}' received twice")
+            if _dtype_name(t.dtype) != info.dtype or tuple(t.shape) != info.shape:
+                raise WeightSyncError(f"weight sync v{v}: tensor '{name}' arrived as {_dtype_name(t.dtype)}"
+                                      f"{tuple(t.shape)}; the manifest says {info.dtype}{info.shape}")
+            d = tensor_digest(t)
+            if d != info.digest:
+                raise WeightSyncError(f"weight sync v{v}: checksum mismatch on tensor '{name}' "
+                                      f"(received {d[:12]}, sent {info.digest[:12]}): the weights were corrupted in transit")
+            self._staged[name] = t
+            self._digests[name] = d
+            self.nbytes += t.numel() * t.element_size()
+        return list(tensors)
+
+    @property
+    def missing(self) -> list[str]:
+        return [n for n in self._expected if n not in self._staged]
+
+    def complete(self) -> list[tuple[str, torch.Tensor]]:
+        """All staged tensors in manifest order; raises if the sync is partial."""
+        missing = self.missing
+        if missing:
+            raise WeightSyncError(f"partial weight sync v{self.manifest.version}: {len(missing)} of "
+                                  f"{len(self._expected)} tensors never arrived (e.g. {', '.join(missing[:3])})")
+        return [(n, self._staged[n]) for n in self._expected]
+
+    def report(self) -> StageReport:
+        return StageReport(self.manifest.version, len(self._staged), self.nbytes, combine_digests(self._digests),
+                           time.perf_counter() - self.started)
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+def probe_sequence(vocab_size: int, length: int = 32, seed: int = PROBE_SEED) -> list[int]:
+    """The fixed probe: ``length`` token ids drawn uniformly below ``vocab_size`` (seeded).
+
+    Uniform random tokens exercise every row of the embedding and output layers with
+    non-trivial probability, unlike natural text on a tiny model.
+    """
+    if vocab_size < 2 or length < 2:
+        raise WeightSyncError(f"probe needs vocab_size >= 2 and length >= 2, got {vocab_size}, {length}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (length,), generator=g).tolist()
+
+
+def probe_logprobs(model: torch.nn.Module, probe_ids: Sequence[int]) -> list[float]:
+    """The learner's side of the probe: teacher-forced raw logprobs of the probe sequence."""
+    from raydprm.rollout.hf_engine import teacher_forced_logprobs
+
+    was_training = model.training
+    model.eval()
+    try:
+        return teacher_forced_logprobs(model, [list(probe_ids)])[0]
+    finally:
+        model.train(was_training)
+
+
+def check_probe(expected: Sequence[float], got: Sequence[float], tolerance: float, version: int) -> float:
+    """Max |expected - got|; raises :class:`WeightSyncError` when it exceeds ``tolerance``."""
+    if len(expected) != len(got):
+        raise WeightSyncError(f"weight sync v{version}: probe has {len(got)} logprobs, expected {len(expected)} "
+                              "(learner and generator used different probe sequences)")
+    diffs = [abs(float(a) - float(b)) for a, b in zip(expected, got)]
+    worst = max(diffs) if diffs else 0.0
+    if not worst <= tolerance:  # also catches NaN
+        raise WeightSyncError(f"weight sync v{version}: the generator's probe logprobs differ from the learner's by "
+                              f"{worst:.3g} (tolerance {tolerance:g}): the weights arrived but the engine does not "
+                              "compute the learner's model (stale tied/packed layer, wrong names or dtype?)")
+    return worst
+
+
+def stage_all(manifest: WeightManifest, payloads: Iterable[bytes]) -> tuple[list[tuple[str, torch.Tensor]], StageReport]:
+    """Stage and verify every bucket; the complete verified tensors and the report."""
+    stager = WeightStager(manifest)
+    for p in payloads:
+        stager.add(p)
+    return stager.complete(), stager.report()
