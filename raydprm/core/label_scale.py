@@ -42,7 +42,7 @@ def check_distribution(mu: torch.Tensor, num_labels: int | None = None, name: st
         raise ValueError(f"{name} has non-finite entries")
     if bool((mu < 0).any()):
         raise ValueError(f"{name} has negative entries (min {float(mu.min()):.3g}); expected probabilities")
-    dev = (mu.sum(-1) - 1).abs()
+    dev = (mu.detach().sum(-1) - 1).abs()
     if dev.numel() and float(dev.max()) > atol:
         raise ValueError(f"{name} rows must sum to 1 (max deviation {float(dev.max()):.3g} > {atol}); "
                          "pass logits with from_logits=True or normalise first")

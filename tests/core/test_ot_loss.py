@@ -1,0 +1,195 @@
+"""OT losses against POT (ot.emd2) and the paper's facts."""
+
+import math
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from raydprm.core import OT_METHODS, LabelScale, cost_matrix, ot_loss, ot_loss_with_stats
+from raydprm.core.ot_exact import MAX_VERTEX_LABELS
+from raydprm.core.ot_loss import exact_ot, wasserstein_cost
+
+F64 = torch.float64
+
+
+def _scale(L, seed):
+    """L labels with random rewards (one tie when L >= 3) on a 2-row grid."""
+    g = torch.Generator().manual_seed(seed)
+    r = (torch.randint(-6, 3, (L,), generator=g) * 0.5).tolist()
+    if L >= 3:
+        r[2] = r[1]
+    cols = math.ceil(L / 2)
+    grid = [(i % cols, i // cols) for i in range(L)]
+    return LabelScale(names=[f"l{i}" for i in range(L)], rewards=r, grid=grid)
+
+
+def _costs(L, seed):
+    s = _scale(L, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    A = torch.rand(L, L, generator=g, dtype=F64)
+    custom = (A + 0.3 * A.T).fill_diagonal_(0)  # not symmetric: a general cost
+    return {
+        "reward_gap": cost_matrix("reward_gap", s),
+        "reward_gap_p2": cost_matrix("reward_gap", s, p=2),
+        "ordinal": cost_matrix("ordinal", s),
+        "ordinal_p2": cost_matrix("ordinal", s, p=2),
+        "ordinal_sqrt": cost_matrix("ordinal", s, p=0.5),  # concave: general solver
+        "grid_l1": cost_matrix("grid_l1", s),
+        "custom": cost_matrix("custom", s, matrix=custom),
+    }
+
+
+def _batch(L, seed, n=8):
+    """Random preds; targets: random, one-hot and with zero-mass labels."""
+    g = torch.Generator().manual_seed(seed)
+    pred = torch.softmax(2 * torch.randn(3 * n, L, generator=g, dtype=F64), -1)
+    tgt = torch.softmax(2 * torch.randn(3 * n, L, generator=g, dtype=F64), -1)
+    tgt[n : 2 * n] = torch.nn.functional.one_hot(torch.randint(0, L, (n,), generator=g), L).to(F64)
+    zero = torch.rand(n, L, generator=g) < 0.5
+    zero[:, 0] = False
+    tgt[2 * n :] = torch.where(zero, 0.0, tgt[2 * n :])
+    tgt[2 * n :] /= tgt[2 * n :].sum(1, keepdim=True)
+    return pred, tgt
+
+
+def _pot(pred, tgt, M):
+    vals, grads = [], []
+    for i in range(pred.shape[0]):
+        a = pred[i].clone().requires_grad_(True)
+        v = ot.emd2(a, tgt[i], M)
+        v.backward()
+        vals.append(float(v))
+        grads.append(a.grad.clone())
+    return torch.tensor(vals, dtype=F64), torch.stack(grads)
+
+
+@pytest.mark.parametrize("L", range(2, 11))
+def test_exact_matches_pot_value_and_gradient(L):
+    pred, tgt = _batch(L, L)
+    n = pred.shape[0] // 3
+    costs = _costs(L, L)
+    if L >= 9:  # enumerating 12870 / 48620 dual vertices costs seconds per matrix: fewer kinds
+        costs = {k: costs[k] for k in ("reward_gap", "ordinal_p2", "grid_l1" if L == 9 else "custom")}
+    for name, M in costs.items():
+        p = pred.clone().requires_grad_(True)
+        val = ot_loss(p, tgt, M, method="exact", reduction="none")
+        val.sum().backward()
+        ref, ref_grad = _pot(pred, tgt, M)
+        assert torch.allclose(val.detach(), ref, atol=1e-9, rtol=0), name
+        # our gradient is an optimal dual: with g = its c-transform the dual value is OT
+        f = p.grad
+        g_ct = (M[None] - f[:, :, None]).min(1).values  # (B, L) g_j = min_i M_ij - f_i
+        dual = (f * pred).sum(1) + (g_ct * tgt).sum(1)
+        assert torch.allclose(dual, ref, atol=1e-9, rtol=0), name
+        assert torch.allclose(f.sum(1), torch.zeros(len(f), dtype=F64), atol=1e-9)  # centred
+        # full-support rows: the dual is unique for a generic cost, so it equals POT's
+        if name in ("custom", "ordinal", "ordinal_p2"):
+            assert torch.allclose(f[:n], ref_grad[:n], atol=1e-9, rtol=0), name
+
+
+def test_gradient_reaches_logits_and_matches_pot_chain():
+    M = cost_matrix("grid_l1", LabelScale.hh())
+    pred, tgt = _batch(6, 0)
+    z = torch.log(pred).clone().requires_grad_(True)
+    ot_loss(z, tgt, M, method="exact", from_logits=True, reduction="sum").backward()
+    z2 = z.detach().clone().requires_grad_(True)
+    p2 = torch.softmax(z2, 1)
+    sum(ot.emd2(p2[i], tgt[i], M) for i in range(len(tgt))).backward()
+    assert torch.allclose(z.grad, z2.grad, atol=1e-9)
+
+
+def test_general_fallback_above_vertex_limit():
+    L = MAX_VERTEX_LABELS + 1
+    pred, tgt = _batch(L, 1, n=2)
+    M = _costs(L, 1)["custom"]
+    val, stats = ot_loss_with_stats(pred, tgt, M, method="exact", reduction="none")
+    assert stats["solver"] == "pot_emd"
+    assert torch.allclose(val, _pot(pred, tgt, M)[0], atol=1e-9)
+
+
+@pytest.mark.parametrize("cost_name", ["reward_gap", "ordinal", "grid_l1", "custom"])
+def test_metric_facts(cost_name):
+    L = 6
+    M = _costs(L, 3)[cost_name]
+    pred, tgt = _batch(L, 5)
+    zero = ot_loss(pred, pred, M, method="exact", reduction="none")
+    assert torch.all(zero.abs() < 1e-12)  # W(mu, mu) = 0
+    div = ot_loss(pred, pred, M, method="sinkhorn_divergence", reduction="none", eps=0.05)
+    assert torch.all(div.abs() < 1e-6)  # the unbiased divergence too
+    # W(delta_a, delta_b) = M_ab for every pair
+    eye = torch.eye(L, dtype=F64)
+    a = eye.repeat_interleave(L, 0)
+    b = eye.repeat(L, 1)
+    d = ot_loss(a, b, M, method="exact", reduction="none").reshape(L, L)
+    assert torch.allclose(d, M, atol=1e-12)
+    # symmetry when the cost is symmetric; transposed cost when it is not
+    fwd = ot_loss(pred, tgt, M, method="exact", reduction="none")
+    bwd = ot_loss(tgt, pred, M.T.contiguous(), method="exact", reduction="none")
+    assert torch.allclose(fwd, bwd, atol=1e-12)
+
+
+def test_ot_to_ideal_is_reward_gap_to_best():
+    """Paper: with M_{j,best} = r_best - r_j, OT(mu, delta_best) = r_best - E_mu[r]."""
+    s = LabelScale.hh()
+    M = cost_matrix("reward_gap", s)
+    mu, _ = _batch(6, 7)
+    ideal = torch.nn.functional.one_hot(torch.full((len(mu),), s.best_label), 6).to(F64)
+    for method in ("exact", "closed_form"):
+        val = ot_loss(mu, ideal, M, method=method, reduction="none")
+        assert torch.allclose(val, max(s.rewards) - s.expected_reward(mu), atol=1e-12)
+    g = cost_matrix("grid_l1", s)  # holds for the general solver too with the reward-gap cost
+    assert not torch.equal(g, M)
+    val = exact_ot(mu, ideal, M + 0)[0]
+    assert torch.allclose(val, max(s.rewards) - s.expected_reward(mu), atol=1e-12)
+
+
+def test_ce_is_blind_to_geometry_ot_is_not():
+    """The paper's example: [0.9, 0.1, 0...] vs [0.9, 0, 0.1, ...] vs [0.9, 0, ..., 0.1]."""
+    preds = torch.tensor([[0.9, 0.1, 0, 0, 0, 0], [0.9, 0, 0.1, 0, 0, 0], [0.9, 0, 0, 0, 0, 0.1]], dtype=F64)
+    tgt = torch.tensor([[1.0, 0, 0, 0, 0, 0]], dtype=F64).repeat(3, 1)
+    ce = ot_loss(preds, tgt, method="ce", reduction="none")
+    assert torch.allclose(ce, ce[:1].expand(3))
+    M = cost_matrix("reward_gap", LabelScale.hh())
+    for method in ("exact", "sinkhorn", "wasserstein"):
+        val = ot_loss(preds, tgt, M, method=method, reduction="none")
+        assert float(val[0]) < float(val[1]) < float(val[2]), method
+    assert torch.allclose(ot_loss(preds, tgt, M, reduction="none"), torch.tensor([0.05, 0.2, 0.4], dtype=F64))
+
+
+def test_wasserstein_baseline_and_reductions():
+    pred, tgt = _batch(6, 9)
+    w = ot_loss(pred, tgt, method="wasserstein", reduction="none")
+    assert torch.allclose(w, ot_loss(pred, tgt, wasserstein_cost(6), method="exact", reduction="none"))
+    assert torch.allclose(ot_loss(pred, tgt, method="wasserstein", reduction="sum"), w.sum())
+    assert torch.allclose(ot_loss(pred, tgt, method="wasserstein"), w.mean())
+    # float32 inputs stay float32
+    v = ot_loss(pred.float(), tgt.float(), cost_matrix("grid_l1"), reduction="none")
+    assert v.dtype == torch.float32 and torch.allclose(v.double(), exact_ot(pred, tgt, cost_matrix("grid_l1"))[0],
+                                                       atol=1e-5)
+    assert set(OT_METHODS) >= {"exact", "sinkhorn", "ce", "wasserstein"}
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"method": "emd"}, "unknown OT loss method"),
+        ({"reduction": "max"}, "reduction"),
+        ({"target": torch.full((4, 5), 0.2)}, "shaped like pred"),
+        ({"target": torch.full((4, 6), 0.5)}, "sum to 1"),
+        ({"pred": torch.full((4, 6), 0.5)}, "from_logits=True"),
+        ({"cost": torch.ones(6, 6)}, "zero diagonal"),
+        ({"cost": None}, "needs a cost matrix"),
+        ({"cost": torch.zeros(5, 5)}, "expected 6x6"),
+        ({"method": "closed_form", "cost": cost_matrix("grid_l1")}, "1-D ground cost"),
+        ({"method": "sinkhorn", "eps": 0.0}, "eps must be > 0"),
+        ({"method": "wasserstein", "eps": 0.1}, "no solver options"),
+    ],
+)
+def test_bad_inputs_raise(kw, msg):
+    args = {"pred": torch.full((4, 6), 1 / 6), "target": torch.full((4, 6), 1 / 6),
+            "cost": cost_matrix("ordinal"), "method": "exact"}
+    args.update(kw)
+    with pytest.raises(ValueError, match=msg):
+        ot_loss(args.pop("pred"), args.pop("target"), args.pop("cost"), **args)
