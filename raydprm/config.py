@@ -217,6 +217,16 @@ class CrowdConfig(Section):
 
 
 @dataclass(frozen=True)
+class SFTConfig(Section):
+    section: ClassVar[str] = "sft"
+    n_examples: int = opt(2000, doc="SFT examples drawn from the simulated world (mixed quality).", ge=1)
+    epochs: int = opt(2, doc="SFT epochs.", ge=1)
+    lr: float = opt(5e-3, doc="SFT learning rate (AdamW, warm-up then linear decay).", gt=0)
+    batch_size: int = opt(32, doc="SFT batch size.", ge=1)
+    max_length: int = opt(96, doc="Max tokens of prompt + response + eos.", ge=8)
+
+
+@dataclass(frozen=True)
 class StoreConfig(Section):
     section: ClassVar[str] = "store"
     path: str = opt("", doc="SQLite file of the preference store; empty = <run_dir>/store.db.")
@@ -320,6 +330,7 @@ class PPOConfig(Section):
     num_cpus_per_worker: float = opt(1.0, doc="CPUs reserved per learner actor.", gt=0)
     num_gpus_per_worker: float = opt(0.0, doc="GPUs reserved per learner actor (NCCL when > 0).", ge=0)
     dist_timeout_s: float = opt(600.0, doc="torch.distributed collective timeout of the learner group.", gt=0)
+    use_rollout_logprobs: bool = opt(False, doc="PPO's old logprobs = the rollout engine's sampled ones (right for stale rollouts); off = recomputed by the learner (immune to engine mismatch).")
 
     @property
     def worker_minibatch(self) -> int:
@@ -381,6 +392,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     crowd: CrowdConfig = field(default_factory=CrowdConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)

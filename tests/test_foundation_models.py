@@ -22,6 +22,7 @@ def test_kit_round_trip_through_directory(tmp_path):
     for name, d in paths.items():
         assert (d / "config.json").is_file() and (d / "tokenizer.json").is_file()
         tok = AutoTokenizer.from_pretrained(d)
+        assert tok.padding_side == "left" and tok.pad_token == "<|pad|>"
         model = AutoModelForCausalLM.from_pretrained(d)
         assert model.config.vocab_size == len(tok)
         ids = tok(["plants need light"], return_tensors="pt")
