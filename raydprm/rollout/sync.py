@@ -303,3 +303,62 @@ def stage_all(manifest: WeightManifest, payloads: Iterable[bytes]) -> tuple[list
     for p in payloads:
         stager.add(p)
     return stager.complete(), stager.report()
+
+
+def _remaining(deadline: float | None, version: int, what: str) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise WeightSyncError(f"weight sync v{version} timed out while {what}")
+    return left
+
+
+def apply_update(engine: Any, manifest: WeightManifest, payloads: Iterable[bytes], probe_ids: Sequence[int],
+                 expected_probe: Sequence[float], tolerance: float, via: str = "load_weights",
+                 deadline: float | None = None) -> StageReport:
+    """Receive, verify and load one weight update into ``engine``, then run the probe.
+
+    ``via="load_weights"`` stages and verifies in this process and calls
+    ``engine.load_weights``; ``via="vllm_rpc"`` streams each bucket to the engine's
+    workers (``rpc_begin``/``rpc_stage``/``rpc_commit``) which stage and verify there.
+    Either way nothing is loaded unless every tensor arrived with the right checksum, so
+    a corrupted or partial sync leaves the old weights serving. Between loading and a
+    passing probe the engine's ``weight_version`` is -1 (unverified). ``deadline`` is a
+    ``time.monotonic()`` value; passing it raises :class:`WeightSyncError`.
+    """
+    t0 = time.perf_counter()
+    v = manifest.version
+    if via == "vllm_rpc":
+        if not hasattr(engine, "rpc_begin"):
+            raise WeightSyncError(f"weight transport vllm_rpc needs the vllm engine, not '{engine.name}'")
+        engine.rpc_begin(manifest, timeout=_remaining(deadline, v, "starting"))
+        try:
+            for p in payloads:
+                engine.rpc_stage(p, timeout=_remaining(deadline, v, "sending buckets"))
+            engine.weight_version = -1
+            rep = engine.rpc_commit(timeout=_remaining(deadline, v, "loading"))
+        except BaseException:
+            engine.rpc_abort()
+            raise
+        if rep.digest != manifest.digest:
+            raise WeightSyncError(f"weight sync v{v}: the workers' checksum {rep.digest[:12]} differs from the "
+                                  f"learner's {manifest.digest[:12]}")
+    elif via == "load_weights":
+        stager = WeightStager(manifest)
+        for p in payloads:
+            _remaining(deadline, v, "receiving buckets")
+            stager.add(p)
+        tensors = stager.complete()
+        rep = stager.report()
+        engine.weight_version = -1
+        engine.load_weights(tensors)
+    else:
+        raise WeightSyncError(f"unknown weight receive path '{via}'")
+    _remaining(deadline, v, "probing")
+    got = engine.score([list(probe_ids)])[0]
+    rep.probe_max_diff = check_probe(expected_probe, got, tolerance, v)
+    engine.weight_version = v
+    rep.seconds = time.perf_counter() - t0
+    rep.transport = via
+    return rep
