@@ -1,0 +1,293 @@
+"""Training engines for the PPO learner; the ONLY module of raydprm that imports deepspeed.
+
+:func:`build_engine` turns a model and a :class:`~raydprm.config.PPOConfig` into an
+:class:`Engine` with one small interface, whatever runs underneath:
+
+- ``DeepSpeedEngine`` (``ppo.engine="deepspeed"``, the default, also on CPU): ZeRO stage
+  0-3, optimizer / parameter offload, bf16 or fp32, gradient clipping, micro-batch and
+  gradient accumulation derived from the global minibatch (``ppo.minibatch ==
+  worker_micro_batch * grad_accum * num_workers``). The optimizer is torch's AdamW handed
+  to DeepSpeed as a *client optimizer* (``ppo.optimizer="adamw"``, no JIT build), or
+  DeepSpeed's own Adam (``"ds_adam"``: DeepSpeedCPUAdam on CPU / FusedAdam on GPU, which
+  DeepSpeed JIT-compiles the first time, minutes on 2 cores).
+- ``TorchEngine``: a plain torch data-parallel engine (AdamW, gradient all-reduce over
+  the process group, clipping, bf16 autocast) with the same semantics. Used when
+  ``ppo.engine="torch"`` or, with a logged warning, when deepspeed cannot be imported.
+
+Semantics shared by both (the learner relies on them): :meth:`Engine.backward` is called
+once per micro-batch; the gradient applied at an optimizer step is the *mean* over ranks
+and accumulated micro-batches of the micro-batch losses' gradients.
+
+DeepSpeed on CPU: its CPU accelerator uses gloo when oneCCL is absent. Its optional
+shared-memory all-reduce op is JIT-compiled on first use (~2.5 min on 2 cores); it only
+serves inference all-reduce, so it is disabled unless ``ppo.ds_jit_ops`` is set.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from raydprm.config import PPOConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Engine", "TorchEngine", "DeepSpeedEngine", "build_engine", "deepspeed_config", "deepspeed_available",
+           "init_process_group", "free_port", "destroy_process_group"]
+
+
+def deepspeed_available() -> bool:
+    try:
+        import deepspeed  # noqa: F401
+    except Exception:  # ImportError, or a broken install raising at import
+        return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_process_group(rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
+                       master_port: int | None = None, backend: str | None = None,
+                       timeout_s: float = 600.0) -> str:
+    """Join (or create) the default torch.distributed group; gloo on CPU, NCCL on GPU.
+
+    Sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, which DeepSpeed reads too. A
+    process already in a group of the same size keeps it. Returns the backend.
+    """
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        if dist.get_world_size() != world_size or dist.get_rank() != rank:
+            raise RuntimeError(f"this process is already rank {dist.get_rank()} of {dist.get_world_size()}, "
+                               f"not rank {rank} of {world_size}")
+        return dist.get_backend()
+    port = master_port or free_port()
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=os.environ.get("LOCAL_RANK", "0"),
+                      MASTER_ADDR=master_addr, MASTER_PORT=str(port))
+    os.environ.setdefault("LOCAL_WORLD_SIZE", str(world_size))
+    dist.init_process_group(backend=backend, init_method=f"tcp://{master_addr}:{port}", rank=rank,
+                            world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
+    return backend
+
+
+def destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class Engine:
+    """Common interface of the training engines (see the module docstring for semantics)."""
+
+    name = "base"
+    module: nn.Module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped module's forward."""
+        return self.module(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> bool:
+        """Backward of one micro-batch loss; steps the optimizer at the accumulation
+        boundary. Returns True when an optimizer step happened."""
+        raise NotImplementedError
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        """Global gradient norm (before clipping) of the last optimizer step."""
+        raise NotImplementedError
+
+    def save(self, ckpt_dir: Path) -> None:
+        """Write model + optimizer state (collective: every rank calls it)."""
+        raise NotImplementedError
+
+    def load(self, ckpt_dir: Path) -> None:
+        """Read what :meth:`save` wrote (collective)."""
+        raise NotImplementedError
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Complete (un-partitioned) module weights on CPU, on every rank (collective)."""
+        raise NotImplementedError
+
+    def autocast(self):
+        """Context for forward passes (bf16 autocast for the torch engine)."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class TorchEngine(Engine):
+    """Plain torch data parallel: AdamW, all-reduce mean of gradients, clipping."""
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module, ppo: PPOConfig):
+        self.module = model
+        self.ppo = ppo
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=ppo.lr, weight_decay=ppo.weight_decay)
+        self.grad_accum = ppo.grad_accum
+        self.micro_steps = 0
+        self._grad_norm: float | None = None
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+
+    def autocast(self):
+        if self.ppo.precision == "bf16":
+            dev = next(self.module.parameters()).device.type
+            return torch.autocast(dev, dtype=torch.bfloat16)
+        return super().autocast()
+
+    def backward(self, loss: torch.Tensor) -> bool:
+        (loss / self.grad_accum).backward()  # mean over accumulated micro-batches
+        self.micro_steps += 1
+        if self.micro_steps % self.grad_accum:
+            return False
+        if self.world > 1:
+            for p in self.params:  # mean over ranks
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad.div_(self.world)
+        max_norm = self.ppo.grad_clip if self.ppo.grad_clip > 0 else float("inf")
+        self._grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        return self._grad_norm
+
+    def save(self, ckpt_dir: Path) -> None:
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            state = {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "micro_steps": self.micro_steps}
+            torch.save(state, Path(ckpt_dir) / "torch_engine.pt")
+        if dist.is_initialized():
+            dist.barrier()
+
+    def load(self, ckpt_dir: Path) -> None:
+        state = torch.load(Path(ckpt_dir) / "torch_engine.pt", map_location="cpu", weights_only=False)
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.micro_steps = state["micro_steps"]
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+
+
+def deepspeed_config(ppo: PPOConfig) -> dict[str, Any]:
+    """The DeepSpeed config dict for ``ppo`` (batch sizes derived from the global minibatch)."""
+    zero: dict[str, Any] = {"stage": ppo.zero_stage}
+    if ppo.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if ppo.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if ppo.zero_stage == 3:
+        # gather small models whole: the tiny and 124M policies fit, and it avoids many tiny collectives
+        zero["stage3_param_persistence_threshold"] = 0
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": ppo.worker_micro_batch,
+        "gradient_accumulation_steps": ppo.grad_accum,
+        "train_batch_size": ppo.worker_micro_batch * ppo.grad_accum * ppo.num_workers,  # == ppo.minibatch
+        "gradient_clipping": ppo.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": ppo.precision == "bf16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        # a client torch optimizer (AdamW) is fine with every ZeRO stage; with offload
+        # DeepSpeed would otherwise insist on its JIT-built CPU Adam
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+    }
+    if ppo.optimizer == "ds_adam":
+        cfg["optimizer"] = {"type": "AdamW", "params": {"lr": ppo.lr, "weight_decay": ppo.weight_decay}}
+    return cfg
+
+
+class DeepSpeedEngine(Engine):
+    """A ``deepspeed.initialize`` engine behind the :class:`Engine` interface."""
+
+    name = "deepspeed"
+
+    def __init__(self, model: nn.Module, ppo: PPOConfig):
+        import deepspeed
+
+        if not ppo.ds_jit_ops:
+            import deepspeed.ops
+
+            # skip the JIT-built shared-memory comm op (inference all-reduce only); gloo does the work
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        if not dist.is_initialized():
+            init_process_group(0, 1)
+        if dist.get_world_size() != ppo.num_workers:
+            raise RuntimeError(f"ppo.num_workers = {ppo.num_workers} but the process group has "
+                               f"{dist.get_world_size()} ranks")
+        self.ppo = ppo
+        cfg = deepspeed_config(ppo)
+        optimizer = None
+        params = [p for p in model.parameters() if p.requires_grad]
+        if ppo.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=ppo.lr, weight_decay=ppo.weight_decay)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, model_parameters=params if optimizer is None else None, config=cfg)
+        self.module = self.engine.module
+        self._deepspeed = deepspeed
+        self._grad_norm: float | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.engine(*args, **kwargs)  # DeepSpeed's forward (ZeRO-3 fetches partitions)
+
+    def backward(self, loss: torch.Tensor) -> bool:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.backward(loss)  # scales by 1 / gradient_accumulation_steps; all-reduces at the boundary
+        own = None
+        if boundary and self.ppo.zero_stage == 0 and not hasattr(self.engine.optimizer, "_global_grad_norm"):
+            # stage 0 with a client torch optimizer clips without reporting the norm: measure it here
+            grads = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
+            own = float(torch.stack(grads).norm()) if grads else 0.0
+        self.engine.step()  # optimizer step only at the boundary
+        if boundary:
+            gn = self.engine.get_global_grad_norm()
+            self._grad_norm = own if gn is None else float(gn)
+        return boundary
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        return self._grad_norm
+
+    def save(self, ckpt_dir: Path) -> None:
+        self.engine.save_checkpoint(str(ckpt_dir), tag="engine")
+
+    def load(self, ckpt_dir: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(ckpt_dir), tag="engine", load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {ckpt_dir}")
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        params = list(self.module.parameters())
+        if self.ppo.zero_stage == 3:
+            # ZeRO-3 keeps 1/world of each parameter per rank: gather them (collective)
+            with self._deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+
+
+def build_engine(model: nn.Module, ppo: PPOConfig) -> Engine:
+    """The engine ``ppo.engine`` asks for; torch with a warning if deepspeed is missing."""
+    if ppo.engine == "deepspeed":
+        if deepspeed_available():
+            return DeepSpeedEngine(model, ppo)
+        log.warning("deepspeed cannot be imported here; falling back to the plain torch engine "
+                    "(ZeRO, offload and DeepSpeed checkpoints are unavailable)")
+    return TorchEngine(model, ppo)
