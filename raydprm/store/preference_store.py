@@ -63,7 +63,6 @@ CREATE TABLE IF NOT EXISTS items(item_id TEXT PRIMARY KEY, prompt TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS votes(seq INTEGER PRIMARY KEY AUTOINCREMENT, vote_id TEXT NOT NULL UNIQUE,
                                  item_id TEXT NOT NULL, persona TEXT NOT NULL, label INTEGER, dist TEXT,
                                  weight REAL NOT NULL, ts REAL NOT NULL, source TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS votes_item ON votes(item_id);
 CREATE TABLE IF NOT EXISTS posterior(item_id TEXT NOT NULL, persona TEXT NOT NULL, evidence BLOB NOT NULL,
                                      counts BLOB NOT NULL, n_votes INTEGER NOT NULL, t_ref REAL NOT NULL,
                                      PRIMARY KEY(item_id, persona)) WITHOUT ROWID;
@@ -294,10 +293,16 @@ class PreferenceStore:
         votes = list(votes) if not isinstance(votes, (list, tuple)) else votes
         if not votes:
             return {"added": 0, "duplicates": 0}
-        if any(isinstance(v, Mapping) and v.get("persona") not in self._personas for v in votes):
-            self._refresh_personas()  # another process may have registered it
-        vs = validate_votes(votes, labels=self.labels, label_index=self._label_index, personas=self._personas,
-                            max_text_chars=self.max_text_chars, now=time.time())
+        now = time.time()
+        try:
+            vs = validate_votes(votes, labels=self.labels, label_index=self._label_index, personas=self._personas,
+                                max_text_chars=self.max_text_chars, now=now)
+        except VoteError as e:
+            if e.rule != "known persona":
+                raise
+            self._refresh_personas()  # another process may have registered it since we looked
+            vs = validate_votes(votes, labels=self.labels, label_index=self._label_index, personas=self._personas,
+                                max_text_chars=self.max_text_chars, now=now)
         batch: dict[str, Vote] = {}
         dup = 0
         for i, v in enumerate(vs):
@@ -308,22 +313,34 @@ class PreferenceStore:
             self._same_or_raise(i, v, (first.item_id, first.persona, first.label, first.dist, first.weight))
             dup += 1
         with self._write() as cur:
-            ids = list(batch)
-            existing: dict[str, tuple] = {}
-            for chunk in _chunks(ids):
-                q = f"SELECT vote_id, item_id, persona, label, dist, weight FROM votes WHERE vote_id IN " \
-                    f"({','.join('?' * len(chunk))})"
-                for row in cur.execute(q, chunk):
-                    d = tuple(json.loads(row[4])) if row[4] is not None else None
-                    existing[row[0]] = (row[1], row[2], row[3], d, row[5])
-            if existing:
+            # Fast path: INSERT OR IGNORE the whole batch, then look only at the ids that
+            # were not inserted (already in the log) - none in the common case.
+            last = cur.execute("SELECT COALESCE(MAX(seq), 0) FROM votes").fetchone()[0]
+            before = self._db.total_changes
+            cur.executemany(
+                "INSERT OR IGNORE INTO votes(vote_id, item_id, persona, label, dist, weight, ts, source) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                [(v.vote_id, v.item_id, v.persona, v.label, None if v.dist is None else json.dumps(v.dist),
+                  v.weight, v.ts, v.source) for v in batch.values()])
+            if self._db.total_changes - before == len(batch):
+                new = list(batch.values())
+            else:
+                inserted = {r[0] for r in cur.execute("SELECT vote_id FROM votes WHERE seq > ?", (last,))}
                 pos = {v.vote_id: i for i, v in enumerate(vs)}
-                for vid, old in existing.items():
-                    self._same_or_raise(pos[vid], batch[vid], old)
-                dup += len(existing)
-            new = [v for v in batch.values() if v.vote_id not in existing]
+                old_ids = [vid for vid in batch if vid not in inserted]
+                for chunk in _chunks(old_ids):
+                    q = f"SELECT vote_id, item_id, persona, label, dist, weight FROM votes WHERE vote_id IN " \
+                        f"({','.join('?' * len(chunk))})"
+                    for row in cur.execute(q, chunk):
+                        d = tuple(json.loads(row[4])) if row[4] is not None else None
+                        self._same_or_raise(pos[row[0]], batch[row[0]], (row[1], row[2], row[3], d, row[5]))
+                dup += len(old_ids)
+                new = [v for vid, v in batch.items() if vid in inserted]
             if new:
-                self._append(cur, new)
+                now = time.time()
+                items = {v.item_id: (v.item_id, v.prompt, v.response, now) for v in new}
+                cur.executemany("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?)", list(items.values()))
+                self._update_posteriors(cur, [(v.item_id, v.persona, v.label, v.dist, v.weight, v.ts) for v in new])
         return {"added": len(new), "duplicates": dup}
 
     @staticmethod
@@ -331,16 +348,6 @@ class PreferenceStore:
         if (v.item_id, v.persona, v.label, v.dist, v.weight) != tuple(old):
             raise VoteError(v.vote_id, index, "vote ids are immutable",
                             "this vote id is already used by a vote with different content")
-
-    def _append(self, cur: sqlite3.Cursor, new: list[Vote]) -> None:
-        now = time.time()
-        items = {v.item_id: (v.item_id, v.prompt, v.response, now) for v in new}
-        cur.executemany("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?)", list(items.values()))
-        cur.executemany(
-            "INSERT INTO votes(vote_id, item_id, persona, label, dist, weight, ts, source) VALUES (?,?,?,?,?,?,?,?)",
-            [(v.vote_id, v.item_id, v.persona, v.label, None if v.dist is None else json.dumps(v.dist),
-              v.weight, v.ts, v.source) for v in new])
-        self._update_posteriors(cur, [(v.item_id, v.persona, v.label, v.dist, v.weight, v.ts) for v in new])
 
     def _update_posteriors(self, cur: sqlite3.Cursor, rows: Sequence[tuple]) -> None:
         """Fold votes ``(item_id, persona, label, dist, weight, ts)`` into their posteriors, Eq. (D1)."""
@@ -379,8 +386,11 @@ class PreferenceStore:
             w_eff = w * decay_factor(now[g] - ts, hl)  # each vote aged to its group's t_ref
         else:
             w_eff = w
-        ev = dirichlet_update(ev, probs, w_eff, index=g)  # (Eq. D1), prior excluded (added at read time)
-        cnt = dirichlet_update(cnt, probs, w, index=g)
+        # One call updates both (Eq. D1) accumulators, stacked as rows [evidence; counts] (2G, L):
+        # the decayed evidence (prior excluded, added at read time) and the undecayed counts.
+        both = dirichlet_update(np.concatenate([ev, cnt]), np.concatenate([probs, probs]),
+                                np.concatenate([w_eff, w]), index=np.concatenate([g, g + G]))
+        ev, cnt = both[:G], both[G:]
         nv += np.bincount(g, minlength=G)
         cur.executemany("INSERT OR REPLACE INTO posterior VALUES (?, ?, ?, ?, ?, ?)",
                         [(iid, persona, ev[j].tobytes(), cnt[j].tobytes(), int(nv[j]), float(now[j]))

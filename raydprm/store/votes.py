@@ -17,8 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from raydprm.errors import RaydprmError
 
@@ -38,8 +37,7 @@ class VoteError(RaydprmError, ValueError):
                          "nothing of this batch was written")
 
 
-@dataclass(frozen=True)
-class Vote:
+class Vote(NamedTuple):
     """A validated vote. ``label`` is the index for a one-hot vote, else None and ``dist`` is set."""
 
     vote_id: str
@@ -78,75 +76,96 @@ def validate_votes(votes: Sequence[Mapping[str, Any]], *, labels: Sequence[str],
         raise RaydprmError("add_votes takes a list of vote dicts, not a single vote")
     num_labels = len(labels)
     out: list[Vote] = []
+    append = out.append
+    ids: dict[tuple[str, str], str] = {}  # item ids of this batch (items repeat across votes)
     for i, v in enumerate(votes):
-        if not isinstance(v, Mapping):
+        if type(v) is not dict and not isinstance(v, Mapping):
             raise VoteError(None, i, "vote is a mapping", f"got {type(v).__name__}")
         vid = v.get("vote_id")
-
-        def err(rule: str, detail: str, _vid=vid, _i=i) -> VoteError:
-            return VoteError(_vid, _i, rule, detail)
-
-        if not isinstance(vid, str) or not vid:
-            raise err("vote_id is a non-empty string", f"got {vid!r}")
+        if type(vid) is not str or not vid:
+            raise VoteError(vid, i, "vote_id is a non-empty string", f"got {vid!r}")
         if len(vid) > MAX_ID_CHARS:
-            raise err("vote_id length", f"{len(vid)} chars > {MAX_ID_CHARS}")
-        extra = v.keys() - VOTE_KEYS
-        if extra:
-            raise err("known fields only", f"unknown fields {sorted(extra)}; allowed: {sorted(VOTE_KEYS)}")
+            raise VoteError(vid, i, "vote_id length", f"{len(vid)} chars > {MAX_ID_CHARS}")
+        if not VOTE_KEYS.issuperset(v):
+            extra = sorted(set(v) - VOTE_KEYS)
+            raise VoteError(vid, i, "known fields only", f"unknown fields {extra}; allowed: {sorted(VOTE_KEYS)}")
         prompt, response = v.get("prompt"), v.get("response")
-        for name, text in (("prompt", prompt), ("response", response)):
-            if not isinstance(text, str):
-                raise err(f"{name} is a string", f"got {type(text).__name__}")
-            if not text.strip():
-                raise err(f"{name} is not empty", f"{name} is empty or whitespace")
-            if len(text) > max_text_chars:
-                raise err(f"{name} length", f"{len(text)} chars > max_text_chars={max_text_chars}")
+        if (type(prompt) is not str or type(response) is not str or not prompt.strip() or not response.strip()
+                or len(prompt) > max_text_chars or len(response) > max_text_chars):
+            _text_error(vid, i, prompt, response, max_text_chars)
         persona = v.get("persona")
         if persona not in personas:
-            raise err("known persona", f"persona {persona!r} is not registered (known: {', '.join(personas)}; "
-                      "register new annotators with add_persona)")
+            raise VoteError(vid, i, "known persona", f"persona {persona!r} is not registered (known: "
+                            f"{', '.join(personas)}; register new annotators with add_persona)")
         label, dist = v.get("label"), v.get("dist")
-        if (label is None) == (dist is None):
-            raise err("exactly one of label or dist", "give a label (name or index) or a soft dist, not both/neither")
         lab: int | None = None
         d: tuple[float, ...] | None = None
-        if label is not None:
-            if isinstance(label, str):
-                if label not in label_index:
-                    raise err("known label", f"label {label!r} is unknown; known: {', '.join(labels)}")
-                lab = label_index[label]
-            elif isinstance(label, int) and not isinstance(label, bool):
-                if not 0 <= label < num_labels:
-                    raise err("known label", f"label index {label} is outside 0..{num_labels - 1}")
-                lab = int(label)
-            else:
-                raise err("known label", f"label must be a name or an index, got {label!r}")
+        if type(label) is int and dist is None and 0 <= label < num_labels:
+            lab = label  # the common case, checked in one line
+        elif (label is None) == (dist is None):
+            raise VoteError(vid, i, "exactly one of label or dist",
+                            "give a label (name or index) or a soft dist, not both/neither")
+        elif label is not None:
+            lab = _label(vid, i, label, labels, label_index)
         else:
-            if isinstance(dist, (str, bytes, Mapping)) or not hasattr(dist, "__len__"):
-                raise err("dist is a list of numbers", f"got {type(dist).__name__}")
-            if len(dist) != num_labels:
-                raise err("dist length", f"dist has {len(dist)} entries, the store has {num_labels} labels")
-            try:
-                d = tuple(float(x) for x in dist)
-            except (TypeError, ValueError):
-                raise err("dist is a list of numbers", f"got {list(dist)!r}") from None
-            if not all(math.isfinite(x) for x in d):
-                raise err("dist is finite", f"dist contains NaN or infinity: {list(d)}")
-            if any(x < 0 for x in d):
-                raise err("dist is non-negative", f"dist has negative entries: {list(d)}")
-            if abs(sum(d) - 1.0) > SUM_TOL:
-                raise err("dist sums to 1", f"dist sums to {sum(d)!r}")
+            d = _dist(vid, i, dist, num_labels)
         weight = v.get("weight", 1.0)
-        if not _finite(weight) or weight < 0:
-            raise err("weight is finite and >= 0", f"got {weight!r}")
+        if type(weight) is not float or not (0.0 <= weight < math.inf):
+            if not _finite(weight) or weight < 0:
+                raise VoteError(vid, i, "weight is finite and >= 0", f"got {weight!r}")
+            weight = float(weight)
         ts = v.get("ts")
         if ts is None:
             ts = now
-        elif not _finite(ts):
-            raise err("ts is a finite number of seconds", f"got {ts!r}")
+        elif type(ts) is not float or ts - ts != 0.0:  # (x - x != 0 catches NaN and infinities)
+            if not _finite(ts):
+                raise VoteError(vid, i, "ts is a finite number of seconds", f"got {ts!r}")
+            ts = float(ts)
         source = v.get("source", "api")
-        if not isinstance(source, str) or len(source) > MAX_ID_CHARS:
-            raise err("source is a short string", f"got {source!r}")
-        out.append(Vote(vid, item_id(prompt, response), prompt, response, persona, lab, d,
-                        float(weight), float(ts), source))
+        if type(source) is not str or len(source) > MAX_ID_CHARS:
+            raise VoteError(vid, i, "source is a short string", f"got {source!r}")
+        iid = ids.get((prompt, response))
+        if iid is None:
+            iid = ids[(prompt, response)] = item_id(prompt, response)
+        append(Vote(vid, iid, prompt, response, persona, lab, d, weight, ts, source))
     return out
+
+
+def _text_error(vid: Any, i: int, prompt: Any, response: Any, max_text_chars: int) -> None:
+    for name, text in (("prompt", prompt), ("response", response)):
+        if not isinstance(text, str):
+            raise VoteError(vid, i, f"{name} is a string", f"got {type(text).__name__}")
+        if not text.strip():
+            raise VoteError(vid, i, f"{name} is not empty", f"{name} is empty or whitespace")
+        if len(text) > max_text_chars:
+            raise VoteError(vid, i, f"{name} length", f"{len(text)} chars > max_text_chars={max_text_chars}")
+
+
+def _label(vid: Any, i: int, label: Any, labels: Sequence[str], label_index: Mapping[str, int]) -> int:
+    if isinstance(label, str):
+        if label not in label_index:
+            raise VoteError(vid, i, "known label", f"label {label!r} is unknown; known: {', '.join(labels)}")
+        return label_index[label]
+    if isinstance(label, int) and not isinstance(label, bool):
+        if not 0 <= label < len(labels):
+            raise VoteError(vid, i, "known label", f"label index {label} is outside 0..{len(labels) - 1}")
+        return int(label)
+    raise VoteError(vid, i, "known label", f"label must be a name or an index, got {label!r}")
+
+
+def _dist(vid: Any, i: int, dist: Any, num_labels: int) -> tuple[float, ...]:
+    if isinstance(dist, (str, bytes, Mapping)) or not hasattr(dist, "__len__"):
+        raise VoteError(vid, i, "dist is a list of numbers", f"got {type(dist).__name__}")
+    if len(dist) != num_labels:
+        raise VoteError(vid, i, "dist length", f"dist has {len(dist)} entries, the store has {num_labels} labels")
+    try:
+        d = tuple(float(x) for x in dist)
+    except (TypeError, ValueError):
+        raise VoteError(vid, i, "dist is a list of numbers", f"got {list(dist)!r}") from None
+    if not all(math.isfinite(x) for x in d):
+        raise VoteError(vid, i, "dist is finite", f"dist contains NaN or infinity: {list(d)}")
+    if any(x < 0 for x in d):
+        raise VoteError(vid, i, "dist is non-negative", f"dist has negative entries: {list(d)}")
+    if abs(sum(d) - 1.0) > SUM_TOL:
+        raise VoteError(vid, i, "dist sums to 1", f"dist sums to {sum(d)!r}")
+    return d
