@@ -34,7 +34,7 @@ import math
 
 import torch
 
-__all__ = ["sinkhorn_potentials", "sinkhorn", "sinkhorn_divergence", "eps_schedule"]
+__all__ = ["sinkhorn_potentials", "sinkhorn", "sinkhorn_divergence", "symmetric_potential", "eps_schedule"]
 
 
 def eps_schedule(eps: float, eps_start: float | None, decay: float) -> list[float]:
@@ -109,12 +109,50 @@ def sinkhorn(a, b, M, eps: float = 0.05, **kw):
     return value, _centre(f), _centre(g), stats
 
 
-def sinkhorn_divergence(a, b, M, eps: float = 0.05, **kw):
-    """S_eps(a, b) of Eq. (K4), three problems solved as one batch of 3B.
+def symmetric_potential(a, M, eps: float = 0.05, *, eps_start: float | None = None, eps_decay: float = 0.5,
+                        stage_iters: int = 3, tol: float = 1e-6, max_iter: int = 1000, check_every: int = 5):
+    """Potential f of OT_eps(a, a) for a symmetric cost, where f = g (Feydy et al., Sec. 3):
+    the averaged update f <- (f + T(f)) / 2 with T(f)_i = -eps LSE_j(log a_j + (f_j - M_ij) / eps)
+    converges much faster than alternating (K2)-(K3) on this problem. OT_eps(a, a) = 2 <f, a>.
+    """
+    Mb = M[None] if M.dim() == 2 else M
+    loga_row = torch.log(a)[:, None, :]  # (B, 1, L)
+    f = torch.zeros_like(a)
+    sched = eps_schedule(eps, float(M.max()) if eps_start is None else eps_start, eps_decay)
+    it, err = 0, float("inf")
+    for stage, e in enumerate(sched):
+        last = stage == len(sched) - 1
+        n = max_iter - it if last else min(stage_iters, max(max_iter - it, 0))
+        for k in range(n):
+            t = -e * torch.logsumexp(loga_row + (f[:, None, :] - Mb) / e, dim=2)  # T(f) (B, L)
+            check = last and (k % check_every == check_every - 1 or k == n - 1)
+            if check:
+                dev = torch.where(a > 0, a * torch.expm1((f - t) / e).abs(), torch.zeros_like(a))
+                err = float(dev.sum(1).max())
+            f = 0.5 * (f + t)
+            it += 1
+            if check and err < tol:
+                break
+    return f, {"iterations": it, "marginal_error": err, "converged": err < tol}
 
-    Returns (value (B,), grad_a (B, L), grad_b (B, L), stats), gradients centred.
+
+def sinkhorn_divergence(a, b, M, eps: float = 0.05, **kw):
+    """S_eps(a, b) of Eq. (K4). Returns (value (B,), grad_a (B, L), grad_b (B, L), stats), centred.
+
+    Symmetric cost: OT_eps(a, b) by (K2)-(K3) and the self terms by `symmetric_potential`
+    (gradient of OT_eps(a, a) / 2 in a is f_aa). Otherwise the three problems are solved
+    as one batch of 3B with the general iterations.
     """
     B = a.shape[0]
+    if torch.equal(M, M.transpose(-1, -2)):
+        f, g, stats = sinkhorn_potentials(a, b, M, eps, **kw)
+        MM = M if M.dim() == 2 else torch.cat([M, M], 0)
+        s, st2 = symmetric_potential(torch.cat([a, b], 0), MM, eps, **kw)
+        stats = {**stats, "self_iterations": st2["iterations"],
+                 "marginal_error": max(stats["marginal_error"], st2["marginal_error"]),
+                 "converged": stats["converged"] and st2["converged"]}
+        value = (f * a).sum(1) + (g * b).sum(1) - (s[:B] * a).sum(1) - (s[B:] * b).sum(1)  # (Eq. K4)
+        return value, _centre(f - s[:B]), _centre(g - s[B:]), stats
     A = torch.cat([a, a, b], 0)  # (3B, L)
     Bt = torch.cat([b, a, b], 0)
     MM = M if M.dim() == 2 else torch.cat([M, M, M], 0)
