@@ -54,9 +54,9 @@ class RolloutGenerator:
             raise WeightSyncError(f"rollout replica {self.replica} holds weights that failed verification; "
                                   "sync again before generating")
 
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[Response]:
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams, first_index: int = 0) -> list[Response]:
         self._check_verified()
-        return self.engine.generate(prompts, sampling)
+        return self.engine.generate(prompts, sampling, first_index)
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         return self.engine.score(sequences)
@@ -143,14 +143,9 @@ class RolloutPool:
         sampling = sampling or self.default_sampling
         prompts = list(prompts)
         slices = [s for s in split_evenly(len(prompts), len(self.actors)) if s[1] > s[0]]
-        refs = [self.actors[k].generate.remote(prompts[a:b], sampling) for k, (a, b) in enumerate(slices)]
+        refs = [self.actors[k].generate.remote(prompts[a:b], sampling, a) for k, (a, b) in enumerate(slices)]
         parts = _wait(ray, refs, timeout_s, "generating rollouts")
-        out: list[Response] = []
-        for (a, _), part in zip(slices, parts):
-            for r in part:
-                r.prompt_index += a
-                out.append(r)
-        return out
+        return [r for part in parts for r in part]
 
     def sync_weights(self, weights: Any, version: int, expected_probe: Sequence[float],
                      transport: Any = None) -> list[StageReport]:

@@ -71,8 +71,12 @@ class RolloutEngine(ABC):
         """Rows of the output layer (probe token ids are drawn below it)."""
 
     @abstractmethod
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[Response]:
-        """``len(prompts) * sampling.n`` responses, ordered prompt-major then by sample."""
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams, first_index: int = 0) -> list[Response]:
+        """``len(prompts) * sampling.n`` responses, ordered prompt-major then by sample.
+
+        Prompt ``k`` of this call is prompt ``first_index + k`` of a larger batch: its
+        responses carry that ``prompt_index`` and use that index's seeds, so a batch split
+        over replicas samples exactly what one engine would."""
 
     @abstractmethod
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:

@@ -122,9 +122,9 @@ class HFEngine(RolloutEngine):
 
     # ------------------------------------------------------------------ generation
 
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[Response]:
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams, first_index: int = 0) -> list[Response]:
         encoded = encode_prompts(self.tokenizer, prompts, self.max_prompt_tokens)
-        rows = [(i, j, ids) for i, ids in enumerate(encoded) for j in range(sampling.n)]
+        rows = [(first_index + i, j, ids) for i, ids in enumerate(encoded) for j in range(sampling.n)]
         out: list[Response] = []
         for start in range(0, len(rows), self.batch_size):
             out.extend(self._generate_chunk(rows[start:start + self.batch_size], sampling))

@@ -217,9 +217,9 @@ class VLLMEngine(RolloutEngine):
                    max_tokens=sp.max_new_tokens, stop=list(sp.stop) or None, ignore_eos=sp.ignore_eos,
                    logprobs=0, skip_special_tokens=True, **extra)
 
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[Response]:
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams, first_index: int = 0) -> list[Response]:
         encoded = encode_prompts(self.tokenizer, prompts, self.max_prompt_tokens)
-        params = [self._params(sampling, request_seed(sampling.seed, i, 0)) for i in range(len(encoded))]
+        params = [self._params(sampling, request_seed(sampling.seed, first_index + i, 0)) for i in range(len(encoded))]
         outs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
         responses = []
         for i, (ids, out) in enumerate(zip(encoded, outs)):
@@ -229,7 +229,7 @@ class VLLMEngine(RolloutEngine):
                 if len(lps) != len(toks):
                     raise RuntimeError(f"vLLM returned {len(lps)} logprobs for {len(toks)} tokens")
                 stop = c.stop_reason if isinstance(c.stop_reason, str) else None
-                responses.append(Response(prompt_index=i, sample_index=j, prompt_ids=list(ids), token_ids=toks,
+                responses.append(Response(prompt_index=first_index + i, sample_index=j, prompt_ids=list(ids), token_ids=toks,
                                           text=c.text, logprobs=lps, finish_reason=c.finish_reason or "length",
                                           stop_string=stop, weight_version=self.weight_version))
         return responses
