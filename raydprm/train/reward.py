@@ -97,7 +97,7 @@ def make_loss(reward_cfg, scale: LabelScale) -> Callable[[torch.Tensor, torch.Te
     if name == "ot":
         M = resolve_cost(reward_cfg.cost, scale)
         if reward_cfg.ot_method == "sinkhorn":
-            kw = dict(eps=reward_cfg.sinkhorn_eps, max_iters=reward_cfg.sinkhorn_iters, tol=reward_cfg.sinkhorn_tol)
+            kw = dict(eps=reward_cfg.sinkhorn_eps, max_iter=reward_cfg.sinkhorn_iters, tol=reward_cfg.sinkhorn_tol)
             return lambda z, t: _ot_loss(z, t, M.to(z.device), "sinkhorn", **kw)
         return lambda z, t: _ot_loss(z, t, M.to(z.device), "exact")
     if name == "wasserstein":

@@ -172,3 +172,23 @@ def pairs_from_records(records: Sequence[Mapping[str, Any]]) -> PairExamples:
         C.append(str(row["chosen"]))
         R.append(str(row["rejected"]))
     return PairExamples(P, C, list(P), R)
+
+
+def simulate_store_export(store_path, *, crowd_cfg, store_cfg, labels_cfg, seed: int = 0, progress: bool = False):
+    """Fill the preference store at ``store_path`` with simulated crowd votes (idempotent:
+    vote ids are deterministic in the seed) and return its export (a ``datasets.Dataset``).
+
+    Items: ``crowd.n_items`` world (prompt, response) pairs; votes: ``crowd.votes_per_item``
+    per item from the persona mixture ``crowd.mixture``; targets smoothed by ``store.smoothing``.
+    """
+    from raydprm.sim.personas import Population, simulated_items
+    from raydprm.store import PreferenceStore
+
+    pop = Population.from_config(crowd_cfg)
+    items = simulated_items(crowd_cfg.n_items, seed=seed)
+    votes = pop.simulate_votes(items, crowd_cfg.votes_per_item, seed=seed)
+    with PreferenceStore(store_path, labels=labels_cfg.names, personas=pop.names, prior=store_cfg.prior,
+                         half_life_s=store_cfg.half_life_s, synchronous=store_cfg.synchronous,
+                         max_text_chars=store_cfg.max_text_chars) as store:
+        store.add_votes(votes)
+        return store.export(pop.mixture() if crowd_cfg.mixture else None, smoothing=store_cfg.smoothing)

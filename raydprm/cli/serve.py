@@ -1,0 +1,85 @@
+"""`raydprm serve`: the reward model over HTTP (Ray Serve).
+
+    raydprm serve [--config F] [--model DIR] [--no-store] [--smoke] [key=value ...]
+
+Serves ``POST /score``, ``POST /votes`` (bearer token: ``serve.auth_token`` or
+``$RAYDPRM_SERVE_TOKEN``), ``GET /healthz`` and ``GET /labels`` on
+``serve.host:serve.port``. Votes go to the preference store at ``store.path`` (default
+``<run_dir>/store.db``) through a named store actor started here (or reused if one is
+already running). ``--smoke`` starts, checks /healthz and /score once, and stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from raydprm.cli.common import add_config_args, config_from_args
+
+STORE_ACTOR_NAME = "raydprm-preference-store"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="Serve the reward model over HTTP (Ray Serve): /score, /votes, /healthz, /labels.",
+                       description="Ray Serve deployment of the DPRM with dynamic batching, fractional CPUs per "
+                       "replica and autoscaling (serve.*); vote ingestion into the preference store.")
+    add_config_args(p)
+    p.add_argument("--model", default=None, help="Model directory (default reward.model_dir or <run_dir>/reward/best).")
+    p.add_argument("--no-store", action="store_true", help="Do not attach the preference store (/votes answers 503).")
+    p.add_argument("--smoke", action="store_true", help="Start, query /healthz and /score once, shut down.")
+    p.set_defaults(handler=_serve)
+
+
+def start_store_actor(cfg, name: str = STORE_ACTOR_NAME):
+    """Get or create the named preference-store actor for ``store.path``; returns its name."""
+    from raydprm.cluster.store_actor import PreferenceStoreActor
+
+    path = Path(cfg.store.path) if cfg.store.path else cfg.run.run_dir / "store.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PreferenceStoreActor.options(name=name, namespace=cfg.ray.namespace, get_if_exists=True,
+                                 lifetime="detached" if cfg.ray.address else None).remote(
+        str(path.resolve()), cfg.store, cfg.labels)
+    return name
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from raydprm.errors import RaydprmError
+    from raydprm.models.dprm import label_scale_from_config
+    from raydprm.serve.app import build_app, resolve_token, serve_app
+
+    cfg = config_from_args(args)
+    model = Path(args.model or cfg.reward.model_dir or cfg.run.run_dir / "reward" / "best")
+    if not model.is_dir():
+        raise RaydprmError(f"reward model directory '{model}' does not exist; train one with `raydprm reward train`")
+    token = resolve_token(cfg.serve)
+    ray.init(address=cfg.ray.address or None, namespace=cfg.ray.namespace, num_cpus=cfg.ray.num_cpus or None,
+             include_dashboard=False, log_to_driver=False)
+    try:
+        store = None if args.no_store else start_store_actor(cfg)
+        app = build_app(str(model), label_scale_from_config(cfg.labels), cfg.reward, cfg.serve, store_actor=store,
+                        store_namespace=cfg.ray.namespace, token=token)
+        serve_app(app, cfg.serve)
+        url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+        print(f"raydprm serve: {url}  (/score, /votes{'' if token else ' [off: no token]'}, /healthz, /labels)",
+              flush=True)
+        if args.smoke:
+            import httpx
+
+            with httpx.Client(base_url=url, timeout=60) as c:
+                h = c.get("/healthz")
+                s = c.post("/score", json={"items": [{"prompt": "Q: how do I boil an egg ?\nA:",
+                                                      "response": " put it in boiling water for eight minutes ."}]})
+            print(json.dumps({"healthz": h.json(), "score": s.json()}, indent=2))
+            return 0 if h.status_code == 200 and s.status_code == 200 else 1
+        while True:  # serve until interrupted
+            time.sleep(3600)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
