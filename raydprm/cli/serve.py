@@ -33,15 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def start_store_actor(cfg, name: str = STORE_ACTOR_NAME):
-    """Get or create the named preference-store actor for ``store.path``; returns its name."""
+    """Get or create the named preference-store actor for ``store.path``; returns its handle
+    (keep it: the Serve replicas look the actor up by ``name``)."""
     from raydprm.cluster.store_actor import PreferenceStoreActor
 
     path = Path(cfg.store.path) if cfg.store.path else cfg.run.run_dir / "store.db"
     path.parent.mkdir(parents=True, exist_ok=True)
-    PreferenceStoreActor.options(name=name, namespace=cfg.ray.namespace, get_if_exists=True,
-                                 lifetime="detached" if cfg.ray.address else None).remote(
-        str(path.resolve()), cfg.store, cfg.labels)
-    return name
+    return PreferenceStoreActor.options(name=name, namespace=cfg.ray.namespace, get_if_exists=True).remote(
+        str(path.resolve()), labels=list(cfg.labels.names), prior=cfg.store.prior,
+        half_life_s=cfg.store.half_life_s, synchronous=cfg.store.synchronous,
+        max_text_chars=cfg.store.max_text_chars)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -60,8 +61,9 @@ def _serve(args: argparse.Namespace) -> int:
     ray.init(address=cfg.ray.address or None, namespace=cfg.ray.namespace, num_cpus=cfg.ray.num_cpus or None,
              include_dashboard=False, log_to_driver=False)
     try:
-        store = None if args.no_store else start_store_actor(cfg)
-        app = build_app(str(model), label_scale_from_config(cfg.labels), cfg.reward, cfg.serve, store_actor=store,
+        store = None if args.no_store else start_store_actor(cfg)  # noqa: F841  (held while serving)
+        app = build_app(str(model), label_scale_from_config(cfg.labels), cfg.reward, cfg.serve,
+                        store_actor=None if args.no_store else STORE_ACTOR_NAME,
                         store_namespace=cfg.ray.namespace, token=token)
         serve_app(app, cfg.serve)
         url = f"http://{cfg.serve.host}:{cfg.serve.port}"

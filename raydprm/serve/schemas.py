@@ -8,9 +8,9 @@ refused by validation with the offending field named, before any work is done.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 __all__ = ["Schemas", "make_schemas", "ScoredItem", "LabelsResponse", "HealthResponse", "VotesResponse"]
 
@@ -77,13 +77,15 @@ def make_schemas(max_items: int, max_text_chars: int, label_names: tuple[str, ..
         model_config = ConfigDict(extra="forbid")
         prompt: Text
         response: Text
-        label: StrictStr | StrictInt = Field(description=f"label name ({', '.join(labels)}) or index")
+        label: Any = Field(description=f"label name ({', '.join(labels)}) or index")
         persona: Annotated[StrictStr, Field(min_length=1, max_length=128)] = "anonymous"
         vote_id: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
 
         @field_validator("label")
         @classmethod
         def _known_label(cls, v):
+            if isinstance(v, bool) or not isinstance(v, (int, str)):
+                raise ValueError(f"label must be a label name (string) or index (integer), got {type(v).__name__}")
             if isinstance(v, int):
                 if not 0 <= v < len(labels):
                     raise ValueError(f"label index {v} is out of range 0..{len(labels) - 1}")
