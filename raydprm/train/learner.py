@@ -299,6 +299,27 @@ class PPOLearner:
         """The policy LM's weights under their HF names (what a rollout engine loads); collective."""
         return {k[len("lm."):]: v for k, v in self.full_state_dict().items() if k.startswith("lm.")}
 
+    @torch.no_grad()
+    def score(self, sequences) -> list[list[float]]:
+        """Teacher-forced logprobs under the current policy: entry ``t`` of row ``i`` is
+        ``log p(seq_i[t+1] | seq_i[:t+1])`` (the rollout engines' ``score`` convention, for
+        weight-sync probes). Collective under ZeRO-3."""
+        seqs = [list(map(int, s)) for s in sequences]
+        if not seqs or any(len(s) < 2 for s in seqs):
+            raise RaydprmError("score() needs sequences of at least 2 tokens")
+        L = max(len(s) for s in seqs)
+        ids = torch.zeros(len(seqs), L, dtype=torch.long)
+        attn = torch.zeros(len(seqs), L, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = torch.tensor(s)
+            attn[i, :len(s)] = 1
+        ids, attn = ids.to(self.device), attn.to(self.device)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        with self.engine.autocast():
+            logits, _ = self.engine.forward(ids, attn, pos, L - 1)  # (B, L-1, V): predicts tokens 1..L-1
+        lp = token_logprobs(logits, ids[:, 1:]).cpu()
+        return [lp[i, :len(s) - 1].tolist() for i, s in enumerate(seqs)]
+
     def export_hf(self, out_dir: str | os.PathLike[str]) -> Path | None:
         """Write the policy as an ordinary HF directory (rank 0 writes; collective)."""
         state = self.policy_state_dict()
