@@ -294,15 +294,16 @@ class PreferenceStore:
         if not votes:
             return {"added": 0, "duplicates": 0}
         now = time.time()
-        try:
-            vs = validate_votes(votes, labels=self.labels, label_index=self._label_index, personas=self._personas,
-                                max_text_chars=self.max_text_chars, now=now)
-        except VoteError as e:
-            if e.rule != "known persona":
-                raise
+        vs = None
+        for attempt in range(2):
+            try:
+                vs = validate_votes(votes, labels=self.labels, label_index=self._label_index,
+                                    personas=self._personas, max_text_chars=self.max_text_chars, now=now)
+                break
+            except VoteError as e:
+                if e.rule != "known persona" or attempt:
+                    raise
             self._refresh_personas()  # another process may have registered it since we looked
-            vs = validate_votes(votes, labels=self.labels, label_index=self._label_index, personas=self._personas,
-                                max_text_chars=self.max_text_chars, now=now)
         batch: dict[str, Vote] = {}
         dup = 0
         for i, v in enumerate(vs):

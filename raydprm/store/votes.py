@@ -32,9 +32,12 @@ class VoteError(RaydprmError, ValueError):
     """A vote breaks a rule; nothing of its batch was written."""
 
     def __init__(self, vote_id: Any, index: int, rule: str, detail: str) -> None:
-        self.vote_id, self.index, self.rule = vote_id, index, rule
+        self.vote_id, self.index, self.rule, self.detail = vote_id, index, rule, detail
         super().__init__(f"vote {vote_id!r} (#{index} of the batch) refused by rule '{rule}': {detail}; "
                          "nothing of this batch was written")
+
+    def __reduce__(self):  # picklable (Ray sends it back to the caller)
+        return (type(self), (self.vote_id, self.index, self.rule, self.detail))
 
 
 class Vote(NamedTuple):

@@ -1,0 +1,50 @@
+"""PreferenceStoreActor: the store's API through a local Ray actor, batch calls, errors."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ray = pytest.importorskip("ray")
+
+from raydprm.config import StoreConfig  # noqa: E402
+from raydprm.sim.personas import Population, simulated_items  # noqa: E402
+from raydprm.store import PreferenceStore, VoteError  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def test_store_actor_same_api_and_batch_calls(ray_local, tmp_path):
+    from raydprm.cluster.store_actor import store_actor_from_config
+
+    db = str(tmp_path / "s.db")
+    actor = store_actor_from_config(StoreConfig(path=db, synchronous="NORMAL"))
+    pop = Population()
+    items = simulated_items(10)
+    votes = pop.simulate_votes(items, 8, seed=1)
+    # several concurrent batch calls from tasks: nothing lost
+    refs = [actor.add_votes.remote(votes[i:i + 20]) for i in range(0, len(votes), 20)]
+    assert sum(r["added"] for r in ray.get(refs)) == len(votes)
+    assert ray.get(actor.count_votes.remote()) == len(votes)
+    dists = ray.get(actor.distributions.remote(items, {"scientist": 1.0, "artist": 1.0}))
+    local = PreferenceStore(db)
+    for (p, r), d in zip(items, dists):
+        np.testing.assert_allclose(d, local.distribution(p, r, {"scientist": 1.0, "artist": 1.0}))
+    assert ray.get(actor.distribution.remote(*items[0])) == local.distribution(*items[0])
+    assert len(ray.get(actor.export.remote())) == len(items)
+    assert ray.get(actor.stats.remote())["votes"] == len(votes)
+    assert "teenager" in ray.get(actor.personas.remote())
+    with pytest.raises(VoteError, match="known persona"):
+        ray.get(actor.add_votes.remote([{**votes[0], "vote_id": "new", "persona": "pirate"}]))
+    assert ray.get(actor.count_votes.remote()) == len(votes)
