@@ -336,6 +336,7 @@ def apply_update(engine: Any, manifest: WeightManifest, payloads: Iterable[bytes
         try:
             for p in payloads:
                 engine.rpc_stage(p, timeout=_remaining(deadline, v, "sending buckets"))
+            engine.rpc_check(timeout=_remaining(deadline, v, "checking"))  # partial -> refused, nothing loaded
             engine.weight_version = -1
             rep = engine.rpc_commit(timeout=_remaining(deadline, v, "loading"))
         except BaseException:

@@ -112,6 +112,13 @@ class RaydprmWorkerExtension:
             payload = data
         return len(stager.add(decode_bucket(payload)))
 
+    def raydprm_check(self) -> int:
+        """Raise if the staged set is incomplete (before anything is loaded)."""
+        stager = getattr(self, "_raydprm_stager", None)
+        if stager is None:
+            raise WeightSyncError("raydprm_check called before raydprm_begin")
+        return len(stager.complete())
+
     def raydprm_commit(self) -> dict:
         stager = getattr(self, "_raydprm_stager", None)
         if stager is None:
@@ -259,6 +266,7 @@ class VLLMEngine(RolloutEngine):
             manifest = build_manifest(dict(items), self.weight_version)
             self.rpc_begin(manifest)
             self.rpc_stage(encode_bucket(dict(items)))
+            self.rpc_check()
             self.rpc_commit()
         else:
             runner.reload_weights(weights_iterator=iter(items))
@@ -281,6 +289,10 @@ class VLLMEngine(RolloutEngine):
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+    def rpc_check(self, timeout: float | None = None) -> None:
+        """Raise :class:`WeightSyncError` if the workers' staged set is incomplete."""
+        self.llm.collective_rpc("raydprm_check", timeout=timeout)
 
     def rpc_commit(self, timeout: float | None = None) -> StageReport:
         reps = self.llm.collective_rpc("raydprm_commit", timeout=timeout)
