@@ -502,9 +502,11 @@ class PreferenceStore:
             return mean
         if not (0 <= smoothing < 1):
             raise StoreError(f"smoothing must lie in [0, 1), got {smoothing!r}")
+        import torch
+
         from raydprm.core.smoothing import targeted_smoothing
 
-        return np.asarray(targeted_smoothing(mean, smoothing))
+        return targeted_smoothing(torch.as_tensor(np.asarray(mean, dtype=np.float64)), smoothing).numpy()  # (Eq. T1)
 
     def posterior(self, prompt: str, response: str, persona: str | None = None, at: float | None = None
                   ) -> dict[str, Any]:
