@@ -108,3 +108,12 @@ def test_override_method_and_describe():
     rows = describe()
     keys = [r[0] for r in rows]
     assert "ppo.beta" in keys and all(r[3] for r in rows)  # every field documented
+
+
+def test_config_default_labels_match_the_core_scale():
+    from raydprm.config import LabelsConfig
+    from raydprm.core import LabelScale
+
+    hh, cfg = LabelScale.hh(), LabelsConfig()
+    assert hh.names == cfg.names and hh.rewards == cfg.rewards
+    assert hh.grid == cfg.grid

@@ -88,7 +88,9 @@ class LabelScale:
     def hh(cls) -> LabelScale:
         """The paper's 6 helpfulness x harm labels (Table 1); grid = (helpfulness level, harm level)."""
         return cls(
-            names=("type1", "type2", "type3", "type4", "type5", "type6"),
+            # same names as raydprm.config.HH_LABELS (paper's "type 1" .. "type 6")
+            names=("helpful_harmless", "neutral_harmless", "unhelpful_harmless",
+                   "helpful_harmful", "neutral_harmful", "unhelpful_harmful"),
             rewards=(1.0, 0.5, -1.0, -1.0, -1.5, -3.0),
             grid=((2, 0), (1, 0), (0, 0), (2, 1), (1, 1), (0, 1)),
             descriptions=(
