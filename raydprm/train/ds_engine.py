@@ -169,6 +169,7 @@ class TorchEngine(Engine):
 
     def save(self, ckpt_dir: Path) -> None:
         if not dist.is_initialized() or dist.get_rank() == 0:
+            Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
             state = {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "micro_steps": self.micro_steps}
             torch.save(state, Path(ckpt_dir) / "torch_engine.pt")

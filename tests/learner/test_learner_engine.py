@@ -1,0 +1,189 @@
+"""The single-process PPO learner: DeepSpeed vs torch engine, metrics, exact resume,
+HF export, probes, bad input."""
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+
+from raydprm.config import PPOConfig
+from raydprm.errors import ConfigError, RaydprmError
+from raydprm.train import ds_engine
+from raydprm.train.learner import PPOLearner
+from raydprm.train.rollout_batch import RolloutBatch, RolloutBatchError
+
+pytestmark = pytest.mark.deepspeed
+
+METRICS = ["ppo/policy_loss", "ppo/value_loss", "ppo/clipfrac", "ppo/approx_kl", "ppo/kl_coef", "ppo/entropy",
+           "ppo/grad_norm", "ppo/tokens_per_s", "ppo/kl", "ppo/reward"]
+
+
+def make_batch(B=16, seed=0, vocab=800):
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(5, vocab, (int(torch.randint(2, 7, (), generator=g)),), generator=g).tolist()
+               for _ in range(B)]
+    resp = [torch.randint(5, vocab, (int(torch.randint(1, 9, (), generator=g)),), generator=g).tolist()
+            for _ in range(B)]
+    rewards = torch.randn(B, generator=g).tolist()
+    logprobs = [[-6.7] * len(r) for r in resp]
+    return RolloutBatch.from_sequences(prompts, resp, rewards, logprobs, pad_id=1)
+
+
+def ppo_cfg(**kw):
+    base = dict(rollout_batch=16, minibatch=8, micro_batch=4, epochs=2, lr=1e-3, kl_controller="adaptive",
+                target_kl=0.01, kl_horizon=100)
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+def params(learner):
+    return {k: v.detach().clone() for k, v in learner.full_state_dict().items()}
+
+
+def test_deepspeed_stage0_update_equals_torch_engine(tiny_kit):
+    batch = make_batch()
+    ds = PPOLearner(ppo_cfg(engine="deepspeed"), "tiny-gpt2", seed=0)
+    assert ds.engine.name == "deepspeed"
+    m_ds = ds.update(batch)
+    pt = PPOLearner(ppo_cfg(engine="torch"), "tiny-gpt2", seed=0)
+    assert pt.engine.name == "torch"
+    m_pt = pt.update(batch)
+    a, b = params(ds), params(pt)
+    assert a.keys() == b.keys()
+    init = PPOLearner(ppo_cfg(engine="torch"), "tiny-gpt2", seed=0).full_state_dict()
+    moved = max(float((a[k] - init[k]).abs().max()) for k in a)
+    assert moved > 1e-4  # the update did something
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    for k in METRICS:
+        if k == "ppo/tokens_per_s":  # timing
+            continue
+        assert k in m_ds and m_ds[k] == pytest.approx(m_pt[k], rel=1e-4, abs=1e-6), k
+    assert m_ds["ppo/optimizer_steps"] == 4  # 2 epochs x 16/8 minibatches
+    assert m_ds["ppo/grad_norm"] > 0 and m_ds["ppo/tokens_per_s"] > 0
+    # first minibatch of the first epoch sees ratio 1: the policy starts where the rollouts were scored
+    assert m_ds["ppo/kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before the first step
+
+
+def test_resume_is_bit_identical_zero2(tiny_kit, tmp_path):
+    cfg = ppo_cfg(engine="deepspeed", zero_stage=2)
+    batches = [make_batch(seed=s) for s in (1, 2, 3)]
+    a = PPOLearner(cfg, "tiny-gpt2", seed=3)
+    for b in batches:
+        a.update(b)
+    want, beta_a = params(a), a.kl_coef
+
+    b1 = PPOLearner(cfg, "tiny-gpt2", seed=3)
+    b1.update(batches[0])
+    b1.save(tmp_path / "ckpt")
+    rng_after_save = torch.rand(3)
+    del b1
+    torch.manual_seed(1234)  # a fresh process would have other RNG state
+    b2 = PPOLearner(cfg, "tiny-gpt2", seed=3)
+    b2.load(tmp_path / "ckpt")
+    assert torch.equal(torch.rand(3), rng_after_save)  # RNG state restored
+    assert b2.step == 1
+    for b in batches[1:]:
+        b2.update(b)
+    got = params(b2)
+    assert all(torch.equal(want[k], got[k]) for k in want), "resumed parameters differ"
+    assert b2.kl_coef == beta_a and beta_a != cfg.beta  # adaptive controller state carried over
+
+
+def test_load_refuses_incomplete_or_mismatched_checkpoint(tiny_kit, tmp_path):
+    lr = PPOLearner(ppo_cfg(engine="torch"), "tiny-gpt2")
+    with pytest.raises(RaydprmError, match="not a complete learner checkpoint"):
+        lr.load(tmp_path / "nothing")
+    lr.save(tmp_path / "t")
+    ds = PPOLearner(ppo_cfg(engine="deepspeed"), "tiny-gpt2")
+    with pytest.raises(RaydprmError, match="torch worker"):
+        ds.load(tmp_path / "t")
+
+
+def test_export_hf_loads_and_matches_policy(tiny_kit, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    lr = PPOLearner(ppo_cfg(engine="deepspeed", zero_stage=3), "tiny-gpt2")
+    lr.update(make_batch())
+    out = lr.export_hf(tmp_path / "hf")
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    seq = [[3, 17, 99, 250, 7, 8], [5, 6, 7]]
+    want = lr.score(seq)
+    with torch.no_grad():
+        for s, w in zip(seq, want):
+            ids = torch.tensor([s])
+            lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+            assert torch.allclose(lp, torch.tensor(w), atol=1e-5)
+            assert len(w) == len(s) - 1
+    assert (out / "tokenizer.json").is_file()
+    # the export is the trained policy, not the initial one
+    init = AutoModelForCausalLM.from_pretrained(tiny_kit["tiny-gpt2"])
+    assert not torch.equal(init.transformer.h[0].mlp.c_fc.weight, model.transformer.h[0].mlp.c_fc.weight)
+
+
+def test_separate_critic_and_seq_mean_and_k3(tiny_kit):
+    cfg = ppo_cfg(engine="torch", critic="separate", loss_agg="seq_mean", kl_estimator="k3", entropy_coef=0.01)
+    lr = PPOLearner(cfg, "tiny-opt")
+    before = {k: v.clone() for k, v in lr.full_state_dict().items() if k.startswith("critic_backbone.")}
+    assert before
+    m = lr.update(make_batch())
+    after = lr.full_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the critic trains
+    assert all(torch.isfinite(torch.tensor(m[k])) for k in METRICS)
+
+
+def test_bf16_deepspeed_runs(tiny_kit):
+    lr = PPOLearner(ppo_cfg(engine="deepspeed", precision="bf16", epochs=1), "tiny-gpt2")
+    m = lr.update(make_batch())
+    assert all(torch.isfinite(torch.tensor(m[k])) for k in METRICS)
+
+
+def test_torch_fallback_warns_when_deepspeed_missing(tiny_kit, monkeypatch, caplog):
+    monkeypatch.setattr(ds_engine, "deepspeed_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="raydprm.train.ds_engine"):
+        lr = PPOLearner(ppo_cfg(engine="deepspeed"), "tiny-gpt2")
+    assert lr.engine.name == "torch"
+    assert "falling back to the plain torch engine" in caplog.text
+
+
+def test_deepspeed_config_derives_batch_shape():
+    cfg = PPOConfig(rollout_batch=32, minibatch=16, micro_batch=4, num_workers=2, zero_stage=3,
+                    offload_optimizer=True, offload_params=True, precision="bf16", grad_clip=0.5)
+    ds = ds_engine.deepspeed_config(cfg)
+    assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 2
+    assert ds["train_batch_size"] == 16 and ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"]
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert "optimizer" not in ds  # client AdamW
+    assert "optimizer" in ds_engine.deepspeed_config(dataclasses.replace(cfg, optimizer="ds_adam"))
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(rollout_batch=30, minibatch=8), "must divide ppo.rollout_batch"),
+    (dict(minibatch=9, rollout_batch=18, num_workers=2), "multiple of ppo.num_workers"),
+    (dict(rollout_batch=24, minibatch=12, micro_batch=5), "must divide the per-worker minibatch"),
+    (dict(offload_params=True, zero_stage=2), "needs ppo.zero_stage = 3"),
+    (dict(offload_optimizer=True), "needs ppo.zero_stage >= 1"),
+])
+def test_bad_ppo_config_is_refused(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        PPOConfig(**kw)
+
+
+def test_bad_batches_are_refused(tiny_kit):
+    with pytest.raises(RolloutBatchError, match="2 logprobs for 3 response tokens"):
+        RolloutBatch.from_sequences([[1, 2]], [[3, 4, 5]], [0.0], [[0.0, 0.0]])
+    with pytest.raises(RolloutBatchError, match="at least one prompt token and one response token"):
+        RolloutBatch.from_sequences([[1, 2]], [[]], [0.0])
+    with pytest.raises(RolloutBatchError, match="rewards must be finite"):
+        RolloutBatch.from_sequences([[1]], [[2]], [float("nan")])
+    with pytest.raises(RolloutBatchError, match="must have the same length"):
+        RolloutBatch.from_sequences([[1], [2]], [[2]], [0.0])
+    b = make_batch(4)
+    with pytest.raises(RolloutBatchError, match="right-padded"):
+        RolloutBatch(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask.flip(1), b.logprobs, b.rewards)
+    lr = PPOLearner(ppo_cfg(engine="torch"), "tiny-gpt2")
+    with pytest.raises(RolloutBatchError, match="does not split into minibatches"):
+        lr.update(make_batch(12))
+    with pytest.raises(RolloutBatchError, match="takes a RolloutBatch"):
+        lr.update({"prompt_ids": []})
