@@ -148,13 +148,14 @@ class RolloutPool:
         return [r for part in parts for r in part]
 
     def sync_weights(self, weights: Any, version: int, expected_probe: Sequence[float],
-                     transport: Any = None) -> list[StageReport]:
+                     transport: Any = None, timeout_s: float | None = None) -> list[StageReport]:
         """Push new weights to every replica and verify them (checksum + probe).
 
         ``weights``: a state dict, an ``ObjectRef`` to one, or a prepared
         :class:`~raydprm.cluster.weight_sync.WeightUpdate`. ``transport``: a name
         (default ``rollout.weight_sync``) or a transport object. Raises
-        :class:`WeightSyncError` on failed verification or after ``rollout.sync_timeout_s``.
+        :class:`WeightSyncError` on failed verification or after ``timeout_s`` (default
+        ``rollout.sync_timeout_s``).
         """
         from raydprm.cluster.weight_sync import make_transport
 
@@ -163,7 +164,7 @@ class RolloutPool:
         tr = transport if transport is not None and not isinstance(transport, str) else \
             make_transport(transport or self.cfg.weight_sync, bucket_mb=self.cfg.bucket_mb)
         reports = tr.sync(self.actors, weights, version, expected_probe, tolerance=self.cfg.probe_tolerance,
-                          timeout_s=self.cfg.sync_timeout_s)
+                          timeout_s=timeout_s or self.cfg.sync_timeout_s)
         self.version = version
         return reports
 

@@ -1,0 +1,191 @@
+"""Generator actors on Ray: ordered pool, verified weight sync over the object store and
+vLLM RPC, corrupted/partial/timed-out syncs refused, NCCL on CUDA only."""
+
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from raydprm.config import RolloutConfig
+from raydprm.rollout.sampling import SamplingParams
+from raydprm.rollout.sync import WeightSyncError, probe_logprobs
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+
+PROMPTS = ["The crowd", "A helpful answer is", "x", "Why", "Tell me about votes"]
+GREEDY = SamplingParams(max_new_tokens=10, temperature=0)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local, tiny_policy):
+    from raydprm.cluster.rollout_actor import RolloutPool
+
+    p = RolloutPool(RolloutConfig(num_replicas=2, num_cpus=0.5, sync_timeout_s=60, bucket_mb=1,
+                                  probe_tolerance=1e-4), tiny_policy)
+    yield p
+    p.shutdown()
+
+
+def _learner(path, seed, scale=0.2):
+    m = AutoModelForCausalLM.from_pretrained(path)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return m.eval()
+
+
+def _reference(model, path, prompts, sp):
+    from raydprm.rollout.hf_engine import HFEngine
+
+    return HFEngine(model, tokenizer=AutoTokenizer.from_pretrained(path)).generate(prompts, sp)
+
+
+def test_rollout_ray_split_evenly():
+    from raydprm.cluster.rollout_actor import split_evenly
+
+    assert split_evenly(5, 2) == [(0, 3), (3, 5)]
+    assert split_evenly(1, 3) == [(0, 1), (1, 1), (1, 1)]
+    assert sum(b - a for a, b in split_evenly(64, 3)) == 64
+
+
+def test_rollout_ray_pool_gathers_in_order_like_one_engine(pool, hf_engine):
+    sp = SamplingParams(max_new_tokens=8, temperature=1.0, n=2, seed=5)
+    got = pool.generate(PROMPTS, sp)
+    want = hf_engine.generate(PROMPTS, sp)  # one engine, same seeds: the split is invisible
+    assert [(r.prompt_index, r.sample_index) for r in got] == [(i, j) for i in range(5) for j in range(2)]
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] == [r.token_ids for r in hf_engine.generate(PROMPTS, GREEDY)]
+    assert pool.generate([], GREEDY) == []
+
+
+def test_rollout_ray_object_store_sync_follows_the_learner(pool, tiny_policy):
+    from raydprm.cluster.weight_sync import publish
+
+    learner = _learner(tiny_policy, seed=1)
+    want = [r.token_ids for r in _reference(learner, tiny_policy, PROMPTS, GREEDY)]
+    assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] != want
+    expected = probe_logprobs(learner, pool.probe_ids)
+    reports = pool.sync_weights(learner.state_dict(), 1, expected, transport="object_store")
+    assert len(reports) == 2 and {r.replica for r in reports} == {0, 1}
+    assert all(r.version == 1 and r.probe_max_diff < 1e-4 and r.transport == "object_store" for r in reports)
+    assert pool.versions() == [1, 1]
+    out = pool.generate(PROMPTS, GREEDY)
+    assert [r.token_ids for r in out] == want and {r.weight_version for r in out} == {1}
+    # a pre-published update (only refs travel) and an ObjectRef of a state dict work too
+    learner2 = _learner(tiny_policy, seed=2)
+    pool.sync_weights(publish(learner2.state_dict(), 2, bucket_mb=1), 2, probe_logprobs(learner2, pool.probe_ids))
+    learner3 = _learner(tiny_policy, seed=3)
+    pool.sync_weights(ray.put(learner3.state_dict()), 3, probe_logprobs(learner3, pool.probe_ids))
+    assert pool.versions() == [3, 3]
+    assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] == \
+        [r.token_ids for r in _reference(learner3, tiny_policy, PROMPTS, GREEDY)]
+    with pytest.raises(WeightSyncError, match="not newer"):
+        pool.sync_weights(learner3.state_dict(), 3, probe_logprobs(learner3, pool.probe_ids))
+
+
+def test_rollout_ray_corrupted_and_partial_syncs_are_refused(pool, tiny_policy):
+    from raydprm.cluster.weight_sync import WeightUpdate, publish
+
+    before = [r.token_ids for r in pool.generate(PROMPTS, GREEDY)]
+    v0 = pool.version
+    learner = _learner(tiny_policy, seed=21)
+    expected = probe_logprobs(learner, pool.probe_ids)
+    up = publish(learner.state_dict(), v0 + 1, bucket_mb=1)
+    assert len(up.bucket_refs) >= 1
+    bad = bytearray(ray.get(up.bucket_refs[0]))
+    bad[-9] ^= 0x02
+    corrupted = WeightUpdate(up.manifest, [ray.put(bytes(bad))] + up.bucket_refs[1:])
+    with pytest.raises(WeightSyncError, match="checksum mismatch"):
+        pool.sync_weights(corrupted, v0 + 1, expected)
+    from raydprm.rollout.sync import iter_buckets
+
+    refs = [ray.put(b) for b in iter_buckets(learner.state_dict(), 32 * 1024)]  # several small buckets
+    with pytest.raises(WeightSyncError, match="partial weight sync"):
+        pool.sync_weights(WeightUpdate(up.manifest, refs[:-1]), v0 + 1, expected)  # the last one lost
+    assert pool.version == v0 and pool.versions() == [v0, v0]
+    assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] == before  # old weights still serve
+
+
+def test_rollout_ray_sync_times_out_instead_of_hanging(pool, tiny_policy):
+    """A bucket that never arrives: the sync fails after its timeout, clearly, and the
+    replicas keep their verified weights."""
+    from raydprm.cluster.weight_sync import WeightUpdate, publish
+
+    @ray.remote(num_cpus=0)
+    def never():
+        time.sleep(600)
+
+    stuck = never.remote()
+    v0 = pool.version
+    try:
+        learner = _learner(tiny_policy, seed=4)
+        up = publish(learner.state_dict(), v0 + 1)
+        t0 = time.monotonic()
+        with pytest.raises(WeightSyncError, match="timed out"):
+            pool.sync_weights(WeightUpdate(up.manifest, up.bucket_refs + [stuck]), v0 + 1,
+                              probe_logprobs(learner, pool.probe_ids), timeout_s=2.0)
+        assert time.monotonic() - t0 < 15
+        assert pool.versions() == [v0, v0]
+    finally:
+        ray.cancel(stuck, force=True)
+
+
+def test_rollout_ray_probe_failure_stops_the_replica_serving(pool, tiny_policy):
+    learner = _learner(tiny_policy, seed=31)
+    expected = probe_logprobs(learner, pool.probe_ids)
+    v = pool.version + 1
+    with pytest.raises(WeightSyncError, match="probe logprobs differ"):
+        pool.sync_weights(learner.state_dict(), v, [x + 0.05 for x in expected])
+    with pytest.raises(WeightSyncError, match="failed verification; sync again"):
+        pool.generate(PROMPTS, GREEDY)
+    pool.sync_weights(learner.state_dict(), v, expected)  # a verified sync repairs it
+    assert pool.versions() == [v, v]
+    assert len(pool.generate(PROMPTS, GREEDY)) == len(PROMPTS)
+
+
+@pytest.mark.vllm
+def test_rollout_ray_vllm_replica_syncs_over_worker_rpc(ray_local, tiny_policy):
+    from raydprm.cluster.rollout_actor import RolloutPool
+
+    p = RolloutPool(RolloutConfig(engine="vllm", num_replicas=1, num_cpus=1, kv_cache_memory_mb=32,
+                                  weight_sync="vllm_rpc", bucket_mb=1, probe_tolerance=1e-4), tiny_policy)
+    try:
+        base = AutoModelForCausalLM.from_pretrained(tiny_policy)
+        assert [r.token_ids for r in p.generate(PROMPTS, GREEDY)] == \
+            [r.token_ids for r in _reference(base, tiny_policy, PROMPTS, GREEDY)]
+        learner = _learner(tiny_policy, seed=41)
+        (rep,) = p.sync_weights(learner.state_dict(), 1, probe_logprobs(learner, p.probe_ids))
+        assert rep.transport == "vllm_rpc" and rep.probe_max_diff < 1e-4 and rep.num_tensors == len(learner.state_dict())
+        out = p.generate(PROMPTS, GREEDY)
+        assert [r.token_ids for r in out] == [r.token_ids for r in _reference(learner, tiny_policy, PROMPTS, GREEDY)]
+    finally:
+        p.shutdown()
+
+
+@pytest.mark.gpu
+@pytest.mark.vllm
+def test_rollout_ray_nccl_broadcast_to_vllm_workers(ray_local, tiny_policy):
+    if not torch.cuda.is_available():
+        pytest.skip("the nccl weight transport needs CUDA (learner on a GPU and vLLM workers on GPUs); none here")
+    from raydprm.cluster.rollout_actor import RolloutPool
+    from raydprm.cluster.weight_sync import NcclTransport
+
+    p = RolloutPool(RolloutConfig(engine="vllm", num_replicas=1, num_gpus=1, weight_sync="nccl",
+                                  probe_tolerance=1e-3), tiny_policy)
+    try:
+        learner = _learner(tiny_policy, seed=51).cuda()
+        tr = NcclTransport()
+        (rep,) = p.sync_weights(learner.state_dict(), 1, probe_logprobs(learner, p.probe_ids), transport=tr)
+        assert rep.transport == "nccl" and rep.probe_max_diff < 1e-3
+    finally:
+        p.shutdown()
