@@ -58,8 +58,10 @@ def _serve(args: argparse.Namespace) -> int:
     if not model.is_dir():
         raise RaydprmError(f"reward model directory '{model}' does not exist; train one with `raydprm reward train`")
     token = resolve_token(cfg.serve)
-    ray.init(address=cfg.ray.address or None, namespace=cfg.ray.namespace, num_cpus=cfg.ray.num_cpus or None,
-             include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()  # reuse a Ray session the caller already has
+    if started:
+        ray.init(address=cfg.ray.address or None, namespace=cfg.ray.namespace, num_cpus=cfg.ray.num_cpus or None,
+                 include_dashboard=False, log_to_driver=False)
     try:
         store = None if args.no_store else start_store_actor(cfg)  # noqa: F841  (held while serving)
         app = build_app(str(model), label_scale_from_config(cfg.labels), cfg.reward, cfg.serve,
@@ -84,4 +86,5 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             serve.shutdown()
         finally:
-            ray.shutdown()
+            if started:
+                ray.shutdown()

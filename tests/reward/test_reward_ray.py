@@ -208,3 +208,20 @@ def test_serve_deployment_options_from_config():
     assert o["autoscaling_config"]["max_replicas"] == 3 and o["autoscaling_config"]["min_replicas"] == 1
     with pytest.raises(RaydprmError, match="min_replicas"):
         deployment_options(CFG.override(["serve.min_replicas=3", "serve.max_replicas=2"]).serve)
+
+
+def test_serve_cli_smoke_on_the_running_session(served, model_dirs, capsys):
+    """`raydprm serve --smoke` (last in this module: it shuts Serve down when done)."""
+    import json
+
+    from raydprm.cli import main
+
+    _, _, _, cfg = served
+    dir_a = model_dirs[0]
+    rc = main(["serve", "--smoke", "--model", str(dir_a), f"serve.port={cfg.serve.port}",
+               f"store.path={cfg.store.path}", "ray.namespace=raydprm-test"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert f"http://127.0.0.1:{cfg.serve.port}" in out
+    body, _ = json.JSONDecoder().raw_decode(out[out.index("{"):])
+    assert body["healthz"]["status"] == "ok" and len(body["score"]["results"]) == 1
