@@ -59,8 +59,9 @@ def _toy(args: argparse.Namespace) -> int:
 
         from raydprm.cluster.learner_group import LearnerGroup
 
-        ray.init(address=cfg.ray.address or None, num_cpus=cfg.ray.num_cpus or None,
-                 namespace=cfg.ray.namespace, include_dashboard=False, log_to_driver=False)
+        if not ray.is_initialized():
+            ray.init(address=cfg.ray.address or None, num_cpus=cfg.ray.num_cpus or None,
+                     namespace=cfg.ray.namespace, include_dashboard=False, log_to_driver=False)
         learner = group = LearnerGroup.create(ppo, cfg.models.policy, seed=cfg.run.seed, dtype=cfg.models.dtype)
     else:
         from raydprm.train.learner import PPOLearner
