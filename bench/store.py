@@ -1,8 +1,8 @@
 """Benchmark: durable ingest rate of the preference store vs raw SQLite inserts.
 
 For each SQLite ``synchronous`` mode (NORMAL, FULL; journal_mode=WAL in both) this
-measures, in the same run and interleaved round by round (so that machine noise hits
-both alike):
+measures, in the same run and interleaved batch by batch (alternating which goes first,
+so that machine noise hits both alike):
 
 * ``store``: ``PreferenceStore.add_votes`` in batches of ``--batch`` votes (validation,
   idempotency check, item upsert, vote log append, Dirichlet posterior upkeep, COMMIT);
@@ -49,34 +49,43 @@ def make_votes(n_votes: int, votes_per_item: int, seed: int) -> list[dict]:
     return votes
 
 
-def raw_ingest(path: Path, votes: list[dict], batch: int, sync: str) -> float:
-    """Seconds to insert the votes' rows with plain executemany, one transaction per batch."""
-    db = sqlite3.connect(str(path), isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA synchronous={sync}")
-    db.execute(RAW_SCHEMA)
+class RawWriter:
+    """Plain executemany of the votes' rows into a bare votes table, one transaction per batch."""
+
+    def __init__(self, path: Path, sync: str) -> None:
+        self.db = sqlite3.connect(str(path), isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={sync}")
+        self.db.execute(RAW_SCHEMA)
+
+    def write(self, rows: list[tuple]) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany("INSERT INTO votes(vote_id, item_id, persona, label, dist, weight, ts, source) "
+                            "VALUES (?,?,?,?,?,?,?,?)", rows)
+        self.db.execute("COMMIT")
+
+
+def ingest_round(tmp: Path, votes: list[dict], batch: int, sync: str, tag: str) -> tuple[float, float]:
+    """(raw seconds, store seconds) for the same votes, interleaved batch by batch (alternating
+    which goes first) so that both see the same machine noise."""
+    raw = RawWriter(tmp / f"raw-{tag}.db", sync)
+    store = PreferenceStore(tmp / f"store-{tag}.db", synchronous=sync)
     rows = [(v["vote_id"], item_id(v["prompt"], v["response"]), v["persona"], v["label"], None, 1.0, v["ts"],
              v["source"]) for v in votes]
-    t = time.perf_counter()
-    for i in range(0, len(rows), batch):
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany("INSERT INTO votes(vote_id, item_id, persona, label, dist, weight, ts, source) "
-                       "VALUES (?,?,?,?,?,?,?,?)", rows[i:i + batch])
-        db.execute("COMMIT")
-    dt = time.perf_counter() - t
-    db.close()
-    return dt
-
-
-def store_ingest(path: Path, votes: list[dict], batch: int, sync: str) -> float:
-    store = PreferenceStore(path, synchronous=sync)
-    t = time.perf_counter()
-    for i in range(0, len(votes), batch):
-        store.add_votes(votes[i:i + batch])
-    dt = time.perf_counter() - t
+    t_raw = t_store = 0.0
+    for k, i in enumerate(range(0, len(votes), batch)):
+        for kind in (("raw", "store") if k % 2 == 0 else ("store", "raw")):
+            t = time.perf_counter()
+            if kind == "raw":
+                raw.write(rows[i:i + batch])
+                t_raw += time.perf_counter() - t
+            else:
+                store.add_votes(votes[i:i + batch])
+                t_store += time.perf_counter() - t
     assert store.count_votes() == len(votes)
+    raw.db.close()
     store.close()
-    return dt
+    return t_raw, t_store
 
 
 def query_rate(path: Path, votes: list[dict], n: int) -> dict[str, float]:
@@ -113,12 +122,8 @@ def main(argv=None) -> dict:
             raw_rates, store_rates, ratios = [], [], []
             for r in range(args.rounds):
                 votes = make_votes(args.votes, args.votes_per_item, seed=r)
-                order = ("raw", "store") if r % 2 == 0 else ("store", "raw")
-                res = {}
-                for kind in order:
-                    path = tmp / f"{kind}-{sync}-{r}.db"
-                    fn = raw_ingest if kind == "raw" else store_ingest
-                    res[kind] = len(votes) / fn(path, votes, args.batch, sync)
+                t_raw, t_store = ingest_round(tmp, votes, args.batch, sync, f"{sync}-{r}")
+                res = {"raw": len(votes) / t_raw, "store": len(votes) / t_store}
                 raw_rates.append(res["raw"])
                 store_rates.append(res["store"])
                 ratios.append(res["store"] / res["raw"])

@@ -92,7 +92,9 @@ def _import(args: argparse.Namespace) -> int:
     from raydprm.store.hh import import_hh
 
     _, store = _open(args)
-    label = (lambda x: int(x) if x.isdigit() else x)
+    def label(x: str) -> int | str:
+        return int(x) if x.isdigit() else x
+
     out = import_hh(store, args.file, persona=args.persona, chosen_label=label(args.chosen_label),
                     rejected_label=label(args.rejected_label), limit=args.limit)
     print(json.dumps(out))

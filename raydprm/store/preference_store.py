@@ -3,16 +3,18 @@
 Tables (the vote log is the source of truth; everything else is derived from it)::
 
     votes(seq, vote_id UNIQUE, item_id, persona, label, dist, weight, ts, source)   append-only log
-    items(item_id = content hash of (prompt, response), prompt, response, created)
-    posterior(item_id, persona, evidence, counts, n_votes, t_ref)                  derived, per (item, persona)
-    personas(name, description), labels(idx, name), meta(key, value), pairs(...)
+    items(seq, item_id = content hash of (prompt, response), prompt, response, created)
+    posterior(item_seq, state, n_votes, t_ref)       derived: every persona's posterior of the item
+    personas(pid, name, description), labels(idx, name), meta(key, value), pairs(...)
 
 Per (item, persona) the store keeps the Dirichlet *evidence* of Eq. (D1) of
 :mod:`raydprm.core.dirichlet` (the posterior without its prior),
 
-    evidence(t_ref) = sum_k w_k * 0.5 ** ((t_ref - ts_k) / half_life) * v_k,   t_ref = newest vote time
+    evidence(t_ref) = sum_k w_k * 0.5 ** ((t_ref - ts_k) / half_life) * v_k,   t_ref = newest vote time of the item
 
-updated incrementally with :func:`~raydprm.core.dirichlet.dirichlet_update` in the same
+(one row per item holds all its personas' evidence, so a batch rewrites one row per
+item it touches; rows are keyed by the item's insertion number, so recent items - the
+ones votes arrive for - share a few B-tree pages and a commit writes few pages) updated incrementally with :func:`~raydprm.core.dirichlet.dirichlet_update` in the same
 transaction that appends the votes, and always recomputable from the log
 (:meth:`PreferenceStore.rebuild_posteriors`, :meth:`PreferenceStore.recount`). A query at
 time ``at`` reads ``alpha = prior + evidence * 0.5 ** ((at - t_ref) / half_life)``
@@ -43,7 +45,13 @@ from typing import Any
 import numpy as np
 
 from raydprm.config import HH_LABELS
-from raydprm.core.dirichlet import decay_factor, dirichlet_mean, dirichlet_update, dirichlet_variance, mix_posteriors
+from raydprm.core.dirichlet import (
+    decay_factor,
+    dirichlet_mean,
+    dirichlet_update,
+    dirichlet_variance,
+    mix_posteriors,
+)
 from raydprm.errors import RaydprmError
 from raydprm.store.votes import Vote, VoteError, item_id, validate_votes
 
@@ -53,19 +61,20 @@ SCHEMA_VERSION = 1
 # The paper's six personas plus an id for votes that name no persona (e.g. HTTP votes).
 DEFAULT_STORE_PERSONAS = ("scientist", "teacher", "politician", "teenager", "ceo", "artist", "anonymous")
 _CHUNK = 500  # host parameters per IN (...) query
+_PID_SPAN = 1 << 31  # (item, persona) group key = item * span + persona id
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS labels(idx INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS personas(name TEXT PRIMARY KEY, description TEXT NOT NULL DEFAULT '');
-CREATE TABLE IF NOT EXISTS items(item_id TEXT PRIMARY KEY, prompt TEXT NOT NULL, response TEXT NOT NULL,
-                                 created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS personas(pid INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                                    description TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS items(seq INTEGER PRIMARY KEY, item_id TEXT NOT NULL UNIQUE, prompt TEXT NOT NULL,
+                                 response TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS votes(seq INTEGER PRIMARY KEY AUTOINCREMENT, vote_id TEXT NOT NULL UNIQUE,
                                  item_id TEXT NOT NULL, persona TEXT NOT NULL, label INTEGER, dist TEXT,
                                  weight REAL NOT NULL, ts REAL NOT NULL, source TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS posterior(item_id TEXT NOT NULL, persona TEXT NOT NULL, evidence BLOB NOT NULL,
-                                     counts BLOB NOT NULL, n_votes INTEGER NOT NULL, t_ref REAL NOT NULL,
-                                     PRIMARY KEY(item_id, persona)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS posterior(item_seq INTEGER PRIMARY KEY, state BLOB NOT NULL, n_votes INTEGER NOT NULL,
+                                     t_ref REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS pairs(pair_id TEXT PRIMARY KEY, chosen_item TEXT NOT NULL, rejected_item TEXT NOT NULL,
                                  annotator TEXT NOT NULL, source TEXT NOT NULL, ts REAL NOT NULL);
 """
@@ -209,6 +218,7 @@ class PreferenceStore:
                 cur.execute("UPDATE meta SET value = ? WHERE key = 'half_life_s'", (repr(float(half_life_s)),))
                 self.half_life_s = float(half_life_s)
                 self.labels = have
+                self._personas = dict(cur.execute("SELECT name, pid FROM personas").fetchall())
                 self._rebuild(cur)  # the log is the truth: re-derive posteriors under the new half-life
         for p in personas:
             self._check_persona_name(p)
@@ -220,7 +230,8 @@ class PreferenceStore:
             self.labels: list[str] = json.loads(meta["labels"])
             self.half_life_s: float = float(meta["half_life_s"])
             self._label_index = {n: i for i, n in enumerate(self.labels)}
-            self._personas = dict(self._db.execute("SELECT name, description FROM personas").fetchall())
+            self._personas = dict(self._db.execute("SELECT name, pid FROM personas ORDER BY pid").fetchall())
+            self._pid_name = {pid: name for name, pid in self._personas.items()}
 
     @property
     def num_labels(self) -> int:
@@ -234,7 +245,8 @@ class PreferenceStore:
 
     def _refresh_personas(self) -> None:
         with self._lock:
-            self._personas = dict(self._db.execute("SELECT name, description FROM personas").fetchall())
+            self._personas = dict(self._db.execute("SELECT name, pid FROM personas ORDER BY pid").fetchall())
+            self._pid_name = {pid: name for name, pid in self._personas.items()}
 
     @property
     def _half_life(self) -> float | None:
@@ -264,7 +276,7 @@ class PreferenceStore:
         """Register a persona or annotator id (idempotent)."""
         self._check_persona_name(name)
         with self._write() as cur:
-            cur.execute("INSERT INTO personas VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET description = "
+            cur.execute("INSERT INTO personas(name, description) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET description = "
                         "CASE WHEN excluded.description != '' THEN excluded.description ELSE description END",
                         (name, description))
         self._refresh_personas()
@@ -279,7 +291,7 @@ class PreferenceStore:
                                      f"{self.max_text_chars} chars")
             rows.append((item_id(prompt, response), prompt, response, now))
         with self._write() as cur:
-            cur.executemany("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?)", rows)
+            cur.executemany("INSERT OR IGNORE INTO items(item_id, prompt, response, created) VALUES (?, ?, ?, ?)", rows)
         return [r[0] for r in rows]
 
     def add_votes(self, votes: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -304,15 +316,14 @@ class PreferenceStore:
                 if e.rule != "known persona" or attempt:
                     raise
             self._refresh_personas()  # another process may have registered it since we looked
-        batch: dict[str, Vote] = {}
-        dup = 0
-        for i, v in enumerate(vs):
-            first = batch.get(v.vote_id)
-            if first is None:
-                batch[v.vote_id] = v
-                continue
-            self._same_or_raise(i, v, (first.item_id, first.persona, first.label, first.dist, first.weight))
-            dup += 1
+        batch: dict[str, Vote] = {v.vote_id: v for v in vs}
+        dup = len(vs) - len(batch)
+        if dup:  # an id repeated inside the batch: keep the first, the others must be identical
+            batch = {}
+            for i, v in enumerate(vs):
+                first = batch.setdefault(v.vote_id, v)
+                if first is not v:
+                    self._same_or_raise(i, v, (first.item_id, first.persona, first.label, first.dist, first.weight))
         with self._write() as cur:
             # Fast path: INSERT OR IGNORE the whole batch, then look only at the ids that
             # were not inserted (already in the log) - none in the common case.
@@ -320,9 +331,7 @@ class PreferenceStore:
             before = self._db.total_changes
             cur.executemany(
                 "INSERT OR IGNORE INTO votes(vote_id, item_id, persona, label, dist, weight, ts, source) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                [(v.vote_id, v.item_id, v.persona, v.label, None if v.dist is None else json.dumps(v.dist),
-                  v.weight, v.ts, v.source) for v in batch.values()])
+                "VALUES (?,?,?,?,?,?,?,?)", [v[:8] for v in batch.values()])
             if self._db.total_changes - before == len(batch):
                 new = list(batch.values())
             else:
@@ -340,8 +349,8 @@ class PreferenceStore:
             if new:
                 now = time.time()
                 items = {v.item_id: (v.item_id, v.prompt, v.response, now) for v in new}
-                cur.executemany("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?)", list(items.values()))
-                self._update_posteriors(cur, [(v.item_id, v.persona, v.label, v.dist, v.weight, v.ts) for v in new])
+                cur.executemany("INSERT OR IGNORE INTO items(item_id, prompt, response, created) VALUES (?, ?, ?, ?)", list(items.values()))
+                self._update_posteriors(cur, new)
         return {"added": len(new), "duplicates": dup}
 
     @staticmethod
@@ -350,52 +359,97 @@ class PreferenceStore:
             raise VoteError(v.vote_id, index, "vote ids are immutable",
                             "this vote id is already used by a vote with different content")
 
-    def _update_posteriors(self, cur: sqlite3.Cursor, rows: Sequence[tuple]) -> None:
-        """Fold votes ``(item_id, persona, label, dist, weight, ts)`` into their posteriors, Eq. (D1)."""
+    def _decode(self, blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """An item's state -> persona ids (k,), vote counts (k,), evidence (k, L), counts (k, L)."""
         L = self.num_labels
-        keys: dict[tuple[str, str], int] = {}
-        g = np.empty(len(rows), dtype=np.int64)  # (N,) group of each vote
-        probs = np.zeros((len(rows), L))  # (N, L) vote as a probability row
-        w = np.empty(len(rows))
-        ts = np.empty(len(rows))
-        for k, (iid, persona, label, dist, weight, t) in enumerate(rows):
-            g[k] = keys.setdefault((iid, persona), len(keys))
-            if dist is None:
-                probs[k, label] = 1.0
-            else:
-                probs[k] = dist
-            w[k], ts[k] = weight, t
-        G = len(keys)
-        ev = np.zeros((G, L))  # (G, L) decayed evidence at t_ref
-        cnt = np.zeros((G, L))  # (G, L) undecayed weighted counts
-        nv = np.zeros(G, dtype=np.int64)
-        t_ref = np.full(G, -np.inf)
-        item_ids = sorted({k[0] for k in keys})
+        a = np.frombuffer(blob)  # [pids (k), n_votes (k), evidence (k*L), counts (k*L, only with forgetting)]
+        if self._half_life is None:  # without forgetting the evidence *is* the counts: stored once
+            k = a.size // (2 + L)
+            ev = a[2 * k:].reshape(k, L)
+            return a[:k].astype(np.int64), a[k:2 * k].astype(np.int64), ev, ev
+        k = a.size // (2 + 2 * L)
+        return (a[:k].astype(np.int64), a[k:2 * k].astype(np.int64), a[2 * k:2 * k + k * L].reshape(k, L),
+                a[2 * k + k * L:].reshape(k, L))
+
+    def _encode(self, pids: np.ndarray, nv: np.ndarray, ev: np.ndarray, cnt: np.ndarray) -> bytes:
+        parts = [pids.astype(np.float64), nv.astype(np.float64), ev.ravel()]
+        if self._half_life is not None:
+            parts.append(cnt.ravel())
+        return np.concatenate(parts).tobytes()
+
+    def _update_posteriors(self, cur: sqlite3.Cursor, rows: Sequence[Vote]) -> None:
+        """Fold votes into their items' posteriors, Eq. (D1)."""
+        L = self.num_labels
+        n = len(rows)
+        pid_of = self._personas
+        if any(r.persona not in pid_of for r in rows):  # registered by another process since we looked
+            pid_of = dict(cur.execute("SELECT name, pid FROM personas").fetchall())
+        items: dict[str, int] = {}
+        vi = np.array([items.setdefault(r[1], len(items)) for r in rows], dtype=np.int64)  # (N,) item of each vote
+        vp = np.array([pid_of[r[2]] for r in rows], dtype=np.int64)  # (N,) persona id of each vote
+        labels = np.array([-1 if r[3] is None else r[3] for r in rows], dtype=np.int64)
+        w = np.array([r[5] for r in rows], dtype=np.float64)
+        ts = np.array([r[6] for r in rows], dtype=np.float64)
+        probs = np.zeros((n, L))  # (N, L) vote as a probability row
+        hard = labels >= 0
+        probs[np.flatnonzero(hard), labels[hard]] = 1.0
+        for k in np.flatnonzero(~hard).tolist():
+            probs[k] = rows[k].dist
+        item_ids = list(items)
+        n_items = len(items)
+        seqs = np.zeros(n_items, dtype=np.int64)
         for chunk in _chunks(item_ids):
-            q = f"SELECT item_id, persona, evidence, counts, n_votes, t_ref FROM posterior WHERE item_id IN " \
-                f"({','.join('?' * len(chunk))})"
-            for iid, persona, e, c, n, t in cur.execute(q, chunk):
-                j = keys.get((iid, persona))
-                if j is not None:
-                    ev[j], cnt[j], nv[j], t_ref[j] = np.frombuffer(e), np.frombuffer(c), n, t
+            q = f"SELECT item_id, seq FROM items WHERE item_id IN ({','.join('?' * len(chunk))})"
+            for iid, sq in cur.execute(q, chunk):
+                seqs[items[iid]] = sq
+        by_seq = {int(sq): j for j, sq in enumerate(seqs.tolist())}
+        t_ref = np.full(n_items, -np.inf)  # (I,)
+        old_keys, old_ev, old_cnt, old_nv = [], [], [], []
+        for chunk in _chunks(seqs.tolist()):
+            q = f"SELECT item_seq, state, t_ref FROM posterior WHERE item_seq IN ({','.join('?' * len(chunk))})"
+            for sq, blob, t in cur.execute(q, chunk):
+                j = by_seq[sq]
+                t_ref[j] = t
+                pids, nv, e, c = self._decode(blob)
+                old_keys.append(j * _PID_SPAN + pids)
+                old_ev.append(e)
+                old_cnt.append(c)
+                old_nv.append(nv)
+        # groups = every (item, persona) of the touched items, keyed j * span + pid and sorted,
+        # so each item's personas are contiguous: old rows and the new votes map onto them
+        n_old = sum(len(k) for k in old_keys)
+        all_keys = np.concatenate(old_keys + [vi * _PID_SPAN + vp])
+        keys, inv = np.unique(all_keys, return_inverse=True)
+        G = len(keys)
+        ev = np.zeros((G, L))  # (G, L) decayed evidence at the item's t_ref
+        cnt = np.zeros((G, L))  # (G, L) undecayed weighted counts
+        nvs = np.zeros(G, dtype=np.int64)
+        if n_old:
+            at = inv[:n_old]
+            ev[at], cnt[at], nvs[at] = np.concatenate(old_ev), np.concatenate(old_cnt), np.concatenate(old_nv)
+        g = inv[n_old:]  # (N,) group of each vote
+        g_item, g_pid = keys // _PID_SPAN, keys % _PID_SPAN  # (G,)
         now = t_ref.copy()
-        np.maximum.at(now, g, ts)  # (G,) new reference time = newest vote of the group
+        np.maximum.at(now, vi, ts)  # (I,) new reference time = newest vote of the item
         hl = self._half_life
+        w_eff = w
         if hl is not None:
-            fresh = np.isinf(t_ref)
-            ev = ev * decay_factor(np.where(fresh, 0.0, now - t_ref), hl)[:, None]  # old evidence ages
-            w_eff = w * decay_factor(now[g] - ts, hl)  # each vote aged to its group's t_ref
-        else:
-            w_eff = w
+            age = np.where(np.isinf(t_ref), 0.0, now - t_ref)
+            ev = ev * decay_factor(age, hl)[g_item][:, None]  # old evidence ages to the new t_ref
+            w_eff = w * decay_factor(now[vi] - ts, hl)  # each vote aged to its item's t_ref
         # One call updates both (Eq. D1) accumulators, stacked as rows [evidence; counts] (2G, L):
         # the decayed evidence (prior excluded, added at read time) and the undecayed counts.
         both = dirichlet_update(np.concatenate([ev, cnt]), np.concatenate([probs, probs]),
                                 np.concatenate([w_eff, w]), index=np.concatenate([g, g + G]))
         ev, cnt = both[:G], both[G:]
-        nv += np.bincount(g, minlength=G)
-        cur.executemany("INSERT OR REPLACE INTO posterior VALUES (?, ?, ?, ?, ?, ?)",
-                        [(iid, persona, ev[j].tobytes(), cnt[j].tobytes(), int(nv[j]), float(now[j]))
-                         for (iid, persona), j in keys.items()])
+        nvs += np.bincount(g, minlength=G)
+        bounds = np.searchsorted(g_item, np.arange(n_items + 1))  # groups are sorted by item
+        out = []
+        for j, sq in enumerate(seqs.tolist()):
+            a, b = bounds[j], bounds[j + 1]
+            out.append((sq, self._encode(g_pid[a:b], nvs[a:b], ev[a:b], cnt[a:b]), int(nvs[a:b].sum()),
+                        float(now[j])))
+        cur.executemany("INSERT OR REPLACE INTO posterior VALUES (?, ?, ?, ?)", out)
 
     def rebuild_posteriors(self) -> int:
         """Re-derive every posterior from the vote log; returns the number of votes replayed."""
@@ -406,12 +460,12 @@ class PreferenceStore:
         cur.execute("DELETE FROM posterior")
         n = 0
         rd = self._db.cursor()  # same connection and transaction
-        rd.execute("SELECT item_id, persona, label, dist, weight, ts FROM votes ORDER BY seq")
+        rd.execute("SELECT vote_id, item_id, persona, label, dist, weight, ts, source FROM votes ORDER BY seq")
         while True:
             rows = rd.fetchmany(20000)
             if not rows:
                 return n
-            self._update_posteriors(cur, [(r[0], r[1], r[2], None if r[3] is None else json.loads(r[3]), r[4], r[5])
+            self._update_posteriors(cur, [Vote(*r, "", "", None if r[4] is None else tuple(json.loads(r[4])))
                                           for r in rows])
             n += len(rows)
 
@@ -431,16 +485,24 @@ class PreferenceStore:
             items[b] = (b, p["prompt"], p["rejected"], now)
             rows.append((p["pair_id"], a, b, p["annotator"], str(p.get("source", "api")), float(p.get("ts", now))))
         with self._write() as cur:
-            cur.executemany("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?)", list(items.values()))
+            cur.executemany("INSERT OR IGNORE INTO items(item_id, prompt, response, created) VALUES (?, ?, ?, ?)", list(items.values()))
             before = cur.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
             cur.executemany("INSERT OR IGNORE INTO pairs VALUES (?, ?, ?, ?, ?, ?)", rows)
             return cur.execute("SELECT COUNT(*) FROM pairs").fetchone()[0] - before
 
     # ------------------------------------------------------------------ reading
 
+    def _rows(self, blob: bytes, t_ref: float) -> dict[str, tuple[np.ndarray, np.ndarray, int, float]]:
+        """{persona: (evidence (L,), counts (L,), n_votes, t_ref)} of an item's state."""
+        pids, nv, ev, cnt = self._decode(blob)
+        if any(p not in self._pid_name for p in pids.tolist()):
+            self._refresh_personas()
+        return {self._pid_name[p]: (ev[i], cnt[i], int(nv[i]), t_ref) for i, p in enumerate(pids.tolist())}
+
     def _item_rows(self, cur: sqlite3.Cursor, iid: str) -> dict[str, tuple[np.ndarray, np.ndarray, int, float]]:
-        return {p: (np.frombuffer(e), np.frombuffer(c), n, t) for p, e, c, n, t in cur.execute(
-            "SELECT persona, evidence, counts, n_votes, t_ref FROM posterior WHERE item_id = ?", (iid,))}
+        row = cur.execute("SELECT p.state, p.t_ref FROM items i JOIN posterior p ON p.item_seq = i.seq "
+                          "WHERE i.item_id = ?", (iid,)).fetchone()
+        return {} if row is None else self._rows(*row)
 
     def _lookup(self, prompt: str, response: str) -> tuple[str, dict]:
         iid = item_id(prompt, response)
@@ -569,13 +631,10 @@ class PreferenceStore:
                         min_votes: int = 0) -> Iterator[tuple[str, str, str, np.ndarray, np.ndarray, int, dict]]:
         """(item_id, prompt, response, mean, variance, n_votes, rows) for every item."""
         with self._read() as cur:
-            items = cur.execute("SELECT item_id, prompt, response FROM items ORDER BY created, item_id").fetchall()
-            post: dict[str, dict] = {}
-            for iid, p, e, c, n, t in cur.execute(
-                    "SELECT item_id, persona, evidence, counts, n_votes, t_ref FROM posterior"):
-                post.setdefault(iid, {})[p] = (np.frombuffer(e), np.frombuffer(c), n, t)
-        for iid, prompt, response in items:
-            rows = post.get(iid, {})
+            items = cur.execute("SELECT i.item_id, i.prompt, i.response, p.state, p.t_ref FROM items i "
+                                "LEFT JOIN posterior p ON p.item_seq = i.seq ORDER BY i.seq").fetchall()
+        for iid, prompt, response, blob, t in items:
+            rows = {} if blob is None else self._rows(blob, t)
             n = sum(r[2] for r in rows.values())
             if n < min_votes:
                 continue
@@ -643,7 +702,7 @@ class PreferenceStore:
             per = dict(cur.execute("SELECT persona, COUNT(*) FROM votes GROUP BY persona").fetchall())
             n_votes = sum(per.values())
             n_items = cur.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-            voted = cur.execute("SELECT COUNT(DISTINCT item_id) FROM posterior").fetchone()[0]
+            voted = cur.execute("SELECT COUNT(*) FROM posterior").fetchone()[0]
             n_pairs = cur.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
             sync = cur.execute("PRAGMA synchronous").fetchone()[0]
         self._refresh_personas()

@@ -15,6 +15,7 @@ A vote is a dict with
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -41,26 +42,23 @@ class VoteError(RaydprmError, ValueError):
 
 
 class Vote(NamedTuple):
-    """A validated vote. ``label`` is the index for a one-hot vote, else None and ``dist`` is set."""
+    """A validated vote. ``label`` is the index for a one-hot vote, else None and ``dist`` is set.
+
+    The first eight fields are, in order, the columns of a row of the vote log
+    (``dist_json`` is ``dist`` as JSON text), so ``vote[:8]`` is that row.
+    """
 
     vote_id: str
     item_id: str
-    prompt: str
-    response: str
     persona: str
     label: int | None
-    dist: tuple[float, ...] | None
+    dist_json: str | None
     weight: float
     ts: float
     source: str
-
-    def probs(self, num_labels: int) -> list[float]:
-        """The vote as a probability row (L,)."""
-        if self.dist is not None:
-            return list(self.dist)
-        row = [0.0] * num_labels
-        row[self.label] = 1.0
-        return row
+    prompt: str
+    response: str
+    dist: tuple[float, ...] | None
 
 
 def item_id(prompt: str, response: str) -> str:
@@ -93,9 +91,14 @@ def validate_votes(votes: Sequence[Mapping[str, Any]], *, labels: Sequence[str],
             extra = sorted(set(v) - VOTE_KEYS)
             raise VoteError(vid, i, "known fields only", f"unknown fields {extra}; allowed: {sorted(VOTE_KEYS)}")
         prompt, response = v.get("prompt"), v.get("response")
-        if (type(prompt) is not str or type(response) is not str or not prompt.strip() or not response.strip()
-                or len(prompt) > max_text_chars or len(response) > max_text_chars):
+        if type(prompt) is not str or type(response) is not str:
             _text_error(vid, i, prompt, response, max_text_chars)
+        iid = ids.get((prompt, response))
+        if iid is None:  # first vote of the batch on this item: check its texts once
+            if (not prompt or not response or prompt.isspace() or response.isspace()
+                    or len(prompt) > max_text_chars or len(response) > max_text_chars):
+                _text_error(vid, i, prompt, response, max_text_chars)
+            iid = ids[(prompt, response)] = item_id(prompt, response)
         persona = v.get("persona")
         if persona not in personas:
             raise VoteError(vid, i, "known persona", f"persona {persona!r} is not registered (known: "
@@ -127,10 +130,8 @@ def validate_votes(votes: Sequence[Mapping[str, Any]], *, labels: Sequence[str],
         source = v.get("source", "api")
         if type(source) is not str or len(source) > MAX_ID_CHARS:
             raise VoteError(vid, i, "source is a short string", f"got {source!r}")
-        iid = ids.get((prompt, response))
-        if iid is None:
-            iid = ids[(prompt, response)] = item_id(prompt, response)
-        append(Vote(vid, iid, prompt, response, persona, lab, d, weight, ts, source))
+        append(Vote(vid, iid, persona, lab, None if d is None else json.dumps(d), weight, ts, source, prompt,
+                    response, d))
     return out
 
 

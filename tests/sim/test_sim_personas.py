@@ -5,8 +5,14 @@ import pytest
 
 from raydprm.config import CrowdConfig
 from raydprm.sim import world
-from raydprm.sim.personas import (DEFAULT_PERSONAS, Persona, PersonaError, Population, load_personas,
-                                  simulated_items)
+from raydprm.sim.personas import (
+    DEFAULT_PERSONAS,
+    Persona,
+    PersonaError,
+    Population,
+    load_personas,
+    simulated_items,
+)
 
 P = world.format_prompt("how do i bake bread ?")
 GOOD = " bread needs flour and yeast . first get the oven , then add salt ."

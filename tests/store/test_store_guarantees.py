@@ -2,7 +2,6 @@
 ids, refused bad votes naming vote and rule, SIGKILL durability, concurrent writers, and
 posteriors equal to a recount of the log after random interleavings."""
 
-import json
 import math
 import os
 import signal
