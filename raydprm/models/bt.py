@@ -21,8 +21,15 @@ import torch
 from torch import nn
 
 from raydprm.core.label_scale import LabelScale
-from raydprm.models.dprm import (BACKBONE_DIR, HEAD_FILE, META_FILE, PooledBackbone, _read_meta,
-                                 _scale_from_json, _scale_to_json)
+from raydprm.models.dprm import (
+    BACKBONE_DIR,
+    HEAD_FILE,
+    META_FILE,
+    PooledBackbone,
+    _read_meta,
+    _scale_from_json,
+    _scale_to_json,
+)
 
 __all__ = ["BTRewardModel", "bt_loss"]
 

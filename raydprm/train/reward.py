@@ -43,8 +43,13 @@ from tqdm.auto import tqdm
 
 from raydprm.core.label_scale import LabelScale
 from raydprm.errors import RaydprmError
-from raydprm.train.reward_data import (PairExamples, RewardExamples, examples_from_dataset, pairs_from_targets,
-                                       split_examples)
+from raydprm.train.reward_data import (
+    PairExamples,
+    RewardExamples,
+    examples_from_dataset,
+    pairs_from_targets,
+    split_examples,
+)
 from raydprm.train.reward_metrics import distribution_metrics, persona_metrics, spearman
 
 __all__ = ["LOSSES", "RewardTrainResult", "resolve_cost", "make_loss", "train_reward", "evaluate_reward_model",

@@ -1,6 +1,7 @@
 """`raydprm reward train|eval` and `raydprm serve --smoke` as a user runs them."""
 
 import json
+
 from raydprm.cli import main
 
 

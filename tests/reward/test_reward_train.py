@@ -11,8 +11,12 @@ from raydprm.config import RewardConfig
 from raydprm.core.label_scale import LabelScale
 from raydprm.errors import RaydprmError
 from raydprm.train.reward import evaluate_checkpoint, resolve_cost, train_reward
-from raydprm.train.reward_data import (examples_from_records, pairs_from_targets, simulate_store_export,
-                                       split_examples)
+from raydprm.train.reward_data import (
+    examples_from_records,
+    pairs_from_targets,
+    simulate_store_export,
+    split_examples,
+)
 from raydprm.train.reward_metrics import distribution_metrics, expected_calibration_error, spearman
 
 SCALE = LabelScale.hh()
