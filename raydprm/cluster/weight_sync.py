@@ -157,7 +157,7 @@ class NcclTransport(WeightTransport):
         manifest = build_manifest(weights, version)
         refs = [a.receive_nccl.remote(manifest, list(expected_probe), tolerance, timeout_s) for a in actors]
         stream = torch.cuda.current_stream()
-        for name, t in weights.items():
+        for t in weights.values():  # manifest order = dict order
             self.group.broadcast(t.detach().cuda().contiguous(), src=0, stream=stream)
         torch.cuda.synchronize()
         return _gather(refs, timeout_s, version, self.name)

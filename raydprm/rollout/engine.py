@@ -89,7 +89,7 @@ class RolloutEngine(ABC):
         weights under both names); returns how many tensors were loaded. Prefix caches
         are reset so no later request is served from old weights."""
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> None:  # noqa: B027 - engines without processes have nothing to release
         """Release the engine's memory and processes (idempotent)."""
 
     def __enter__(self) -> RolloutEngine:

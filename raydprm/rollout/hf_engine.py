@@ -151,7 +151,7 @@ class HFEngine(RolloutEngine):
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()  # (B, V)
-        for t in range(sp.max_new_tokens):
+        for _ in range(sp.max_new_tokens):
             logp = torch.log_softmax(logits, dim=-1)  # (B, V) raw logprobs
             if sp.greedy:
                 nxt = logits.argmax(-1)  # (B,)

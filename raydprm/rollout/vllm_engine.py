@@ -63,7 +63,6 @@ def _on_cpu() -> bool:
 def _check_head_size(path: str) -> None:
     """vLLM's CPU attention supports a fixed set of head sizes; fail early and clearly."""
     from transformers import AutoConfig
-
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
     cfg = AutoConfig.from_pretrained(path)

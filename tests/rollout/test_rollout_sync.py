@@ -5,9 +5,20 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from raydprm.rollout.sampling import SamplingParams
-from raydprm.rollout.sync import (WeightManifest, WeightStager, WeightSyncError, apply_update, build_manifest,
-                                  check_probe, decode_bucket, encode_bucket, iter_buckets, probe_logprobs,
-                                  probe_sequence, tensor_digest)
+from raydprm.rollout.sync import (
+    WeightManifest,
+    WeightStager,
+    WeightSyncError,
+    apply_update,
+    build_manifest,
+    check_probe,
+    decode_bucket,
+    encode_bucket,
+    iter_buckets,
+    probe_logprobs,
+    probe_sequence,
+    tensor_digest,
+)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,14 @@ from transformers import AutoModelForCausalLM
 
 from raydprm.rollout.engine import RolloutError
 from raydprm.rollout.sampling import SamplingParams
-from raydprm.rollout.sync import (WeightSyncError, apply_update, build_manifest, iter_buckets, probe_logprobs,
-                                  probe_sequence)
+from raydprm.rollout.sync import (
+    WeightSyncError,
+    apply_update,
+    build_manifest,
+    iter_buckets,
+    probe_logprobs,
+    probe_sequence,
+)
 
 pytestmark = pytest.mark.vllm
 
