@@ -137,6 +137,11 @@ class PreferenceStore:
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             self._set_wal(busy_timeout_s)
             self._db.execute(f"PRAGMA synchronous={self.synchronous}")
+            # A bigger page cache and fewer, larger WAL checkpoints: each checkpoint syncs the
+            # database file, so checkpointing every ~16 MB instead of 4 MB cuts syncs 4x.
+            # Durability is unchanged: a COMMIT is durable once it is in the WAL.
+            self._db.execute("PRAGMA cache_size=-65536")
+            self._db.execute("PRAGMA wal_autocheckpoint=4000")
             with self._write() as cur:
                 for stmt in filter(str.strip, _SCHEMA.split(";")):  # not executescript: it COMMITs
                     cur.execute(stmt)
@@ -359,23 +364,18 @@ class PreferenceStore:
             raise VoteError(v.vote_id, index, "vote ids are immutable",
                             "this vote id is already used by a vote with different content")
 
+    @property
+    def _state_width(self) -> int:
+        """Columns of a persona's row in an item state: [pid, n_votes, evidence (L), counts (L)];
+        without forgetting the evidence *is* the counts and is stored once."""
+        return 2 + self.num_labels * (1 if self._half_life is None else 2)
+
     def _decode(self, blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """An item's state -> persona ids (k,), vote counts (k,), evidence (k, L), counts (k, L)."""
         L = self.num_labels
-        a = np.frombuffer(blob)  # [pids (k), n_votes (k), evidence (k*L), counts (k*L, only with forgetting)]
-        if self._half_life is None:  # without forgetting the evidence *is* the counts: stored once
-            k = a.size // (2 + L)
-            ev = a[2 * k:].reshape(k, L)
-            return a[:k].astype(np.int64), a[k:2 * k].astype(np.int64), ev, ev
-        k = a.size // (2 + 2 * L)
-        return (a[:k].astype(np.int64), a[k:2 * k].astype(np.int64), a[2 * k:2 * k + k * L].reshape(k, L),
-                a[2 * k + k * L:].reshape(k, L))
-
-    def _encode(self, pids: np.ndarray, nv: np.ndarray, ev: np.ndarray, cnt: np.ndarray) -> bytes:
-        parts = [pids.astype(np.float64), nv.astype(np.float64), ev.ravel()]
-        if self._half_life is not None:
-            parts.append(cnt.ravel())
-        return np.concatenate(parts).tobytes()
+        m = np.frombuffer(blob).reshape(-1, self._state_width)  # (k, W) one row per persona
+        ev = m[:, 2:2 + L]
+        return m[:, 0].astype(np.int64), m[:, 1].astype(np.int64), ev, (ev if self._half_life is None else m[:, 2 + L:])
 
     def _update_posteriors(self, cur: sqlite3.Cursor, rows: Sequence[Vote]) -> None:
         """Fold votes into their items' posteriors, Eq. (D1)."""
@@ -437,18 +437,21 @@ class PreferenceStore:
             age = np.where(np.isinf(t_ref), 0.0, now - t_ref)
             ev = ev * decay_factor(age, hl)[g_item][:, None]  # old evidence ages to the new t_ref
             w_eff = w * decay_factor(now[vi] - ts, hl)  # each vote aged to its item's t_ref
-        # One call updates both (Eq. D1) accumulators, stacked as rows [evidence; counts] (2G, L):
-        # the decayed evidence (prior excluded, added at read time) and the undecayed counts.
-        both = dirichlet_update(np.concatenate([ev, cnt]), np.concatenate([probs, probs]),
-                                np.concatenate([w_eff, w]), index=np.concatenate([g, g + G]))
-        ev, cnt = both[:G], both[G:]
+        if hl is None:  # evidence == counts: one accumulator, Eq. (D1) (prior added at read time)
+            ev = cnt = dirichlet_update(ev, probs, w, index=g)
+        else:
+            # One call updates both (Eq. D1) accumulators, stacked as rows [evidence; counts] (2G, L):
+            # the decayed evidence (prior excluded, added at read time) and the undecayed counts.
+            both = dirichlet_update(np.concatenate([ev, cnt]), np.concatenate([probs, probs]),
+                                    np.concatenate([w_eff, w]), index=np.concatenate([g, g + G]))
+            ev, cnt = both[:G], both[G:]
         nvs += np.bincount(g, minlength=G)
-        bounds = np.searchsorted(g_item, np.arange(n_items + 1))  # groups are sorted by item
-        out = []
-        for j, sq in enumerate(seqs.tolist()):
-            a, b = bounds[j], bounds[j + 1]
-            out.append((sq, self._encode(g_pid[a:b], nvs[a:b], ev[a:b], cnt[a:b]), int(nvs[a:b].sum()),
-                        float(now[j])))
+        cols = [g_pid[:, None], nvs[:, None], ev] + ([] if hl is None else [cnt])
+        state = np.ascontiguousarray(np.concatenate(cols, axis=1, dtype=np.float64))  # (G, W) rows by item
+        bounds = np.searchsorted(g_item, np.arange(n_items + 1)).tolist()  # groups are sorted by item
+        tot = np.add.reduceat(nvs, bounds[:-1])  # (I,) votes per item (every item has >= 1 group)
+        out = [(sq, state[bounds[j]:bounds[j + 1]].tobytes(), int(tot[j]), float(now[j]))
+               for j, sq in enumerate(seqs.tolist())]
         cur.executemany("INSERT OR REPLACE INTO posterior VALUES (?, ?, ?, ?)", out)
 
     def rebuild_posteriors(self) -> int:
