@@ -224,6 +224,7 @@ class RewardTrainResult:
     epochs: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
+    model: Any = field(default=None, repr=False)  # the final in-memory model (not necessarily the best)
 
     def to_dict(self) -> dict[str, Any]:
         return {"best_dir": str(self.best_dir) if self.best_dir else None,
@@ -330,7 +331,10 @@ def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir:
         for epoch in range(1, reward_cfg.epochs + 1):
             order = rng.permutation(n_train)  # same on every rank (same seed)
             for b in range(steps_per_epoch):
-                idx = order[b * bs:(b + 1) * bs][rank::world]  # this rank's slice of the global batch
+                batch = order[b * bs:(b + 1) * bs]
+                if len(batch) < world:  # a short last batch: wrap around so that every rank gets an item
+                    batch = np.concatenate([batch, order[:world - len(batch)]])
+                idx = batch[rank::world]  # this rank's slice of the global batch
                 model.train()
                 if is_bt:
                     sub = train_pairs.subset(idx)
@@ -389,10 +393,9 @@ def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir:
         log.close()
     result = RewardTrainResult(best_dir=best_dir, last_dir=last_dir, best_metrics=best_metrics, history=history,
                                steps=step, epochs=epoch, stopped_early=stopped,
-                               seconds=time.perf_counter() - t0)
+                               seconds=time.perf_counter() - t0, model=model)
     if rank == 0 and out is not None:
         (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    result.model = model  # type: ignore[attr-defined]  # the final in-memory model (not the best)
     return result
 
 
