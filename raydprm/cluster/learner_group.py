@@ -81,9 +81,13 @@ class LearnerActor:
         return None if out is None else str(out)
 
     def info(self) -> dict[str, Any]:
+        """Rank, engine, step, beta, device, pid and this process's peak RSS (MiB)."""
+        import resource
+
         lr = self._learner
         return {"rank": lr.rank, "world_size": lr.world_size, "engine": lr.engine.name, "step": lr.step,
-                "kl_coef": lr.kl_coef, "device": str(lr.device), "pid": os.getpid()}
+                "kl_coef": lr.kl_coef, "device": str(lr.device), "pid": os.getpid(),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
     def shutdown(self) -> None:
         from raydprm.train.ds_engine import destroy_process_group
