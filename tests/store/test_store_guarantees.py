@@ -116,6 +116,11 @@ WRITER = textwrap.dedent("""
     from raydprm.store import PreferenceStore
     path, tag, n_batches, size, sync = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     s = PreferenceStore(path, synchronous=sync)
+    if len(sys.argv) > 6:  # start barrier: every writer is ready before any writes
+        import os, time
+        print("READY", flush=True)
+        while not os.path.exists(sys.argv[6]):
+            time.sleep(0.01)
     for b in range(n_batches):
         batch = [{"vote_id": f"{tag}-{b}-{k}", "prompt": "Q: p ?\\nA:", "response": f" r{k % 7} .",
                   "persona": "teacher", "label": k % 6} for k in range(size)]
@@ -163,13 +168,18 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     db = tmp_path / "s.db"
-    procs = [subprocess.Popen([sys.executable, str(script), str(db), f"w{i}", "15", "40", "NORMAL"],
-                              stdout=subprocess.DEVNULL, env=_env()) for i in range(4)]
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, str(script), str(db), f"w{i}", "12", "40", "NORMAL", str(go)],
+                              stdout=subprocess.PIPE, text=True, env=_env()) for i in range(3)]
     for p in procs:
-        assert p.wait(timeout=120) == 0
+        assert p.stdout.readline().strip() == "READY"
+    go.touch()  # all writers start together and contend for the write lock
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0 and out.count("ACK") == 12
     s = PreferenceStore(db)
-    assert s.count_votes() == 4 * 15 * 40 + 15  # shared ids counted once
+    assert s.count_votes() == 3 * 12 * 40 + 12  # shared ids counted once
     for k in range(7):
         post = s.posterior("Q: p ?\nA:", f" r{k} .")
         np.testing.assert_allclose(post["alpha"], s.recount("Q: p ?\nA:", f" r{k} ."))
-    assert s.posterior("Q: p ?\nA:", " shared .")["n_votes"] == 15
+    assert s.posterior("Q: p ?\nA:", " shared .")["n_votes"] == 12
