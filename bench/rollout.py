@@ -98,7 +98,7 @@ def bench_sync(model: str, transports: list[tuple[str, str]], repeats: int) -> l
     manifest_s = time.perf_counter() - t0
     rows = []
     for engine, transport in transports:
-        pool = RolloutPool(RolloutConfig(engine=engine, num_replicas=1, num_cpus=1, kv_cache_memory_mb=64,
+        pool = RolloutPool(RolloutConfig(engine=engine, num_replicas=1, num_cpus=1, kv_cache_memory_mb=256,
                                          weight_sync=transport, bucket_mb=64, sync_timeout_s=600), model)
         try:
             times = []
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=None)
     ap.add_argument("--models", default="tiny,small", help="comma list of tiny,small")
     ap.add_argument("--no-sync", action="store_true", help="skip the weight-sync part")
+    ap.add_argument("--no-generate", action="store_true", help="skip the generation part")
     ap.add_argument("--sync-repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for both engines (1 = vLLM's own serving choice; robust on shared CPUs)")
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                      "sync": []}
     print(f"# generation: batch {batch} x {new_tokens} new tokens ({results['machine']})")
     print(f"{'model':<20} {'engine':<13} {'start s':>8} {'gen s':>8} {'tokens/s':>10}")
-    for label, path in models.items():
+    for label, path in ({} if args.no_generate else models).items():
         per = {}
         for eng in ("transformers", "vllm"):
             r = bench_generate(eng, path, batch, new_tokens, args.threads)

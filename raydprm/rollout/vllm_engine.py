@@ -202,7 +202,15 @@ class VLLMEngine(RolloutEngine):
             kw["gpu_memory_utilization"] = gpu_memory_utilization
         threads = torch.get_num_threads()
         t0 = time.perf_counter()
-        self.llm = LLM(**kw)
+        try:
+            self.llm = LLM(**kw)
+        except ValueError as e:
+            if "KV cache" not in str(e):
+                raise
+            knob = (f"rollout.kv_cache_memory_mb (now {kv_cache_memory_mb} MiB)" if self.on_cpu
+                    else "rollout.gpu_memory_utilization")
+            raise RolloutError(f"vLLM cannot fit the KV cache of one full-length sequence of '{model}': raise "
+                               f"{knob}. vLLM says: {str(e).splitlines()[0]}") from None
         self.startup_s = time.perf_counter() - t0
         torch.set_num_threads(threads)  # vLLM lowers torch's thread count "for serving"
         self._vocab = int(self.llm.llm_engine.model_config.get_vocab_size())
