@@ -19,6 +19,7 @@ share a node. Each actor reserves ``ppo.num_cpus_per_worker`` CPUs and
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,19 @@ class LearnerActor:
         destroy_process_group()
 
 
+def _get_all(refs: list[Any], timeout_s: float | None) -> list[Any]:
+    """``ray.get`` of every ref in order, raising the first error as soon as it arrives."""
+    pending = list(refs)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while pending:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+        if not ready:
+            raise TimeoutError(f"{len(pending)} learner rank(s) did not answer within {timeout_s} s")
+        ray.get(ready[0])  # raises the rank's exception now
+    return ray.get(refs)
+
+
 class LearnerGroup:
     """Driver-side handle of ``ppo.num_workers`` :class:`LearnerActor` ranks."""
 
@@ -124,15 +138,17 @@ class LearnerGroup:
                 trust_remote_code=trust_remote_code, num_threads=max(1, int(ppo.num_cpus_per_worker))))
         group = cls(actors, timeout_s)
         try:
-            addr, port = ray.get(actors[0].address.remote(), timeout=timeout_s)
-            group._all(lambda a: a.setup.remote(addr, port))
+            addr, port = ray.get(actors[0].address.remote(), timeout=timeout_s or ppo.dist_timeout_s)
+            group._all(lambda a: a.setup.remote(addr, port), timeout_s or ppo.dist_timeout_s)
         except BaseException:
             group.shutdown()
             raise
         return group
 
-    def _all(self, call) -> list[Any]:
-        return ray.get([call(a) for a in self.actors], timeout=self.timeout_s)
+    def _all(self, call, timeout_s: float | None = None) -> list[Any]:
+        """Call every rank; fail fast when one rank raises (its peers would otherwise sit
+        in a collective until the process-group timeout)."""
+        return _get_all([call(a) for a in self.actors], timeout_s or self.timeout_s)
 
     @property
     def world_size(self) -> int:

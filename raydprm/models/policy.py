@@ -22,10 +22,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from raydprm.errors import RaydprmError
 from raydprm.models.tiny import resolve_model
 
-__all__ = ["ActorCritic", "load_policy", "load_reference", "load_tokenizer", "sequence_inputs",
+__all__ = ["ActorCritic", "PolicyLoadError", "load_policy", "load_reference", "load_tokenizer", "sequence_inputs",
            "export_hf"]
+
+class PolicyLoadError(RaydprmError, ValueError):
+    """A policy / reference / critic name that cannot be a model."""
+
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -103,8 +108,13 @@ def _load_lm(name: str, dtype: str, trust_remote_code: bool, base: bool = False)
     if dtype not in _DTYPES:
         raise ValueError(f"unknown dtype '{dtype}'; expected one of {', '.join(_DTYPES)}")
     path = resolve_model(name)
-    if not Path(path).exists() and "/" not in path:
-        raise ValueError(f"model '{name}' is neither a tiny kit name, a directory nor an org/name hub id")
+    local = Path(path).expanduser()
+    if not local.exists() and (local.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1):
+        raise PolicyLoadError(f"model '{name}' is neither a tiny kit name, an existing directory nor an "
+                              "org/name hub id")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar per learner / actor
     cls = AutoModel if base else AutoModelForCausalLM
     return cls.from_pretrained(path, config=_no_dropout_config(path, trust_remote_code),
                                dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code)

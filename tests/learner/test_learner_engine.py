@@ -197,3 +197,12 @@ def test_bad_batches_are_refused(tiny_kit):
         lr.update(make_batch(12))
     with pytest.raises(RolloutBatchError, match="takes a RolloutBatch"):
         lr.update({"prompt_ids": []})
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    from raydprm.models.policy import PolicyLoadError, load_policy
+
+    with pytest.raises(PolicyLoadError, match="neither a tiny kit name"):
+        load_policy(str(tmp_path / "nope"))
+    with pytest.raises(PolicyLoadError, match="neither a tiny kit name"):
+        load_policy("./not-a-model")

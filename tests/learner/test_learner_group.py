@@ -96,3 +96,20 @@ def test_two_workers_match_one_worker(ray_local, tiny_kit, single_worker_referen
             assert all(torch.equal(got[k], resumed[k]) for k in got), "resume is not bit-identical"
     finally:
         group.shutdown()
+
+
+def test_cli_toy_on_a_two_worker_group(ray_local, tiny_kit, tmp_path, capsys):
+    from raydprm.cli import main
+
+    rc = main(["learner", "toy", "--smoke", "--no-progress", "--workers", "2", f"run.output_dir={tmp_path}",
+               "ppo.zero_stage=2"])
+    assert rc == 0
+    assert "toy PPO: 2 steps, 2 worker(s), engine deepspeed (ZeRO 2)" in capsys.readouterr().out
+
+
+def test_group_with_a_missing_model_fails_fast(ray_local, tiny_kit, tmp_path):
+    from raydprm.cluster.learner_group import LearnerGroup
+
+    cfg = dataclasses.replace(CFG, num_workers=2)
+    with pytest.raises(Exception, match="neither a tiny kit name"):
+        LearnerGroup.create(cfg, str(tmp_path / "no-such-model"), timeout_s=120)
