@@ -219,8 +219,8 @@ class CrowdConfig(Section):
 @dataclass(frozen=True)
 class SFTConfig(Section):
     section: ClassVar[str] = "sft"
-    n_examples: int = opt(2000, doc="SFT examples drawn from the simulated world (mixed quality).", ge=1)
-    epochs: int = opt(2, doc="SFT epochs.", ge=1)
+    n_examples: int = opt(4000, doc="SFT examples drawn from the simulated world (mixed quality).", ge=1)
+    epochs: int = opt(3, doc="SFT epochs.", ge=1)
     lr: float = opt(5e-3, doc="SFT learning rate (AdamW, warm-up then linear decay).", gt=0)
     batch_size: int = opt(32, doc="SFT batch size.", ge=1)
     max_length: int = opt(96, doc="Max tokens of prompt + response + eos.", ge=8)
