@@ -46,7 +46,7 @@ class PreferenceStoreActor:
     def distributions(self, items: Sequence[tuple[str, str]], persona_weights: Mapping[str, float] | None = None,
                       smoothing: float = 0.0, at: float | None = None) -> list[list[float]]:
         """Batch call: one distribution per (prompt, response)."""
-        return [self._store.distribution(p, r, persona_weights, smoothing, at) for p, r in items]
+        return self._store.distributions(items, persona_weights, smoothing, at)
 
     def posterior(self, prompt: str, response: str, persona: str | None = None, at: float | None = None):
         return self._store.posterior(prompt, response, persona, at)

@@ -508,13 +508,16 @@ class PreferenceStore:
         return {} if row is None else self._rows(*row)
 
     def _lookup(self, prompt: str, response: str) -> tuple[str, dict]:
+        if not isinstance(prompt, str) or not isinstance(response, str):
+            raise StoreError("prompt and response must be strings")
         iid = item_id(prompt, response)
-        with self._read() as cur:
-            rows = self._item_rows(cur, iid)
-            if not rows and cur.execute("SELECT 1 FROM items WHERE item_id = ?", (iid,)).fetchone() is None:
+        with self._lock:  # one statement: a consistent snapshot without an explicit transaction
+            row = self._db.execute("SELECT i.seq, p.state, p.t_ref FROM items i LEFT JOIN posterior p "
+                                   "ON p.item_seq = i.seq WHERE i.item_id = ?", (iid,)).fetchone()
+            if row is None:
                 raise UnknownItemError(f"item {iid} (prompt {prompt[:40]!r}..., response {response[:40]!r}...) "
                                        "is not in the store")
-        return iid, rows
+            return iid, ({} if row[1] is None else self._rows(row[1], row[2]))
 
     def _decayed(self, ev: np.ndarray, t_ref: float, at: float | None) -> np.ndarray:
         hl = self._half_life
@@ -526,8 +529,10 @@ class PreferenceStore:
     def _weights(self, persona_weights: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
         if not isinstance(persona_weights, Mapping) or not persona_weights:
             raise StoreError("persona_weights must be a non-empty mapping {persona: weight}")
-        self._refresh_personas()
         unknown = [p for p in persona_weights if p not in self._personas]
+        if unknown:  # maybe registered by another process since we looked
+            self._refresh_personas()
+            unknown = [p for p in persona_weights if p not in self._personas]
         if unknown:
             raise StoreError(f"persona_weights names unknown personas {unknown}; known: {', '.join(self._personas)}")
         names = list(persona_weights)
@@ -536,14 +541,17 @@ class PreferenceStore:
             raise StoreError(f"persona_weights must be finite, >= 0 and not all zero, got {dict(persona_weights)}")
         return names, w
 
-    def _alphas(self, rows: dict, persona_weights: Mapping[str, float] | None, at: float | None
-                ) -> tuple[np.ndarray, np.ndarray | None]:
+    def _alphas(self, rows: dict, persona_weights: Mapping[str, float] | None, at: float | None,
+                names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(P, L) alphas and weights (P,) for a mixture, or (L,) pooled alpha and None."""
         L = self.num_labels
         if persona_weights is None:
             ev = sum((self._decayed(e, t, at) for e, _, _, t in rows.values()), np.zeros(L))
             return self.prior + ev, None  # pooled crowd: every vote of every persona
-        names, w = self._weights(persona_weights)
+        if names is None:
+            names, w = self._weights(persona_weights)
+        else:
+            w = None
         alphas = np.stack([self.prior + (self._decayed(rows[p][0], rows[p][3], at) if p in rows else np.zeros(L))
                            for p in names])  # (P, L)
         return alphas, w
@@ -557,10 +565,43 @@ class PreferenceStore:
         voted contribute their prior). ``smoothing`` > 0 applies targeted label smoothing.
         ``at`` is the read-out time for forgetting (default: now).
         """
-        _, rows = self._lookup(prompt, response)
-        alphas, w = self._alphas(rows, persona_weights, at)
-        mean = dirichlet_mean(alphas) if w is None else mix_posteriors(alphas, w)[0]
+        return self.distributions([(prompt, response)], persona_weights, smoothing, at)[0]
+
+    def distributions(self, items: Sequence[tuple[str, str]], persona_weights: Mapping[str, float] | None = None,
+                      smoothing: float = 0.0, at: float | None = None) -> list[list[float]]:
+        """Batched :meth:`distribution`: one SQL pass and one posterior computation for all
+        ``items`` (B, L). Unknown items raise :class:`UnknownItemError` naming the first one."""
+        rows = self._lookup_many(items)
+        if persona_weights is None:
+            alphas = np.stack([self._alphas(r, None, at)[0] for r in rows]) if rows else np.zeros((0, self.num_labels))
+            mean = dirichlet_mean(alphas) if rows else alphas  # (B, L)
+        else:
+            names, w = self._weights(persona_weights)
+            if not rows:
+                return []
+            alphas = np.stack([self._alphas(r, persona_weights, at, names)[0] for r in rows], axis=1)  # (P, B, L)
+            mean = mix_posteriors(alphas, w)[0]  # (B, L)
         return self._smooth(np.asarray(mean), smoothing).tolist()
+
+    def _lookup_many(self, items: Sequence[tuple[str, str]]) -> list[dict]:
+        ids = []
+        for i, it in enumerate(items):
+            if not (isinstance(it, (tuple, list)) and len(it) == 2 and all(isinstance(x, str) for x in it)):
+                raise StoreError(f"item #{i} must be a (prompt, response) pair of strings")
+            ids.append(item_id(*it))
+        found: dict[str, dict] = {}
+        uniq = list(dict.fromkeys(ids))
+        with self._read() as cur:
+            for chunk in _chunks(uniq):
+                q = f"SELECT i.item_id, p.state, p.t_ref FROM items i LEFT JOIN posterior p " \
+                    f"ON p.item_seq = i.seq WHERE i.item_id IN ({','.join('?' * len(chunk))})"
+                for iid, blob, t in cur.execute(q, chunk):
+                    found[iid] = {} if blob is None else self._rows(blob, t)
+        for (p, r), iid in zip(items, ids):
+            if iid not in found:
+                raise UnknownItemError(f"item {iid} (prompt {p[:40]!r}..., response {r[:40]!r}...) "
+                                       "is not in the store")
+        return [found[iid] for iid in ids]
 
     def _smooth(self, mean: np.ndarray, smoothing: float) -> np.ndarray:
         if not smoothing:

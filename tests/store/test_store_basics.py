@@ -14,7 +14,7 @@ P, R = "Q: how do i bake bread ?\nA:", " bread needs flour and yeast ."
 
 
 def vote(i, label=0, persona="scientist", **kw):
-    return {"vote_id": f"v{i}", "prompt": P, "response": R, "persona": persona, "label": label, **kw}
+    return {"vote_id": f"v{i}", "prompt": P, "response": R, "persona": persona, "label": label} | kw
 
 
 def test_new_store_knows_default_personas_and_labels(tmp_path):
@@ -57,6 +57,15 @@ def test_mixture_query_matches_hand_computation(tmp_path):
     var = [a * (a.sum() - a) / (a.sum() ** 2 * (a.sum() + 1)) for a in (a_sci, a_teen, a_ceo)]
     ev = sum(wi * (v + m**2) for wi, v, m in zip(w, var, means)) - expect**2
     np.testing.assert_allclose(s.variance(P, R, {"scientist": 2.0, "teenager": 1.0, "ceo": 1.0}), ev, atol=1e-12)
+    # the batched query equals item-by-item queries, and names the first unknown item
+    other = " flour ."
+    s.add_votes([vote(4, 1, "artist", response=other)])
+    mix = {"scientist": 2.0, "teenager": 1.0, "ceo": 1.0}
+    np.testing.assert_allclose(s.distributions([(P, R), (P, other), (P, R)], mix),
+                               [s.distribution(P, R, mix), s.distribution(P, other, mix), s.distribution(P, R, mix)])
+    np.testing.assert_allclose(s.distributions([(P, other), (P, R)]), [s.distribution(P, other), s.distribution(P, R)])
+    with pytest.raises(UnknownItemError, match="'x'"):
+        s.distributions([(P, R), ("x", "y")])
     with pytest.raises(StoreError, match="unknown personas"):
         s.distribution(P, R, {"pirate": 1.0})
     with pytest.raises(StoreError, match="not all zero"):
