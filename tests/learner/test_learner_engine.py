@@ -206,3 +206,16 @@ def test_missing_model_is_a_clear_error(tmp_path):
         load_policy(str(tmp_path / "nope"))
     with pytest.raises(PolicyLoadError, match="neither a tiny kit name"):
         load_policy("./not-a-model")
+
+
+def test_every_zero_stage_and_offload_give_the_same_update(tiny_kit):
+    batch = make_batch(seed=5)
+    ref = PPOLearner(ppo_cfg(engine="torch"), "tiny-gpt2", seed=0)
+    ref.update(batch)
+    want = params(ref)
+    for kw in (dict(zero_stage=1), dict(zero_stage=2, offload_optimizer=True),
+               dict(zero_stage=3, offload_optimizer=True, offload_params=True)):
+        lr = PPOLearner(ppo_cfg(engine="deepspeed", **kw), "tiny-gpt2", seed=0)
+        lr.update(batch)
+        got = params(lr)
+        assert max(float((want[k] - got[k]).abs().max()) for k in want) < 1e-5, kw  # flat-buffer sum order
