@@ -127,3 +127,10 @@ class RolloutBatch:
                 if r:
                     lp[b, :len(r)] = torch.tensor(list(logprobs[b]), dtype=torch.float32)
         return cls(pid, pm, rid, rm, lp, torch.as_tensor(list(rewards), dtype=torch.float32))
+
+    @classmethod
+    def from_responses(cls, responses: Sequence, rewards: Sequence[float], pad_id: int = 0) -> RolloutBatch:
+        """From rollout-engine records with ``prompt_ids``, ``token_ids`` and ``logprobs``
+        (e.g. :class:`raydprm.rollout.engine.Response`), one reward each."""
+        return cls.from_sequences([r.prompt_ids for r in responses], [r.token_ids for r in responses], rewards,
+                                  [r.logprobs for r in responses], pad_id=pad_id)

@@ -219,3 +219,18 @@ def test_every_zero_stage_and_offload_give_the_same_update(tiny_kit):
         lr.update(batch)
         got = params(lr)
         assert max(float((want[k] - got[k]).abs().max()) for k in want) < 1e-5, kw  # flat-buffer sum order
+
+
+def test_rollout_batch_padding_and_from_responses():
+    from types import SimpleNamespace
+
+    recs = [SimpleNamespace(prompt_ids=[7, 8, 9], token_ids=[4], logprobs=[-0.5]),
+            SimpleNamespace(prompt_ids=[5], token_ids=[1, 2, 3], logprobs=[-1.0, -2.0, -3.0])]
+    b = RolloutBatch.from_responses(recs, [1.0, -1.0], pad_id=0)
+    assert b.prompt_ids.tolist() == [[7, 8, 9], [0, 0, 5]] and b.prompt_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert b.response_ids.tolist() == [[4, 0, 0], [1, 2, 3]] and b.response_mask.tolist() == [[1, 0, 0], [1, 1, 1]]
+    assert b.logprobs.tolist() == [[-0.5, 0.0, 0.0], [-1.0, -2.0, -3.0]]
+    assert len(b) == 2 and b.num_response_tokens == 4 and b.num_tokens == 8
+    assert b.shard(1, 2).rewards.tolist() == [-1.0]
+    with pytest.raises(RolloutBatchError, match="cannot be split evenly"):
+        b.shard(0, 3)
