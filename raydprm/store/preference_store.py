@@ -10,16 +10,18 @@ Tables (the vote log is the source of truth; everything else is derived from it)
 Per (item, persona) the store keeps the Dirichlet *evidence* of Eq. (D1) of
 :mod:`raydprm.core.dirichlet` (the posterior without its prior),
 
-    evidence(t_ref) = sum_k w_k * 0.5 ** ((t_ref - ts_k) / half_life) * v_k,   t_ref = newest vote time of the item
+    evidence(t_ref) = sum_k w_k * 0.5 ** ((t_ref - ts_k) / half_life) * v_k,   t_ref = newest vote of the item
 
-(one row per item holds all its personas' evidence, so a batch rewrites one row per
-item it touches; rows are keyed by the item's insertion number, so recent items - the
-ones votes arrive for - share a few B-tree pages and a commit writes few pages) updated incrementally with :func:`~raydprm.core.dirichlet.dirichlet_update` in the same
-transaction that appends the votes, and always recomputable from the log
-(:meth:`PreferenceStore.rebuild_posteriors`, :meth:`PreferenceStore.recount`). A query at
-time ``at`` reads ``alpha = prior + evidence * 0.5 ** ((at - t_ref) / half_life)``
-(no decay when ``half_life_s = 0``). Because forgetting is by vote *time*, the result does
-not depend on the order in which votes arrived.
+and the undecayed weighted counts (the same numbers without forgetting, then stored once).
+One row per item holds all its personas' state, so a batch rewrites one row per item it
+touches; rows are keyed by the item's insertion number, so the recent items that votes
+arrive for share a few B-tree pages and a commit writes few pages. The state is updated
+with :func:`~raydprm.core.dirichlet.dirichlet_update` in the same transaction that appends
+the votes, and is always recomputable from the log (:meth:`PreferenceStore.rebuild_posteriors`;
+:meth:`PreferenceStore.recount` is the naive twin for one item). A query at time ``at``
+reads ``alpha = prior + evidence * 0.5 ** ((at - t_ref) / half_life)`` (no decay when
+``half_life_s = 0``). Because forgetting is by vote *time*, the result does not depend on
+the order in which votes arrived.
 
 Guarantees: a batch is validated completely before anything is written and is written in
 one ``BEGIN IMMEDIATE`` transaction (all or nothing); a vote id already in the log is a
