@@ -48,3 +48,24 @@ def test_store_actor_same_api_and_batch_calls(ray_local, tmp_path):
     with pytest.raises(VoteError, match="known persona"):
         ray.get(actor.add_votes.remote([{**votes[0], "vote_id": "new", "persona": "pirate"}]))
     assert ray.get(actor.count_votes.remote()) == len(votes)
+
+
+def test_concurrent_ray_tasks_writing_one_file_lose_nothing(ray_local, tmp_path):
+    db = str(tmp_path / "t.db")
+    PreferenceStore(db).close()
+
+    @ray.remote
+    def writer(tag: str, n_batches: int) -> int:
+        s = PreferenceStore(db, synchronous="NORMAL")
+        for b in range(n_batches):
+            s.add_votes([{"vote_id": f"{tag}-{b}-{k}", "prompt": "Q: p ?\nA:", "response": f" r{k % 3} .",
+                          "persona": "artist", "label": k % 6} for k in range(25)]
+                        + [{"vote_id": f"shared-{b}", "prompt": "Q: p ?\nA:", "response": " s .",
+                            "persona": "ceo", "label": 1}])
+        return s.count_votes()
+
+    ray.get([writer.remote(f"t{i}", 8) for i in range(3)])
+    s = PreferenceStore(db)
+    assert s.count_votes() == 3 * 8 * 25 + 8
+    for k in range(3):
+        np.testing.assert_allclose(s.posterior("Q: p ?\nA:", f" r{k} .")["alpha"], s.recount("Q: p ?\nA:", f" r{k} ."))
