@@ -77,8 +77,9 @@ def sample_pairs(population: Population, n: int, seed: int = 0, rule: str = "luc
     """``n`` labelled pairs over world prompts: two responses of random quality, an
     annotator drawn from the mixture, the choice drawn from its PBDE rule.
 
-    Returns dicts ``{prompt, chosen, rejected, persona, p_chosen}`` where ``p_chosen`` is
-    that persona's probability of the choice it made.
+    Returns dicts ``{pair_id, prompt, chosen, rejected, persona, annotator, p_chosen, source}``
+    where ``p_chosen`` is that persona's probability of the choice it made; they can go
+    straight into :meth:`raydprm.store.PreferenceStore.add_pairs`.
     """
     if n < 0:
         raise PersonaError(f"n must be >= 0, got {n}")
@@ -93,8 +94,9 @@ def sample_pairs(population: Population, n: int, seed: int = 0, rule: str = "luc
         k = int(rng.choice(len(population.names), p=population.weights))
         p_a = float(pbde.pbde_preference(om[k, 0], om[k, 1]))
         a_wins = rng.random() < p_a
-        out.append({"prompt": prompt, "chosen": a if a_wins else b, "rejected": b if a_wins else a,
-                    "persona": population.names[k], "p_chosen": p_a if a_wins else 1 - p_a})
+        out.append({"pair_id": f"pbde-{rule}-{seed}-{i}", "prompt": prompt, "chosen": a if a_wins else b,
+                    "rejected": b if a_wins else a, "persona": population.names[k],
+                    "annotator": population.names[k], "p_chosen": p_a if a_wins else 1 - p_a, "source": "pbde"})
     return out
 
 

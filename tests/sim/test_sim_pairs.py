@@ -55,7 +55,7 @@ def test_population_preference_is_eq25_and_prefers_good_answers():
         pairs.preference_probability(pop, p, good, bad, rule="borda")
 
 
-def test_sample_pairs_agree_with_rule_probabilities():
+def test_sample_pairs_agree_with_rule_probabilities(tmp_path):
     pop = Population()
     ps = pairs.sample_pairs(pop, 300, seed=0, rule="luce", temperature=0.5)
     assert len(ps) == 300 and ps == pairs.sample_pairs(pop, 300, seed=0, rule="luce", temperature=0.5)
@@ -65,5 +65,10 @@ def test_sample_pairs_agree_with_rule_probabilities():
     assert np.mean(gap) > 0.2
     # sampled choices are calibrated: mean p_chosen ~ share of choices that are "likely"
     assert np.mean([x["p_chosen"] for x in ps]) > 0.5
+    from raydprm.store import PreferenceStore
+
+    store = PreferenceStore(tmp_path / "s.db")
+    assert store.add_pairs(ps) == 300 and store.add_pairs(ps) == 0
+    assert store.export_pairs()[0]["chosen"] == ps[0]["chosen"]
     rec = pairs.to_hh_record(ps[0])
     assert rec["chosen"].startswith("\n\nHuman: ") and "\n\nAssistant:" in rec["rejected"]
