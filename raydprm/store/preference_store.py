@@ -309,6 +309,8 @@ class PreferenceStore:
         Vote ids already in the log (or repeated in the batch) are skipped, unless the
         content differs, which is refused.
         """
+        if isinstance(votes, (Mapping, str, bytes)):
+            raise StoreError("add_votes takes a list of vote dicts, not a single vote")
         votes = list(votes) if not isinstance(votes, (list, tuple)) else votes
         if not votes:
             return {"added": 0, "duplicates": 0}

@@ -56,6 +56,15 @@ def test_one_bad_vote_refuses_the_whole_batch(tmp_path, case):
     assert s.posterior(P, R)["n_votes"] == 1
 
 
+def test_a_single_vote_dict_is_refused_clearly(tmp_path):
+    from raydprm.store import StoreError
+
+    s = PreferenceStore(tmp_path / "s.db")
+    with pytest.raises(StoreError, match="list of vote dicts"):
+        s.add_votes(vote(1))
+    assert s.add_votes(v for v in [vote(1)]) == {"added": 1, "duplicates": 0}
+
+
 def test_idempotent_retries(tmp_path):
     s = PreferenceStore(tmp_path / "s.db")
     batch = [vote(i, i % 3, ts=float(i)) for i in range(10)]
