@@ -30,3 +30,17 @@ def test_reward_cli_user_errors_are_one_line(tmp_path, capsys):
     assert "reward.loss" in capsys.readouterr().err
     assert main(["serve", "--model", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_reward_compare_bench_smoke(tiny_kit, capsys):
+    """bench/reward_compare.py --smoke runs end to end and prints its table."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "reward_compare.py"
+    spec = importlib.util.spec_from_file_location("reward_compare_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--smoke", "--losses", "DPRM_OT", "DPRM_C"]) == 0
+    out = capsys.readouterr().out
+    assert "| DPRM_OT |" in out and "| DPRM_C |" in out and "(uniform predictor)" in out
