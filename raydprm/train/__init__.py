@@ -1,0 +1,1 @@
+"""Single-process training: SFT, reward models, the PPO learner (no ray here)."""
