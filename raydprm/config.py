@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ import yaml
 from raydprm.errors import ConfigError
 
 _MISSING = dataclasses.MISSING
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def opt(default: Any = _MISSING, *, doc: str, choices: Sequence[Any] | None = None,
@@ -106,6 +108,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "3e-3" (no dot) as a string
         raise ConfigError(f"config key '{key}' = {value!r} has the wrong type; expected a number")
     if tp is str:
         if isinstance(value, str):

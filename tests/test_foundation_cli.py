@@ -56,8 +56,9 @@ def test_misspelled_key_in_config_file_is_one_line_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_every_config_command_rejects_the_misspelled_key(tmp_path):
-    """Any subcommand that takes --config refuses an unknown key before doing work."""
+def test_every_config_command_rejects_the_misspelled_key(tmp_path, capsys):
+    """Any subcommand that takes --config refuses an unknown key before doing work
+    (required arguments are filled with dummies: the config error must come first)."""
     f = tmp_path / "bad.yaml"
     f.write_text("ppo:\n  betaa: 1\n")
     import argparse
@@ -70,14 +71,27 @@ def test_every_config_command_rejects_the_misspelled_key(tmp_path):
             if isinstance(action, argparse._SubParsersAction):
                 for name, sub in action.choices.items():
                     if takes_config(sub):
-                        yield (*prefix, name)
+                        yield (*prefix, name), sub
                     yield from leaves(sub, (*prefix, name))
 
+    def dummies(parser):
+        argv = []
+        for a in parser._actions:
+            if a.dest == "overrides" or isinstance(a, argparse._SubParsersAction):
+                continue
+            if not a.option_strings and a.nargs not in ("*", "?"):
+                argv.append(str(tmp_path / "dummy"))
+            elif a.option_strings and a.required:
+                argv += [a.option_strings[0], str(tmp_path / "dummy")]
+        return argv
+
     cmds = list(leaves(build_parser()))
-    assert cmds
-    for cmd in cmds:
-        rc = main([*cmd, "--config", str(f)])
+    assert len(cmds) >= 3
+    for cmd, sub in cmds:
+        rc = main([*cmd, *dummies(sub), "--config", str(f)])
+        err = capsys.readouterr().err
         assert rc == 2, cmd
+        assert "ppo.betaa" in err and len(err.strip().splitlines()) == 1, (cmd, err)
 
 
 def test_config_show_and_override():

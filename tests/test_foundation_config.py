@@ -117,3 +117,11 @@ def test_config_default_labels_match_the_core_scale():
     hh, cfg = LabelScale.hh(), LabelsConfig()
     assert hh.names == cfg.names and hh.rewards == cfg.rewards
     assert hh.grid == cfg.grid
+
+
+def test_exponent_floats_without_a_dot():
+    """YAML 1.1 reads 3e-3 as a string; the config still takes it as a number."""
+    assert load_config(None, ["reward.lr=3e-3"]).reward.lr == 0.003
+    assert load_config(None, ["ppo.lr=1E-5"]).ppo.lr == 1e-5
+    with pytest.raises(ConfigError, match="reward.lr"):
+        load_config(None, ["reward.lr=3e-x"])

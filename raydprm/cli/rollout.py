@@ -60,6 +60,7 @@ def _generate(args: argparse.Namespace) -> int:
     from raydprm.errors import RaydprmError
     from raydprm.rollout.sampling import SamplingParams
 
+    cfg = config_from_args(args)  # a bad config is reported before anything else
     prompts = list(args.prompt or [])
     if args.prompts_file:
         try:
@@ -74,7 +75,6 @@ def _generate(args: argparse.Namespace) -> int:
                if v is not None}
     if args.stop:
         changes["stop"] = tuple(args.stop)
-    cfg = config_from_args(args)
     sampling = SamplingParams.from_config(cfg.rollout, **changes)  # validated before the engine starts
     cfg, engine = _engine(args)
     try:
