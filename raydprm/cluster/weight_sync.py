@@ -33,7 +33,14 @@ from typing import Any
 import ray
 from tqdm.auto import tqdm
 
-from raydprm.rollout.sync import StageReport, WeightManifest, WeightSyncError, build_manifest, iter_buckets
+from raydprm.rollout.sync import (
+    StageReport,
+    WeightManifest,
+    WeightSyncError,
+    build_manifest,
+    iter_buckets,
+    send_by_broadcast,
+)
 
 
 @dataclass
@@ -157,8 +164,7 @@ class NcclTransport(WeightTransport):
         manifest = build_manifest(weights, version)
         refs = [a.receive_nccl.remote(manifest, list(expected_probe), tolerance, timeout_s) for a in actors]
         stream = torch.cuda.current_stream()
-        for t in weights.values():  # manifest order = dict order
-            self.group.broadcast(t.detach().cuda().contiguous(), src=0, stream=stream)
+        send_by_broadcast(weights, lambda t: self.group.broadcast(t, src=0, stream=stream), torch.device("cuda"))
         torch.cuda.synchronize()
         return _gather(refs, timeout_s, version, self.name)
 

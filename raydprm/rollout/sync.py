@@ -363,3 +363,36 @@ def apply_update(engine: Any, manifest: WeightManifest, payloads: Iterable[bytes
     rep.seconds = time.perf_counter() - t0
     rep.transport = via
     return rep
+
+
+# --------------------------------------------------------------------------- broadcast (NCCL)
+
+
+def send_by_broadcast(state_dict: Mapping[str, torch.Tensor], broadcast: Any, device: Any) -> None:
+    """Sender side of a broadcast sync: every tensor, in the manifest's (dict) order.
+
+    ``broadcast(tensor)`` sends from this rank: ``torch.distributed.broadcast(t, src=0)``
+    or a PyNccl communicator's ``broadcast(t, src=0, stream=...)`` wrapped in a lambda."""
+    for t in state_dict.values():
+        broadcast(t.detach().to(device).contiguous())
+
+
+def receive_by_broadcast(manifest: WeightManifest, broadcast: Any, device: Any) -> WeightStager:
+    """Receiver side: one empty buffer per manifest entry, filled by ``broadcast(buf)``
+    and checked (dtype, shape, SHA-256) as it lands; ``.complete()`` gives the tensors.
+
+    A bad tensor does not stop the receive loop: the sender is still broadcasting, and a
+    receiver that left early would leave the group out of step (the sender blocks or
+    fails). The first verification error is raised once every tensor has been received."""
+    stager = WeightStager(manifest)
+    first_error: WeightSyncError | None = None
+    for info in manifest.tensors:
+        buf = torch.empty(info.shape, dtype=getattr(torch, info.dtype), device=device)
+        broadcast(buf)
+        try:
+            stager.add({info.name: buf})
+        except WeightSyncError as e:
+            first_error = first_error or e
+    if first_error is not None:
+        raise first_error
+    return stager

@@ -35,7 +35,14 @@ import torch
 
 from raydprm.rollout.engine import Prompt, Response, RolloutEngine, RolloutError, encode_prompts
 from raydprm.rollout.sampling import SamplingParams, request_seed
-from raydprm.rollout.sync import StageReport, WeightManifest, WeightStager, WeightSyncError, decode_bucket
+from raydprm.rollout.sync import (
+    StageReport,
+    WeightManifest,
+    WeightStager,
+    WeightSyncError,
+    decode_bucket,
+    receive_by_broadcast,
+)
 
 EXTENSION = "raydprm.rollout.vllm_engine.RaydprmWorkerExtension"
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
@@ -145,11 +152,9 @@ class RaydprmWorkerExtension:
         group = getattr(self, "_raydprm_nccl", None)
         if group is None:
             raise WeightSyncError("NCCL weight group not initialised (raydprm_init_nccl)")
-        stager = WeightStager(WeightManifest.from_dict(manifest))
-        for info in stager.manifest.tensors:
-            buf = torch.empty(info.shape, dtype=getattr(torch, info.dtype), device=self.device)
-            group.broadcast(buf, src=0, stream=torch.cuda.current_stream())
-            stager.add({info.name: buf})
+        stream = torch.cuda.current_stream()
+        stager = receive_by_broadcast(WeightManifest.from_dict(manifest),
+                                      lambda buf: group.broadcast(buf, src=0, stream=stream), self.device)
         torch.cuda.synchronize()
         self.model_runner.reload_weights(weights_iterator=iter(stager.complete()))
         rep = stager.report()
