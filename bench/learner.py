@@ -81,7 +81,8 @@ def plain_torch_update(model, ref, opt, batch, ppo, seed: int, step: int, beta: 
             vals.append(v)
             ids, attn, pos = sequence_inputs(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
             T = b.response_ids.shape[1]
-            rl = ref(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits[:, :-1]
+            rl = ref(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1,
+                     use_cache=False).logits[:, :-1]
             refs.append(token_logprobs(rl, b.response_ids))
         m = mask.float()
         old_lp, old_v, ref_lp = torch.cat(lps) * m, torch.cat(vals) * m, torch.cat(refs) * m
