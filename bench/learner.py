@@ -5,6 +5,7 @@ policies; in the same run, the same update written as a single-process plain tor
 
     python bench/learner.py                 # tiny (B=32) and small-gpt2 (B=8) configs
     python bench/learner.py --quick         # tiny only
+    python bench/learner.py --models small  # the 124M rows only
     python bench/learner.py --json out.json
 
 Every configuration runs in a fresh subprocess (so peak RSS is its own): one warm-up
@@ -53,6 +54,7 @@ def ppo_config(spec: dict):
     B = spec["batch"]
     return PPOConfig(rollout_batch=B, minibatch=B // 2, micro_batch=spec["micro"], epochs=spec["epochs"],
                      lr=1e-4, engine=spec.get("engine", "deepspeed"), zero_stage=spec.get("zero", 0),
+                     optimizer=spec.get("optimizer", "adamw"), offload_optimizer=spec.get("offload", False),
                      num_workers=spec.get("workers", 1), num_cpus_per_worker=float(spec.get("cpus_per_worker", 1)))
 
 
@@ -175,14 +177,14 @@ def run_one(spec: dict) -> dict:
             "peak_rss_mb_per_worker": max(peak), "warmup_s": times[0], **extra}
 
 
-def configurations(quick: bool, steps: int) -> list[dict]:
+def configurations(models: list[str], steps: int) -> list[dict]:
     cores = os.cpu_count() or 2
     # 1 torch thread per worker everywhere (2 workers = 2 cores), plus one 1-worker run with
     # all cores' threads: on a shared 2-core box intra-op threads can cost more than they give
     shapes = {"tiny": dict(batch=32, micro=8, prompt_len=16, response_len=32, epochs=2),
               "small": dict(batch=8, micro=4, prompt_len=16, response_len=16, epochs=1)}
     out = []
-    for model in (["tiny"] if quick else ["tiny", "small"]):
+    for model in models:
         base = dict(model=model, steps=steps, **shapes[model])
         out.append({**base, "kind": "plain", "name": "plain torch loop (baseline)", "check": model == "tiny"})
         out.append({**base, "kind": "learner", "name": "learner torch engine, 1 worker", "engine": "torch"})
@@ -190,6 +192,8 @@ def configurations(quick: bool, steps: int) -> list[dict]:
             out.append({**base, "kind": "learner", "name": f"DeepSpeed ZeRO {zero}, 1 worker", "zero": zero})
         out.append({**base, "kind": "learner", "name": f"DeepSpeed ZeRO 0, 1 worker, {cores} threads", "zero": 0,
                     "threads": cores})
+        out.append({**base, "kind": "learner", "name": "DeepSpeed ZeRO 2 + optimizer offload, DeepSpeedCPUAdam, 1 worker",
+                    "zero": 2, "offload": True, "optimizer": "ds_adam"})
         for zero in (0, 2):
             out.append({**base, "kind": "learner", "name": f"DeepSpeed ZeRO {zero}, 2 Ray workers", "zero": zero,
                         "workers": 2, "cpus_per_worker": 1})
@@ -199,6 +203,7 @@ def configurations(quick: bool, steps: int) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny policy only")
+    ap.add_argument("--models", default="tiny,small", help="comma list of tiny, small (default both)")
     ap.add_argument("--steps", type=int, default=2, help="timed updates after one warm-up (default 2)")
     ap.add_argument("--json", default=None, help="write all figures here")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one spec (JSON)
@@ -209,7 +214,11 @@ def main() -> int:
     from tqdm.auto import tqdm
 
     results = []
-    for spec in tqdm(configurations(args.quick, args.steps), desc="learner bench", unit="config"):
+    models = ["tiny"] if args.quick else [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    for spec in tqdm(configurations(models, args.steps), desc="learner bench", unit="config"):
         proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
