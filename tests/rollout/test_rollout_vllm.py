@@ -98,18 +98,19 @@ def test_rollout_vllm_seed_n_and_stop_strings(vllm_engine):
     assert base.text.startswith(r.text) and len(r.token_ids) < len(base.token_ids)
 
 
-def test_rollout_vllm_refuses_bad_prompts_and_unsupported_head_size(vllm_engine, tiny_kit):
+def test_rollout_vllm_refuses_bad_prompts_and_unsupported_head_size(vllm_engine, tiny_kit, tmp_path):
     with pytest.raises(RolloutError, match="outside the vocabulary"):
         vllm_engine.generate([[1, 10**7]], GREEDY)
-    import json
+    # a GPT-2 with 16-wide heads (4 x 16): vLLM's CPU attention cannot run it -> refused up front
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    cfg = json.loads((tiny_kit["tiny-gpt2"] / "config.json").read_text())
-    if cfg["n_embd"] // cfg["n_head"] in (32, 64, 80, 96, 112, 128):
-        pytest.skip("the kit's tiny-gpt2 already has a head size vLLM's CPU attention supports")
     from raydprm.rollout.vllm_engine import VLLMEngine
 
+    tok = AutoTokenizer.from_pretrained(tiny_kit["tiny-gpt2"])
+    GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=4, n_positions=64, vocab_size=len(tok))).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
     with pytest.raises(RolloutError, match="head size 16; vLLM's CPU attention supports only"):
-        VLLMEngine(str(tiny_kit["tiny-gpt2"]))
+        VLLMEngine(str(tmp_path))
 
 
 def _sync(engine, model, version, via, bucket_bytes=48 * 1024, mutate=None):
