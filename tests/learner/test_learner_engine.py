@@ -64,7 +64,8 @@ def test_deepspeed_stage0_update_equals_torch_engine(tiny_kit):
     init = PPOLearner(ppo_cfg(engine="torch"), "tiny-gpt2", seed=0).full_state_dict()
     moved = max(float((a[k] - init[k]).abs().max()) for k in a)
     assert moved > 1e-4  # the update did something
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    # DeepSpeed clips with its own norm routine (other summation order): equal up to float noise
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     for k in METRICS:
         if k == "ppo/tokens_per_s":  # timing
             continue

@@ -78,7 +78,7 @@ def test_two_workers_match_one_worker(ray_local, tiny_kit, single_worker_referen
             group.save(tmp_path / "ckpt")
         m2 = group.update(make_batch(seed=2))
         got = group.full_state_dict()
-        assert _max_diff(want, got) < 1e-5
+        assert _max_diff(want, got) < 5e-5  # float noise only: one Adam step moves weights by ~1e-3
         for k in ("ppo/policy_loss", "ppo/value_loss", "ppo/clipfrac", "ppo/kl", "ppo/entropy", "ppo/grad_norm"):
             assert m1[k] == pytest.approx(m1_ref[k], rel=1e-3, abs=1e-5), k
             assert m2[k] == pytest.approx(m2_ref[k], rel=1e-3, abs=1e-5), k
