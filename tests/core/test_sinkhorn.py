@@ -117,3 +117,28 @@ def test_batched_cost_and_no_scaling():
     assert eps_schedule(0.1, 0.8, 0.5) == [0.8, 0.4, 0.2, 0.1]
     with pytest.raises(ValueError, match="eps_decay"):
         eps_schedule(0.1, 1.0, 1.5)
+
+
+def test_newton_polish_converges_fast_on_tied_reward_gap():
+    """reward_gap ties labels 3 and 4 (zero cost): plain Sinkhorn at eps = 0.1 stalls far
+    short of tol = 1e-6 in 1000 iterations; the Newton polish meets it in a few dozen and
+    lands on the same fixed point as the plain iterations run to convergence."""
+    M = cost_matrix("reward_gap", LabelScale.hh())
+    a, b = _data(B=400, seed=7)
+    a[4:8, 2] = 0.0  # zero-mass predictions too
+    a = a / a.sum(1, keepdim=True)
+    plain = sinkhorn(a, b, M, 0.1, tol=1e-6, max_iter=1000, newton=False)[3]
+    assert not plain["converged"]  # the stall this guards against
+    v, f, g, st = sinkhorn(a, b, M, 0.1, tol=1e-6, max_iter=1000)
+    assert st["converged"] and st["iterations"] <= 100 and st["newton_steps"] >= 1, st
+    # both marginals of the plan of the returned potentials, computed independently
+    fu, gu, _ = sinkhorn_potentials(a, b, M, 0.1, tol=1e-6)
+    P = a[:, :, None] * b[:, None, :] * torch.exp((fu[:, :, None] + gu[:, None, :] - M) / 0.1)
+    assert float((P.sum(2) - a).abs().sum(1).max()) < 1e-6
+    assert float((P.sum(1) - b).abs().sum(1).max()) < 1e-6
+    # same fixed point as the plain iterations, converged, on rows where that is affordable
+    idx = torch.arange(0, 400, 50)
+    vp, _, _, stp = sinkhorn(a[idx], b[idx], M, 0.1, tol=1e-10, max_iter=100_000, newton=False)
+    vn, _, _, stn = sinkhorn(a[idx], b[idx], M, 0.1, tol=1e-10, max_iter=1000)
+    assert stp["converged"] and stn["converged"], (stp, stn)
+    assert torch.allclose(vp, vn, atol=1e-9) and torch.allclose(v[idx], vn, atol=1e-6)
