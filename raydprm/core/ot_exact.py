@@ -69,20 +69,37 @@ def ot_line(a: torch.Tensor, b: torch.Tensor, x, p: float = 1.0):
     if p < 1:
         raise ValueError("ot_line needs p >= 1 (a convex 1-D cost); use ot_dual_vertices")
     x = torch.as_tensor(x, dtype=a.dtype, device=a.device)
+    if p == 1:
+        C, G, gaps = _w1_operators_cached(tuple(x.tolist()), a.dtype, str(a.device))
+        cdiff = (a - b) @ C  # (B, L-1) A_k - B_k, the sort folded into C
+        value = cdiff.abs() @ gaps  # (Eq. O2)
+        f = torch.sign(cdiff) @ G  # suffix sums of sign * gap, centred (G folds both)
+        return value, f, -f
     order = torch.argsort(x)
     x_s = x[order]  # (L,)
     a_s, b_s = a[:, order], b[:, order]  # (B, L)
     inv = torch.argsort(order)
-    if p == 1:
-        gaps = x_s[1:] - x_s[:-1]  # (L-1,)
-        cdiff = torch.cumsum(a_s - b_s, dim=1)[:, :-1]  # (B, L-1) A_k - B_k
-        value = cdiff.abs() @ gaps  # (Eq. O2)
-        step = torch.sign(cdiff) * gaps  # (B, L-1)
-        f_s = torch.flip(torch.cumsum(torch.flip(step, [1]), 1), [1])  # suffix sums
-        f_s = torch.cat([f_s, torch.zeros_like(f_s[:, :1])], 1)  # (B, L)
-        f = _centre(f_s[:, inv])
-        return value, f, -f
     return _north_west(a_s, b_s, x_s, p, inv)
+
+
+@functools.lru_cache(maxsize=64)
+def _w1_operators_cached(xs: tuple, dtype, device: str):
+    return _w1_operators(torch.tensor(xs, dtype=dtype, device=device))
+
+
+def _w1_operators(x: torch.Tensor):
+    """Matrices that turn Eq. (O2) into two small matmuls, without sorting the batch:
+    C (L, L-1), C_ik = [rank(i) <= k], so (a - b) @ C = A_k - B_k; G (L-1, L),
+    G_ki = gap_k [k >= rank(i)] minus its row mean, so sign(A - B) @ G is the centred
+    dual f; and gaps (L-1,) = x_(k+1) - x_(k)."""
+    L = x.shape[0]
+    order = torch.argsort(x)
+    gaps = x[order][1:] - x[order][:-1]  # (L-1,)
+    rank = torch.argsort(order)  # (L,)
+    k = torch.arange(L - 1, device=x.device)
+    C = (rank[:, None] <= k[None, :]).to(x.dtype)  # (L, L-1)
+    G = gaps[:, None] * (k[:, None] >= rank[None, :]).to(x.dtype)  # (L-1, L)
+    return C, G - G.mean(1, keepdim=True), gaps
 
 
 def _north_west(a_s, b_s, x_s, p, inv):
