@@ -86,20 +86,21 @@ def test_reward_actor_pool_matches_in_process_and_reloads(ray_session, model_dir
 
 
 def test_reward_ray_train_two_gloo_workers(ray_session, tmp_path):
+    """Ray Train (TorchTrainer, 2 gloo workers) fits the separable toy crowd and rank 0
+    writes a loadable checkpoint. (A crowd-realistic 40-item set is too small for a
+    held-out improvement to be a fact after a few steps; the separable set is.)"""
+    from test_reward_train import _toy_records
+
     from raydprm.cluster.reward_train import train_reward_distributed
-    from raydprm.sim.personas import Population, simulated_items
     from raydprm.train.reward_data import examples_from_records
 
-    pop = Population()
-    items = simulated_items(40, seed=5)
-    ex = examples_from_records([{"prompt": p, "response": r, "target": pop.true_distribution(p, r).tolist()}
-                                for p, r in items], 6)
-    cfg = CFG.override(["reward.num_workers=2", "reward.epochs=2", "reward.batch_size=16", "reward.lr=0.003",
-                        "reward.patience=0"]).reward
+    ex = examples_from_records(_toy_records(96), 6)
+    cfg = CFG.override(["reward.num_workers=2", "reward.epochs=6", "reward.batch_size=16", "reward.lr=0.01",
+                        "reward.patience=0", "reward.eval_fraction=0.25"]).reward
     res = train_reward_distributed(ex, scale=SCALE, reward_cfg=cfg, backbone="tiny-opt", out_dir=tmp_path,
                                    progress=False, cpus_per_worker=0.5)
-    assert res.steps == 2 * 2 and len(res.history) == 2
-    assert res.history[-1]["eval"]["ot_distance"] < res.history[0]["eval"]["ot_distance"] + 0.05
+    assert res.steps == 6 * 5 and len(res.history) == 6  # 72 training items / global batch 16 -> 5 steps
+    assert res.best_metrics["ot_distance"] < 0.5 * res.history[0]["eval"]["ot_distance"]
     m = DPRM.load(res.best_dir, SCALE)  # rank 0 wrote a loadable checkpoint
     assert m.score(PROMPTS[:2], RESPONSES[:2]).distribution.shape == (2, 6)
 
