@@ -165,14 +165,32 @@ def sinkhorn_potentials(
     return f, g, stats
 
 
-def _semi_dual(a, b, logb_row, Mb, e, g):
-    """f(g) by (K2), h(g) = <f, a> + <g, b> (zero-mass terms dropped), the exponents x
-    (B, L, L) of (K2) and their row LSE (B, L): Pi = exp(x - LSE)."""
-    x = logb_row + (g[:, None, :] - Mb) / e  # (B, L, L)
-    lse = _lse(x, dim=2)  # (B, L)
+def _semi_dual(a, b, logb, Ms, Ks, e, g):
+    """f(g) by (K2), h(g) = <f, a> + <g, b> (zero-mass terms dropped), and what the plan's
+    rows Pi (B, L, L) are made from: kernel form (Ks = exp(-Ms / e) given) or log domain."""
+    if Ks is not None:
+        logw = logb + g / e
+        m = logw.amax(1, keepdim=True)
+        z = logw - m
+        w = torch.where(z > (-300.0 if g.dtype == torch.float64 else -60.0), torch.exp(z), 0.0)  # (B, L)
+        sw = w @ Ks[0].T if Ks.shape[0] == 1 else torch.bmm(w[:, None, :], Ks.transpose(1, 2))[:, 0]
+        lse, state = torch.log(sw) + m, (w, sw)
+    else:
+        x = logb[:, None, :] + (g[:, None, :] - Ms) / e  # (B, L, L)
+        lse = _lse(x, dim=2)  # (B, L)
+        state = (x, lse)
     f = -e * lse
     h = torch.where(a > 0, a * f, 0.0).sum(1) + torch.where(b > 0, b * g, 0.0).sum(1)
-    return f, h, x, lse
+    return f, h, state
+
+
+def _plan_rows(state, Ks):
+    """Pi_ij = P_ij / a_i (B, L, L) from `_semi_dual`'s state."""
+    if Ks is not None:
+        w, sw = state
+        return Ks * (w[:, None, :] / sw[:, :, None])
+    x, lse = state
+    return torch.exp((x - lse[:, :, None]).clamp_min(-80.0))
 
 
 def newton_polish(a, b, M, eps: float, g, *, tol: float = 1e-6, max_steps: int = 100,
@@ -181,11 +199,14 @@ def newton_polish(a, b, M, eps: float, g, *, tol: float = 1e-6, max_steps: int =
 
     M (L, L), (1, L, L) or (B, L, L). Returns (f (B, L), g (B, L), err, steps): f = f(g)
     by (K2), err the max over rows of the column-marginal L1 error. Rows whose error is
-    below tol are frozen (only the rest are iterated).
+    below tol are frozen (only the rest are iterated). Uses the kernel form of (K2)
+    (see `_kernel_lse`) when max(M) / eps allows, else the log domain.
     """
     Mb = M[None] if M.dim() == 2 else M
     B, L = a.shape
-    logb_row = torch.log(b)[:, None, :]
+    fast = float(Mb.max()) / eps <= _KERNEL_RATIO.get(a.dtype, 0.0)
+    Kb = torch.exp(-Mb / eps) if fast else None
+    logb = torch.log(b)
     g = g.clone()
     f = torch.empty_like(a)
     err_rows = torch.empty(B, dtype=a.dtype, device=a.device)
@@ -193,15 +214,14 @@ def newton_polish(a, b, M, eps: float, g, *, tol: float = 1e-6, max_steps: int =
     eye = torch.eye(L, dtype=a.dtype, device=a.device)
     steps = 0
 
-    def sub(idx):
-        Ms = Mb if Mb.shape[0] == 1 else Mb[idx]
-        return a[idx], b[idx], logb_row[idx], Ms
+    def pick(T, idx):  # a shared (1, L, L) cost / kernel, or the rows idx of a batched one
+        return T if T is None or T.shape[0] == 1 else T[idx]
 
-    aa, bb, lb, Ms = sub(act)
-    ff, h, x, lse = _semi_dual(aa, bb, lb, Ms, eps, g[act])
+    aa, bb, lb, Ms, Ks = a, b, logb, Mb, Kb
+    ff, h, state = _semi_dual(aa, bb, lb, Ms, Ks, eps, g)
     while True:
         gg = g[act]
-        pi = torch.exp((x - lse[:, :, None]).clamp_min(-80.0))  # (b, L, L) rows of the plan / a_i
+        pi = _plan_rows(state, Ks)  # (b, L, L) rows of the plan / a_i
         P = aa[:, :, None] * pi
         c = P.sum(1)  # column marginals
         grad = bb - c  # grad h (Eq. K5)
@@ -212,30 +232,32 @@ def newton_polish(a, b, M, eps: float, g, *, tol: float = 1e-6, max_steps: int =
             break
         if not bool(keep.all()):  # freeze converged rows
             act, aa, bb, lb, gg, P, pi, c, grad, h = (t[keep] for t in (act, aa, bb, lb, gg, P, pi, c, grad, h))
-            Ms = Ms if Ms.shape[0] == 1 else Ms[keep]
+            Ms, Ks = pick(Ms, keep), pick(Ks, keep)
         zero_b = (bb <= 0).to(a.dtype)
         H = (torch.diag_embed(c) - P.transpose(1, 2) @ pi) / eps  # -Hess h (Eq. K5)
         H = H + bb[:, :, None] * bb[:, None, :] + zero_b[:, :, None] * eye  # gauge; fix g_j where b_j = 0
         d = torch.linalg.solve(H, grad)  # Newton step (b, L)
         d = d * (clip * eps / d.abs().amax(1, keepdim=True).clamp_min(1e-300)).clamp(max=1.0)
-        new_g, new_h = gg.clone(), h.clone()
+        new_g = gg.clone()
         todo = torch.arange(len(gg), device=a.device)
         for t in (1.0, 0.5, 0.25, 0.125):  # backtracking on the rows not yet improved
-            Mt = Ms if Ms.shape[0] == 1 else Ms[todo]
             gt = gg[todo] + t * d[todo]
-            ht = _semi_dual(aa[todo], bb[todo], lb[todo], Mt, eps, gt)[1]
+            ht = _semi_dual(aa[todo], bb[todo], lb[todo], pick(Ms, todo), pick(Ks, todo), eps, gt)[1]
             ok = ht > h[todo]
-            new_g[todo[ok]], new_h[todo[ok]] = gt[ok], ht[ok]
+            new_g[todo[ok]] = gt[ok]
             todo = todo[~ok]
             if len(todo) == 0:
                 break
         if len(todo):  # no improving step: a plain Sinkhorn g-update (K3) at f(g) never lowers h
-            Mt = Ms if Ms.shape[0] == 1 else Ms[todo]
-            fo = -eps * _lse(lb[todo] + (gg[todo][:, None, :] - Mt) / eps, dim=2)
-            new_g[todo] = -eps * _lse(torch.log(aa[todo])[:, :, None] + (fo[:, :, None] - Mt) / eps, dim=1)
+            Mt, Kt = pick(Ms, todo), pick(Ks, todo)
+            fo = _semi_dual(aa[todo], bb[todo], lb[todo], Mt, Kt, eps, gg[todo])[0]
+            if Kt is not None:
+                new_g[todo] = -eps * _kernel_lse(torch.log(aa[todo]) + fo / eps, Kt, transpose=True)
+            else:
+                new_g[todo] = -eps * _lse(torch.log(aa[todo])[:, :, None] + (fo[:, :, None] - Mt) / eps, dim=1)
         g[act] = new_g
         steps += 1
-        ff, h, x, lse = _semi_dual(aa, bb, lb, Ms, eps, new_g)
+        ff, h, state = _semi_dual(aa, bb, lb, Ms, Ks, eps, new_g)
     return f, g, float(err_rows.max()), steps
 
 
