@@ -12,7 +12,6 @@ distribution.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,11 +23,10 @@ from raydprm.core.label_scale import LabelScale
 from raydprm.models.dprm import (
     BACKBONE_DIR,
     HEAD_FILE,
-    META_FILE,
     PooledBackbone,
     _read_meta,
     _scale_from_json,
-    _scale_to_json,
+    save_head_model,
 )
 
 __all__ = ["BTRewardModel", "bt_loss"]
@@ -89,14 +87,8 @@ class BTRewardModel(nn.Module):
         return torch.cat(out) if out else torch.zeros(0)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        self.backbone.save(d / BACKBONE_DIR)
-        torch.save({k: v.detach().cpu() for k, v in self.head.state_dict().items()}, d / HEAD_FILE)
-        meta = {"kind": self.kind, "labels": _scale_to_json(self.scale), "max_length": self.backbone.max_length,
-                "hidden_size": self.backbone.hidden_size}
-        (d / META_FILE).write_text(json.dumps(meta, indent=2))
-        return d
+        """Write backbone, head and label scale to ``directory`` (created; overwritten)."""
+        return save_head_model(self, directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], dtype: str = "float32",

@@ -271,14 +271,7 @@ class DPRM(nn.Module):
     # --- persistence ----------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write backbone, head and label scale to ``directory`` (created; overwritten)."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        self.backbone.save(d / BACKBONE_DIR)
-        torch.save({k: v.detach().cpu() for k, v in self.head.state_dict().items()}, d / HEAD_FILE)
-        meta = {"kind": self.kind, "labels": _scale_to_json(self.scale), "max_length": self.backbone.max_length,
-                "hidden_size": self.backbone.hidden_size}
-        (d / META_FILE).write_text(json.dumps(meta, indent=2))
-        return d
+        return save_head_model(self, directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], scale: LabelScale | None = None,
@@ -292,6 +285,18 @@ class DPRM(nn.Module):
         model = cls(bb, saved)
         model.head.load_state_dict(torch.load(d / HEAD_FILE, map_location="cpu", weights_only=True))
         return model.to(device)
+
+
+def save_head_model(model, directory: str | os.PathLike[str]) -> Path:
+    """Save a backbone + head reward model (DPRM or BT): backbone dir, head tensors, meta."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    model.backbone.save(d / BACKBONE_DIR)
+    torch.save({k: v.detach().cpu() for k, v in model.head.state_dict().items()}, d / HEAD_FILE)
+    meta = {"kind": model.kind, "labels": _scale_to_json(model.scale), "max_length": model.backbone.max_length,
+            "hidden_size": model.backbone.hidden_size}
+    (d / META_FILE).write_text(json.dumps(meta, indent=2))
+    return d
 
 
 def _read_meta(directory: str | os.PathLike[str], kind: str) -> tuple[Path, dict[str, Any]]:

@@ -16,15 +16,6 @@ from raydprm.train.rollout_batch import RolloutBatch, RolloutBatchError
 pytestmark = pytest.mark.deepspeed
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core runner they
-    lose a lot (oversubscription); the Ray actors run 1 thread too."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 METRICS = ["ppo/policy_loss", "ppo/value_loss", "ppo/clipfrac", "ppo/approx_kl", "ppo/kl_coef", "ppo/entropy",
            "ppo/grad_norm", "ppo/tokens_per_s", "ppo/kl", "ppo/reward"]
 

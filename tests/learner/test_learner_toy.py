@@ -4,7 +4,6 @@ runs end to end."""
 import json
 
 import pytest
-import torch
 
 from raydprm.cli import main
 from raydprm.config import PPOConfig
@@ -12,16 +11,6 @@ from raydprm.train.learner import PPOLearner
 from raydprm.train.learner_toy import default_targets, run_toy_ppo, target_token_reward
 
 pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core runner they
-    lose a lot (oversubscription); the Ray actors run 1 thread too."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_target_token_reward():

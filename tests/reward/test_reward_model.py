@@ -14,14 +14,6 @@ PROMPTS = ["Q: how do I boil an egg ?\nA:", "Q: what is a loan ?\nA:", "Q: hi\nA
 RESPONSES = [" put it in boiling water .", " money you borrow and pay back with interest over many months .", " no"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention on 2 cores
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("backbone", ["tiny-opt", "tiny-gpt2"])
 def test_reward_dprm_shapes_and_readouts(tiny_kit, backbone):
     scale = LabelScale.hh()

@@ -22,14 +22,6 @@ from raydprm.train.reward_metrics import distribution_metrics, expected_calibrat
 SCALE = LabelScale.hh()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _toy_records(n=96, seed=0):
     """Three kinds of response, each with its own crowd distribution: separable by one word."""
     rng = np.random.default_rng(seed)
