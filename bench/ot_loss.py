@@ -36,10 +36,9 @@ import ot
 import ot.batch
 import torch
 
-from raydprm.core import LabelScale, cost_matrix, ot_loss
+from raydprm.core import LabelScale, cost_matrix, ot_loss_with_stats
 from raydprm.core.ot_exact import ot_line
 from raydprm.core.ot_loss import exact_ot
-from raydprm.core.sinkhorn import sinkhorn
 
 COSTS = ("reward_gap", "ordinal", "grid_l1")
 
@@ -68,10 +67,12 @@ def data(B, L=6, seed=0):
     return z, t
 
 
-def fwd_bwd(z, t, M, method, **kw):
+def fwd_bwd(z, t, M, method, stats=None, **kw):
     zz = z.clone().requires_grad_(True)
-    loss = ot_loss(zz, t, M, method=method, from_logits=True, reduction="sum", **kw)
+    loss, st = ot_loss_with_stats(zz, t, M, method=method, from_logits=True, reduction="sum", **kw)
     loss.backward()
+    if stats is not None:
+        stats.update(st)
     return float(loss.detach())
 
 
@@ -141,8 +142,8 @@ def main():
             # Sinkhorn (ours fwd+bwd) vs ot.batch.solve_batch (forward only)
             kw = {"eps": args.eps, "tol": args.tol, "max_iter": args.max_iter}
             fwd_bwd(z[:100], t[:100], M, "sinkhorn", **kw)
-            st = sinkhorn(p, t, M, **kw)[3]
-            fns = [lambda: fwd_bwd(z, t, M, "sinkhorn", **kw)]  # noqa: B023
+            st = {}
+            fns = [lambda: fwd_bwd(z, t, M, "sinkhorn", st, **kw)]  # noqa: B023
             pot = B <= args.pot_batch_max
             if pot:
                 Mb = M.expand(B, 6, 6).contiguous()

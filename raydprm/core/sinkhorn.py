@@ -39,6 +39,10 @@ frozen. With Newton the stopping rule is the L1 error of the column marginals of
 plan of (f(g), g), whose row marginals are exact: the same quantity up to which side
 was updated last.
 
+When max(M) / eps <= 100 (float64; 20 float32) each LSE of (K2)-(K3) is computed in
+kernel form, m + log(K @ exp(logw - m)) with K = exp(-M / eps) and one shift m per row
+(`_kernel_lse`): a (B, L) x (L, L) matmul instead of (B, L, L) elementwise work.
+
 Unbiased Sinkhorn divergence (Feydy et al., AISTATS 2019, Eq. 5):
 
     S_eps(a, b) = OT_eps(a, b) - OT_eps(a, a) / 2 - OT_eps(b, b) / 2,                   (K4)
