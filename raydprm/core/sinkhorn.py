@@ -240,7 +240,11 @@ def newton_polish(a, b, M, eps: float, g, *, tol: float = 1e-6, max_steps: int =
         zero_b = (bb <= 0).to(a.dtype)
         H = (torch.diag_embed(c) - P.transpose(1, 2) @ pi) / eps  # -Hess h (Eq. K5)
         H = H + bb[:, :, None] * bb[:, None, :] + zero_b[:, :, None] * eye  # gauge; fix g_j where b_j = 0
-        d = torch.linalg.solve(H, grad)  # Newton step (b, L)
+        d, info = torch.linalg.solve_ex(H, grad)  # Newton step (b, L)
+        # a singular H (float32 round-off on a near-degenerate plan) or a non-finite step:
+        # no Newton step for that row; the fallback below takes a plain Sinkhorn step instead
+        bad = (info != 0) | ~torch.isfinite(d).all(1)
+        d = torch.where(bad[:, None], torch.zeros_like(d), d)
         d = d * (clip * eps / d.abs().amax(1, keepdim=True).clamp_min(1e-300)).clamp(max=1.0)
         new_g = gg.clone()
         todo = torch.arange(len(gg), device=a.device)

@@ -142,3 +142,28 @@ def test_newton_polish_converges_fast_on_tied_reward_gap():
     vn, _, _, stn = sinkhorn(a[idx], b[idx], M, 0.1, tol=1e-10, max_iter=1000)
     assert stp["converged"] and stn["converged"], (stp, stn)
     assert torch.allclose(vp, vn, atol=1e-9) and torch.allclose(v[idx], vn, atol=1e-6)
+
+
+def test_newton_polish_survives_a_singular_hessian(monkeypatch):
+    """float32 training batches can make the Newton system singular (seen in bench/reward_compare.py):
+    those rows fall back to plain Sinkhorn steps instead of raising."""
+    import torch
+
+    from raydprm.core import LabelScale, cost_matrix
+    from raydprm.core.sinkhorn import newton_polish
+
+    M = cost_matrix("reward_gap", LabelScale.hh()).to(torch.float32)
+    a = torch.tensor([[0.5, 0.5, 0, 0, 0, 0], [0.2, 0.2, 0.2, 0.2, 0.1, 0.1]], dtype=torch.float32)
+    a = a.clamp_min(1e-30) / a.clamp_min(1e-30).sum(1, keepdim=True)
+    b = torch.tensor([[0, 0, 0.5, 0.5, 0, 0], [0.1, 0.1, 0.2, 0.2, 0.2, 0.2]], dtype=torch.float32)
+    b = b.clamp_min(1e-30) / b.clamp_min(1e-30).sum(1, keepdim=True)
+    real_solve_ex = torch.linalg.solve_ex
+
+    def failing_solve_ex(H, g):  # every system reports singular
+        d, info = real_solve_ex(H, g)
+        return d, torch.ones_like(info)
+
+    monkeypatch.setattr(torch.linalg, "solve_ex", failing_solve_ex)
+    f, g, err, steps = newton_polish(a, b, M, 0.1, torch.zeros_like(b), tol=1e-4, max_steps=3000)
+    assert torch.isfinite(f).all() and torch.isfinite(g).all()
+    assert err < 1e-3  # plain Sinkhorn steps still make progress
