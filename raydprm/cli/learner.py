@@ -69,6 +69,9 @@ def _toy(args: argparse.Namespace) -> int:
         learner = PPOLearner(ppo, cfg.models.policy, seed=cfg.run.seed, dtype=cfg.models.dtype)
     run_dir = cfg.run.run_dir / "learner_toy"
     run_dir.mkdir(parents=True, exist_ok=True)
+    from raydprm.config import save_config
+
+    save_config(dataclasses.replace(cfg, ppo=ppo), run_dir)  # the effective config, flags included
     try:
         with open(run_dir / "metrics.jsonl", "w") as f:
             hist = run_toy_ppo(learner, cfg.models.policy, steps=steps, batch_size=batch, max_new_tokens=new_tokens,

@@ -46,6 +46,10 @@ def test_cli_toy_smoke(tiny_kit, tmp_path, capsys):
     lines = (tmp_path / "demo" / "learner_toy" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and "ppo/policy_loss" in json.loads(lines[0])
     assert (tmp_path / "hf" / "config.json").is_file()
+    from raydprm.config import load_config
+
+    saved = load_config(tmp_path / "demo" / "learner_toy" / "config.yaml")  # the run is reproducible
+    assert saved.ppo.engine == "torch" and saved.ppo.rollout_batch == 8
 
 
 def test_cli_toy_bad_arguments(capsys):
