@@ -30,6 +30,18 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core runner two
+    OpenMP threads were 5-40x slower than one (oversubscription); Ray actors run one too."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_kit():
     """Paths of the tiny offline models (built once per cache)."""

@@ -29,6 +29,7 @@ import datetime
 import logging
 import os
 import socket
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-class Engine:
+class Engine(ABC):
     """Common interface of the training engines (see the module docstring for semantics)."""
 
     name = "base"
@@ -96,27 +97,27 @@ class Engine:
         """The wrapped module's forward."""
         return self.module(*args, **kwargs)
 
+    @abstractmethod
     def backward(self, loss: torch.Tensor) -> bool:
         """Backward of one micro-batch loss; steps the optimizer at the accumulation
         boundary. Returns True when an optimizer step happened."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def last_grad_norm(self) -> float | None:
         """Global gradient norm (before clipping) of the last optimizer step."""
-        raise NotImplementedError
 
+    @abstractmethod
     def save(self, ckpt_dir: Path) -> None:
         """Write model + optimizer state (collective: every rank calls it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load(self, ckpt_dir: Path) -> None:
         """Read what :meth:`save` wrote (collective)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Complete (un-partitioned) module weights on CPU, on every rank (collective)."""
-        raise NotImplementedError
 
     def autocast(self):
         """Context for forward passes (bf16 autocast for the torch engine)."""

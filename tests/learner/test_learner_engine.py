@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from learner_helpers import make_batch
 
 from raydprm.config import PPOConfig
 from raydprm.errors import ConfigError, RaydprmError
@@ -18,17 +19,6 @@ pytestmark = pytest.mark.deepspeed
 
 METRICS = ["ppo/policy_loss", "ppo/value_loss", "ppo/clipfrac", "ppo/approx_kl", "ppo/kl_coef", "ppo/entropy",
            "ppo/grad_norm", "ppo/tokens_per_s", "ppo/kl", "ppo/reward"]
-
-
-def make_batch(B=16, seed=0, vocab=800):
-    g = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(5, vocab, (int(torch.randint(2, 7, (), generator=g)),), generator=g).tolist()
-               for _ in range(B)]
-    resp = [torch.randint(5, vocab, (int(torch.randint(1, 9, (), generator=g)),), generator=g).tolist()
-            for _ in range(B)]
-    rewards = torch.randn(B, generator=g).tolist()
-    logprobs = [[-6.7] * len(r) for r in resp]
-    return RolloutBatch.from_sequences(prompts, resp, rewards, logprobs, pad_id=1)
 
 
 def ppo_cfg(**kw):

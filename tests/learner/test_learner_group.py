@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
+from learner_helpers import make_batch
 
 from raydprm.config import PPOConfig
 from raydprm.train.learner import PPOLearner
-from raydprm.train.rollout_batch import RolloutBatch
 
 pytestmark = [pytest.mark.ray, pytest.mark.deepspeed, pytest.mark.slow]
 
@@ -22,16 +22,6 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
-
-
-def make_batch(B=16, seed=0, vocab=800):
-    g = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(5, vocab, (int(torch.randint(2, 7, (), generator=g)),), generator=g).tolist()
-               for _ in range(B)]
-    resp = [torch.randint(5, vocab, (int(torch.randint(1, 9, (), generator=g)),), generator=g).tolist()
-            for _ in range(B)]
-    return RolloutBatch.from_sequences(prompts, resp, torch.randn(B, generator=g).tolist(),
-                                       [[-6.7] * len(r) for r in resp], pad_id=1)
 
 
 CFG = PPOConfig(rollout_batch=16, minibatch=8, micro_batch=4, epochs=2, lr=1e-3, num_cpus_per_worker=1.0,

@@ -32,15 +32,3 @@ def hf_engine(tiny_policy):
     from raydprm.rollout.hf_engine import HFEngine
 
     return HFEngine(tiny_policy)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models decode faster on one thread, and on a loaded 2-core machine two OpenMP
-    threads can be 10-40x slower than one (spin-waiting); restored after each test."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -5,6 +5,7 @@ import time
 
 import pytest
 import torch
+from rollout_helpers import perturbed
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from raydprm.config import RolloutConfig
@@ -35,15 +36,6 @@ def pool(ray_local, tiny_policy):
     p.shutdown()
 
 
-def _learner(path, seed, scale=0.2):
-    m = AutoModelForCausalLM.from_pretrained(path)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return m.eval()
-
-
 def _reference(model, path, prompts, sp):
     from raydprm.rollout.hf_engine import HFEngine
 
@@ -71,7 +63,7 @@ def test_rollout_ray_pool_gathers_in_order_like_one_engine(pool, hf_engine):
 def test_rollout_ray_object_store_sync_follows_the_learner(pool, tiny_policy):
     from raydprm.cluster.weight_sync import publish
 
-    learner = _learner(tiny_policy, seed=1)
+    learner = perturbed(tiny_policy, seed=1)
     want = [r.token_ids for r in _reference(learner, tiny_policy, PROMPTS, GREEDY)]
     assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] != want
     expected = probe_logprobs(learner, pool.probe_ids)
@@ -82,9 +74,9 @@ def test_rollout_ray_object_store_sync_follows_the_learner(pool, tiny_policy):
     out = pool.generate(PROMPTS, GREEDY)
     assert [r.token_ids for r in out] == want and {r.weight_version for r in out} == {1}
     # a pre-published update (only refs travel) and an ObjectRef of a state dict work too
-    learner2 = _learner(tiny_policy, seed=2)
+    learner2 = perturbed(tiny_policy, seed=2)
     pool.sync_weights(publish(learner2.state_dict(), 2, bucket_mb=1), 2, probe_logprobs(learner2, pool.probe_ids))
-    learner3 = _learner(tiny_policy, seed=3)
+    learner3 = perturbed(tiny_policy, seed=3)
     pool.sync_weights(ray.put(learner3.state_dict()), 3, probe_logprobs(learner3, pool.probe_ids))
     assert pool.versions() == [3, 3]
     assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] == \
@@ -98,7 +90,7 @@ def test_rollout_ray_corrupted_and_partial_syncs_are_refused(pool, tiny_policy):
 
     before = [r.token_ids for r in pool.generate(PROMPTS, GREEDY)]
     v0 = pool.version
-    learner = _learner(tiny_policy, seed=21)
+    learner = perturbed(tiny_policy, seed=21)
     expected = probe_logprobs(learner, pool.probe_ids)
     up = publish(learner.state_dict(), v0 + 1, bucket_mb=1)
     assert len(up.bucket_refs) >= 1
@@ -128,7 +120,7 @@ def test_rollout_ray_sync_times_out_instead_of_hanging(pool, tiny_policy):
     stuck = never.remote()
     v0 = pool.version
     try:
-        learner = _learner(tiny_policy, seed=4)
+        learner = perturbed(tiny_policy, seed=4)
         up = publish(learner.state_dict(), v0 + 1)
         t0 = time.monotonic()
         with pytest.raises(WeightSyncError, match="timed out"):
@@ -141,7 +133,7 @@ def test_rollout_ray_sync_times_out_instead_of_hanging(pool, tiny_policy):
 
 
 def test_rollout_ray_probe_failure_stops_the_replica_serving(pool, tiny_policy):
-    learner = _learner(tiny_policy, seed=31)
+    learner = perturbed(tiny_policy, seed=31)
     expected = probe_logprobs(learner, pool.probe_ids)
     v = pool.version + 1
     with pytest.raises(WeightSyncError, match="probe logprobs differ"):
@@ -163,7 +155,7 @@ def test_rollout_ray_vllm_replica_syncs_over_worker_rpc(ray_local, tiny_policy):
         base = AutoModelForCausalLM.from_pretrained(tiny_policy)
         assert [r.token_ids for r in p.generate(PROMPTS, GREEDY)] == \
             [r.token_ids for r in _reference(base, tiny_policy, PROMPTS, GREEDY)]
-        learner = _learner(tiny_policy, seed=41)
+        learner = perturbed(tiny_policy, seed=41)
         (rep,) = p.sync_weights(learner.state_dict(), 1, probe_logprobs(learner, p.probe_ids))
         assert rep.transport == "vllm_rpc" and rep.probe_max_diff < 1e-4 and rep.num_tensors == len(learner.state_dict())
         out = p.generate(PROMPTS, GREEDY)
@@ -183,7 +175,7 @@ def test_rollout_ray_nccl_broadcast_to_vllm_workers(ray_local, tiny_policy):
     p = RolloutPool(RolloutConfig(engine="vllm", num_replicas=1, num_gpus=1, weight_sync="nccl",
                                   probe_tolerance=1e-3), tiny_policy)
     try:
-        learner = _learner(tiny_policy, seed=51).cuda()
+        learner = perturbed(tiny_policy, seed=51).cuda()
         tr = NcclTransport()
         (rep,) = p.sync_weights(learner.state_dict(), 1, probe_logprobs(learner, p.probe_ids), transport=tr)
         assert rep.transport == "nccl" and rep.probe_max_diff < 1e-3

@@ -7,8 +7,7 @@ import os
 
 import numpy as np
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
+from rollout_helpers import perturbed
 
 from raydprm.rollout.engine import RolloutError
 from raydprm.rollout.sampling import SamplingParams
@@ -34,15 +33,6 @@ def vllm_engine(tiny_policy):
     eng = VLLMEngine(tiny_policy, kv_cache_memory_mb=32)
     yield eng
     eng.shutdown()
-
-
-def _perturbed(path, seed, scale=0.2):
-    m = AutoModelForCausalLM.from_pretrained(path)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return m.eval()
 
 
 def _max_diff(a, b):
@@ -128,7 +118,7 @@ def test_rollout_vllm_sync_follows_the_learner(vllm_engine, tiny_policy, via):
     """After a verified sync, vLLM's greedy outputs and logprobs are the new model's."""
     from raydprm.rollout.hf_engine import HFEngine
 
-    learner = _perturbed(tiny_policy, seed=1 if via == "vllm_rpc" else 2)
+    learner = perturbed(tiny_policy, seed=1 if via == "vllm_rpc" else 2)
     ref = HFEngine(learner, tokenizer=__import__("transformers").AutoTokenizer.from_pretrained(tiny_policy))
     before = [r.token_ids for r in vllm_engine.generate(PROMPTS, GREEDY)]
     want = ref.generate(PROMPTS, GREEDY)
@@ -149,7 +139,7 @@ def test_rollout_vllm_corrupted_or_partial_sync_is_refused(vllm_engine, tiny_pol
     """Nothing is loaded: the engine keeps serving its old weights at its old version."""
     old_version = vllm_engine.weight_version
     before = vllm_engine.generate(PROMPTS[:2], GREEDY)
-    learner = _perturbed(tiny_policy, seed=7)
+    learner = perturbed(tiny_policy, seed=7)
 
     def corrupt(buckets):
         b = bytearray(buckets[-1])
@@ -168,7 +158,7 @@ def test_rollout_vllm_corrupted_or_partial_sync_is_refused(vllm_engine, tiny_pol
 def test_rollout_vllm_tied_output_layer_must_be_sent(vllm_engine, tiny_policy):
     """GPT-2 ties lm_head to wte. Sending only wte passes every checksum (what was sent
     arrived intact) but leaves vLLM's packed output layer stale: the probe catches it."""
-    learner = _perturbed(tiny_policy, seed=11)
+    learner = perturbed(tiny_policy, seed=11)
     sd = {k: v for k, v in learner.state_dict().items() if k != "lm_head.weight"}
     probe = probe_sequence(vllm_engine.vocab_size, 32)
     v = vllm_engine.weight_version + 1
@@ -189,7 +179,7 @@ def test_rollout_vllm_multiprocess_engine_syncs_through_shm_and_cleans_up(tiny_p
     shm_before = set(os.listdir(SHM_DIR))
     eng = VLLMEngine(tiny_policy, kv_cache_memory_mb=32, multiprocessing=True)
     try:
-        learner = _perturbed(tiny_policy, seed=5)
+        learner = perturbed(tiny_policy, seed=5)
         rep = _sync(eng, learner, 1, "vllm_rpc")
         assert rep.probe_max_diff < 1e-4
         tok = __import__("transformers").AutoTokenizer.from_pretrained(tiny_policy)
