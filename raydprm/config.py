@@ -387,6 +387,8 @@ class RayConfig(Section):
     address: str = opt("", doc="Ray address; empty = $RAY_ADDRESS or start a local instance.")
     num_cpus: int = opt(0, doc="CPUs of a local Ray instance; 0 = all.", ge=0)
     namespace: str = opt("raydprm", doc="Ray namespace for named actors.")
+    preflight_timeout_s: float = opt(300.0, doc="How long a run waits for the cluster (and its autoscaler) to offer the CPUs/GPUs/memory it reserves before failing with the missing resources named.", ge=0)
+    max_restarts: int = opt(2, doc="Restarts each role's actor group may do in one run (a dead generator or reward replica is replaced; a dead learner rank restarts the learner group from its last checkpoint).", ge=0)
 
 
 @dataclass(frozen=True)

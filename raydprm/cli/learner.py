@@ -53,16 +53,18 @@ def _toy(args: argparse.Namespace) -> int:
     from raydprm.train.learner_toy import run_toy_ppo
 
     use_ray = args.ray or args.workers > 1
-    group = None
+    group = runtime = None
     if use_ray:
-        import ray
-
         from raydprm.cluster.learner_group import LearnerGroup
+        from raydprm.cluster.runtime import Resources, connect
 
-        if not ray.is_initialized():
-            ray.init(address=cfg.ray.address or None, num_cpus=cfg.ray.num_cpus or None,
-                     namespace=cfg.ray.namespace, include_dashboard=False, log_to_driver=False)
-        learner = group = LearnerGroup.create(ppo, cfg.models.policy, seed=cfg.run.seed, dtype=cfg.models.dtype)
+        runtime = connect(cfg.ray, Resources(cpu=ppo.num_workers * ppo.num_cpus_per_worker,
+                                             gpu=ppo.num_workers * ppo.num_gpus_per_worker), what="raydprm learner toy")
+        try:
+            learner = group = LearnerGroup.create(ppo, cfg.models.policy, seed=cfg.run.seed, dtype=cfg.models.dtype)
+        except BaseException:
+            runtime.close()
+            raise
     else:
         from raydprm.train.learner import PPOLearner
 
@@ -82,6 +84,8 @@ def _toy(args: argparse.Namespace) -> int:
     finally:
         if group is not None:
             group.shutdown()
+        if runtime is not None:
+            runtime.close()
     k = max(1, len(hist) // 4)
     first = sum(m["toy/reward"] for m in hist[:k]) / k
     last = sum(m["toy/reward"] for m in hist[-k:]) / k

@@ -80,24 +80,18 @@ def _train(args: argparse.Namespace) -> int:
     kw = dict(scale=scale, reward_cfg=cfg.reward, backbone=cfg.models.reward_backbone, out_dir=out,
               seed=cfg.run.seed, cache_dir=cfg.models.cache_dir or None, dtype=cfg.models.dtype,
               trust_remote_code=cfg.models.trust_remote_code, progress=not args.no_progress)
-    if cfg.reward.num_workers > 1:
-        import ray
+    from raydprm.cluster.reward_train import train_reward_auto
 
-        from raydprm.cluster.reward_train import train_reward_distributed
+    use_gpu = cfg.run.device == "cuda"
+    if cfg.reward.num_workers > 1:  # Ray Train workers: attach to (or start) Ray through the one runtime
+        from raydprm.cluster.runtime import Resources, ray_session
 
-        started = not ray.is_initialized()
-        if started:
-            ray.init(address=cfg.ray.address or None, namespace=cfg.ray.namespace,
-                     num_cpus=cfg.ray.num_cpus or None, include_dashboard=False, log_to_driver=False)
-        try:
-            res = train_reward_distributed(data, use_gpu=cfg.run.device == "cuda", **kw)
-        finally:
-            if started:
-                ray.shutdown()
+        need = Resources(cpu=cfg.reward.num_workers * cfg.reward.actor_num_cpus,
+                         gpu=cfg.reward.num_workers if use_gpu else 0)
+        with ray_session(cfg.ray, need, what="raydprm reward train"):
+            res = train_reward_auto(data, use_gpu=use_gpu, cpus_per_worker=cfg.reward.actor_num_cpus, **kw)
     else:
-        from raydprm.train.reward import train_reward
-
-        res = train_reward(data, device=cfg.run.device, **kw)
+        res = train_reward_auto(data, device=cfg.run.device, **kw)
     print(json.dumps({"loss": cfg.reward.loss, "best_dir": str(res.best_dir), "steps": res.steps,
                       "epochs": res.epochs, "stopped_early": res.stopped_early,
                       "seconds": round(res.seconds, 2), "best_eval": res.best_metrics}, indent=2))

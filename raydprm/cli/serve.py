@@ -33,20 +33,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def start_store_actor(cfg, name: str = STORE_ACTOR_NAME):
-    """Get or create the named preference-store actor for ``store.path``; returns its handle
+    """Start the named preference-store actor on ``store.path``; returns its client
     (keep it: the Serve replicas look the actor up by ``name``)."""
-    from raydprm.cluster.store_actor import PreferenceStoreActor
+    from raydprm.cluster.store_actor import StoreClient
 
     path = Path(cfg.store.path) if cfg.store.path else cfg.run.run_dir / "store.db"
     path.parent.mkdir(parents=True, exist_ok=True)
-    return PreferenceStoreActor.options(name=name, namespace=cfg.ray.namespace, get_if_exists=True).remote(
-        str(path.resolve()), labels=list(cfg.labels.names), prior=cfg.store.prior,
-        half_life_s=cfg.store.half_life_s, synchronous=cfg.store.synchronous,
-        max_text_chars=cfg.store.max_text_chars)
+    return StoreClient.create(cfg.store, cfg.labels, default_path=str(path.resolve()), name=name,
+                              namespace=cfg.ray.namespace)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import ray
     from ray import serve
 
     from raydprm.errors import RaydprmError
@@ -58,12 +55,13 @@ def _serve(args: argparse.Namespace) -> int:
     if not model.is_dir():
         raise RaydprmError(f"reward model directory '{model}' does not exist; train one with `raydprm reward train`")
     token = resolve_token(cfg.serve)
-    started = not ray.is_initialized()  # reuse a Ray session the caller already has
-    if started:
-        ray.init(address=cfg.ray.address or None, namespace=cfg.ray.namespace, num_cpus=cfg.ray.num_cpus or None,
-                 include_dashboard=False, log_to_driver=False)
+    from raydprm.cluster.runtime import Resources, connect
+
+    # reuses a Ray session the caller already has; SIGTERM/SIGINT unwind through `finally`
+    runtime = connect(cfg.ray, Resources(cpu=cfg.serve.num_cpus * cfg.serve.min_replicas), what="raydprm serve")
+    store = None
     try:
-        store = None if args.no_store else start_store_actor(cfg)  # noqa: F841  (held while serving)
+        store = None if args.no_store else start_store_actor(cfg)  # held while serving
         app = build_app(str(model), label_scale_from_config(cfg.labels), cfg.reward, cfg.serve,
                         store_actor=None if args.no_store else STORE_ACTOR_NAME,
                         store_namespace=cfg.ray.namespace, token=token)
@@ -86,5 +84,6 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             serve.shutdown()
         finally:
-            if started:
-                ray.shutdown()
+            if store is not None:
+                store.shutdown()
+            runtime.close()

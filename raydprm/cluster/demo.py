@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import ray
 
+from raydprm.cluster.runtime import Resources, connect
 from raydprm.config import Config, save_config
-from raydprm.errors import RaydprmError
 
 log = logging.getLogger(__name__)
 
@@ -41,51 +41,12 @@ def _say(msg: str) -> None:
     print(f"[raydprm demo] {msg}", flush=True)
 
 
-def required_cpus(cfg: Config) -> float:
-    """Logical CPUs the demo's actors reserve at once (PPO stage is the peak)."""
-    return (cfg.rollout.num_replicas * cfg.rollout.num_cpus
-            + cfg.reward.num_replicas * cfg.reward.actor_num_cpus
-            + cfg.ppo.num_workers * cfg.ppo.num_cpus_per_worker + 0.1)
-
-
-def init_ray(cfg: Config) -> bool:
-    """Attach to a cluster (ray.address / $RAY_ADDRESS / inside a job) or start a local one.
-
-    A local instance gets at least as many logical CPUs as the demo reserves, so a 2-core
-    laptop runs it (oversubscribed) instead of waiting forever for resources. On a
-    cluster, a shortfall is an error after a deadline (the autoscaler is asked first).
-    Returns True when this call started Ray.
-    """
-    if ray.is_initialized():
-        return False
-    need = required_cpus(cfg)
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
-    env = {"env_vars": {k: v for k, v in os.environ.items()
-                        if k.startswith(("HF_", "RAYDPRM_", "TRANSFORMERS_", "TOKENIZERS_", "VLLM_"))}}
-    if address:
-        ray.init(address=address, namespace=cfg.ray.namespace, runtime_env=env, log_to_driver=False)
-        _wait_for_cpus(need, deadline_s=300)
-    else:
-        n = cfg.ray.num_cpus or max(os.cpu_count() or 1, int(np.ceil(need)))
-        ray.init(num_cpus=n, namespace=cfg.ray.namespace, include_dashboard=False, log_to_driver=False,
-                 runtime_env=env)
-    return True
-
-
-def _wait_for_cpus(need: float, deadline_s: float) -> None:
-    have = ray.cluster_resources().get("CPU", 0.0)
-    if have >= need:
-        return
-    from ray.autoscaler.sdk import request_resources
-
-    request_resources(num_cpus=int(np.ceil(need)))
-    t0 = time.time()
-    while time.time() - t0 < deadline_s:
-        if ray.cluster_resources().get("CPU", 0.0) >= need:
-            return
-        time.sleep(5)
-    raise RaydprmError(f"the Ray cluster has {have:g} CPUs but the demo reserves {need:g}; "
-                       f"no scale-up within {deadline_s:.0f} s (lower rollout/reward/ppo replicas or add nodes)")
+def required_resources(cfg: Config) -> Resources:
+    """Logical CPUs/GPUs the demo's actors reserve at once (the PPO stage is the peak)."""
+    cpu = (cfg.rollout.num_replicas * cfg.rollout.num_cpus + cfg.reward.num_replicas * cfg.reward.actor_num_cpus
+           + cfg.ppo.num_workers * cfg.ppo.num_cpus_per_worker + 0.1)  # + the store actor
+    gpu = cfg.rollout.num_replicas * cfg.rollout.num_gpus + cfg.ppo.num_workers * cfg.ppo.num_gpus_per_worker
+    return Resources(cpu=cpu, gpu=gpu)
 
 
 @ray.remote(num_cpus=1)
@@ -102,13 +63,14 @@ def _sft_task(cfg: Config, out_dir: str) -> dict[str, Any]:
 
 @ray.remote(num_cpus=1)
 def _dprm_task(cfg: Config, data, out_dir: str) -> dict[str, Any]:
+    from raydprm.cluster.reward_train import train_reward_auto
     from raydprm.models.dprm import label_scale_from_config
     from raydprm.models.tiny import resolve_model
-    from raydprm.train.reward import train_reward
 
-    res = train_reward(data, scale=label_scale_from_config(cfg.labels), reward_cfg=cfg.reward,
-                       backbone=resolve_model(cfg.models.reward_backbone, cfg.models.cache_dir or None),
-                       out_dir=out_dir, seed=cfg.run.seed, device="cpu", progress=False)
+    res = train_reward_auto(data, scale=label_scale_from_config(cfg.labels), reward_cfg=cfg.reward,
+                            backbone=resolve_model(cfg.models.reward_backbone, cfg.models.cache_dir or None),
+                            out_dir=out_dir, seed=cfg.run.seed, device="cpu", progress=False,
+                            cpus_per_worker=cfg.reward.actor_num_cpus)
     return res.to_dict()
 
 
@@ -146,7 +108,8 @@ def run_demo(cfg: Config, progress: bool = True) -> dict[str, Any]:
     from raydprm.cluster.learner_group import LearnerGroup
     from raydprm.cluster.reward_actor import RewardPool
     from raydprm.cluster.rollout_actor import RolloutPool
-    from raydprm.cluster.store_actor import store_actor_from_config
+    from raydprm.cluster.store_actor import StoreClient
+    from raydprm.cluster.weight_sync import sync_policy
     from raydprm.models.dprm import label_scale_from_config
     from raydprm.rollout.sampling import SamplingParams
     from raydprm.sim.personas import simulated_items
@@ -158,7 +121,8 @@ def run_demo(cfg: Config, progress: bool = True) -> dict[str, Any]:
     save_config(cfg, run_dir)
     t0 = time.time()
     metrics: dict[str, Any] = {"run_dir": str(run_dir)}
-    started = init_ray(cfg)
+    runtime = connect(cfg.ray, required_resources(cfg), what="raydprm demo")
+    restarts = cfg.ray.max_restarts
     pools: list[Any] = []
     try:
         # 1 -------------------------------------------------------------- SFT
@@ -171,7 +135,7 @@ def run_demo(cfg: Config, progress: bool = True) -> dict[str, Any]:
         # The crowd votes on world items of every quality and on the SFT policy's own
         # samples, so the DPRM has seen the kind of text PPO will ask it to score.
         policy_dir = sft["path"]
-        rollout = RolloutPool(cfg.rollout, policy_dir, dtype=cfg.models.dtype)
+        rollout = RolloutPool.create(cfg.rollout, policy_dir, dtype=cfg.models.dtype, max_restarts=restarts)
         pools.append(rollout)
         n_policy = cfg.crowd.n_items // 2
         crowd_prompts = world_prompts(n_policy, seed=cfg.run.seed + 7)
@@ -181,16 +145,17 @@ def run_demo(cfg: Config, progress: bool = True) -> dict[str, Any]:
         store_path = cfg.store.path or str(run_dir / "store.db")
         _say(f"2/5 crowd of {len(_population(cfg).names)} personas votes on {len(items)} items "
              f"({len(items) - n_policy} world, {n_policy} SFT samples) -> {store_path}")
-        store = store_actor_from_config(cfg.store, cfg.labels, default_path=store_path)
+        store = StoreClient.create(cfg.store, cfg.labels, default_path=store_path)
+        pools.append(store)
         votes = _population(cfg).simulate_votes(items, cfg.crowd.votes_per_item, seed=cfg.run.seed)
         bar = tqdm(total=len(votes), desc="votes", unit="vote", disable=not progress, leave=False)
         for i in range(0, len(votes), 1000):
-            ray.get(store.add_votes.remote(votes[i:i + 1000]))
+            store.add_votes(votes[i:i + 1000])
             bar.update(len(votes[i:i + 1000]))
         bar.close()
-        metrics["store"] = ray.get(store.stats.remote())
-        data = ray.get(store.export.remote(None, cfg.store.smoothing))
-        _say(f"    {ray.get(store.count_votes.remote())} votes on {len(data)} items")
+        metrics["store"] = store.stats()
+        data = store.export(None, cfg.store.smoothing)
+        _say(f"    {store.count_votes()} votes on {len(data)} items")
 
         # 3 -------------------------------------------------------------- DPRM
         _say(f"3/5 DPRM ({cfg.models.reward_backbone} + linear head) with loss={cfg.reward.loss} cost={cfg.reward.cost}")
@@ -203,7 +168,8 @@ def run_demo(cfg: Config, progress: bool = True) -> dict[str, Any]:
         # 4 -------------------------------------------------------------- PPO
         _say(f"4/5 PPO: {cfg.ppo.steps} steps x {cfg.ppo.rollout_batch} rollouts, engine={cfg.rollout.engine}, "
              f"learner={cfg.ppo.engine} x{cfg.ppo.num_workers} (ZeRO {cfg.ppo.zero_stage})")
-        reward = RewardPool.create(dprm["best_dir"], label_scale_from_config(cfg.labels), cfg.reward)
+        reward = RewardPool.create(dprm["best_dir"], label_scale_from_config(cfg.labels), cfg.reward,
+                                   max_restarts=restarts)
         pools.append(reward)
         learner = LearnerGroup.create(cfg.ppo, policy_dir, seed=cfg.run.seed, dtype=cfg.models.dtype)
         pools.append(learner)
@@ -225,9 +191,7 @@ def run_demo(cfg: Config, progress: bool = True) -> dict[str, Any]:
                                                 scored["reward"].tolist(), [r.logprobs for r in resp],
                                                 pad_id=0)
             m = learner.update(batch)
-            state = learner.state_dict()
-            probe = learner.score([rollout.probe_ids])[0]
-            rollout.sync_weights(state, version=step + 1, expected_probe=probe)
+            sync_policy(learner, rollout, version=step + 1)  # the learner publishes; only handles pass here
             rec = {"step": step + 1, "reward/mean": float(scored["reward"].mean()),
                    "reward/expected": float(scored["expected"].mean()),
                    **{k: float(v) for k, v in m.items() if k.startswith("ppo/")}}
@@ -253,8 +217,7 @@ def run_demo(cfg: Config, progress: bool = True) -> dict[str, Any]:
                 p.shutdown()
             except Exception as e:  # pragma: no cover - best effort cleanup
                 log.warning("shutdown failed: %s", e)
-        if started:
-            ray.shutdown()
+        runtime.close()
     metrics["seconds"] = time.time() - t0
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
     write_report(cfg, metrics, run_dir)

@@ -2,13 +2,22 @@
 
 :class:`LearnerActor` is a thin typed shell over :class:`raydprm.train.learner.PPOLearner`
 (one rank each; gloo on CPU, NCCL when the actor has a GPU); :class:`LearnerGroup` is the
-driver-side handle that calls every rank's method directly and returns rank 0's answer::
+driver-side handle over an :class:`~raydprm.cluster.group.ActorGroup` of them that calls
+every rank and returns rank 0's answer::
 
     group = LearnerGroup.create(cfg.ppo, cfg.models.policy, seed=cfg.run.seed)
     metrics = group.update(batch)            # RolloutBatch -> {"ppo/policy_loss": ..., ...}
-    weights = group.state_dict()             # policy LM weights (HF names) for weight sync
+    update = group.publish_weights(v, probe_ids, bucket_mb)   # rank 0 publishes; only refs come back
     group.save(ckpt_dir); group.load(ckpt_dir); group.export_hf(out_dir)
     group.shutdown()
+
+The policy's weights never come to the driver: rank 0 puts them into the object store
+(or broadcasts them over NCCL) itself, see :mod:`raydprm.cluster.weight_sync`.
+
+Restarts: the ranks share a torch process group, so a dead rank restarts the whole group
+(``max_restarts``); the group rejoins and loads the last checkpoint saved through
+:meth:`LearnerGroup.save`, and the call raises
+:class:`~raydprm.cluster.group.GroupRestarted` so the driver redoes the steps since then.
 
 Rendezvous: rank 0 picks its node IP and a free port; every rank then joins
 ``tcp://ip:port`` concurrently (``setup``), so no port is hard-coded and several groups can
@@ -19,20 +28,21 @@ share a node. Each actor reserves ``ppo.num_cpus_per_worker`` CPUs and
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from raydprm.cluster.group import ActorGroup, Placement
+from raydprm.cluster.weight_sync import NcclSender, WeightUpdate, publish
 from raydprm.config import PPOConfig
+from raydprm.rollout.sync import WeightManifest, build_manifest
 from raydprm.train.rollout_batch import RolloutBatch
 
 __all__ = ["LearnerActor", "LearnerGroup"]
 
 
-@ray.remote
 class LearnerActor:
     """One learner rank. Construct, then ``setup(master_addr, master_port)`` on every rank at once."""
 
@@ -45,6 +55,8 @@ class LearnerActor:
         self._args = dict(ppo=ppo, policy=policy, rank=rank, seed=seed, device=device, dtype=dtype,
                           trust_remote_code=trust_remote_code)
         self._learner = None
+        self._nccl: NcclSender | None = None
+        self._pending_broadcast: dict[str, Any] | None = None
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free port on it (asked of rank 0 for the rendezvous)."""
@@ -62,8 +74,36 @@ class LearnerActor:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         return self._learner.update(batch)
 
-    def state_dict(self) -> dict[str, Any]:
-        return self._learner.policy_state_dict()
+    def publish_weights(self, version: int, probe_ids: Sequence[int], bucket_mb: int) -> WeightUpdate | None:
+        """Gather the policy (collective under ZeRO-3: every rank calls this) and, on rank 0,
+        put it into the object store as a verified update; other ranks return None."""
+        state = self._learner.policy_state_dict()
+        probe = self._learner.score([list(probe_ids)])[0]
+        if self._learner.rank != 0:
+            return None
+        return publish(state, version, probe, bucket_mb)
+
+    def weight_group_address(self) -> tuple[str, int]:
+        return self.address()
+
+    def setup_weight_group(self, host: str, port: int, world_size: int) -> None:
+        if self._learner.rank == 0:
+            self._nccl = NcclSender()
+            self._nccl.setup(host, port, world_size)
+
+    def prepare_broadcast(self, version: int, probe_ids: Sequence[int]) -> tuple[WeightManifest, list[float]] | None:
+        """Gather the policy (every rank) and keep it on rank 0 for :meth:`broadcast_weights`."""
+        state = self._learner.policy_state_dict()
+        probe = self._learner.score([list(probe_ids)])[0]
+        if self._learner.rank != 0:
+            return None
+        self._pending_broadcast = state
+        return build_manifest(state, version), probe
+
+    def broadcast_weights(self) -> None:
+        if self._learner.rank == 0:
+            state, self._pending_broadcast = self._pending_broadcast, None
+            self._nccl.send(state)
 
     def full_state_dict(self) -> dict[str, Any]:
         return self._learner.full_state_dict()
@@ -96,105 +136,103 @@ class LearnerActor:
         destroy_process_group()
 
 
-def _get_all(refs: list[Any], timeout_s: float | None) -> list[Any]:
-    """``ray.get`` of every ref in order, raising the first error as soon as it arrives."""
-    pending = list(refs)
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while pending:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready, pending = ray.wait(pending, num_returns=1, timeout=left)
-        if not ready:
-            raise TimeoutError(f"{len(pending)} learner rank(s) did not answer within {timeout_s} s")
-        ray.get(ready[0])  # raises the rank's exception now
-    return ray.get(refs)
-
-
 class LearnerGroup:
     """Driver-side handle of ``ppo.num_workers`` :class:`LearnerActor` ranks."""
 
-    def __init__(self, actors: Sequence[Any], timeout_s: float | None = None):
-        self.actors = list(actors)
-        self.timeout_s = timeout_s
+    def __init__(self, group: ActorGroup) -> None:
+        self.group = group
+        self.last_checkpoint: str | None = None
 
     @classmethod
     def create(cls, ppo: PPOConfig, policy: str, *, seed: int = 0, dtype: str = "float32",
-               trust_remote_code: bool = False, placement_group: Any = None, bundle_offset: int = 0,
+               trust_remote_code: bool = False, placement: Placement | None = None, max_restarts: int = 0,
                timeout_s: float | None = None) -> LearnerGroup:
-        """Start the actors (one per ``ppo.num_workers``) and wait until all joined the group.
-
-        With ``placement_group``, rank ``i`` goes to bundle ``bundle_offset + i``.
-        """
+        """Start the ranks (rank ``i`` on bundle ``i`` of ``placement``) and wait until all joined the group."""
         gpu = ppo.num_gpus_per_worker > 0
-        actors = []
-        for rank in range(ppo.num_workers):
-            opts: dict[str, Any] = {"num_cpus": ppo.num_cpus_per_worker, "num_gpus": ppo.num_gpus_per_worker}
-            if placement_group is not None:
-                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-                opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    placement_group, placement_group_bundle_index=bundle_offset + rank)
-            actors.append(LearnerActor.options(**opts).remote(
-                ppo, policy, rank, seed=seed, device="cuda" if gpu else "cpu", dtype=dtype,
-                trust_remote_code=trust_remote_code, num_threads=max(1, int(ppo.num_cpus_per_worker))))
-        group = cls(actors, timeout_s)
+        init_kw = dict(seed=seed, device="cuda" if gpu else "cpu", dtype=dtype, trust_remote_code=trust_remote_code,
+                       num_threads=max(1, int(ppo.num_cpus_per_worker)))
+        group = ActorGroup(LearnerActor, ppo.num_workers, role="learner",
+                           init=lambda rank: ((ppo, policy, rank), init_kw),
+                           resources={"num_cpus": ppo.num_cpus_per_worker, "num_gpus": ppo.num_gpus_per_worker},
+                           placement=placement, max_restarts=max_restarts, restart="group",
+                           timeout_s=timeout_s or ppo.dist_timeout_s)
+        learner = cls(group)
+        group.on_restart = learner._rejoin
+        group.start()
         try:
-            addr, port = ray.get(actors[0].address.remote(), timeout=timeout_s or ppo.dist_timeout_s)
-            group._all(lambda a: a.setup.remote(addr, port), timeout_s or ppo.dist_timeout_s)
+            learner._rendezvous()
         except BaseException:
             group.shutdown()
             raise
-        return group
+        return learner
 
-    def _all(self, call, timeout_s: float | None = None) -> list[Any]:
-        """Call every rank; fail fast when one rank raises (its peers would otherwise sit
-        in a collective until the process-group timeout)."""
-        return _get_all([call(a) for a in self.actors], timeout_s or self.timeout_s)
+    def _rendezvous(self) -> None:
+        """Rank 0 picks its node IP and a free port; every rank joins ``tcp://ip:port`` at once."""
+        addr, port = self.group.rank0(LearnerActor.address)
+        self.group.all(LearnerActor.setup, addr, port)
+
+    def _rejoin(self, group: ActorGroup, ranks: list[int]) -> None:
+        """After a whole-group restart: form the process group again and load the last checkpoint."""
+        self._rendezvous()
+        if self.last_checkpoint is not None:
+            self.group.all(LearnerActor.load, self.last_checkpoint)
 
     @property
     def world_size(self) -> int:
-        return len(self.actors)
+        return self.group.num_actors
+
+    @property
+    def restarts(self) -> int:
+        return self.group.restarts
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         """One PPO update on every rank (the batch is put in the object store once)."""
         ref = ray.put(batch)
-        return self._all(lambda a: a.update.remote(ref))[0]
+        return self.group.all(LearnerActor.update, ref)[0]
 
-    def state_dict(self) -> dict[str, Any]:
-        """The policy LM's full weights (HF names), as rank 0 has them after gathering."""
-        return self._all(lambda a: a.state_dict.remote())[0]
+    def publish_weights(self, version: int, probe_ids: Sequence[int], bucket_mb: int) -> WeightUpdate:
+        """Rank 0 publishes the current policy into the object store; returns the handle only."""
+        return self.group.all(LearnerActor.publish_weights, version, list(probe_ids), bucket_mb)[0]
+
+    def weight_group_address(self) -> tuple[str, int]:
+        return self.group.rank0(LearnerActor.weight_group_address)
+
+    def setup_weight_group(self, host: str, port: int, world_size: int) -> None:
+        self.group.rank0(LearnerActor.setup_weight_group, host, port, world_size)
+
+    def prepare_broadcast(self, version: int, probe_ids: Sequence[int]) -> tuple[WeightManifest, list[float]]:
+        return self.group.all(LearnerActor.prepare_broadcast, version, list(probe_ids))[0]
+
+    def broadcast_weights(self) -> None:
+        self.group.rank0(LearnerActor.broadcast_weights)
 
     def full_state_dict(self) -> dict[str, Any]:
-        """Actor-critic weights (policy, value head, critic)."""
-        return self._all(lambda a: a.full_state_dict.remote())[0]
+        """Actor-critic weights (policy, value head, critic); for tests and exports, not the PPO loop."""
+        return self.group.all(LearnerActor.full_state_dict)[0]
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """Teacher-forced logprobs of ``sequences`` under the current policy (every rank
         computes: under ZeRO-3 the forward is collective; rank 0 answers)."""
-        return self._all(lambda a: a.score.remote(sequences))[0]
+        return self.group.all(LearnerActor.score, sequences)[0]
 
     def save(self, ckpt_dir: str | os.PathLike[str]) -> str:
         d = str(Path(ckpt_dir).resolve())
-        return self._all(lambda a: a.save.remote(d))[0]
+        out = self.group.all(LearnerActor.save, d)[0]
+        self.last_checkpoint = d
+        return out
 
     def load(self, ckpt_dir: str | os.PathLike[str]) -> None:
         d = str(Path(ckpt_dir).resolve())
-        self._all(lambda a: a.load.remote(d))
+        self.group.all(LearnerActor.load, d)
+        self.last_checkpoint = d
 
     def export_hf(self, out_dir: str | os.PathLike[str]) -> str:
         d = str(Path(out_dir).resolve())
-        return self._all(lambda a: a.export_hf.remote(d))[0]
+        return self.group.all(LearnerActor.export_hf, d)[0]
 
     def info(self) -> list[dict[str, Any]]:
-        return self._all(lambda a: a.info.remote())
+        return self.group.all(LearnerActor.info)
 
     def shutdown(self) -> None:
         """Leave the process group and kill the actors (idempotent)."""
-        if not self.actors:
-            return
-        try:
-            ray.get([a.shutdown.remote() for a in self.actors], timeout=30)
-        except Exception:  # a dead or hung rank: kill regardless
-            pass
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
+        self.group.shutdown(LearnerActor.shutdown)

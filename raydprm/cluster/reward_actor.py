@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from raydprm.cluster.group import ActorGroup, Placement
 from raydprm.core.label_scale import LabelScale
 
 __all__ = ["RewardActor", "RewardPool", "ScoreBatch"]
@@ -26,9 +27,8 @@ __all__ = ["RewardActor", "RewardPool", "ScoreBatch"]
 ScoreBatch = dict[str, Any]  # distribution (B, L), expected/reward/cvar/entropy (B,) float32 arrays, version
 
 
-@ray.remote
 class RewardActor:
-    """One DPRM replica. Methods are called directly (``actor.score.remote(...)``)."""
+    """One DPRM replica (a plain class; :class:`RewardPool` runs it as a Ray actor)."""
 
     def __init__(self, model_dir: str, scale: LabelScale | None, reward_cfg, device: str = "cpu",
                  dtype: str = "float32", num_threads: int = 0):
@@ -80,49 +80,68 @@ class RewardActor:
 
 
 class RewardPool:
-    """A batch split across replicas, answers concatenated in order."""
+    """``reward.num_replicas`` :class:`RewardActor` replicas: a batch split across them, answers in order.
 
-    def __init__(self, actors: Sequence[Any]):
-        if not actors:
-            raise ValueError("RewardPool needs at least one RewardActor")
-        self.actors = list(actors)
+    A replica that dies is restarted (``max_restarts``) on the checkpoint the pool last loaded."""
+
+    def __init__(self, group: ActorGroup) -> None:
+        self.group = group
+        self._source: tuple[str, Any] | None = None  # what the replicas were last told to load
 
     @classmethod
-    def create(cls, model_dir: str, scale: LabelScale | None, reward_cfg, num_replicas: int | None = None,
-               num_cpus: float | None = None, num_gpus: float = 0.0, device: str = "cpu",
-               dtype: str = "float32") -> RewardPool:
+    def create(cls, model_dir: str, scale: LabelScale | None, reward_cfg, *, num_replicas: int | None = None,
+               num_cpus: float | None = None, num_gpus: float = 0.0, device: str = "cpu", dtype: str = "float32",
+               placement: Placement | None = None, max_restarts: int = 0,
+               startup_timeout_s: float | None = 600.0) -> RewardPool:
         n = num_replicas or reward_cfg.num_replicas
         cpus = num_cpus if num_cpus is not None else reward_cfg.actor_num_cpus
         threads = max(1, int(cpus))
-        actors = [RewardActor.options(num_cpus=cpus, num_gpus=num_gpus).remote(
-            str(model_dir), scale, reward_cfg, device, dtype, threads) for _ in range(n)]
-        return cls(actors)
+        group = ActorGroup(RewardActor, n, role="reward",
+                           init=lambda rank: ((str(model_dir), scale, reward_cfg, device, dtype, threads), {}),
+                           resources={"num_cpus": cpus, "num_gpus": num_gpus}, placement=placement,
+                           max_restarts=max_restarts, restart="actor")
+        group.start(startup_timeout_s)
+        pool = cls(group)
+        group.on_restart = pool._catch_up
+        return pool
 
-    def score_async(self, prompts: Sequence[str], responses: Sequence[str]) -> list[ray.ObjectRef]:
-        """Object refs of the per-replica chunks (contiguous, in order)."""
+    @property
+    def restarts(self) -> int:
+        return self.group.restarts
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str], timeout_s: float | None = None) -> ScoreBatch:
+        """Distributions and rewards of every (prompt, response), split contiguously over replicas."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         n = len(prompts)
-        k = min(len(self.actors), max(1, n))
+        k = min(self.group.num_actors, max(1, n))
         bounds = np.linspace(0, n, k + 1).astype(int)
-        return [a.score.remote(list(prompts[s:e]), list(responses[s:e]))
-                for a, s, e in zip(self.actors, bounds[:-1], bounds[1:])]
-
-    def score(self, prompts: Sequence[str], responses: Sequence[str], timeout_s: float | None = None) -> ScoreBatch:
-        parts = ray.get(self.score_async(prompts, responses), timeout=timeout_s)
+        parts = self.group.each(RewardActor.score, [((list(prompts[s:e]), list(responses[s:e])), {})
+                                                    for s, e in zip(bounds[:-1], bounds[1:])], timeout_s=timeout_s)
         out = {k: np.concatenate([p[k] for p in parts]) for k in ("distribution", "expected", "reward", "cvar",
                                                                    "entropy")}
         out["version"] = min(p["version"] for p in parts)
         return out
 
     def load_weights(self, model_dir: str, timeout_s: float | None = None) -> list[int]:
-        return ray.get([a.load_weights.remote(str(model_dir)) for a in self.actors], timeout=timeout_s)
+        """Every replica loads the checkpoint in ``model_dir`` (a refresh of the DPRM)."""
+        self._source = ("dir", str(model_dir))
+        return self.group.all(RewardActor.load_weights, str(model_dir), timeout_s=timeout_s)
 
     def load_state_dict(self, state_dict: dict[str, Any], timeout_s: float | None = None) -> list[int]:
         ref = ray.put(state_dict)  # one copy in the object store for every replica
-        return ray.get([a.load_state_dict.remote(ref) for a in self.actors], timeout=timeout_s)
+        self._source = ("ref", ref)
+        return self.group.all(RewardActor.load_state_dict, ref, timeout_s=timeout_s)
+
+    def _catch_up(self, group: ActorGroup, ranks: list[int]) -> None:
+        if self._source is None:
+            return
+        kind, what = self._source
+        method = RewardActor.load_weights if kind == "dir" else RewardActor.load_state_dict
+        group.each(method, [((what,), {})] * len(ranks), ranks=ranks)
+
+    def info(self) -> list[dict[str, Any]]:
+        return self.group.all(RewardActor.info)
 
     def shutdown(self) -> None:
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
+        self.group.shutdown()

@@ -1,17 +1,20 @@
 """Rollout generator actors and the pool that spreads prompts over them.
 
 :class:`RolloutGenerator` is a thin Ray actor around one engine replica
-(:mod:`raydprm.rollout`); :class:`RolloutPool` starts ``rollout.num_replicas`` of them
-with the CPUs/GPUs of :class:`~raydprm.config.RolloutConfig`, splits a batch of prompts
-into contiguous slices (one per replica), gathers the responses back in prompt order,
-and pushes new weights to every replica with a verified sync
-(:mod:`raydprm.cluster.weight_sync`)::
+(:mod:`raydprm.rollout`); :class:`RolloutPool` is an :class:`~raydprm.cluster.group.ActorGroup`
+of ``rollout.num_replicas`` of them with the CPUs/GPUs of :class:`~raydprm.config.RolloutConfig`.
+It splits a batch of prompts into contiguous slices (one per replica), gathers the
+responses back in prompt order, and has every replica pull a published weight update
+(:mod:`raydprm.cluster.weight_sync`; the learner publishes, the driver only passes the
+handle)::
 
-    pool = RolloutPool(cfg.rollout, model="tiny-gpt2")
+    pool = RolloutPool.create(cfg.rollout, model="tiny-gpt2")
     responses = pool.generate(prompts)                       # ordered like prompts (x n)
-    pool.sync_weights(policy.state_dict(), version=1,
-                      expected_probe=probe_logprobs(policy, pool.probe_ids))
+    sync_policy(learner_group, pool, version=1)              # learner publishes, replicas pull + verify
     pool.shutdown()
+
+A replica that dies is restarted (``ray.max_restarts``) and given the last verified
+update before it serves again.
 
 A replica whose last sync loaded weights that then failed the probe refuses to generate
 (:class:`~raydprm.rollout.sync.WeightSyncError`) until a sync succeeds: stale or wrong
@@ -27,14 +30,15 @@ from typing import Any
 
 import ray
 
-from raydprm.errors import RaydprmError
+from raydprm.cluster.group import ActorGroup, Placement
+from raydprm.cluster.weight_sync import TRANSPORTS, WeightUpdate, check_transport
 from raydprm.rollout.engine import Prompt, Response
 from raydprm.rollout.sampling import SamplingParams
 from raydprm.rollout.sync import StageReport, WeightManifest, WeightSyncError, apply_update, probe_sequence
 
 
 class RolloutGenerator:
-    """One engine replica (wrap with ``ray.remote``; :class:`RolloutPool` does)."""
+    """One engine replica (a plain class; :class:`RolloutPool` runs it as a Ray actor)."""
 
     def __init__(self, engine: str, model: str, engine_kwargs: Mapping[str, Any], replica: int = 0,
                  probe_length: int = 32) -> None:
@@ -61,15 +65,16 @@ class RolloutGenerator:
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         return self.engine.score(sequences)
 
-    def receive_weights(self, manifest: WeightManifest, bucket_refs: list[list[ray.ObjectRef]],
-                        expected_probe: Sequence[float], tolerance: float, timeout_s: float,
+    def receive_weights(self, update: WeightUpdate, tolerance: float, timeout_s: float,
                         via: str = "load_weights") -> StageReport:
-        """Fetch buckets from the object store (``bucket_refs[0]``: wrapped so Ray does not
-        resolve them all at once), verify, load, probe. Bounded by ``timeout_s``."""
+        """Fetch the update's buckets from the object store one at a time (the refs travel
+        inside ``update``, so Ray does not resolve them all at once), verify, load, probe.
+        Bounded by ``timeout_s``."""
+        manifest = update.manifest
         deadline = time.monotonic() + timeout_s
 
         def payloads():
-            for ref in bucket_refs[0]:
+            for ref in update.bucket_refs:
                 left = deadline - time.monotonic()
                 try:
                     yield ray.get(ref, timeout=max(left, 0.001))
@@ -77,7 +82,7 @@ class RolloutGenerator:
                     raise WeightSyncError(f"weight sync v{manifest.version}: replica {self.replica} timed out "
                                           f"after {timeout_s:g} s fetching buckets from the object store") from None
 
-        rep = apply_update(self.engine, manifest, payloads(), self.probe_ids, expected_probe, tolerance,
+        rep = apply_update(self.engine, manifest, payloads(), self.probe_ids, update.expected_probe, tolerance,
                            via=via, deadline=deadline)
         rep.replica = self.replica
         return rep
@@ -119,82 +124,119 @@ def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 class RolloutPool:
-    """``num_replicas`` :class:`RolloutGenerator` actors behind one ordered interface."""
+    """``rollout.num_replicas`` :class:`RolloutGenerator` actors behind one ordered interface."""
 
-    def __init__(self, cfg: Any, model: str, dtype: str = "float32", startup_timeout_s: float = 600.0) -> None:
+    def __init__(self, group: ActorGroup, cfg: Any) -> None:
+        self.group, self.cfg = group, cfg
+        self.default_sampling = SamplingParams.from_config(cfg)
+        info = group.rank0(RolloutGenerator.info)
+        self.probe_ids: list[int] = info["probe_ids"]
+        self.vocab_size: int = info["vocab_size"]
+        self.version = 0
+        self.nccl_ready = False
+        self._last_update: WeightUpdate | None = None
+
+    @classmethod
+    def create(cls, cfg: Any, model: str, *, dtype: str = "float32", placement: Placement | None = None,
+               max_restarts: int = 0, startup_timeout_s: float = 600.0) -> RolloutPool:
+        """Start the generators (rank ``i`` on bundle ``i`` of ``placement``) and wait until they are up."""
         from raydprm.rollout.engine import engine_kwargs
 
-        if not ray.is_initialized():
-            raise RaydprmError("RolloutPool needs a running Ray instance (ray.init() first)")
-        self.cfg = cfg
-        self.default_sampling = SamplingParams.from_config(cfg)
-        Actor = ray.remote(RolloutGenerator).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
+        check_transport(cfg.weight_sync)
         kw = engine_kwargs(cfg, dtype)
-        self.actors = [Actor.remote(cfg.engine, model, kw, i, cfg.probe_length) for i in range(cfg.num_replicas)]
-        infos = _wait(ray, [a.info.remote() for a in self.actors], startup_timeout_s,
-                      f"starting {cfg.num_replicas} '{cfg.engine}' rollout replica(s)")
-        self.probe_ids: list[int] = infos[0]["probe_ids"]
-        self.vocab_size: int = infos[0]["vocab_size"]
-        self.version = 0
+        group = ActorGroup(RolloutGenerator, cfg.num_replicas, role=f"rollout ({cfg.engine})",
+                           init=lambda rank: ((cfg.engine, model, kw, rank, cfg.probe_length), {}),
+                           resources={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}, placement=placement,
+                           max_restarts=max_restarts, restart="actor")
+        group.start(startup_timeout_s)
+        pool = cls(group, cfg)
+        group.on_restart = pool._catch_up
+        return pool
+
+    @property
+    def num_replicas(self) -> int:
+        return self.group.num_actors
+
+    @property
+    def restarts(self) -> int:
+        return self.group.restarts
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams | None = None,
                  timeout_s: float | None = None) -> list[Response]:
         """Responses for every prompt (``n`` per prompt), in prompt order, spread over replicas."""
         sampling = sampling or self.default_sampling
         prompts = list(prompts)
-        slices = [s for s in split_evenly(len(prompts), len(self.actors)) if s[1] > s[0]]
-        refs = [self.actors[k].generate.remote(prompts[a:b], sampling, a) for k, (a, b) in enumerate(slices)]
-        parts = _wait(ray, refs, timeout_s, "generating rollouts")
+        slices = [s for s in split_evenly(len(prompts), self.num_replicas) if s[1] > s[0]]
+        parts = self.group.each(RolloutGenerator.generate, [((prompts[a:b], sampling, a), {}) for a, b in slices],
+                                timeout_s=timeout_s)
         return [r for part in parts for r in part]
 
-    def sync_weights(self, weights: Any, version: int, expected_probe: Sequence[float],
-                     transport: Any = None, timeout_s: float | None = None) -> list[StageReport]:
-        """Push new weights to every replica and verify them (checksum + probe).
+    def sync_weights(self, update: WeightUpdate, timeout_s: float | None = None) -> list[StageReport]:
+        """Every replica pulls ``update`` from the object store, verifies and loads it.
 
-        ``weights``: a state dict, an ``ObjectRef`` to one, or a prepared
-        :class:`~raydprm.cluster.weight_sync.WeightUpdate`. ``transport``: a name
-        (default ``rollout.weight_sync``) or a transport object. Raises
-        :class:`WeightSyncError` on failed verification or after ``timeout_s`` (default
-        ``rollout.sync_timeout_s``).
-        """
-        from raydprm.cluster.weight_sync import make_transport
+        ``update`` comes from :func:`~raydprm.cluster.weight_sync.publish`, called where the
+        weights live. Raises :class:`WeightSyncError` on a failed check or after ``timeout_s``
+        (default ``rollout.sync_timeout_s``)."""
+        if not isinstance(update, WeightUpdate):
+            raise WeightSyncError(f"sync_weights takes a published WeightUpdate (weight_sync.publish), "
+                                  f"got {type(update).__name__}")
+        if update.version <= self.version:
+            raise WeightSyncError(f"weight version {update.version} is not newer than the pool's current "
+                                  f"version {self.version}")
+        if self.cfg.weight_sync == "nccl":
+            raise WeightSyncError("rollout.weight_sync=nccl syncs by broadcast from the learner (sync_policy)")
+        timeout_s = timeout_s or self.cfg.sync_timeout_s
+        t0 = time.perf_counter()
+        reports = self._receive(update, list(range(self.num_replicas)), timeout_s)
+        for r in reports:
+            r.extra["wall_s"] = time.perf_counter() - t0
+        self.version, self._last_update = update.version, update
+        return reports
 
-        if version <= self.version:
-            raise WeightSyncError(f"weight version {version} is not newer than the pool's current version {self.version}")
-        tr = transport if transport is not None and not isinstance(transport, str) else \
-            make_transport(transport or self.cfg.weight_sync, bucket_mb=self.cfg.bucket_mb)
-        reports = tr.sync(self.actors, weights, version, expected_probe, tolerance=self.cfg.probe_tolerance,
-                          timeout_s=timeout_s or self.cfg.sync_timeout_s)
+    def _receive(self, update: WeightUpdate, ranks: list[int], timeout_s: float) -> list[StageReport]:
+        via = TRANSPORTS[self.cfg.weight_sync]
+        # replicas enforce timeout_s themselves; the group's deadline only catches a dead one
+        reports = self.group.each(RolloutGenerator.receive_weights,
+                                  [((update, self.cfg.probe_tolerance, timeout_s, via), {})] * len(ranks),
+                                  ranks=ranks, timeout_s=timeout_s + 5.0)
+        for r in reports:
+            r.transport = self.cfg.weight_sync
+        return reports
+
+    def _catch_up(self, group: ActorGroup, ranks: list[int]) -> None:
+        """A restarted replica starts from the initial weights: give it the last verified update."""
+        if self.cfg.weight_sync == "nccl":
+            self.nccl_ready = False  # the broadcast group must be formed again, with the new replica
+        elif self._last_update is not None:
+            self._receive(self._last_update, ranks, self.cfg.sync_timeout_s)
+
+    # ------------------------------------------------------------------ nccl (driven by sync_policy)
+    def join_nccl_async(self, host: str, port: int, world_size: int, timeout_s: float) -> list[Any]:
+        tp = self.cfg.tensor_parallel_size
+        return self.group.submit(RolloutGenerator.init_nccl,
+                                 [((host, port, 1 + i * tp, world_size, timeout_s), {}) for i in range(self.num_replicas)])
+
+    def finish_join_nccl(self, refs: list[Any]) -> None:
+        self.group.wait(refs, "init_nccl", timeout_s=self.cfg.sync_timeout_s)
+        self.nccl_ready = True
+
+    def receive_broadcast_async(self, manifest: WeightManifest, expected_probe: Sequence[float],
+                                timeout_s: float | None) -> list[Any]:
+        if manifest.version <= self.version:
+            raise WeightSyncError(f"weight version {manifest.version} is not newer than the pool's current "
+                                  f"version {self.version}")
+        args = (manifest, list(expected_probe), self.cfg.probe_tolerance, timeout_s or self.cfg.sync_timeout_s)
+        return self.group.submit(RolloutGenerator.receive_nccl, [(args, {})] * self.num_replicas)
+
+    def finish_receive(self, refs: list[Any], version: int, timeout_s: float | None) -> list[StageReport]:
+        reports = self.group.wait(refs, f"weight sync v{version} over nccl",
+                                  timeout_s=(timeout_s or self.cfg.sync_timeout_s) + 5.0)
         self.version = version
         return reports
 
     def versions(self) -> list[int]:
-        return [i["weight_version"] for i in _wait(ray, [a.info.remote() for a in self.actors], 60, "reading versions")]
+        return [i["weight_version"] for i in self.group.all(RolloutGenerator.info, timeout_s=60)]
 
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Shut engines down (frees vLLM's /dev/shm files), then kill the actors."""
-        try:
-            _wait(ray, [a.shutdown.remote() for a in self.actors], timeout_s, "shutting rollout engines down")
-        except Exception:  # the actors are killed either way
-            pass
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
-
-
-def _wait(ray_mod: Any, refs: list[Any], timeout_s: float | None, what: str) -> list[Any]:
-    """``ray.get`` with a deadline; a timeout becomes a clear error naming the pending tasks."""
-    ready, pending = ray_mod.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    if pending:
-        idx = [i for i, r in enumerate(refs) if r in pending]
-        for r in pending:
-            ray_mod.cancel(r, force=False)
-        err = WeightSyncError if "weight" in what else RaydprmError
-        raise err(f"{what} timed out after {timeout_s:g} s (no answer from replica(s) {idx})")
-    try:
-        return ray_mod.get(refs)
-    except ray.exceptions.RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, RaydprmError):  # a clear error from the replica: re-raise it as is
-            raise cause from None
-        raise
+        self.group.shutdown(RolloutGenerator.shutdown, timeout_s)

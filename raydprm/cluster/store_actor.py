@@ -1,14 +1,17 @@
 """The preference store as a Ray actor: the same API as :class:`raydprm.store.PreferenceStore`
 plus batch calls, for the pipeline and the Serve vote endpoint.
 
-One actor owns one SQLite connection; calls are serialised by the actor, and several
-actors (or processes) on the same file are safe too (SQLite's write lock). Errors of the
-store (e.g. :class:`~raydprm.store.votes.VoteError`) reach the caller as ``RayTaskError``
-wrapping the original exception (``except VoteError`` works on ``ray.get``).
+:class:`PreferenceStoreActor` is a thin shell (one SQLite connection; calls serialised by
+the actor; several actors or processes on the same file are safe too, through SQLite's
+write lock). :class:`StoreClient` runs it as a one-actor
+:class:`~raydprm.cluster.group.ActorGroup` (optionally named, for the Serve replicas to
+find) and gives the driver typed calls. Errors of the store (e.g.
+:class:`~raydprm.store.votes.VoteError`) reach the caller with their own type.
 
-    store = PreferenceStoreActor.remote("runs/demo/store.db")
-    ray.get(store.add_votes.remote(votes))                  # {"added": n, "duplicates": m}
-    ray.get(store.distributions.remote(items, {"scientist": 1.0}))   # (B, L) as lists
+    store = StoreClient.create(cfg.store, cfg.labels, default_path=run_dir / "store.db")
+    store.add_votes(votes)                                  # {"added": n, "duplicates": m}
+    store.distributions(items, {"scientist": 1.0})          # (B, L) as lists
+    store.shutdown()
 """
 
 from __future__ import annotations
@@ -16,19 +19,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import ray
+from raydprm.cluster.group import ActorGroup, Placement
+from raydprm.store import PreferenceStore
 
-from raydprm.store import PreferenceStore, StoreError
-
-__all__ = ["PreferenceStoreActor", "store_actor_from_config"]
+__all__ = ["PreferenceStoreActor", "StoreClient"]
 
 
-@ray.remote(num_cpus=0.1)
 class PreferenceStoreActor:
     """Thin shell over :class:`PreferenceStore`; each method calls one store method."""
 
-    def __init__(self, path: str, **store_kwargs: Any) -> None:
-        self._store = PreferenceStore(path, **store_kwargs)
+    def __init__(self, store_cfg, labels_cfg=None, default_path: str | None = None) -> None:
+        self._store = PreferenceStore.from_config(store_cfg, labels_cfg, default_path=default_path)
 
     def add_votes(self, votes: Sequence[Mapping[str, Any]]) -> dict[str, int]:
         return self._store.add_votes(votes)
@@ -75,12 +76,52 @@ class PreferenceStoreActor:
         return self._store.personas
 
 
-def store_actor_from_config(store_cfg, labels_cfg=None, default_path: str | None = None, **actor_options: Any):
-    """A :class:`PreferenceStoreActor` handle opened like :meth:`PreferenceStore.from_config`."""
-    path = store_cfg.path or default_path
-    if not path:
-        raise StoreError("store.path is empty and no default path was given")
-    kw = dict(labels=list(labels_cfg.names) if labels_cfg is not None else None, prior=store_cfg.prior,
-              half_life_s=store_cfg.half_life_s, synchronous=store_cfg.synchronous,
-              max_text_chars=store_cfg.max_text_chars)
-    return PreferenceStoreActor.options(**actor_options).remote(str(path), **kw)
+class StoreClient:
+    """The driver's handle of the store actor: typed calls, one wait, one shutdown."""
+
+    def __init__(self, group: ActorGroup, timeout_s: float | None = None) -> None:
+        self.group, self.timeout_s = group, timeout_s
+
+    @classmethod
+    def create(cls, store_cfg, labels_cfg=None, default_path: str | None = None, *, name: str | None = None,
+               namespace: str | None = None, placement: Placement | None = None, num_cpus: float = 0.1,
+               timeout_s: float | None = 300.0) -> StoreClient:
+        """Start the actor on the store of ``store_cfg`` (``store.path`` or ``default_path``);
+        ``name`` makes it findable with ``ray.get_actor(name, namespace)`` (the Serve app does)."""
+        group = ActorGroup(PreferenceStoreActor, 1, role="store",
+                           init=lambda rank: ((store_cfg, labels_cfg, None if default_path is None else str(default_path)),
+                                              {}),
+                           resources={"num_cpus": num_cpus}, placement=placement, name=name, namespace=namespace,
+                           timeout_s=timeout_s)
+        return cls(group.start(), timeout_s)
+
+    @property
+    def actor(self) -> Any:
+        """The Ray actor handle (for code that holds it, e.g. tasks writing votes)."""
+        return self.group.actors[0]
+
+    def _call(self, method, *args: Any, **kwargs: Any) -> Any:
+        return self.group.rank0(method, *args, **kwargs)
+
+    def add_votes(self, votes: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+        return self._call(PreferenceStoreActor.add_votes, list(votes))
+
+    def distributions(self, items: Sequence[tuple[str, str]], persona_weights: Mapping[str, float] | None = None,
+                      smoothing: float = 0.0, at: float | None = None) -> list[list[float]]:
+        return self._call(PreferenceStoreActor.distributions, list(items), persona_weights, smoothing, at)
+
+    def count_votes(self, persona: str | None = None) -> int:
+        return self._call(PreferenceStoreActor.count_votes, persona)
+
+    def export(self, persona_weights: Mapping[str, float] | None = None, smoothing: float = 0.0,
+               min_votes: int = 1):
+        return self._call(PreferenceStoreActor.export, persona_weights, smoothing, min_votes)
+
+    def stats(self) -> dict[str, Any]:
+        return self._call(PreferenceStoreActor.stats)
+
+    def personas(self) -> list[str]:
+        return self._call(PreferenceStoreActor.personas)
+
+    def shutdown(self) -> None:
+        self.group.shutdown()

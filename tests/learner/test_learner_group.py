@@ -9,6 +9,7 @@ import torch
 from learner_helpers import make_batch
 
 from raydprm.config import PPOConfig
+from raydprm.rollout.sync import tensor_digest
 from raydprm.train.learner import PPOLearner
 
 pytestmark = [pytest.mark.ray, pytest.mark.deepspeed, pytest.mark.slow]
@@ -63,9 +64,12 @@ def test_two_workers_match_one_worker(ray_local, tiny_kit, single_worker_referen
             assert m1[k] == pytest.approx(m1_ref[k], rel=1e-3, abs=1e-5), k
             assert m2[k] == pytest.approx(m2_ref[k], rel=1e-3, abs=1e-5), k
         assert m2["ppo/kl_coef"] == pytest.approx(m2_ref["ppo/kl_coef"])
-        policy = group.state_dict()  # HF names for weight sync
-        assert "transformer.wte.weight" in policy and not any(k.startswith("lm.") for k in policy)
-        assert torch.equal(policy["transformer.wte.weight"], got["lm.transformer.wte.weight"])
+        update = group.publish_weights(1, [1, 2, 3], bucket_mb=1)  # rank 0 publishes; refs come back
+        names = [t.name for t in update.manifest.tensors]
+        assert "transformer.wte.weight" in names and not any(n.startswith("lm.") for n in names)
+        wte = next(t for t in update.manifest.tensors if t.name == "transformer.wte.weight")
+        assert wte.digest == tensor_digest(got["lm.transformer.wte.weight"])
+        assert len(update.expected_probe) == 2 and all(isinstance(r, ray_local.ObjectRef) for r in update.bucket_refs)
         if stage == 2:
             group.shutdown()
             group = LearnerGroup.create(cfg, "tiny-gpt2", seed=0, timeout_s=300)
@@ -93,3 +97,33 @@ def test_group_with_a_missing_model_fails_fast(ray_local, tiny_kit, tmp_path):
     cfg = dataclasses.replace(CFG, num_workers=2)
     with pytest.raises(Exception, match="neither a tiny kit name"):
         LearnerGroup.create(cfg, str(tmp_path / "no-such-model"), timeout_s=120)
+
+
+def test_dead_rank_restarts_the_whole_group_from_its_checkpoint(ray_local, tiny_kit, tmp_path):
+    """Ranks share a process group, so one dead rank restarts every rank: the group
+    rejoins, loads the last checkpoint, and tells the caller to redo the work since."""
+    from raydprm.cluster.group import GroupRestarted
+    from raydprm.cluster.learner_group import LearnerActor, LearnerGroup
+
+    cfg = dataclasses.replace(CFG, num_workers=2, engine="torch")
+    group = LearnerGroup.create(cfg, "tiny-gpt2", seed=0, max_restarts=1, timeout_s=300)
+    try:
+        group.update(make_batch(seed=1))
+        group.save(tmp_path / "ckpt")
+        at_ckpt = group.full_state_dict()
+        group.update(make_batch(seed=2))
+        pids = [i["pid"] for i in group.info()]
+        ray_local.kill(group.group.actors[1], no_restart=True)
+        with pytest.raises(GroupRestarted, match="restarted from its last checkpoint"):
+            group.update(make_batch(seed=3))
+        info = group.info()
+        assert group.restarts == 1 and [i["step"] for i in info] == [1, 1]
+        assert not {i["pid"] for i in info} & set(pids)
+        now = group.full_state_dict()
+        assert all(torch.equal(at_ckpt[k], now[k]) for k in at_ckpt)
+        group.update(make_batch(seed=2))  # the redone step trains again
+        ray_local.kill(group.group.actors[0], no_restart=True)
+        with pytest.raises(Exception, match="restart budget"):
+            group.group.all(LearnerActor.info)
+    finally:
+        group.shutdown()

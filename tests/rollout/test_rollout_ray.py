@@ -30,10 +30,17 @@ def ray_local():
 def pool(ray_local, tiny_policy):
     from raydprm.cluster.rollout_actor import RolloutPool
 
-    p = RolloutPool(RolloutConfig(num_replicas=2, num_cpus=0.5, sync_timeout_s=60, bucket_mb=1,
-                                  probe_tolerance=1e-4), tiny_policy)
+    p = RolloutPool.create(RolloutConfig(num_replicas=2, num_cpus=0.5, sync_timeout_s=60, bucket_mb=1,
+                                         probe_tolerance=1e-4), tiny_policy, max_restarts=1)
     yield p
     p.shutdown()
+
+
+def _update(model, version, pool, bucket_mb=1, probe=None):
+    """What a learner publishes: manifest + bucket refs + its probe logprobs."""
+    from raydprm.cluster.weight_sync import publish
+
+    return publish(model.state_dict(), version, probe or probe_logprobs(model, pool.probe_ids), bucket_mb)
 
 
 def _reference(model, path, prompts, sp):
@@ -61,28 +68,43 @@ def test_rollout_ray_pool_gathers_in_order_like_one_engine(pool, hf_engine):
 
 
 def test_rollout_ray_object_store_sync_follows_the_learner(pool, tiny_policy):
-    from raydprm.cluster.weight_sync import publish
-
     learner = perturbed(tiny_policy, seed=1)
     want = [r.token_ids for r in _reference(learner, tiny_policy, PROMPTS, GREEDY)]
     assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] != want
-    expected = probe_logprobs(learner, pool.probe_ids)
-    reports = pool.sync_weights(learner.state_dict(), 1, expected, transport="object_store")
+    reports = pool.sync_weights(_update(learner, 1, pool))
     assert len(reports) == 2 and {r.replica for r in reports} == {0, 1}
     assert all(r.version == 1 and r.probe_max_diff < 1e-4 and r.transport == "object_store" for r in reports)
     assert pool.versions() == [1, 1]
     out = pool.generate(PROMPTS, GREEDY)
     assert [r.token_ids for r in out] == want and {r.weight_version for r in out} == {1}
-    # a pre-published update (only refs travel) and an ObjectRef of a state dict work too
-    learner2 = perturbed(tiny_policy, seed=2)
-    pool.sync_weights(publish(learner2.state_dict(), 2, bucket_mb=1), 2, probe_logprobs(learner2, pool.probe_ids))
     learner3 = perturbed(tiny_policy, seed=3)
-    pool.sync_weights(ray.put(learner3.state_dict()), 3, probe_logprobs(learner3, pool.probe_ids))
+    pool.sync_weights(_update(learner3, 3, pool, bucket_mb=64))
     assert pool.versions() == [3, 3]
     assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] == \
         [r.token_ids for r in _reference(learner3, tiny_policy, PROMPTS, GREEDY)]
     with pytest.raises(WeightSyncError, match="not newer"):
-        pool.sync_weights(learner3.state_dict(), 3, probe_logprobs(learner3, pool.probe_ids))
+        pool.sync_weights(_update(learner3, 3, pool))
+    with pytest.raises(WeightSyncError, match="takes a published WeightUpdate"):
+        pool.sync_weights(learner3.state_dict())  # a state dict in the driver is refused
+
+
+def test_rollout_ray_dead_replica_is_restarted_with_the_current_weights(pool, tiny_policy):
+    """A generator killed between steps is replaced on the next call and first given the
+    last verified update, so what it serves is still the learner's policy."""
+    from raydprm.cluster.rollout_actor import RolloutGenerator
+
+    learner = perturbed(tiny_policy, seed=7)
+    v = pool.version + 1
+    pool.sync_weights(_update(learner, v, pool))
+    want = [r.token_ids for r in _reference(learner, tiny_policy, PROMPTS, GREEDY)]
+    pid = pool.group.all(RolloutGenerator.info)[1]["pid"]
+    ray.kill(pool.group.actors[1], no_restart=True)
+    restarts = pool.restarts
+    out = pool.generate(PROMPTS, GREEDY)
+    assert pool.restarts == restarts + 1
+    assert [r.token_ids for r in out] == want and {r.weight_version for r in out} == {v}
+    assert pool.group.all(RolloutGenerator.info)[1]["pid"] != pid
+    assert pool.versions() == [v, v]
 
 
 def test_rollout_ray_corrupted_and_partial_syncs_are_refused(pool, tiny_policy):
@@ -92,18 +114,18 @@ def test_rollout_ray_corrupted_and_partial_syncs_are_refused(pool, tiny_policy):
     v0 = pool.version
     learner = perturbed(tiny_policy, seed=21)
     expected = probe_logprobs(learner, pool.probe_ids)
-    up = publish(learner.state_dict(), v0 + 1, bucket_mb=1)
+    up = publish(learner.state_dict(), v0 + 1, expected, bucket_mb=1)
     assert len(up.bucket_refs) >= 1
     bad = bytearray(ray.get(up.bucket_refs[0]))
     bad[-9] ^= 0x02
-    corrupted = WeightUpdate(up.manifest, [ray.put(bytes(bad))] + up.bucket_refs[1:])
+    corrupted = WeightUpdate(up.manifest, [ray.put(bytes(bad))] + up.bucket_refs[1:], expected)
     with pytest.raises(WeightSyncError, match="checksum mismatch"):
-        pool.sync_weights(corrupted, v0 + 1, expected)
+        pool.sync_weights(corrupted)
     from raydprm.rollout.sync import iter_buckets
 
     refs = [ray.put(b) for b in iter_buckets(learner.state_dict(), 32 * 1024)]  # several small buckets
     with pytest.raises(WeightSyncError, match="partial weight sync"):
-        pool.sync_weights(WeightUpdate(up.manifest, refs[:-1]), v0 + 1, expected)  # the last one lost
+        pool.sync_weights(WeightUpdate(up.manifest, refs[:-1], expected))  # the last one lost
     assert pool.version == v0 and pool.versions() == [v0, v0]
     assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] == before  # old weights still serve
 
@@ -121,11 +143,10 @@ def test_rollout_ray_sync_times_out_instead_of_hanging(pool, tiny_policy):
     v0 = pool.version
     try:
         learner = perturbed(tiny_policy, seed=4)
-        up = publish(learner.state_dict(), v0 + 1)
+        up = _update(learner, v0 + 1, pool, bucket_mb=64)
         t0 = time.monotonic()
         with pytest.raises(WeightSyncError, match="timed out"):
-            pool.sync_weights(WeightUpdate(up.manifest, up.bucket_refs + [stuck]), v0 + 1,
-                              probe_logprobs(learner, pool.probe_ids), timeout_s=2.0)
+            pool.sync_weights(WeightUpdate(up.manifest, up.bucket_refs + [stuck], up.expected_probe), timeout_s=2.0)
         assert time.monotonic() - t0 < 15
         assert pool.versions() == [v0, v0]
     finally:
@@ -137,10 +158,10 @@ def test_rollout_ray_probe_failure_stops_the_replica_serving(pool, tiny_policy):
     expected = probe_logprobs(learner, pool.probe_ids)
     v = pool.version + 1
     with pytest.raises(WeightSyncError, match="probe logprobs differ"):
-        pool.sync_weights(learner.state_dict(), v, [x + 0.05 for x in expected])
+        pool.sync_weights(_update(learner, v, pool, probe=[x + 0.05 for x in expected]))
     with pytest.raises(WeightSyncError, match="failed verification; sync again"):
         pool.generate(PROMPTS, GREEDY)
-    pool.sync_weights(learner.state_dict(), v, expected)  # a verified sync repairs it
+    pool.sync_weights(_update(learner, v, pool, probe=expected))  # a verified sync repairs it
     assert pool.versions() == [v, v]
     assert len(pool.generate(PROMPTS, GREEDY)) == len(PROMPTS)
 
@@ -149,14 +170,14 @@ def test_rollout_ray_probe_failure_stops_the_replica_serving(pool, tiny_policy):
 def test_rollout_ray_vllm_replica_syncs_over_worker_rpc(ray_local, tiny_policy):
     from raydprm.cluster.rollout_actor import RolloutPool
 
-    p = RolloutPool(RolloutConfig(engine="vllm", num_replicas=1, num_cpus=1, kv_cache_memory_mb=32,
-                                  weight_sync="vllm_rpc", bucket_mb=1, probe_tolerance=1e-4), tiny_policy)
+    p = RolloutPool.create(RolloutConfig(engine="vllm", num_replicas=1, num_cpus=1, kv_cache_memory_mb=32,
+                                         weight_sync="vllm_rpc", bucket_mb=1, probe_tolerance=1e-4), tiny_policy)
     try:
         base = AutoModelForCausalLM.from_pretrained(tiny_policy)
         assert [r.token_ids for r in p.generate(PROMPTS, GREEDY)] == \
             [r.token_ids for r in _reference(base, tiny_policy, PROMPTS, GREEDY)]
         learner = perturbed(tiny_policy, seed=41)
-        (rep,) = p.sync_weights(learner.state_dict(), 1, probe_logprobs(learner, p.probe_ids))
+        (rep,) = p.sync_weights(_update(learner, 1, p))
         assert rep.transport == "vllm_rpc" and rep.probe_max_diff < 1e-4 and rep.num_tensors == len(learner.state_dict())
         out = p.generate(PROMPTS, GREEDY)
         assert [r.token_ids for r in out] == [r.token_ids for r in _reference(learner, tiny_policy, PROMPTS, GREEDY)]
@@ -166,18 +187,22 @@ def test_rollout_ray_vllm_replica_syncs_over_worker_rpc(ray_local, tiny_policy):
 
 @pytest.mark.gpu
 @pytest.mark.vllm
-def test_rollout_ray_nccl_broadcast_to_vllm_workers(ray_local, tiny_policy):
-    if not torch.cuda.is_available():
-        pytest.skip("the nccl weight transport needs CUDA (learner on a GPU and vLLM workers on GPUs); none here")
+def test_rollout_ray_nccl_broadcast_from_the_learner_to_vllm_workers(ray_local, tiny_policy):
+    """The NCCL transport end to end: the learner's rank 0 (one GPU) broadcasts to a vLLM
+    generator (another GPU); the driver only moves the manifest."""
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        pytest.skip("the nccl weight transport needs 2 CUDA devices (learner GPU + vLLM GPU); none here")
+    from raydprm.cluster.learner_group import LearnerGroup
     from raydprm.cluster.rollout_actor import RolloutPool
-    from raydprm.cluster.weight_sync import NcclTransport
+    from raydprm.cluster.weight_sync import sync_policy
+    from raydprm.config import PPOConfig
 
-    p = RolloutPool(RolloutConfig(engine="vllm", num_replicas=1, num_gpus=1, weight_sync="nccl",
-                                  probe_tolerance=1e-3), tiny_policy)
+    p = RolloutPool.create(RolloutConfig(engine="vllm", num_replicas=1, num_gpus=1, weight_sync="nccl",
+                                         probe_tolerance=1e-3), tiny_policy)
+    learner = LearnerGroup.create(PPOConfig(num_gpus_per_worker=1, engine="torch"), tiny_policy)
     try:
-        learner = perturbed(tiny_policy, seed=51).cuda()
-        tr = NcclTransport()
-        (rep,) = p.sync_weights(learner.state_dict(), 1, probe_logprobs(learner, p.probe_ids), transport=tr)
-        assert rep.transport == "nccl" and rep.probe_max_diff < 1e-3
+        (rep,) = sync_policy(learner, p, version=1)
+        assert rep.transport == "nccl" and rep.probe_max_diff < 1e-3 and p.versions() == [1]
     finally:
+        learner.shutdown()
         p.shutdown()

@@ -26,10 +26,11 @@ def ray_local():
 
 
 def test_store_actor_same_api_and_batch_calls(ray_local, tmp_path):
-    from raydprm.cluster.store_actor import store_actor_from_config
+    from raydprm.cluster.store_actor import StoreClient
 
     db = str(tmp_path / "s.db")
-    actor = store_actor_from_config(StoreConfig(path=db, synchronous="NORMAL"))
+    client = StoreClient.create(StoreConfig(path=db, synchronous="NORMAL"))
+    actor = client.actor
     pop = Population()
     items = simulated_items(10)
     votes = pop.simulate_votes(items, 8, seed=1)
@@ -48,6 +49,12 @@ def test_store_actor_same_api_and_batch_calls(ray_local, tmp_path):
     with pytest.raises(VoteError, match="known persona"):
         ray.get(actor.add_votes.remote([{**votes[0], "vote_id": "new", "persona": "pirate"}]))
     assert ray.get(actor.count_votes.remote()) == len(votes)
+    # the driver's typed client says the same, and names the problem the same way
+    assert client.count_votes() == len(votes) and client.stats()["votes"] == len(votes)
+    np.testing.assert_allclose(client.distributions(items[:2]), local.distributions(items[:2]))
+    with pytest.raises(VoteError, match="known persona"):
+        client.add_votes([{**votes[0], "vote_id": "new2", "persona": "pirate"}])
+    client.shutdown()
 
 
 def test_concurrent_ray_tasks_writing_one_file_lose_nothing(ray_local, tmp_path):

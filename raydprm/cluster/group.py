@@ -1,0 +1,276 @@
+"""One actor group for every role: N actors of one class, one wait, one restart policy, one shutdown.
+
+Every Ray role of raydprm (rollout generators, reward replicas, learner ranks, the
+preference store) is an :class:`ActorGroup` of a plain Python class::
+
+    group = ActorGroup(RolloutGenerator, 2, role="rollout", resources={"num_cpus": 1},
+                       init=lambda rank: ((engine, model, kwargs, rank), {}))
+    group.start(timeout_s=600)                      # every rank constructed, or a clear error
+    outs = group.all(RolloutGenerator.info)         # call every rank, answers in rank order
+    out0 = group.rank0(RolloutGenerator.info)
+    outs = group.each(RolloutGenerator.generate, [((p0, s, 0), {}), ((p1, s, 4), {})])
+    group.shutdown()
+
+Methods are named by the class's own function object (``RolloutGenerator.generate``), never
+by a string, so a renamed method fails at the call site and every error names the role,
+the method and the ranks.
+
+Placement: with a placement group, rank ``i`` lives on bundle ``bundle_offset + i``.
+
+Waiting: :meth:`wait` has one deadline for all ranks and fails fast: the first rank that
+raises ends the wait (its peers could otherwise sit in a collective until a process-group
+timeout), and a deadline names the ranks that did not answer.
+
+Restarts (``max_restarts`` > 0): a rank whose process died is replaced on the same bundle
+with the same constructor arguments, ``on_restart(group, ranks)`` brings it up to date
+(e.g. the rollout pool re-sends the current weights), and the call is retried. For ranks
+that share a torch process group (``restart="group"``) every rank is replaced, the
+``on_restart`` hook restores them from the last checkpoint, and :class:`GroupRestarted` tells
+the caller that the group's state went back to that checkpoint. Each restart is counted in
+:attr:`restarts`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from raydprm.errors import RaydprmError
+
+__all__ = ["ActorGroup", "ActorGroupError", "GroupTimeout", "GroupRestarted", "Placement", "method_name"]
+
+log = logging.getLogger(__name__)
+
+InitArgs = Callable[[int], "tuple[tuple[Any, ...], dict[str, Any]]"]
+
+
+class ActorGroupError(RaydprmError):
+    """A rank of a group failed (and could not be restarted)."""
+
+
+class GroupTimeout(ActorGroupError, TimeoutError):
+    """Some ranks did not answer before the deadline."""
+
+
+class GroupRestarted(ActorGroupError):
+    """The whole group was restarted from its last checkpoint; the caller must redo work since then."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a group's ranks go: bundle ``bundle_offset + rank`` of ``placement_group``."""
+
+    placement_group: Any
+    bundle_offset: int = 0
+
+    def strategy(self, rank: int) -> PlacementGroupSchedulingStrategy:
+        return PlacementGroupSchedulingStrategy(self.placement_group,
+                                                placement_group_bundle_index=self.bundle_offset + rank,
+                                                placement_group_capture_child_tasks=False)
+
+
+def method_name(method: Callable[..., Any]) -> str:
+    """``RolloutGenerator.generate`` -> ``'generate'`` (the name the actor handle knows)."""
+    name = getattr(method, "__name__", None)
+    if not isinstance(name, str):
+        raise TypeError(f"pass the actor class's method (e.g. Cls.run), not {method!r}")
+    return name
+
+
+@dataclass
+class _Call:
+    """What a pending call was, so a restarted rank can be asked again."""
+
+    method: Callable[..., Any]
+    args: list[tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+
+
+class ActorGroup:
+    """``num_actors`` Ray actors of ``cls`` for one role (see the module docstring)."""
+
+    def __init__(self, cls: type, num_actors: int, *, role: str, init: InitArgs | None = None,
+                 resources: dict[str, Any] | None = None, placement: Placement | None = None,
+                 max_restarts: int = 0, restart: str = "actor",
+                 on_restart: Callable[[ActorGroup, list[int]], None] | None = None,
+                 timeout_s: float | None = None, name: str | None = None, namespace: str | None = None) -> None:
+        if num_actors < 1:
+            raise ActorGroupError(f"{role}: an actor group needs at least one actor, got {num_actors}")
+        if restart not in ("actor", "group"):
+            raise ActorGroupError(f"{role}: restart must be 'actor' or 'group', got {restart!r}")
+        if name is not None and num_actors != 1:
+            raise ActorGroupError(f"{role}: only a single-actor group can be named")
+        self.cls, self.role, self.num_actors = cls, role, num_actors
+        self._init = init or (lambda rank: ((), {}))
+        self._resources = dict(resources or {})
+        self.placement = placement
+        self.max_restarts, self.restart_mode, self.on_restart = max_restarts, restart, on_restart
+        self.timeout_s = timeout_s
+        self._name, self._namespace = name, namespace
+        self.restarts = 0
+        self.actors: list[Any] = []
+        self._remote_cls = ray.remote(cls)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _spawn(self, rank: int) -> Any:
+        opts = dict(self._resources)
+        if self.placement is not None:
+            opts["scheduling_strategy"] = self.placement.strategy(rank)
+        if self._name is not None:
+            opts.update(name=self._name, namespace=self._namespace, get_if_exists=False)
+        args, kwargs = self._init(rank)
+        return self._remote_cls.options(**opts).remote(*args, **kwargs)
+
+    def start(self, timeout_s: float | None = None) -> ActorGroup:
+        """Create every rank and wait until all are constructed (their ``__init__`` ran)."""
+        self.actors = [self._spawn(r) for r in range(self.num_actors)]
+        try:
+            self.wait([a.__ray_ready__.remote() for a in self.actors], "__init__", timeout_s=timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def shutdown(self, method: Callable[..., Any] | None = None, timeout_s: float = 30.0) -> None:
+        """Call ``method`` on every rank (best effort, bounded), then kill every actor. Idempotent."""
+        actors, self.actors = self.actors, []
+        if not actors:
+            return
+        if method is not None:
+            refs = [getattr(a, method_name(method)).remote() for a in actors]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+            for r in ready:  # surface nothing: shutting down is best effort, but do not leak errors
+                try:
+                    ray.get(r)
+                except Exception as e:  # noqa: BLE001 - a rank that fails to shut down is killed below
+                    log.debug("%s: shutdown call failed: %s", self.role, e)
+        for a in actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
+
+    def __enter__(self) -> ActorGroup:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __len__(self) -> int:
+        return self.num_actors
+
+    # ------------------------------------------------------------------ calls
+    def submit(self, method: Callable[..., Any], per_rank: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+               ranks: Sequence[int] | None = None) -> list[Any]:
+        """Object refs of ``method(*args, **kwargs)`` on ``ranks`` (default all), one per entry of ``per_rank``."""
+        ranks = list(range(len(per_rank))) if ranks is None else list(ranks)
+        name = method_name(method)
+        return [getattr(self.actors[r], name).remote(*a, **kw) for r, (a, kw) in zip(ranks, per_rank)]
+
+    def all(self, method: Callable[..., Any], *args: Any, timeout_s: float | None = None, **kwargs: Any) -> list[Any]:
+        """``method(*args, **kwargs)`` on every rank; answers in rank order."""
+        return self.each(method, [(args, kwargs)] * self.num_actors, timeout_s=timeout_s)
+
+    def rank0(self, method: Callable[..., Any], *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
+        """``method`` on rank 0 only (ranks that must join a collective use :meth:`all`)."""
+        return self.each(method, [(args, kwargs)], ranks=[0], timeout_s=timeout_s)[0]
+
+    def each(self, method: Callable[..., Any], per_rank: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+             ranks: Sequence[int] | None = None, timeout_s: float | None = None) -> list[Any]:
+        """One call per entry of ``per_rank`` (rank ``ranks[i]``, default ``i``); answers in that order.
+
+        A rank whose actor died is restarted and asked again while ``max_restarts`` allows
+        (``restart='group'``: the whole group restarts and :class:`GroupRestarted` is raised)."""
+        ranks = list(range(len(per_rank))) if ranks is None else list(ranks)
+        per_rank = list(per_rank)
+        while True:
+            refs = self.submit(method, per_rank, ranks)
+            try:
+                return self.wait(refs, method_name(method), ranks=ranks, timeout_s=timeout_s)
+            except _RankDied as died:
+                self._handle_death(died, method)
+
+    def wait(self, refs: Sequence[Any], what: str, ranks: Sequence[int] | None = None,
+             timeout_s: float | None = None) -> list[Any]:
+        """``ray.get`` of ``refs`` with one deadline (default the group's ``timeout_s``), failing fast.
+
+        Raises :class:`GroupTimeout` naming the role, ``what`` and the ranks that did not
+        answer; re-raises a rank's own :class:`~raydprm.errors.RaydprmError` as is; wraps
+        any other rank error in :class:`ActorGroupError` naming the rank."""
+        refs = list(refs)
+        ranks = list(range(len(refs))) if ranks is None else list(ranks)
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        rank_of = {r: rank for r, rank in zip(refs, ranks)}
+        pending = list(refs)
+        while pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+            if not ready:
+                late = sorted(rank_of[r] for r in pending)
+                for r in pending:
+                    ray.cancel(r, force=False)
+                raise GroupTimeout(f"{self.role}: '{what}' timed out after {timeout_s:g} s; "
+                                   f"no answer from rank(s) {late} of {self.num_actors}")
+            self._get_one(ready[0], what, rank_of[ready[0]])
+        return [self._get_one(r, what, rank_of[r]) for r in refs]
+
+    def _get_one(self, ref: Any, what: str, rank: int) -> Any:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as e:
+            raise _RankDied(rank, what, e) from None
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, RaydprmError):  # a clear error from the rank: keep its type and words
+                raise cause from None
+            raise ActorGroupError(f"{self.role}: '{what}' failed on rank {rank}: "
+                                  f"{type(cause).__name__ if cause else 'error'}: {cause or e}") from e
+
+    # ------------------------------------------------------------------ restarts
+    def _handle_death(self, died: _RankDied, method: Callable[..., Any]) -> None:
+        if self.restarts >= self.max_restarts:
+            raise ActorGroupError(f"{self.role}: rank {died.rank} died during '{died.what}' and the restart "
+                                  f"budget ({self.max_restarts}) is spent: {died.error}") from None
+        self.restarts += 1
+        if self.restart_mode == "group":
+            log.warning("%s: rank %d died during '%s'; restarting the whole group (%d/%d)", self.role, died.rank,
+                        died.what, self.restarts, self.max_restarts)
+            self.shutdown()
+            self.start(self.timeout_s)
+            if self.on_restart is not None:
+                self.on_restart(self, list(range(self.num_actors)))
+            raise GroupRestarted(f"{self.role}: rank {died.rank} died during '{died.what}'; the group restarted "
+                                 f"from its last checkpoint (restart {self.restarts}/{self.max_restarts})")
+        dead = [r for r in range(self.num_actors) if not self._alive(r)] or [died.rank]
+        log.warning("%s: rank(s) %s died during '%s'; restarting them (%d/%d)", self.role, dead, died.what,
+                    self.restarts, self.max_restarts)
+        for r in dead:
+            try:
+                ray.kill(self.actors[r], no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            self.actors[r] = self._spawn(r)
+        self.wait([self.actors[r].__ray_ready__.remote() for r in dead], "__init__ (restart)", ranks=dead,
+                  timeout_s=self.timeout_s)
+        if self.on_restart is not None:
+            self.on_restart(self, dead)
+
+    def _alive(self, rank: int) -> bool:
+        ref = self.actors[rank].__ray_ready__.remote()
+        try:
+            ray.get(ref, timeout=10)
+            return True
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return False
+
+
+class _RankDied(Exception):
+    def __init__(self, rank: int, what: str, error: BaseException) -> None:
+        super().__init__(f"rank {rank} died during {what}")
+        self.rank, self.what, self.error = rank, what, error
