@@ -158,11 +158,11 @@ def run_one(spec: dict) -> dict:
             times.append(lr.update(b)["ppo/update_time_s"])
         peak.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     else:
-        import ray
-
         from raydprm.cluster.learner_group import LearnerGroup
+        from raydprm.cluster.runtime import connect
+        from raydprm.config import RayConfig
 
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        runtime = connect(RayConfig(num_cpus=os.cpu_count() or 1), what="bench/learner.py")
         group = LearnerGroup.create(ppo, model_name, seed=0, timeout_s=3600)
         try:
             for b in batches:
@@ -170,7 +170,7 @@ def run_one(spec: dict) -> dict:
             peak = [i["peak_rss_mb"] for i in group.info()]
         finally:
             group.shutdown()
-            ray.shutdown()
+            runtime.close()
     timed = times[1:] or times
     upd = statistics.median(timed)
     return {**spec, "tokens_per_update": tokens, "update_s": upd, "tokens_per_s": tokens / upd,

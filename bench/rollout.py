@@ -87,6 +87,7 @@ def bench_sync(model: str, transports: list[tuple[str, str]], repeats: int) -> l
     from transformers import AutoModelForCausalLM
 
     from raydprm.cluster.rollout_actor import RolloutPool
+    from raydprm.cluster.weight_sync import publish
     from raydprm.config import RolloutConfig
     from raydprm.rollout.sync import build_manifest, probe_logprobs
 
@@ -98,8 +99,8 @@ def bench_sync(model: str, transports: list[tuple[str, str]], repeats: int) -> l
     manifest_s = time.perf_counter() - t0
     rows = []
     for engine, transport in transports:
-        pool = RolloutPool(RolloutConfig(engine=engine, num_replicas=1, num_cpus=1, kv_cache_memory_mb=256,
-                                         weight_sync=transport, bucket_mb=64, sync_timeout_s=600), model)
+        pool = RolloutPool.create(RolloutConfig(engine=engine, num_replicas=1, num_cpus=1, kv_cache_memory_mb=256,
+                                                weight_sync=transport, bucket_mb=64, sync_timeout_s=600), model)
         try:
             times = []
             for v in range(1, repeats + 1):
@@ -108,8 +109,8 @@ def bench_sync(model: str, transports: list[tuple[str, str]], repeats: int) -> l
                         p.mul_(1.0 + 1e-3)
                 sd = learner.state_dict()
                 expected = probe_logprobs(learner, pool.probe_ids)
-                t0 = time.perf_counter()
-                (rep,) = pool.sync_weights(sd, v, expected)
+                t0 = time.perf_counter()  # publish (manifest + buckets into the object store) + pull + verify
+                (rep,) = pool.sync_weights(publish(sd, v, expected, bucket_mb=64))
                 times.append(time.perf_counter() - t0)
             best = min(times)
             rows.append({"engine": engine, "transport": transport, "mb": round(mb, 1), "seconds": round(best, 3),
@@ -169,9 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<20} vllm / transformers tokens/s = {ratio:.2f}x")
 
     if not args.no_sync:
-        import ray
+        from raydprm.cluster.runtime import connect
+        from raydprm.config import RayConfig
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        runtime = connect(RayConfig(num_cpus=2), what="bench/rollout.py")
         try:
             sync_models = {k: v for k, v in models.items() if not (args.quick and "small" in k)}
             print("\n# weight sync (Ray pool, 1 replica; publish + transfer + verify + load + probe)")
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'(any)':<20} {'vllm':<13} {'nccl':<13} skipped: needs CUDA" if not torch.cuda.is_available()
                   else "nccl: run tests/rollout/test_rollout_ray.py on a GPU node")
         finally:
-            ray.shutdown()
+            runtime.close()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -133,7 +133,7 @@ def test_rollout_ray_corrupted_and_partial_syncs_are_refused(pool, tiny_policy):
 def test_rollout_ray_sync_times_out_instead_of_hanging(pool, tiny_policy):
     """A bucket that never arrives: the sync fails after its timeout, clearly, and the
     replicas keep their verified weights."""
-    from raydprm.cluster.weight_sync import WeightUpdate, publish
+    from raydprm.cluster.weight_sync import WeightUpdate
 
     @ray.remote(num_cpus=0)
     def never():

@@ -1,0 +1,133 @@
+"""The one Ray runtime: attach vs start, no second runtime env inside a job, pre-flight that
+names what is missing, SIGTERM that shuts an owned Ray down, and cleanup of what a
+SIGKILLed owner left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from raydprm.cluster import runtime as rt_mod
+from raydprm.cluster.runtime import InsufficientResources, Resources
+from raydprm.config import RayConfig
+
+pytestmark = [pytest.mark.ray]
+
+
+def _session_procs(session: str) -> list[int]:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(session in part for part in p.info["cmdline"] or []):
+                out.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+def test_inside_a_job_no_runtime_env_is_passed(monkeypatch):
+    """Ray refuses to merge a driver runtime env that sets the job's env vars again; inside
+    a job the runtime attaches with none. Outside a job, attaching forwards HF_* etc."""
+    calls = []
+    monkeypatch.setattr(rt_mod.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(rt_mod.ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(rt_mod, "preflight", lambda *a, **kw: None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv(rt_mod.JOB_ENV_VAR, json.dumps({"runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}}}))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    r = rt_mod.connect(RayConfig())
+    assert calls[-1]["runtime_env"] is None and calls[-1]["address"] == "127.0.0.1:6379"
+    assert r.in_job and not r.started
+    r.close()
+    monkeypatch.delenv(rt_mod.JOB_ENV_VAR)
+    r = rt_mod.connect(RayConfig(address="10.0.0.1:6379"))
+    assert calls[-1]["address"] == "10.0.0.1:6379"
+    assert calls[-1]["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    assert not r.in_job and not r.started
+    r.close()
+
+
+def test_preflight_names_every_missing_resource_and_fails_fast_locally(monkeypatch):
+    monkeypatch.setattr(rt_mod.ray, "cluster_resources", lambda: {"CPU": 2.0, "memory": 8 * 2**30})
+    t0 = time.monotonic()
+    with pytest.raises(InsufficientResources) as e:
+        rt_mod.preflight(Resources(cpu=3, gpu=4, memory=16 * 2**30), what="raydprm run", can_scale=False)
+    msg = str(e.value)
+    assert time.monotonic() - t0 < 1
+    assert "GPU needs 4, the cluster has 0" in msg and "CPU needs 3, the cluster has 2" in msg
+    assert "memory needs 16.0 GiB, the cluster has 8.0 GiB" in msg and "cannot grow" in msg
+    rt_mod.preflight(Resources(cpu=2), can_scale=False)  # enough: silent
+
+
+def test_preflight_asks_the_autoscaler_once_then_gives_up_after_its_deadline(monkeypatch):
+    asked = []
+    import ray.autoscaler.sdk as sdk
+
+    monkeypatch.setattr(sdk, "request_resources", lambda **kw: asked.append(kw))
+    monkeypatch.setattr(rt_mod.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    runtime = rt_mod.RayRuntime(started=False, address="x", in_job=False)
+    with pytest.raises(InsufficientResources, match="waited 1 s for the autoscaler"):
+        rt_mod.preflight(Resources(gpu=2), timeout_s=1.0, runtime=runtime)
+    assert asked == [{"bundles": [{"GPU": 2}]}] and runtime.autoscaler_requested
+    runtime.close()  # clears the request
+    assert asked[-1] == {"bundles": []} and not runtime.autoscaler_requested
+
+
+OWNER = textwrap.dedent("""
+    import os, sys, time
+    from raydprm.cluster.runtime import connect
+    from raydprm.config import RayConfig
+    rt = connect(RayConfig(num_cpus=1))
+    import ray
+    print(ray._private.worker._global_node.session_name, flush=True)
+    try:
+        time.sleep(600)
+    finally:
+        print("cleaned", flush=True)
+        rt.close()
+""")
+
+
+def _start_owner(tmp_path):
+    env = {**os.environ, "RAYDPRM_CACHE": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    p = subprocess.Popen([sys.executable, "-c", OWNER], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         text=True)
+    session = p.stdout.readline().strip()
+    assert session.startswith("session_"), session
+    time.sleep(3)  # let the raylet start its agents
+    return p, session, env
+
+
+@pytest.mark.slow
+def test_sigterm_shuts_an_owned_ray_down(tmp_path):
+    p, session, _ = _start_owner(tmp_path)
+    assert _session_procs(session)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM and "cleaned" in out
+    deadline = time.monotonic() + 30
+    while _session_procs(session) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _session_procs(session) == [], "Ray processes outlived a SIGTERMed owner"
+
+
+@pytest.mark.slow
+def test_next_start_ends_what_a_sigkilled_owner_left(tmp_path, monkeypatch):
+    p, session, env = _start_owner(tmp_path)
+    p.kill()
+    p.wait(timeout=30)
+    monkeypatch.setenv("RAYDPRM_CACHE", env["RAYDPRM_CACHE"])
+    killed = rt_mod.cleanup_stale_local_ray()
+    assert _session_procs(session) == []
+    assert not list((tmp_path / "cache" / "ray-local").glob("*.json"))  # the record is gone too
+    assert isinstance(killed, list)
