@@ -60,6 +60,11 @@ def test_launcher_node_types_cpu_head_and_one_gpu_type_per_role_at_zero(cloud):
     # a CPU-only type exists, so CPU-only actors do not start GPU nodes
     assert any("GPU" not in t["resources"] and t["resources"]["CPU"] > 0 for t in workers)
     assert types["learner"]["resources"]["GPU"] > 1  # one node holds a trial's data-parallel ranks
+    from ray._private.label_utils import validate_label_key, validate_node_labels
+
+    for t in workers:  # Ray's own label checks (ray start refuses a bad key)
+        validate_node_labels(t["labels"])
+        assert all(validate_label_key(k) is None for k in t["labels"])
 
 
 def test_launcher_installs_with_bootstrap_gpu_extra_and_cloud_sdk_on_head(cloud):
