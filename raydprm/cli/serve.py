@@ -40,7 +40,7 @@ def start_store_actor(cfg, name: str = STORE_ACTOR_NAME):
     path = Path(cfg.store.path) if cfg.store.path else cfg.run.run_dir / "store.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return StoreClient.create(cfg.store, cfg.labels, default_path=str(path.resolve()), name=name,
-                              namespace=cfg.ray.namespace)
+                              namespace=cfg.ray.namespace, get_if_exists=True)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -98,7 +98,8 @@ class ActorGroup:
                  resources: dict[str, Any] | None = None, placement: Placement | None = None,
                  max_restarts: int = 0, restart: str = "actor",
                  on_restart: Callable[[ActorGroup, list[int]], None] | None = None,
-                 timeout_s: float | None = None, name: str | None = None, namespace: str | None = None) -> None:
+                 timeout_s: float | None = None, name: str | None = None, namespace: str | None = None,
+                 get_if_exists: bool = False) -> None:
         if num_actors < 1:
             raise ActorGroupError(f"{role}: an actor group needs at least one actor, got {num_actors}")
         if restart not in ("actor", "group"):
@@ -111,7 +112,8 @@ class ActorGroup:
         self.placement = placement
         self.max_restarts, self.restart_mode, self.on_restart = max_restarts, restart, on_restart
         self.timeout_s = timeout_s
-        self._name, self._namespace = name, namespace
+        self._name, self._namespace, self._get_if_exists = name, namespace, get_if_exists
+        self.owned = True  # False when a named actor that already ran was reused: shutdown leaves it
         self.restarts = 0
         self.actors: list[Any] = []
         self._remote_cls = ray.remote(cls)
@@ -127,7 +129,16 @@ class ActorGroup:
         return self._remote_cls.options(**opts).remote(*args, **kwargs)
 
     def start(self, timeout_s: float | None = None) -> ActorGroup:
-        """Create every rank and wait until all are constructed (their ``__init__`` ran)."""
+        """Create every rank and wait until all are constructed (their ``__init__`` ran).
+
+        A named group with ``get_if_exists`` reuses a running actor of that name (and then
+        does not own it: :meth:`shutdown` leaves it running)."""
+        if self._name is not None and self._get_if_exists:
+            try:
+                self.actors, self.owned = [ray.get_actor(self._name, namespace=self._namespace)], False
+                return self
+            except ValueError:  # no such actor yet: create it
+                pass
         self.actors = [self._spawn(r) for r in range(self.num_actors)]
         try:
             self.wait([a.__ray_ready__.remote() for a in self.actors], "__init__", timeout_s=timeout_s)
@@ -139,7 +150,7 @@ class ActorGroup:
     def shutdown(self, method: Callable[..., Any] | None = None, timeout_s: float = 30.0) -> None:
         """Call ``method`` on every rank (best effort, bounded), then kill every actor. Idempotent."""
         actors, self.actors = self.actors, []
-        if not actors:
+        if not actors or not self.owned:
             return
         if method is not None:
             refs = [getattr(a, method_name(method)).remote() for a in actors]

@@ -105,6 +105,9 @@ class LearnerActor:
             state, self._pending_broadcast = self._pending_broadcast, None
             self._nccl.send(state)
 
+    def policy_state_dict(self) -> dict[str, Any]:
+        return self._learner.policy_state_dict()
+
     def full_state_dict(self) -> dict[str, Any]:
         return self._learner.full_state_dict()
 
@@ -205,6 +208,11 @@ class LearnerGroup:
 
     def broadcast_weights(self) -> None:
         self.group.rank0(LearnerActor.broadcast_weights)
+
+    def policy_state_dict(self) -> dict[str, Any]:
+        """The policy's weights, gathered into this process: for tools that sample in the
+        driver (``raydprm learner toy``); the RLHF loop uses :meth:`publish_weights`."""
+        return self.group.all(LearnerActor.policy_state_dict)[0]
 
     def full_state_dict(self) -> dict[str, Any]:
         """Actor-critic weights (policy, value head, critic); for tests and exports, not the PPO loop."""

@@ -85,14 +85,15 @@ class StoreClient:
     @classmethod
     def create(cls, store_cfg, labels_cfg=None, default_path: str | None = None, *, name: str | None = None,
                namespace: str | None = None, placement: Placement | None = None, num_cpus: float = 0.1,
-               timeout_s: float | None = 300.0) -> StoreClient:
+               get_if_exists: bool = False, timeout_s: float | None = 300.0) -> StoreClient:
         """Start the actor on the store of ``store_cfg`` (``store.path`` or ``default_path``);
-        ``name`` makes it findable with ``ray.get_actor(name, namespace)`` (the Serve app does)."""
+        ``name`` makes it findable with ``ray.get_actor(name, namespace)`` (the Serve app does);
+        ``get_if_exists`` reuses a running actor of that name (which this client then does not own)."""
         group = ActorGroup(PreferenceStoreActor, 1, role="store",
                            init=lambda rank: ((store_cfg, labels_cfg, None if default_path is None else str(default_path)),
                                               {}),
                            resources={"num_cpus": num_cpus}, placement=placement, name=name, namespace=namespace,
-                           timeout_s=timeout_s)
+                           get_if_exists=get_if_exists, timeout_s=timeout_s)
         return cls(group.start(), timeout_s)
 
     @property

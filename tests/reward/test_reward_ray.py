@@ -131,7 +131,7 @@ def served(ray_session, model_dirs, tmp_path_factory):
     store_path = tmp_path_factory.mktemp("serve") / "store.db"
     cfg = CFG.override([f"serve.port={_free_port()}", "serve.num_cpus=0.5", "serve.max_items=8",
                         "serve.max_text_chars=200", f"store.path={store_path}", "ray.namespace=raydprm-test"])
-    store = start_store_actor(cfg)
+    store = start_store_actor(cfg).actor
     app = build_app(str(dir_a), SCALE, cfg.reward, cfg.serve, store_actor=STORE_ACTOR_NAME,
                     store_namespace="raydprm-test", token=TOKEN)
     serve_app(app, cfg.serve)
