@@ -334,6 +334,7 @@ class PPOConfig(Section):
     num_cpus_per_worker: float = opt(1.0, doc="CPUs reserved per learner actor.", gt=0)
     num_gpus_per_worker: float = opt(0.0, doc="GPUs reserved per learner actor (NCCL when > 0).", ge=0)
     dist_timeout_s: float = opt(600.0, doc="torch.distributed collective timeout of the learner group.", gt=0)
+    async_rollout: bool = opt(False, doc="Generate the rollouts of step t+1 while the learner trains on step t (one step off-policy; the behaviour policy's logprobs are PPO's old logprobs). Off = every step generates with the newest policy.")
     use_rollout_logprobs: bool = opt(False, doc="PPO's old logprobs = the rollout engine's sampled ones (right for stale rollouts); off = recomputed by the learner (immune to engine mismatch).")
 
     @property

@@ -105,15 +105,14 @@ def run_demo(cfg: Config, progress: bool = True) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from raydprm.cluster.learner_group import LearnerGroup
+    from raydprm.cluster.ppo_loop import PPOLoop
     from raydprm.cluster.reward_actor import RewardPool
     from raydprm.cluster.rollout_actor import RolloutPool
     from raydprm.cluster.store_actor import StoreClient
-    from raydprm.cluster.weight_sync import sync_policy
     from raydprm.models.dprm import label_scale_from_config
     from raydprm.rollout.sampling import SamplingParams
     from raydprm.sim.personas import simulated_items
     from raydprm.sim.world import prompts as world_prompts
-    from raydprm.train.rollout_batch import RolloutBatch
 
     run_dir = cfg.run.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -178,25 +177,17 @@ def run_demo(cfg: Config, progress: bool = True) -> dict[str, Any]:
         vanilla = [r.text for r in rollout.generate(eval_prompts, greedy)]
 
         train_prompts = world_prompts(cfg.ppo.steps * cfg.ppo.rollout_batch, seed=cfg.run.seed + 1)
+        n = cfg.ppo.rollout_batch
+        loop = PPOLoop(rollout, reward, learner, cfg.rollout, seed=cfg.run.seed, async_rollout=cfg.ppo.async_rollout)
         history = []
         bar = tqdm(range(cfg.ppo.steps), desc="ppo", disable=not progress, leave=False)
         for step in bar:
-            batch_prompts = train_prompts[step * cfg.ppo.rollout_batch:(step + 1) * cfg.ppo.rollout_batch]
-            sampling = SamplingParams.from_config(cfg.rollout, seed=cfg.run.seed * 100_003 + step)
-            resp = rollout.generate(batch_prompts, sampling)
-            texts = [batch_prompts[r.prompt_index] for r in resp]
-            scored = reward.score(texts, [r.text for r in resp])
-            batch = RolloutBatch.from_sequences([r.prompt_ids for r in resp], [r.token_ids for r in resp],
-                                                scored["reward"].tolist(), [r.logprobs for r in resp],
-                                                pad_id=0)
-            m = learner.update(batch)
-            sync_policy(learner, rollout, version=step + 1)  # the learner publishes; only handles pass here
-            rec = {"step": step + 1, "reward/mean": float(scored["reward"].mean()),
-                   "reward/expected": float(scored["expected"].mean()),
-                   **{k: float(v) for k, v in m.items() if k.startswith("ppo/")}}
+            nxt = train_prompts[(step + 1) * n:(step + 2) * n] if step + 1 < cfg.ppo.steps else None
+            rec = loop.step(step, train_prompts[step * n:(step + 1) * n], nxt)
             history.append(rec)
             bar.set_postfix(reward=f"{rec['reward/mean']:.3f}", kl=f"{rec.get('ppo/approx_kl', 0):.3f}")
         bar.close()
+        loop.finish()
         metrics["ppo"] = history
         tuned = [r.text for r in rollout.generate(eval_prompts, greedy)]
         learner.export_hf(run_dir / "policy")

@@ -74,14 +74,15 @@ class LearnerActor:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         return self._learner.update(batch)
 
-    def publish_weights(self, version: int, probe_ids: Sequence[int], bucket_mb: int) -> WeightUpdate | None:
+    def publish_weights(self, version: int, probe_ids: Sequence[int], bucket_mb: int,
+                        raw: bool = True) -> WeightUpdate | None:
         """Gather the policy (collective under ZeRO-3: every rank calls this) and, on rank 0,
         put it into the object store as a verified update; other ranks return None."""
         state = self._learner.policy_state_dict()
         probe = self._learner.score([list(probe_ids)])[0]
         if self._learner.rank != 0:
             return None
-        return publish(state, version, probe, bucket_mb)
+        return publish(state, version, probe, bucket_mb, raw)
 
     def weight_group_address(self) -> tuple[str, int]:
         return self.address()
@@ -193,9 +194,10 @@ class LearnerGroup:
         ref = ray.put(batch)
         return self.group.all(LearnerActor.update, ref)[0]
 
-    def publish_weights(self, version: int, probe_ids: Sequence[int], bucket_mb: int) -> WeightUpdate:
+    def publish_weights(self, version: int, probe_ids: Sequence[int], bucket_mb: int,
+                        raw: bool = True) -> WeightUpdate:
         """Rank 0 publishes the current policy into the object store; returns the handle only."""
-        return self.group.all(LearnerActor.publish_weights, version, list(probe_ids), bucket_mb)[0]
+        return self.group.all(LearnerActor.publish_weights, version, list(probe_ids), bucket_mb, raw)[0]
 
     def weight_group_address(self) -> tuple[str, int]:
         return self.group.rank0(LearnerActor.weight_group_address)

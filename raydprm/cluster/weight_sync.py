@@ -72,13 +72,15 @@ class WeightUpdate:
 
 
 def publish(state_dict: Mapping[str, torch.Tensor], version: int, expected_probe: Sequence[float],
-            bucket_mb: int = 64) -> WeightUpdate:
+            bucket_mb: int = 64, raw: bool = True) -> WeightUpdate:
     """Manifest + buckets of ``state_dict`` in the object store, owned by the calling process.
 
-    Call it where the weights live (the learner's rank 0): one bucket is encoded at a time
-    and ``ray.put`` from here, so only refs travel onwards."""
+    Call it where the weights live (the learner's rank 0); only refs travel onwards.
+    ``raw`` buckets (:class:`~raydprm.rollout.sync.RawBucket`) are the tensors' own bytes:
+    ``ray.put`` copies them once into shared memory and a generator on the same node reads
+    them in place; ``raw=False`` encodes safetensors bytes (what vLLM's workers take)."""
     manifest = build_manifest(state_dict, version)
-    refs = [ray.put(payload) for payload in iter_buckets(state_dict, bucket_mb * 2**20)]
+    refs = [ray.put(payload) for payload in iter_buckets(state_dict, bucket_mb * 2**20, raw=raw)]
     return WeightUpdate(manifest, refs, list(expected_probe))
 
 
@@ -124,5 +126,5 @@ def sync_policy(learner: Any, rollout: Any, version: int, timeout_s: float | Non
         receive = rollout.receive_broadcast_async(manifest, probe, timeout_s)
         learner.broadcast_weights()
         return rollout.finish_receive(receive, version, timeout_s)
-    update = learner.publish_weights(version, rollout.probe_ids, cfg.bucket_mb)
+    update = learner.publish_weights(version, rollout.probe_ids, cfg.bucket_mb, raw=cfg.weight_sync == "object_store")
     return rollout.sync_weights(update, timeout_s=timeout_s)

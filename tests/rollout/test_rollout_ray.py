@@ -109,6 +109,7 @@ def test_rollout_ray_dead_replica_is_restarted_with_the_current_weights(pool, ti
 
 def test_rollout_ray_corrupted_and_partial_syncs_are_refused(pool, tiny_policy):
     from raydprm.cluster.weight_sync import WeightUpdate, publish
+    from raydprm.rollout.sync import RawBucket
 
     before = [r.token_ids for r in pool.generate(PROMPTS, GREEDY)]
     v0 = pool.version
@@ -116,14 +117,15 @@ def test_rollout_ray_corrupted_and_partial_syncs_are_refused(pool, tiny_policy):
     expected = probe_logprobs(learner, pool.probe_ids)
     up = publish(learner.state_dict(), v0 + 1, expected, bucket_mb=1)
     assert len(up.bucket_refs) >= 1
-    bad = bytearray(ray.get(up.bucket_refs[0]))
-    bad[-9] ^= 0x02
-    corrupted = WeightUpdate(up.manifest, [ray.put(bytes(bad))] + up.bucket_refs[1:], expected)
+    b0 = ray.get(up.bucket_refs[0])  # a RawBucket: the tensors' own bytes
+    arrays = [a.copy() for a in b0.arrays]
+    arrays[-1][-9] ^= 0x02
+    corrupted = WeightUpdate(up.manifest, [ray.put(RawBucket(b0.names, tuple(arrays)))] + up.bucket_refs[1:], expected)
     with pytest.raises(WeightSyncError, match="checksum mismatch"):
         pool.sync_weights(corrupted)
     from raydprm.rollout.sync import iter_buckets
 
-    refs = [ray.put(b) for b in iter_buckets(learner.state_dict(), 32 * 1024)]  # several small buckets
+    refs = [ray.put(b) for b in iter_buckets(learner.state_dict(), 32 * 1024, raw=True)]  # several small buckets
     with pytest.raises(WeightSyncError, match="partial weight sync"):
         pool.sync_weights(WeightUpdate(up.manifest, refs[:-1], expected))  # the last one lost
     assert pool.version == v0 and pool.versions() == [v0, v0]

@@ -51,6 +51,37 @@ def test_rollout_sync_buckets_are_bounded_and_round_trip(learner):
         assert torch.equal(seen[k], t)
 
 
+def test_rollout_sync_raw_buckets_verify_without_copies(learner):
+    """Raw buckets (the object-store format) carry the tensors' bytes; the stager views them
+    in place, checks size and digest, and refuses a flipped bit or a truncated array."""
+    from raydprm.rollout.sync import RawBucket
+
+    sd = learner.state_dict()
+    for algo in ("xxh3_128", "sha256"):
+        m = build_manifest(sd, 7, digest_algo=algo)
+        assert m.digest_algo == algo and WeightManifest.from_dict(m.to_dict()) == m
+        st = WeightStager(m)
+        for b in iter_buckets(sd, 64 * 1024, raw=True):
+            assert isinstance(b, RawBucket) and b.nbytes <= 64 * 1024 or len(b.names) == 1
+            st.add(b)
+        got = dict(st.complete())
+        assert all(torch.equal(got[k], sd[k]) for k in sd)
+        assert st.report().digest == m.digest
+    m = build_manifest(sd, 8)
+    b = next(iter_buckets(sd, 64 * 1024, raw=True))
+    flipped = [a.copy() for a in b.arrays]
+    flipped[0][3] ^= 0x10
+    with pytest.raises(WeightSyncError, match="checksum mismatch"):
+        WeightStager(m).add(RawBucket(b.names, tuple(flipped)))
+    with pytest.raises(WeightSyncError, match="bytes; the manifest says"):
+        WeightStager(m).add(RawBucket(b.names, (b.arrays[0][:-4], *b.arrays[1:])))
+    # the old safetensors bytes of the same tensors verify against the same manifest
+    st = WeightStager(m)
+    for enc in iter_buckets(sd, 64 * 1024):
+        st.add(enc)
+    assert st.report().digest == m.digest
+
+
 def test_rollout_sync_digest_is_bitwise():
     t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
     u = t.clone()
@@ -58,6 +89,9 @@ def test_rollout_sync_digest_is_bitwise():
     u.view(-1)[5] = torch.nextafter(u.view(-1)[5], torch.tensor(100.0))  # one ulp
     assert tensor_digest(t) != tensor_digest(u)
     assert tensor_digest(t.bfloat16()) == tensor_digest(t.bfloat16().clone())
+    assert tensor_digest(t, "sha256") != tensor_digest(t, "xxh3_128")
+    with pytest.raises(WeightSyncError, match="unknown weight digest"):
+        tensor_digest(t, "md5")
 
 
 def test_rollout_sync_manifest_round_trips_and_validates(learner):
