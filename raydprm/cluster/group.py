@@ -43,7 +43,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raydprm.errors import RaydprmError
 
-__all__ = ["ActorGroup", "ActorGroupError", "GroupTimeout", "GroupRestarted", "Placement", "method_name"]
+__all__ = ["ActorGroup", "ActorGroupError", "GroupTimeout", "GroupRestarted", "Placement", "method_name",
+           "peak_rss_mb"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,13 @@ class Placement:
         return PlacementGroupSchedulingStrategy(self.placement_group,
                                                 placement_group_bundle_index=self.bundle_offset + rank,
                                                 placement_group_capture_child_tasks=False)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def method_name(method: Callable[..., Any]) -> str:

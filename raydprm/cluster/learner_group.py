@@ -28,13 +28,14 @@ share a node. Each actor reserves ``ppo.num_cpus_per_worker`` CPUs and
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from raydprm.cluster.group import ActorGroup, Placement
+from raydprm.cluster.group import ActorGroup, Placement, peak_rss_mb
 from raydprm.cluster.weight_sync import NcclSender, WeightUpdate, publish
 from raydprm.config import PPOConfig
 from raydprm.rollout.sync import WeightManifest, build_manifest
@@ -82,7 +83,10 @@ class LearnerActor:
         probe = self._learner.score([list(probe_ids)])[0]
         if self._learner.rank != 0:
             return None
-        return publish(state, version, probe, bucket_mb, raw)
+        t0 = time.perf_counter()
+        update = publish(state, version, probe, bucket_mb, raw)
+        update.publish_s = time.perf_counter() - t0
+        return update
 
     def weight_group_address(self) -> tuple[str, int]:
         return self.address()
@@ -127,12 +131,9 @@ class LearnerActor:
 
     def info(self) -> dict[str, Any]:
         """Rank, engine, step, beta, device, pid and this process's peak RSS (MiB)."""
-        import resource
-
         lr = self._learner
         return {"rank": lr.rank, "world_size": lr.world_size, "engine": lr.engine.name, "step": lr.step,
-                "kl_coef": lr.kl_coef, "device": str(lr.device), "pid": os.getpid(),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                "kl_coef": lr.kl_coef, "device": str(lr.device), "pid": os.getpid(), "peak_rss_mb": peak_rss_mb()}
 
     def shutdown(self) -> None:
         from raydprm.train.ds_engine import destroy_process_group

@@ -13,13 +13,14 @@ over several replicas and concatenates their answers in order.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import ray
 
-from raydprm.cluster.group import ActorGroup, Placement
+from raydprm.cluster.group import ActorGroup, Placement, peak_rss_mb
 from raydprm.core.label_scale import LabelScale
 
 __all__ = ["RewardActor", "RewardPool", "ScoreBatch"]
@@ -46,12 +47,15 @@ class RewardActor:
         self._model.eval()
         self._version = 0
         self._source = str(model_dir)
+        self._busy_s = 0.0
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> ScoreBatch:
         """Distributions and scalar rewards of a batch (numpy arrays, row order kept)."""
         c = self._cfg
+        t0 = time.perf_counter()
         out = self._model.score(list(prompts), list(responses), scalar=c.scalar, cvar_alpha=c.cvar_alpha,
                                 kappa=c.kappa, batch_size=c.batch_size)
+        self._busy_s += time.perf_counter() - t0
         return {"distribution": out.distribution.numpy(), "expected": out.expected.numpy(),
                 "reward": out.scalar.numpy(), "cvar": out.cvar.numpy(), "entropy": out.entropy.numpy(),
                 "version": self._version}
@@ -76,7 +80,7 @@ class RewardActor:
 
     def info(self) -> dict[str, Any]:
         return {"version": self._version, "source": self._source, "labels": list(self._model.scale.names),
-                "scalar": self._cfg.scalar}
+                "scalar": self._cfg.scalar, "busy_s": self._busy_s, "peak_rss_mb": peak_rss_mb()}
 
 
 class RewardPool:

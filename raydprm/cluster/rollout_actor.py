@@ -30,7 +30,7 @@ from typing import Any
 
 import ray
 
-from raydprm.cluster.group import ActorGroup, Placement
+from raydprm.cluster.group import ActorGroup, Placement, peak_rss_mb
 from raydprm.cluster.weight_sync import TRANSPORTS, WeightUpdate, check_transport
 from raydprm.rollout.engine import Prompt, Response
 from raydprm.rollout.sampling import SamplingParams
@@ -47,11 +47,12 @@ class RolloutGenerator:
         self.replica = replica
         self.engine = make_engine(engine, model, **dict(engine_kwargs))
         self.probe_ids = probe_sequence(self.engine.vocab_size, probe_length)
+        self.busy_s = 0.0  # seconds spent generating (for the share of a step spent outside compute)
 
     def info(self) -> dict[str, Any]:
         return {"replica": self.replica, "engine": self.engine.name, "pid": os.getpid(),
                 "weight_version": self.engine.weight_version, "vocab_size": self.engine.vocab_size,
-                "probe_ids": self.probe_ids}
+                "probe_ids": self.probe_ids, "busy_s": self.busy_s, "peak_rss_mb": peak_rss_mb()}
 
     def _check_verified(self) -> None:
         if self.engine.weight_version < 0:
@@ -60,7 +61,11 @@ class RolloutGenerator:
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams, first_index: int = 0) -> list[Response]:
         self._check_verified()
-        return self.engine.generate(prompts, sampling, first_index)
+        t0 = time.perf_counter()
+        try:
+            return self.engine.generate(prompts, sampling, first_index)
+        finally:
+            self.busy_s += time.perf_counter() - t0
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         return self.engine.score(sequences)

@@ -61,6 +61,7 @@ class WeightUpdate:
     manifest: WeightManifest
     bucket_refs: list[Any]
     expected_probe: list[float]
+    publish_s: float = 0.0  # what publishing took where the weights live (manifest + buckets into the store)
 
     @property
     def version(self) -> int:
