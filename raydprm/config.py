@@ -29,6 +29,8 @@ from typing import Any, ClassVar
 
 import yaml
 
+# the label defaults (plain Python; importing it loads no torch)
+from raydprm.core.hh_labels import HH_GRID, HH_LABELS, HH_REWARDS
 from raydprm.errors import ConfigError
 
 _MISSING = dataclasses.MISSING
@@ -152,11 +154,6 @@ class Section:
 
 # --------------------------------------------------------------------------- sections
 
-HH_LABELS = ("helpful_harmless", "neutral_harmless", "unhelpful_harmless",
-             "helpful_harmful", "neutral_harmful", "unhelpful_harmful")
-HH_REWARDS = (1.0, 0.5, -1.0, -1.0, -1.5, -3.0)
-
-
 @dataclass(frozen=True)
 class RunConfig(Section):
     section: ClassVar[str] = "run"
@@ -188,7 +185,7 @@ class LabelsConfig(Section):
     names: tuple[str, ...] = opt(HH_LABELS, doc="Label names, best first by convention (default: the paper's 6 HH labels).")
     rewards: tuple[float, ...] = opt(HH_REWARDS, doc="Scalar reward of each label (paper, Table 1).")
     grid: tuple[tuple[float, float], ...] | None = opt(
-        ((2.0, 0.0), (1.0, 0.0), (0.0, 0.0), (2.0, 1.0), (1.0, 1.0), (0.0, 1.0)),
+        tuple((float(h), float(d)) for h, d in HH_GRID),
         doc="Optional (helpfulness level, harm level) coordinates of each label, used by the grid_l1 cost.")
 
     def validate(self) -> None:

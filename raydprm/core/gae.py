@@ -10,8 +10,8 @@ GAE (Schulman et al. 2016, "High-dimensional continuous control using GAE", Eq. 
     A_t     = delta_t + gamma * lam * A_{t+1}
     R_t     = A_t + V_t                            (the value target)
 
-Functions take tensors and plain scalars and return tensors; ``*_naive`` twins are the
-element-by-element reference the tests compare against.
+Functions take tensors and plain scalars and return tensors; their element-by-element
+reference twins are in ``tests/core/naive.py``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,9 @@ import torch
 
 __all__ = [
     "masked_gae",
-    "masked_gae_naive",
     "masked_mean",
     "masked_moments",
     "whiten",
-    "whiten_naive",
 ]
 
 
@@ -64,23 +62,6 @@ def masked_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, 
     return adv, returns
 
 
-def masked_gae_naive(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-                     lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference twin of :func:`masked_gae`: per sequence, per token, the sum
-    ``A_t = sum_k (gamma*lam)^k delta_{t+k}`` written out literally in Python floats."""
-    B, T = rewards.shape
-    adv = torch.zeros(B, T, dtype=torch.float64)
-    for b in range(B):
-        n = int(mask[b].sum())
-        r = [float(x) for x in rewards[b, :n]]
-        v = [float(x) for x in values[b, :n]] + [0.0]
-        deltas = [r[t] + gamma * v[t + 1] - v[t] for t in range(n)]
-        for t in range(n):
-            adv[b, t] = sum((gamma * lam) ** k * deltas[t + k] for k in range(n - t))
-    vals = values.double() * mask.double()
-    return adv.to(rewards.dtype), ((adv + vals) * mask.double()).to(rewards.dtype)
-
-
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of ``x`` over positions where ``mask`` is set (all dims, or along ``dim``)."""
     m = mask.to(x.dtype)
@@ -109,17 +90,3 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
         out = out + mean
     return out * mask.to(x.dtype)
 
-
-def whiten_naive(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """Reference twin of :func:`whiten`: collect the valid entries into a list, use Python math."""
-    vals = [float(v) for v, k in zip(x.flatten(), mask.flatten()) if k]
-    n = len(vals)
-    mean = sum(vals) / max(n, 1)
-    var = sum((v - mean) ** 2 for v in vals) / max(n - 1, 1)
-    out = torch.zeros(x.shape, dtype=torch.float64)
-    flat = out.view(-1)
-    for i, (v, k) in enumerate(zip(x.flatten(), mask.flatten())):
-        if k:
-            w = (float(v) - mean) / (var + eps) ** 0.5
-            flat[i] = w if shift_mean else w + mean
-    return out.to(x.dtype)

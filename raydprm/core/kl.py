@@ -21,19 +21,14 @@ is Ziegler et al. (2019), Sec. 2.2::
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 __all__ = [
     "KL_ESTIMATORS",
     "kl_estimate",
-    "kl_estimate_naive",
     "shape_rewards",
-    "shape_rewards_naive",
     "fixed_kl_controller",
     "adaptive_kl_controller",
-    "adaptive_kl_controller_naive",
     "update_kl_coef",
 ]
 
@@ -67,21 +62,6 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
     return kl
 
 
-def kl_estimate_naive(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1",
-                      mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Reference twin of :func:`kl_estimate`: from the probabilities themselves, in Python floats."""
-    out = torch.zeros(logprobs.shape, dtype=torch.float64)
-    flat = out.view(-1)
-    m = mask.flatten() if mask is not None else torch.ones(logprobs.numel())
-    for i, (lp, lq, k) in enumerate(zip(logprobs.flatten().tolist(), ref_logprobs.flatten().tolist(), m.tolist())):
-        if not k:
-            continue
-        p, q = math.exp(lp), math.exp(lq)
-        r = q / p
-        flat[i] = {"k1": math.log(p / q), "k2": 0.5 * math.log(r) ** 2, "k3": r - 1 - math.log(r)}[estimator]
-    return out.to(logprobs.dtype)
-
-
 def _last_index(mask: torch.Tensor) -> torch.Tensor:
     return mask.long().sum(1) - 1  # (B,) index of the last valid token (right padding)
 
@@ -107,17 +87,6 @@ def shape_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
     return rewards, stats
 
 
-def shape_rewards_naive(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
-    """Reference twin of :func:`shape_rewards` (rewards only), token by token."""
-    B, T = kl.shape
-    out = torch.zeros(B, T, dtype=torch.float64)
-    for b in range(B):
-        n = int(mask[b].sum())
-        for t in range(n):
-            out[b, t] = -beta * float(kl[b, t]) + (float(scores[b]) if t == n - 1 else 0.0)
-    return out.to(kl.dtype)
-
-
 def fixed_kl_controller(beta: float, current_kl: float = 0.0, n_steps: int = 0) -> float:
     """The fixed controller: beta never changes (same signature as the adaptive one)."""
     return float(beta)
@@ -133,18 +102,6 @@ def adaptive_kl_controller(beta: float, current_kl: float, n_steps: int, target_
         raise ValueError(f"target_kl and horizon must be positive, got {target_kl}, {horizon}")
     err = min(max(current_kl / target_kl - 1.0, -0.2), 0.2)  # e_t = clip(KL/target - 1, +-0.2)
     return float(beta * (1.0 + err * n_steps / horizon))  # beta_{t+1} = beta_t (1 + K_beta e_t)
-
-
-def adaptive_kl_controller_naive(beta: float, current_kl: float, n_steps: int, target_kl: float,
-                                 horizon: int) -> float:
-    """Reference twin of :func:`adaptive_kl_controller`: the clip written as branches."""
-    e = current_kl / target_kl - 1.0
-    if e > 0.2:
-        e = 0.2
-    elif e < -0.2:
-        e = -0.2
-    k_beta = n_steps / horizon
-    return beta + beta * k_beta * e
 
 
 def update_kl_coef(kind: str, beta: float, current_kl: float, n_steps: int, target_kl: float,

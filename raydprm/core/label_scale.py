@@ -1,7 +1,7 @@
 """Label scale: the L preference labels, their scalar rewards and grid coordinates.
 
 The default is the DPRM paper's six helpfulness x harm labels (arXiv 2402.09764,
-Table 1; PAPERS.md section 1). A predicted label distribution mu (B, L) is turned into
+Table 1; docs/equations.md). A predicted label distribution mu (B, L) is turned into
 a scalar reward for PPO by its expectation (paper),
 
     E_mu[r] = sum_i mu_i r_i,                                                          (S1)
@@ -18,9 +18,13 @@ readout E_mu[r] - kappa * sqrt(Var_mu[r]).                                      
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from raydprm.core.hh_labels import HH_DESCRIPTIONS, HH_GRID, HH_LABELS, HH_REWARDS
 
 __all__ = ["LabelScale", "check_distribution", "SCALARISATIONS"]
 
@@ -87,21 +91,7 @@ class LabelScale:
     @classmethod
     def hh(cls) -> LabelScale:
         """The paper's 6 helpfulness x harm labels (Table 1); grid = (helpfulness level, harm level)."""
-        return cls(
-            # same names as raydprm.config.HH_LABELS (paper's "type 1" .. "type 6")
-            names=("helpful_harmless", "neutral_harmless", "unhelpful_harmless",
-                   "helpful_harmful", "neutral_harmful", "unhelpful_harmful"),
-            rewards=(1.0, 0.5, -1.0, -1.0, -1.5, -3.0),
-            grid=((2, 0), (1, 0), (0, 0), (2, 1), (1, 1), (0, 1)),
-            descriptions=(
-                "helpful, harmless",
-                "neutral-helpful, harmless",
-                "not helpful, harmless",
-                "helpful, harmful",
-                "neutral-helpful, harmful",
-                "not helpful, harmful",
-            ),
-        )
+        return cls(names=HH_LABELS, rewards=HH_REWARDS, grid=HH_GRID, descriptions=HH_DESCRIPTIONS)
 
     @classmethod
     def ordinal(cls, num_labels: int, low: float = 0.0, high: float = 1.0) -> LabelScale:
@@ -112,6 +102,29 @@ class LabelScale:
         return cls(names=tuple(f"level{i}" for i in range(num_labels)),
                    rewards=tuple(low + i * step for i in range(num_labels)),
                    grid=tuple((float(i),) for i in range(num_labels)))
+
+    @classmethod
+    def from_config(cls, labels_cfg) -> LabelScale:
+        """The label scale of a ``LabelsConfig`` (anything with ``names``, ``rewards``, ``grid``)."""
+        return cls(names=tuple(labels_cfg.names), rewards=tuple(labels_cfg.rewards), grid=labels_cfg.grid)
+
+    # --- persistence (JSON-able; saved next to every reward model) --------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Names, rewards and grid as plain lists (descriptions are not persisted)."""
+        return {"names": list(self.names), "rewards": list(self.rewards),
+                "grid": [list(g) for g in self.grid] if self.grid is not None else None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LabelScale:
+        """Inverse of :meth:`to_dict`."""
+        grid = d.get("grid")
+        return cls(names=tuple(d["names"]), rewards=tuple(d["rewards"]),
+                   grid=tuple(tuple(g) for g in grid) if grid is not None else None)
+
+    def same_labels(self, other: LabelScale) -> bool:
+        """Same names and rewards (to 1e-9); the grid is not compared."""
+        return (self.names == other.names and len(self.rewards) == len(other.rewards)
+                and all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(self.rewards, other.rewards)))
 
     # --- accessors ------------------------------------------------------------------
     @property

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from raydprm.core.cost import line_embedding, ordinal_cost, validate_cost
+from raydprm.core.cost import line_embedding, validate_cost
 from raydprm.core.label_scale import check_distribution
 from raydprm.core.ot_exact import MAX_VERTEX_LABELS, ot_dual_vertices, ot_line
 from raydprm.core.sinkhorn import sinkhorn, sinkhorn_divergence
@@ -196,8 +196,3 @@ def ot_loss(pred, target, cost=None, method: str = "exact", *, from_logits: bool
     """
     return ot_loss_with_stats(pred, target, cost, method, from_logits=from_logits,
                               reduction=reduction, **solver_kw)[0]
-
-
-# naive twin of the cost used by "wasserstein", for tests and docs
-def wasserstein_cost(num_labels: int) -> torch.Tensor:
-    return ordinal_cost(num_labels)

@@ -27,16 +27,11 @@ import torch
 __all__ = [
     "AGGREGATIONS",
     "aggregate",
-    "aggregate_naive",
     "clipped_surrogate",
-    "clipped_surrogate_naive",
     "clipped_value_loss",
-    "clipped_value_loss_naive",
     "entropy_from_logits",
-    "entropy_from_logits_naive",
     "entropy_bonus",
     "token_logprobs",
-    "token_logprobs_naive",
 ]
 
 
@@ -74,15 +69,6 @@ def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
     return num(x, mask) / den
 
 
-def aggregate_naive(x: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean") -> float:
-    """Reference twin of :func:`aggregate` (default denominator), with Python lists."""
-    rows = [[float(v) for v, k in zip(xr, mr) if k] for xr, mr in zip(x, mask)]
-    if mode == "token_mean":
-        flat = [v for r in rows for v in r]
-        return sum(flat) / max(len(flat), 1)
-    return sum(sum(r) / max(len(r), 1) for r in rows) / len(rows)
-
-
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                       mask: torch.Tensor, clip_ratio: float, agg: str = "token_mean",
                       denominator: float | torch.Tensor | None = None
@@ -107,22 +93,6 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
     return loss, stats
 
 
-def clipped_surrogate_naive(logprobs, old_logprobs, advantages, mask, clip_ratio: float) -> float:
-    """Reference twin of :func:`clipped_surrogate` (token_mean), one token at a time."""
-    import math
-
-    tot, n = 0.0, 0
-    for lp, lo, a, k in zip(logprobs.flatten().tolist(), old_logprobs.flatten().tolist(),
-                            advantages.flatten().tolist(), mask.flatten().tolist()):
-        if not k:
-            continue
-        r = math.exp(lp - lo)
-        rc = min(max(r, 1 - clip_ratio), 1 + clip_ratio)
-        tot += max(-a * r, -a * rc)
-        n += 1
-    return tot / max(n, 1)
-
-
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
                        mask: torch.Tensor, value_clip: float, agg: str = "token_mean",
                        denominator: float | torch.Tensor | None = None
@@ -143,30 +113,10 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     return loss, stats
 
 
-def clipped_value_loss_naive(values, old_values, returns, mask, value_clip: float) -> float:
-    """Reference twin of :func:`clipped_value_loss` (token_mean), one token at a time."""
-    tot, n = 0.0, 0
-    for v, vo, r, k in zip(values.flatten().tolist(), old_values.flatten().tolist(),
-                           returns.flatten().tolist(), mask.flatten().tolist()):
-        if not k:
-            continue
-        vc = vo + min(max(v - vo, -value_clip), value_clip)
-        tot += 0.5 * max((v - r) ** 2, (vc - r) ** 2)
-        n += 1
-    return tot / max(n, 1)
-
-
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (B, T) of the categorical distributions given by ``logits`` (B, T, V)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)  # H = -sum_v p_v log p_v
-
-
-def entropy_from_logits_naive(logits: torch.Tensor) -> torch.Tensor:
-    """Reference twin of :func:`entropy_from_logits`: softmax then -sum p log p, with p > 0 only."""
-    p = torch.softmax(logits.double(), dim=-1)
-    h = torch.where(p > 0, -p * torch.log(p), torch.zeros_like(p)).sum(-1)
-    return h.to(torch.float32)
 
 
 def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float, agg: str = "token_mean",
@@ -188,13 +138,3 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     picked = torch.gather(logits, -1, ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
     return picked - torch.logsumexp(logits, dim=-1)
 
-
-def token_logprobs_naive(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Reference twin of :func:`token_logprobs`: the full log-softmax, then index."""
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    B, T = ids.shape
-    out = torch.empty(B, T, dtype=torch.float64)
-    for b in range(B):
-        for t in range(T):
-            out[b, t] = logp[b, t, int(ids[b, t])]
-    return out.float()

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from raydprm.config import HH_REWARDS
 from raydprm.core import pbde
+from raydprm.core.hh_labels import HH_REWARDS
 from raydprm.sim import world
 from raydprm.sim.personas import PersonaError, Population
 

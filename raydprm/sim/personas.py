@@ -2,7 +2,7 @@
 
 A :class:`Persona` maps a (prompt, response) of the synthetic world
 (:mod:`raydprm.sim.world`) to a distribution over the six HH labels of the DPRM paper
-(Table 1), in the order of :data:`raydprm.config.HH_LABELS`::
+(Table 1), in the order of :data:`raydprm.core.hh_labels.HH_LABELS`::
 
     0 helpful_harmless  1 neutral_harmless  2 unhelpful_harmless
     3 helpful_harmful   4 neutral_harmful   5 unhelpful_harmful
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from raydprm.config import HH_LABELS, HH_REWARDS
+from raydprm.core.hh_labels import HH_LABELS, HH_REWARDS
 from raydprm.errors import RaydprmError
 from raydprm.sim import world
 

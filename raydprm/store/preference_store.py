@@ -46,7 +46,6 @@ from typing import Any
 
 import numpy as np
 
-from raydprm.config import HH_LABELS
 from raydprm.core.dirichlet import (
     decay_factor,
     dirichlet_mean,
@@ -54,6 +53,7 @@ from raydprm.core.dirichlet import (
     dirichlet_variance,
     mix_posteriors,
 )
+from raydprm.core.hh_labels import HH_LABELS
 from raydprm.errors import RaydprmError
 from raydprm.store.votes import Vote, VoteError, item_id, validate_votes
 

@@ -409,7 +409,7 @@ def load_examples_for_eval(data, scale: LabelScale) -> RewardExamples:
 def evaluate_checkpoint(model_dir: str | os.PathLike[str], data, scale: LabelScale, cost: str = "reward_gap",
                         pairs_per_item: int = 4, seed: int = 0) -> dict[str, Any]:
     """Load a saved reward model and evaluate it on every item of ``data``."""
-    from raydprm.models.dprm import load_reward_model
+    from raydprm.models.reward_models import load_reward_model
 
     ex = load_examples_for_eval(data, scale)
     model = load_reward_model(model_dir, scale)

@@ -5,10 +5,11 @@ import math
 import ot
 import pytest
 import torch
+from naive import wasserstein_cost  # tests/core/naive.py
 
 from raydprm.core import OT_METHODS, LabelScale, cost_matrix, ot_loss, ot_loss_with_stats
 from raydprm.core.ot_exact import MAX_VERTEX_LABELS
-from raydprm.core.ot_loss import exact_ot, wasserstein_cost
+from raydprm.core.ot_loss import exact_ot
 
 F64 = torch.float64
 

@@ -5,30 +5,34 @@ import math
 
 import pytest
 import torch
+from core.naive import (  # tests/core/naive.py (tests/ is on sys.path through its conftest.py)
+    adaptive_kl_controller_naive,
+    aggregate_naive,
+    clipped_surrogate_naive,
+    clipped_value_loss_naive,
+    entropy_from_logits_naive,
+    kl_estimate_naive,
+    masked_gae_naive,
+    shape_rewards_naive,
+    token_logprobs_naive,
+    whiten_naive,
+)
 
-from raydprm.core.gae import masked_gae, masked_gae_naive, masked_moments, whiten, whiten_naive
+from raydprm.core.gae import masked_gae, masked_moments, whiten
 from raydprm.core.kl import (
     adaptive_kl_controller,
-    adaptive_kl_controller_naive,
     fixed_kl_controller,
     kl_estimate,
-    kl_estimate_naive,
     shape_rewards,
-    shape_rewards_naive,
     update_kl_coef,
 )
 from raydprm.core.ppo_loss import (
     aggregate,
-    aggregate_naive,
     clipped_surrogate,
-    clipped_surrogate_naive,
     clipped_value_loss,
-    clipped_value_loss_naive,
     entropy_bonus,
     entropy_from_logits,
-    entropy_from_logits_naive,
     token_logprobs,
-    token_logprobs_naive,
 )
 
 

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from raydprm.core.label_scale import LabelScale
+from raydprm.core.pairwise_loss import pairwise_loss, reduce_pairs
 from raydprm.errors import RaydprmError
-from raydprm.models.bt import BTRewardModel, bt_loss
-from raydprm.models.dprm import DPRM, label_scale_from_config, load_reward_model
+from raydprm.models.bt import BTRewardModel
+from raydprm.models.dprm import DPRM
+from raydprm.models.reward_models import load_reward_model
 
 PROMPTS = ["Q: how do I boil an egg ?\nA:", "Q: what is a loan ?\nA:", "Q: hi\nA:"]
 RESPONSES = [" put it in boiling water .", " money you borrow and pay back with interest over many months .", " no"]
@@ -57,7 +59,7 @@ def test_reward_dprm_truncates_from_the_left(tiny_kit):
 def test_reward_dprm_save_load_roundtrip_and_scale_mismatch(tiny_kit, tmp_path):
     from raydprm.config import LabelsConfig
 
-    scale = label_scale_from_config(LabelsConfig())
+    scale = LabelScale.from_config(LabelsConfig())
     m = DPRM.from_backbone("tiny-opt", scale, max_length=64)
     with torch.no_grad():
         m.head.bias.add_(torch.arange(6.0))  # make the head non-trivial
@@ -86,7 +88,8 @@ def test_reward_bt_model_shapes_save_load(tiny_kit, tmp_path):
     with pytest.raises(RaydprmError, match="'bt' reward model, expected 'dprm'"):
         DPRM.load(tmp_path / "bt")
     # BT loss: -log sigmoid(d); d = 0 -> log 2
-    assert math.isclose(float(bt_loss(torch.zeros(4), torch.zeros(4))), math.log(2), rel_tol=1e-6)
+    per_pair, _ = pairwise_loss("bt")(torch.zeros(4), torch.zeros(4))
+    assert math.isclose(float(reduce_pairs(per_pair)), math.log(2), rel_tol=1e-6)
 
 
 def test_reward_dprm_on_an_encoder_backbone(tiny_kit, tmp_path):

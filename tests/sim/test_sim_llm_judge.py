@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
+from raydprm.models.llm_judge import EngineScorer, JudgeError, LLMJudge, TransformersScorer
 from raydprm.sim import world
-from raydprm.sim.llm_judge import EngineScorer, JudgeError, LLMJudge, TransformersScorer
 from raydprm.store import PreferenceStore
 
 

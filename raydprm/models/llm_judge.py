@@ -16,7 +16,11 @@ log-probabilities of each candidate next token after each prefix (token ids):
 * :class:`EngineScorer` — any object with the rollout engines' ``score(sequences)``
   method (teacher-forced logprobs, :class:`raydprm.rollout.engine.RolloutEngine`), e.g. the
   vLLM engine, which reads them from vLLM's prompt logprobs. This module imports neither
-  vLLM nor the rollout package (layering): pass the engine object in.
+  vLLM nor the rollout package (rollout sits beside train, above models; see
+  ``raydprm/layers.py``): pass the engine object in.
+
+The judge loads a language model, so it lives in ``models`` (above ``sim``, whose world
+and personas it reads), not in the simulator.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from raydprm.config import HH_LABELS
+from raydprm.core.hh_labels import HH_LABELS
 from raydprm.errors import RaydprmError
 from raydprm.sim import world
 from raydprm.store.votes import item_id
@@ -37,7 +41,7 @@ __all__ = ["JUDGE_TEMPLATE", "HH_LABEL_TEXT", "Scorer", "TransformersScorer", "E
 
 Scorer = Callable[[Sequence[Sequence[int]], Sequence[int]], np.ndarray]
 
-# What each HH label means, shown to the judge (order of config.HH_LABELS).
+# What each HH label means, shown to the judge (order of core.hh_labels.HH_LABELS).
 HH_LABEL_TEXT = ("helpful and harmless", "somewhat helpful and harmless", "not helpful and harmless",
                  "helpful but harmful", "somewhat helpful but harmful", "not helpful and harmful")
 

@@ -1,0 +1,143 @@
+"""Element-by-element reference twins ("naive oracles") of the PPO math in raydprm.core.
+
+Each ``*_naive`` function computes what its fast namesake in ``raydprm.core.{gae,kl,ppo_loss}``
+computes, written out literally (Python floats, one token at a time); the equivalence
+tests compare the two. They live with the tests, not in the shipped package.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from raydprm.core.cost import ordinal_cost
+
+
+def wasserstein_cost(num_labels: int) -> torch.Tensor:
+    """The ground cost the "wasserstein" loss uses in closed form: |i - j| on label positions."""
+    return ordinal_cost(num_labels)
+
+
+def masked_gae_naive(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+                     lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference twin of :func:`masked_gae`: per sequence, per token, the sum
+    ``A_t = sum_k (gamma*lam)^k delta_{t+k}`` written out literally in Python floats."""
+    B, T = rewards.shape
+    adv = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        n = int(mask[b].sum())
+        r = [float(x) for x in rewards[b, :n]]
+        v = [float(x) for x in values[b, :n]] + [0.0]
+        deltas = [r[t] + gamma * v[t + 1] - v[t] for t in range(n)]
+        for t in range(n):
+            adv[b, t] = sum((gamma * lam) ** k * deltas[t + k] for k in range(n - t))
+    vals = values.double() * mask.double()
+    return adv.to(rewards.dtype), ((adv + vals) * mask.double()).to(rewards.dtype)
+
+
+def whiten_naive(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Reference twin of :func:`whiten`: collect the valid entries into a list, use Python math."""
+    vals = [float(v) for v, k in zip(x.flatten(), mask.flatten()) if k]
+    n = len(vals)
+    mean = sum(vals) / max(n, 1)
+    var = sum((v - mean) ** 2 for v in vals) / max(n - 1, 1)
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    flat = out.view(-1)
+    for i, (v, k) in enumerate(zip(x.flatten(), mask.flatten())):
+        if k:
+            w = (float(v) - mean) / (var + eps) ** 0.5
+            flat[i] = w if shift_mean else w + mean
+    return out.to(x.dtype)
+
+
+def kl_estimate_naive(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1",
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference twin of :func:`kl_estimate`: from the probabilities themselves, in Python floats."""
+    out = torch.zeros(logprobs.shape, dtype=torch.float64)
+    flat = out.view(-1)
+    m = mask.flatten() if mask is not None else torch.ones(logprobs.numel())
+    for i, (lp, lq, k) in enumerate(zip(logprobs.flatten().tolist(), ref_logprobs.flatten().tolist(), m.tolist())):
+        if not k:
+            continue
+        p, q = math.exp(lp), math.exp(lq)
+        r = q / p
+        flat[i] = {"k1": math.log(p / q), "k2": 0.5 * math.log(r) ** 2, "k3": r - 1 - math.log(r)}[estimator]
+    return out.to(logprobs.dtype)
+
+
+def shape_rewards_naive(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """Reference twin of :func:`shape_rewards` (rewards only), token by token."""
+    B, T = kl.shape
+    out = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        n = int(mask[b].sum())
+        for t in range(n):
+            out[b, t] = -beta * float(kl[b, t]) + (float(scores[b]) if t == n - 1 else 0.0)
+    return out.to(kl.dtype)
+
+
+def adaptive_kl_controller_naive(beta: float, current_kl: float, n_steps: int, target_kl: float,
+                                 horizon: int) -> float:
+    """Reference twin of :func:`adaptive_kl_controller`: the clip written as branches."""
+    e = current_kl / target_kl - 1.0
+    if e > 0.2:
+        e = 0.2
+    elif e < -0.2:
+        e = -0.2
+    k_beta = n_steps / horizon
+    return beta + beta * k_beta * e
+
+
+def aggregate_naive(x: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean") -> float:
+    """Reference twin of :func:`aggregate` (default denominator), with Python lists."""
+    rows = [[float(v) for v, k in zip(xr, mr) if k] for xr, mr in zip(x, mask)]
+    if mode == "token_mean":
+        flat = [v for r in rows for v in r]
+        return sum(flat) / max(len(flat), 1)
+    return sum(sum(r) / max(len(r), 1) for r in rows) / len(rows)
+
+
+def clipped_surrogate_naive(logprobs, old_logprobs, advantages, mask, clip_ratio: float) -> float:
+    """Reference twin of :func:`clipped_surrogate` (token_mean), one token at a time."""
+    tot, n = 0.0, 0
+    for lp, lo, a, k in zip(logprobs.flatten().tolist(), old_logprobs.flatten().tolist(),
+                            advantages.flatten().tolist(), mask.flatten().tolist()):
+        if not k:
+            continue
+        r = math.exp(lp - lo)
+        rc = min(max(r, 1 - clip_ratio), 1 + clip_ratio)
+        tot += max(-a * r, -a * rc)
+        n += 1
+    return tot / max(n, 1)
+
+
+def clipped_value_loss_naive(values, old_values, returns, mask, value_clip: float) -> float:
+    """Reference twin of :func:`clipped_value_loss` (token_mean), one token at a time."""
+    tot, n = 0.0, 0
+    for v, vo, r, k in zip(values.flatten().tolist(), old_values.flatten().tolist(),
+                           returns.flatten().tolist(), mask.flatten().tolist()):
+        if not k:
+            continue
+        vc = vo + min(max(v - vo, -value_clip), value_clip)
+        tot += 0.5 * max((v - r) ** 2, (vc - r) ** 2)
+        n += 1
+    return tot / max(n, 1)
+
+
+def entropy_from_logits_naive(logits: torch.Tensor) -> torch.Tensor:
+    """Reference twin of :func:`entropy_from_logits`: softmax then -sum p log p, with p > 0 only."""
+    p = torch.softmax(logits.double(), dim=-1)
+    h = torch.where(p > 0, -p * torch.log(p), torch.zeros_like(p)).sum(-1)
+    return h.to(torch.float32)
+
+
+def token_logprobs_naive(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Reference twin of :func:`token_logprobs`: the full log-softmax, then index."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    B, T = ids.shape
+    out = torch.empty(B, T, dtype=torch.float64)
+    for b in range(B):
+        for t in range(T):
+            out[b, t] = logp[b, t, int(ids[b, t])]
+    return out.float()
