@@ -47,6 +47,7 @@ from raydprm.core.ppo_loss import (
 from raydprm.errors import RaydprmError
 from raydprm.models.policy import export_hf, load_policy, load_reference, load_tokenizer, sequence_inputs
 from raydprm.train.ds_engine import build_engine, init_process_group
+from raydprm.train.metric_sums import MetricSums
 from raydprm.train.rollout_batch import RolloutBatch, RolloutBatchError
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,10 @@ class PPOLearner:
         full = self._to_device(batch)
         mask = full.response_mask
         B, M, Mw, mu, G = len(batch), ppo.minibatch, ppo.worker_minibatch, ppo.worker_micro_batch, ppo.grad_accum
-        acc = torch.zeros(8, dtype=torch.float64)  # pg_sum, vf_sum, agg_count, clip, akl, ent, vclip, tokens
+        # loss sums are weighted by each micro-batch's share of its minibatch's aggregation
+        # count, token statistics by the micro-batch's valid tokens; summed over ranks below
+        sums = MetricSums("policy_loss", "value_loss", "agg_count", "clipfrac", "approx_kl", "entropy",
+                          "vf_clipfrac", "tokens")
         grad_norms, n_opt_steps = [], 0
         for epoch in range(ppo.epochs):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step * 1_009 + epoch)
@@ -252,12 +256,15 @@ class PPOLearner:
                             grad_norms.append(self.engine.last_grad_norm)
                     k = mmask.sum().double().cpu()
                     d = denom.double().cpu()
-                    acc += torch.stack([pg.detach().double().cpu() * d, vf.detach().double().cpu() * d,
-                                        torch.tensor(0.0, dtype=torch.float64),
-                                        s_pg["clipfrac"].double().cpu() * k, s_pg["approx_kl"].double().cpu() * k,
-                                        s_ent["entropy"].double().cpu() * k, s_vf["vf_clipfrac"].double().cpu() * k, k])
-                acc[2] += float(agg_count) / W  # each rank adds its share; summed over ranks below
-        acc = self._sum_ranks(acc.to(self.device) if self.device.type == "cuda" else acc).cpu()
+                    sums.add(policy_loss=pg.detach().double().cpu() * d,
+                             value_loss=vf.detach().double().cpu() * d,
+                             clipfrac=s_pg["clipfrac"].double().cpu() * k,
+                             approx_kl=s_pg["approx_kl"].double().cpu() * k,
+                             entropy=s_ent["entropy"].double().cpu() * k,
+                             vf_clipfrac=s_vf["vf_clipfrac"].double().cpu() * k,
+                             tokens=k)
+                sums.add(agg_count=float(agg_count) / W)  # each rank adds its share; summed over ranks below
+        sums.reduce(lambda t: self._sum_ranks(t.to(self.device) if self.device.type == "cuda" else t))
         elapsed = time.perf_counter() - t0
         # KL controller: beta from the mean sequence KL of this batch (Ziegler et al. 2019)
         seq_kl = float((exp["kl"] * mask).sum(1).mean())
@@ -266,14 +273,14 @@ class PPOLearner:
         self.step += 1
         n_tok_all = float(batch.num_tokens) * ppo.epochs
         m = mask.float()
-        tokens = float(acc[7])
+        tokens = sums["tokens"]
         return {
-            "ppo/policy_loss": float(acc[0] / acc[2]),
-            "ppo/value_loss": float(acc[1] / acc[2]),
-            "ppo/clipfrac": float(acc[3] / tokens),
-            "ppo/approx_kl": float(acc[4] / tokens),
-            "ppo/entropy": float(acc[5] / tokens),
-            "ppo/vf_clipfrac": float(acc[6] / tokens),
+            "ppo/policy_loss": sums["policy_loss"] / sums["agg_count"],
+            "ppo/value_loss": sums["value_loss"] / sums["agg_count"],
+            "ppo/clipfrac": sums["clipfrac"] / tokens,
+            "ppo/approx_kl": sums["approx_kl"] / tokens,
+            "ppo/entropy": sums["entropy"] / tokens,
+            "ppo/vf_clipfrac": sums["vf_clipfrac"] / tokens,
             "ppo/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
             "ppo/kl_coef": beta_used,
             "ppo/kl_coef_next": self.kl_coef,

@@ -1,14 +1,20 @@
 """Train a reward model on crowd preferences: the DPRM with the OT loss or the paper's
 baselines (Wasserstein, cross-entropy), or the Bradley-Terry scalar model on pairs.
 
-Losses (a registry, not a chain; ``reward.loss`` picks one):
+Losses (``reward.loss`` picks one from :data:`REWARD_OBJECTIVES`):
 
     ot           OT_M(mu_theta, t)   with the named cost M (``reward.cost``; exact or
                                      Sinkhorn solver, ``reward.ot_method``)      (DPRM_OT)
     wasserstein  W_1(mu_theta, t)    on label positions, i.e. OT with the ordinal cost
                                      |i - j| (1-D closed form)                     (DPRM_W)
     ce           -sum_i t_i log mu_theta,i                                        (DPRM_C)
-    bt           -log sigmoid(s(chosen) - s(rejected)) on pairs from the same crowd (BT-RM)
+    bt           -log sigmoid(s(chosen) - s(rejected)) on pairs from the same crowd (BT-RM;
+                                     the "bt" loss of raydprm.core.pairwise_loss)
+
+One training loop (:func:`train_reward`) serves both families; what differs (the model
+kind, the rows of a batch and their loss, the held-out metrics, the selection score) is
+a :class:`RewardObjective`: :class:`DistributionalObjective` for the DPRM losses,
+:class:`PairwiseObjective` for the pairwise ones.
 
 Evaluation on held-out items (every ``reward.eval_every`` steps or once per epoch):
 mean OT distance under ``reward.cost`` (the same yardstick for every variant), CE,
@@ -31,10 +37,11 @@ import math
 import os
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -42,7 +49,9 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from raydprm.core.label_scale import LabelScale
+from raydprm.core.pairwise_loss import pairwise_loss, reduce_pairs
 from raydprm.errors import RaydprmError
+from raydprm.models.reward_models import REWARD_MODELS, load_reward_model
 from raydprm.train.reward_data import (
     PairExamples,
     RewardExamples,
@@ -52,10 +61,9 @@ from raydprm.train.reward_data import (
 )
 from raydprm.train.reward_metrics import distribution_metrics, persona_metrics, spearman
 
-__all__ = ["LOSSES", "RewardTrainResult", "resolve_cost", "make_loss", "train_reward", "evaluate_reward_model",
-           "select_device"]
-
-LOSSES = ("ot", "wasserstein", "ce", "bt")
+__all__ = ["LOSSES", "REWARD_OBJECTIVES", "DISTRIBUTIONAL_LOSSES", "RewardObjective", "DistributionalObjective",
+           "PairwiseObjective", "RewardTrainResult", "resolve_cost", "make_loss", "train_reward",
+           "evaluate_reward_model", "evaluate_checkpoint", "select_device"]
 
 
 # --------------------------------------------------------------------------- losses
@@ -94,24 +102,46 @@ def _ot_loss(logits, target, cost, method, **kw):
     return out[0] if isinstance(out, tuple) else out
 
 
-def make_loss(reward_cfg, scale: LabelScale) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The distributional training loss of ``reward_cfg.loss``: (logits (B, L), target (B, L)) -> scalar."""
+DistributionalLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _ot(reward_cfg, scale: LabelScale) -> DistributionalLoss:
+    M = resolve_cost(reward_cfg.cost, scale)
+    if reward_cfg.ot_method == "sinkhorn":
+        kw = dict(eps=reward_cfg.sinkhorn_eps, max_iter=reward_cfg.sinkhorn_iters, tol=reward_cfg.sinkhorn_tol)
+        return lambda z, t: _ot_loss(z, t, M.to(z.device), "sinkhorn", **kw)
+    return lambda z, t: _ot_loss(z, t, M.to(z.device), "exact")
+
+
+def _wasserstein(reward_cfg, scale: LabelScale) -> DistributionalLoss:
     from raydprm.core.cost import cost_matrix
 
-    name = reward_cfg.loss
-    if name == "ot":
-        M = resolve_cost(reward_cfg.cost, scale)
-        if reward_cfg.ot_method == "sinkhorn":
-            kw = dict(eps=reward_cfg.sinkhorn_eps, max_iter=reward_cfg.sinkhorn_iters, tol=reward_cfg.sinkhorn_tol)
-            return lambda z, t: _ot_loss(z, t, M.to(z.device), "sinkhorn", **kw)
-        return lambda z, t: _ot_loss(z, t, M.to(z.device), "exact")
-    if name == "wasserstein":
-        M = cost_matrix("ordinal", scale)  # W1 on label positions (the paper's DPRM_W)
-        return lambda z, t: _ot_loss(z, t, M.to(z.device), "wasserstein")
-    if name == "ce":
-        M = cost_matrix("ordinal", scale)  # unused by CE; the API takes a cost
-        return lambda z, t: _ot_loss(z, t, M.to(z.device), "ce")
-    raise RaydprmError(f"reward.loss = {name!r} is not a distributional loss; choose one of ot, wasserstein, ce")
+    M = cost_matrix("ordinal", scale)  # W1 on label positions (the paper's DPRM_W)
+    return lambda z, t: _ot_loss(z, t, M.to(z.device), "wasserstein")
+
+
+def _ce(reward_cfg, scale: LabelScale) -> DistributionalLoss:
+    from raydprm.core.cost import cost_matrix
+
+    M = cost_matrix("ordinal", scale)  # unused by CE; the API takes a cost
+    return lambda z, t: _ot_loss(z, t, M.to(z.device), "ce")
+
+
+# reward.loss -> builder of the distributional loss (logits (B, L), target (B, L)) -> scalar
+DISTRIBUTIONAL_LOSSES: dict[str, Callable[[Any, LabelScale], DistributionalLoss]] = {
+    "ot": _ot,  # (DPRM_OT)
+    "wasserstein": _wasserstein,  # (DPRM_W)
+    "ce": _ce,  # (DPRM_C)
+}
+
+
+def make_loss(reward_cfg, scale: LabelScale) -> DistributionalLoss:
+    """The distributional training loss of ``reward_cfg.loss``: (logits (B, L), target (B, L)) -> scalar."""
+    build = DISTRIBUTIONAL_LOSSES.get(reward_cfg.loss)
+    if build is None:
+        raise RaydprmError(f"reward.loss = {reward_cfg.loss!r} is not a distributional loss; "
+                           f"choose one of {', '.join(DISTRIBUTIONAL_LOSSES)}")
+    return build(reward_cfg, scale)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -179,34 +209,148 @@ def _flatten(prefix: str, metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-# --------------------------------------------------------------------------- evaluation
+# --------------------------------------------------------------------------- objectives
 
 
-@torch.no_grad()
-def evaluate_reward_model(model, data: RewardExamples, scale: LabelScale, cost: torch.Tensor,
-                          pairs: PairExamples | None = None, batch_size: int = 64) -> dict[str, Any]:
-    """Held-out metrics of a DPRM or BT model (see ``reward_metrics``); BT gets pairwise ones."""
-    rewards = scale.reward_tensor()
-    target_er = (data.targets.double() @ rewards).tolist()
-    if getattr(model, "kind", "dprm") == "bt":
+class RewardObjective(ABC):
+    """What one reward-model family brings to the shared training loop.
+
+    ``kind``: the reward model it trains (a key of ``REWARD_MODELS``); ``n_train``: rows
+    of one epoch; :meth:`batch_loss`: the loss of some of those rows; :meth:`evaluate`:
+    held-out metrics; :meth:`selection`: the score (lower is better) that picks the best
+    checkpoint and drives early stopping.
+    """
+
+    kind: ClassVar[str] = ""
+    n_train: int = 0
+
+    @abstractmethod
+    def batch_loss(self, model, train_module: torch.nn.Module, idx: np.ndarray, dev: torch.device) -> torch.Tensor:
+        """Scalar loss of training rows ``idx`` (``train_module`` is ``model`` or its DDP wrapper)."""
+
+    @abstractmethod
+    def evaluate(self, model) -> dict[str, Any]:
+        """Held-out metrics of ``model``."""
+
+    @staticmethod
+    @abstractmethod
+    def selection(metrics: dict[str, Any]) -> float:
+        """Lower is better."""
+
+
+class DistributionalObjective(RewardObjective):
+    """A DPRM trained on the crowd's label distributions with a loss of :data:`DISTRIBUTIONAL_LOSSES`."""
+
+    kind = "dprm"
+
+    def __init__(self, reward_cfg, scale: LabelScale, train_ex: RewardExamples, eval_ex: RewardExamples,
+                 eval_cost: torch.Tensor, seed: int = 0, pairs: PairExamples | None = None):
+        self.scale, self.train_ex, self.eval_ex, self.eval_cost = scale, train_ex, eval_ex, eval_cost
+        self.loss_fn = make_loss(reward_cfg, scale)
+        self.targets = train_ex.targets.float()
+        self.n_train = len(train_ex)
+
+    def batch_loss(self, model, train_module, idx, dev):
+        ex = self.train_ex
+        enc = model.backbone.tokenize([ex.prompts[i] for i in idx], [ex.responses[i] for i in idx])
+        z = train_module(enc["input_ids"].to(dev), enc["attention_mask"].to(dev))  # (B, L)
+        return self.loss_fn(z, self.targets[idx].to(dev))
+
+    def evaluate(self, model):
+        return self.metrics(model, self.eval_ex, self.scale, self.eval_cost)
+
+    @staticmethod
+    def metrics(model, data: RewardExamples, scale: LabelScale, cost: torch.Tensor, pairs: PairExamples | None = None,
+                batch_size: int = 64) -> dict[str, Any]:
+        """Distribution metrics of a DPRM (see ``reward_metrics``), overall and per persona."""
+        rewards = scale.reward_tensor()
+        res = model.score(data.prompts, data.responses, batch_size=batch_size)
+        mu = res.distribution.double()  # (N, L)
+        out = distribution_metrics(mu, data.targets, rewards, cost)
+        out["rank_corr"] = spearman(res.expected.tolist(), (data.targets.double() @ rewards).tolist())
+        per = persona_metrics(mu, data.persona_names, data.persona_counts, rewards, cost)
+        if per:
+            out["persona"] = per
+        return out
+
+    @staticmethod
+    def selection(metrics):
+        return metrics["ot_distance"]  # held-out OT distance
+
+
+class PairwiseObjective(RewardObjective):
+    """A scalar reward model trained on (chosen, rejected) pairs with a loss of the
+    pairwise-loss registry (``raydprm.core.pairwise_loss``; ``reward.loss`` names it).
+
+    Pairs are drawn from the crowd's label distributions of the items
+    (``reward.bt_pairs_per_item`` per item), or split off ``pairs`` when given.
+    """
+
+    kind = "bt"
+
+    def __init__(self, reward_cfg, scale: LabelScale, train_ex: RewardExamples, eval_ex: RewardExamples,
+                 eval_cost: torch.Tensor, seed: int = 0, pairs: PairExamples | None = None):
+        self.scale, self.eval_ex = scale, eval_ex
+        self.loss_fn = pairwise_loss(reward_cfg.loss)
+        if pairs is None:
+            self.train_pairs = pairs_from_targets(train_ex, scale.rewards, reward_cfg.bt_pairs_per_item, seed)
+            self.eval_pairs = pairs_from_targets(eval_ex, scale.rewards, reward_cfg.bt_pairs_per_item, seed + 1)
+        else:
+            perm = np.random.default_rng(seed).permutation(len(pairs))
+            k = max(1, int(round(reward_cfg.eval_fraction * len(pairs))))
+            self.train_pairs, self.eval_pairs = pairs.subset(sorted(perm[k:])), pairs.subset(sorted(perm[:k]))
+        self.n_train = len(self.train_pairs)
+        if self.n_train == 0:
+            raise RaydprmError("no Bradley-Terry pairs could be drawn (all items have the same reward?)")
+
+    def batch_loss(self, model, train_module, idx, dev):
+        sub = self.train_pairs.subset(idx)
+        n = len(sub)
+        enc = model.backbone.tokenize(sub.chosen_prompts + sub.rejected_prompts, sub.chosen + sub.rejected)
+        s = train_module(enc["input_ids"].to(dev), enc["attention_mask"].to(dev))  # (2n,)
+        per_pair, _ = self.loss_fn(s[:n], s[n:])  # BT: -log sigma(s_c - s_r), (n,)
+        return reduce_pairs(per_pair)
+
+    def evaluate(self, model):
+        return self.metrics(model, self.eval_ex, self.scale, None, self.eval_pairs)
+
+    @staticmethod
+    def metrics(model, data: RewardExamples, scale: LabelScale, cost: torch.Tensor | None = None,
+                pairs: PairExamples | None = None, batch_size: int = 64) -> dict[str, Any]:
+        """Rank correlation of the score with the crowd's expected reward; on ``pairs`` the
+        pairwise accuracy and the held-out Bradley-Terry loss."""
+        target_er = (data.targets.double() @ scale.reward_tensor()).tolist()
         out: dict[str, Any] = {}
         s = model.score(data.prompts, data.responses, batch_size=batch_size)
         out["rank_corr"] = spearman(s.tolist(), target_er)
         if pairs is not None and len(pairs):
             sc = model.score(pairs.chosen_prompts, pairs.chosen, batch_size=batch_size)
             sr = model.score(pairs.rejected_prompts, pairs.rejected, batch_size=batch_size)
-            d = sc - sr
-            out["pair_accuracy"] = float((d > 0).double().mean())
-            out["bt_loss"] = float(-torch.nn.functional.logsigmoid(d).mean())
+            out["pair_accuracy"] = float((sc - sr > 0).double().mean())
+            out["bt_loss"] = float(reduce_pairs(pairwise_loss("bt")(sc, sr)[0]))
         return out
-    res = model.score(data.prompts, data.responses, batch_size=batch_size)
-    mu = res.distribution.double()  # (N, L)
-    out = distribution_metrics(mu, data.targets, rewards, cost)
-    out["rank_corr"] = spearman(res.expected.tolist(), target_er)
-    per = persona_metrics(mu, data.persona_names, data.persona_counts, rewards, cost)
-    if per:
-        out["persona"] = per
-    return out
+
+    @staticmethod
+    def selection(metrics):
+        return metrics.get("bt_loss", -metrics.get("rank_corr", 0.0))  # held-out BT loss
+
+
+# reward.loss -> the objective that trains with it (the registry the loop dispatches on)
+REWARD_OBJECTIVES: dict[str, type[RewardObjective]] = {
+    **dict.fromkeys(DISTRIBUTIONAL_LOSSES, DistributionalObjective),
+    "bt": PairwiseObjective,
+}
+LOSSES = tuple(REWARD_OBJECTIVES)
+# reward-model kind -> its objective (evaluating a loaded checkpoint)
+_OBJECTIVE_OF_KIND: dict[str, type[RewardObjective]] = {o.kind: o for o in REWARD_OBJECTIVES.values()}
+
+
+@torch.no_grad()
+def evaluate_reward_model(model, data: RewardExamples, scale: LabelScale, cost: torch.Tensor,
+                          pairs: PairExamples | None = None, batch_size: int = 64) -> dict[str, Any]:
+    """Held-out metrics of a DPRM or BT model (see ``reward_metrics``); BT gets pairwise ones."""
+    objective = _OBJECTIVE_OF_KIND[getattr(model, "kind", DistributionalObjective.kind)]
+    return objective.metrics(model, data, scale, cost, pairs, batch_size)
 
 
 # --------------------------------------------------------------------------- training
@@ -233,13 +377,6 @@ class RewardTrainResult:
                 "stopped_early": self.stopped_early, "seconds": self.seconds, "history": self.history}
 
 
-def _selection(loss: str, metrics: dict[str, Any]) -> float:
-    """Lower is better: held-out OT distance for a DPRM, held-out BT loss for BT."""
-    if loss == "bt":
-        return metrics.get("bt_loss", -metrics.get("rank_corr", 0.0))
-    return metrics["ot_distance"]
-
-
 def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir: str | os.PathLike[str] | None,
                  seed: int = 0, device: str = "auto", cache_dir: str | None = None, dtype: str = "float32",
                  trust_remote_code: bool = False, eval_data: RewardExamples | None = None,
@@ -250,55 +387,31 @@ def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir:
     :class:`RewardExamples`) with ``reward_cfg`` (a ``RewardConfig``).
 
     ``eval_data``: held-out items (default: a seeded ``reward.eval_fraction`` split).
-    ``pairs``: explicit BT pairs (default for ``loss = bt``: drawn from the crowd's label
+    ``pairs``: explicit pairs for a pairwise loss (default: drawn from the crowd's label
     distributions of the training items, ``reward.bt_pairs_per_item`` per item).
     ``on_eval(record)`` is called on every rank after each evaluation (Ray Train reports
     from it). Returns a :class:`RewardTrainResult`; ``best_dir`` holds the best model.
     """
     t0 = time.perf_counter()
     rank, world = _dist_info()
-    if reward_cfg.loss not in LOSSES:
-        raise RaydprmError(f"reward.loss = {reward_cfg.loss!r}; choose one of {', '.join(LOSSES)}")
+    if reward_cfg.loss not in REWARD_OBJECTIVES:
+        raise RaydprmError(f"reward.loss = {reward_cfg.loss!r}; choose one of {', '.join(REWARD_OBJECTIVES)}")
     if not isinstance(data, RewardExamples):
         data = examples_from_dataset(data, scale.num_labels)
     if eval_data is None:
         train_ex, eval_ex = split_examples(data, reward_cfg.eval_fraction, seed)
     else:
         train_ex, eval_ex = data, eval_data
-    is_bt = reward_cfg.loss == "bt"
     eval_cost = resolve_cost(reward_cfg.cost, scale)
-    eval_pairs = None
-    if is_bt:
-        if pairs is None:
-            train_pairs = pairs_from_targets(train_ex, scale.rewards, reward_cfg.bt_pairs_per_item, seed)
-            eval_pairs = pairs_from_targets(eval_ex, scale.rewards, reward_cfg.bt_pairs_per_item, seed + 1)
-        else:
-            perm = np.random.default_rng(seed).permutation(len(pairs))
-            k = max(1, int(round(reward_cfg.eval_fraction * len(pairs))))
-            train_pairs, eval_pairs = pairs.subset(sorted(perm[k:])), pairs.subset(sorted(perm[:k]))
-        n_train = len(train_pairs)
-        if n_train == 0:
-            raise RaydprmError("no Bradley-Terry pairs could be drawn (all items have the same reward?)")
-        loss_fn = None
-    else:
-        n_train = len(train_ex)
-        loss_fn = make_loss(reward_cfg, scale)
-        train_targets = train_ex.targets.float()
+    objective = REWARD_OBJECTIVES[reward_cfg.loss](reward_cfg, scale, train_ex, eval_ex, eval_cost, seed, pairs)
+    n_train = objective.n_train
 
     dev = select_device(device)
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", torch.cuda.current_device())
     _seed_all(seed)
-    if is_bt:
-        from raydprm.models.bt import BTRewardModel
-
-        model = BTRewardModel.from_backbone(backbone, scale, reward_cfg.max_length, cache_dir, dtype,
-                                            trust_remote_code, seed=seed)
-    else:
-        from raydprm.models.dprm import DPRM
-
-        model = DPRM.from_backbone(backbone, scale, reward_cfg.max_length, cache_dir, dtype,
-                                   trust_remote_code, seed=seed)
+    model = REWARD_MODELS[objective.kind].from_backbone(backbone, scale, reward_cfg.max_length, cache_dir, dtype,
+                                                        trust_remote_code, seed=seed)
     model.to(dev)
     train_module: torch.nn.Module = model
     if world > 1:
@@ -336,17 +449,7 @@ def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir:
                     batch = np.concatenate([batch, order[:world - len(batch)]])
                 idx = batch[rank::world]  # this rank's slice of the global batch
                 model.train()
-                if is_bt:
-                    sub = train_pairs.subset(idx)
-                    n = len(sub)
-                    enc = model.backbone.tokenize(sub.chosen_prompts + sub.rejected_prompts, sub.chosen + sub.rejected)
-                    s = train_module(enc["input_ids"].to(dev), enc["attention_mask"].to(dev))  # (2n,)
-                    loss = -torch.nn.functional.logsigmoid(s[:n] - s[n:]).mean()  # BT: -log sigma(s_c - s_r)
-                else:
-                    enc = model.backbone.tokenize([train_ex.prompts[i] for i in idx],
-                                                  [train_ex.responses[i] for i in idx])
-                    z = train_module(enc["input_ids"].to(dev), enc["attention_mask"].to(dev))  # (B, L)
-                    loss = loss_fn(z, train_targets[idx].to(dev))
+                loss = objective.batch_loss(model, train_module, idx, dev)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 gnorm = None
@@ -364,8 +467,9 @@ def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir:
                 bar.update(1)
                 bar.set_postfix(loss=f"{lv:.4f}", epoch=epoch)
                 if step % eval_every == 0 or step == total:
-                    metrics = evaluate_reward_model(model, eval_ex, scale, eval_cost, eval_pairs)
-                    score = _selection(reward_cfg.loss, metrics)
+                    with torch.no_grad():
+                        metrics = objective.evaluate(model)
+                    score = objective.selection(metrics)
                     improved = score < best_score - 1e-9
                     record = {"step": step, "epoch": epoch, "train_loss": lv, "eval": metrics,
                               "improved": improved}
@@ -409,8 +513,6 @@ def load_examples_for_eval(data, scale: LabelScale) -> RewardExamples:
 def evaluate_checkpoint(model_dir: str | os.PathLike[str], data, scale: LabelScale, cost: str = "reward_gap",
                         pairs_per_item: int = 4, seed: int = 0) -> dict[str, Any]:
     """Load a saved reward model and evaluate it on every item of ``data``."""
-    from raydprm.models.reward_models import load_reward_model
-
     ex = load_examples_for_eval(data, scale)
     model = load_reward_model(model_dir, scale)
     pairs = pairs_from_targets(ex, scale.rewards, pairs_per_item, seed) if model.kind == "bt" else None
