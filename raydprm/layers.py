@@ -4,7 +4,7 @@ A module may import modules of its own package and of any *lower* tier; packages
 share a tier are peers and import neither each other nor anything above them. This holds
 for every import statement, the lazy ones inside functions included, and there are no
 import cycles between modules (``tests/test_layering.py`` checks both over the whole tree;
-``docs/architecture.md`` draws the picture).
+``docs/layers.md`` explains the checks).
 
 * ``errors`` (and this file): the exception base classes; import nothing of raydprm.
 * ``core``: pure math on tensors, torch/numpy only (the label scale, OT, Dirichlet, PPO).

@@ -2,7 +2,7 @@
 
 The DPRM paper (arXiv 2402.09764, v3) keeps a categorical preference per item and a
 "Bayesian updater" for new and shifted votes, without giving the formula; v1 uses a
-Beta distribution. Our choice (PAPERS.md, section 1): a Dirichlet posterior per item,
+Beta distribution. Our choice (docs/equations.md, section 1): a Dirichlet posterior per item,
 
     alpha_post = alpha_prior + sum_k  w_k * d_k * v_k                                   (D1)
 

@@ -77,7 +77,7 @@ def test_forgetting_tracks_a_shifted_preference():
 
 
 def test_zero_prior_mean_is_count_weighted_average():
-    """(N P + n P_new) / (N + n) from PAPERS.md."""
+    """(N P + n P_new) / (N + n), the paper's aggregation (docs/equations.md)."""
     P = torch.tensor([0.5, 0.1, 0.4, 0, 0, 0], dtype=torch.float64)
     P_new = torch.tensor([0.2, 0.2, 0.2, 0.2, 0.2, 0.0], dtype=torch.float64)
     N, n = 10.0, 5.0

@@ -111,7 +111,7 @@ def test_reward_metrics_facts():
     M = resolve_cost("reward_gap", SCALE)
     m = distribution_metrics(mu, mu, SCALE.reward_tensor(), M)
     assert m["ot_distance"] < 1e-9 and m["er_error"] < 1e-12  # W(mu, mu) = 0
-    # one-hot ideal on the best label: OT = r_best - E_mu[r] (PAPERS.md)
+    # one-hot ideal on the best label: OT = r_best - E_mu[r] (docs/equations.md)
     ideal = torch.zeros(20, 6, dtype=torch.float64)
     ideal[:, 0] = 1
     m2 = distribution_metrics(mu, ideal, SCALE.reward_tensor(), M)
