@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from raydprm.config import Config
-from raydprm.models.dprm import DPRM, label_scale_from_config
+from raydprm.core.label_scale import LabelScale
+from raydprm.models.dprm import DPRM
 from raydprm.sim.personas import Population
 from raydprm.train.reward import evaluate_reward_model, resolve_cost, train_reward
 from raydprm.train.reward_data import RewardExamples, examples_from_dataset, simulate_store_export
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
         args.n_items, args.votes, args.epochs, args.lrs, args.seeds = 60, 6, 1, [1e-2], [0]
     torch.set_num_threads(args.threads)
     cfg = Config().override([f"crowd.n_items={args.n_items}", f"crowd.votes_per_item={args.votes}"])
-    scale = label_scale_from_config(cfg.labels)
+    scale = LabelScale.from_config(cfg.labels)
     costs = {"reward_gap": resolve_cost("reward_gap", scale), "grid_l1": resolve_cost("grid_l1", scale)}
     pop = Population.from_config(cfg.crowd)
     t0 = time.perf_counter()

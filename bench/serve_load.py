@@ -115,13 +115,14 @@ def main(argv=None) -> int:
     import ray
 
     from raydprm.config import Config
-    from raydprm.models.dprm import DPRM, label_scale_from_config
+    from raydprm.core.label_scale import LabelScale
+    from raydprm.models.dprm import DPRM
     from raydprm.serve.app import build_app, serve_app
 
     port = _free_port()
     cfg = Config().override([f"serve.port={port}", f"serve.num_cpus={args.num_cpus}",
                              f"serve.max_replicas={args.max_replicas}"])
-    scale = label_scale_from_config(cfg.labels)
+    scale = LabelScale.from_config(cfg.labels)
     tmp = tempfile.mkdtemp()
     model_dir = args.model or str(DPRM.from_backbone("tiny-opt", scale).save(Path(tmp) / "rm"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

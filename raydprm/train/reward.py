@@ -62,7 +62,7 @@ from raydprm.train.reward_data import (
 from raydprm.train.reward_metrics import distribution_metrics, persona_metrics, spearman
 
 __all__ = ["LOSSES", "REWARD_OBJECTIVES", "DISTRIBUTIONAL_LOSSES", "RewardObjective", "DistributionalObjective",
-           "PairwiseObjective", "RewardTrainResult", "resolve_cost", "make_loss", "train_reward",
+           "PairwiseObjective", "RewardTrainResult", "resolve_cost", "make_loss", "train_reward", "train_reward_kwargs",
            "evaluate_reward_model", "evaluate_checkpoint", "select_device"]
 
 
@@ -375,6 +375,23 @@ class RewardTrainResult:
                 "last_dir": str(self.last_dir) if self.last_dir else None,
                 "best_metrics": self.best_metrics, "steps": self.steps, "epochs": self.epochs,
                 "stopped_early": self.stopped_early, "seconds": self.seconds, "history": self.history}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RewardTrainResult:
+        """Inverse of :meth:`to_dict` (e.g. the ``result.json`` a remote run wrote); no model."""
+        return cls(best_dir=Path(d["best_dir"]) if d.get("best_dir") else None,
+                   last_dir=Path(d["last_dir"]) if d.get("last_dir") else None,
+                   best_metrics=d["best_metrics"], history=d.get("history", []), steps=d["steps"],
+                   epochs=d["epochs"], stopped_early=d["stopped_early"], seconds=d["seconds"])
+
+
+def train_reward_kwargs(cfg, out_dir: str | os.PathLike[str] | None, progress: bool = True) -> dict[str, Any]:
+    """The keyword arguments of :func:`train_reward` for a root ``Config`` (the one
+    conversion: label scale, reward section, backbone and its loading options, seed,
+    device); add the data and call ``train_reward(data, **kwargs)``."""
+    return dict(scale=LabelScale.from_config(cfg.labels), reward_cfg=cfg.reward, backbone=cfg.models.reward_backbone,
+                out_dir=out_dir, seed=cfg.run.seed, device=cfg.run.device, cache_dir=cfg.models.cache_dir or None,
+                dtype=cfg.models.dtype, trust_remote_code=cfg.models.trust_remote_code, progress=progress)
 
 
 def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir: str | os.PathLike[str] | None,

@@ -73,3 +73,17 @@ def test_pairwise_metrics_are_the_bt_likelihood_and_accuracy():
     assert math.isclose(m["pair_accuracy"], 2 / 3)
     assert m["rank_corr"] > 0.8  # the scores order the items like their expected rewards
     assert PairwiseObjective.selection(m) == m["bt_loss"]
+
+
+def test_config_conversion_and_result_roundtrip(tmp_path):
+    from raydprm.config import Config
+    from raydprm.train.reward import RewardTrainResult, train_reward_kwargs
+
+    cfg = Config().override(["models.dtype=bfloat16", "models.cache_dir=/kit", "run.seed=7", "reward.loss=bt"])
+    kw = train_reward_kwargs(cfg, tmp_path, progress=False)
+    assert kw["scale"] == LabelScale.from_config(cfg.labels) and kw["scale"].same_labels(SCALE)
+    assert (kw["reward_cfg"].loss, kw["seed"], kw["dtype"], kw["cache_dir"]) == ("bt", 7, "bfloat16", "/kit")
+    assert kw["backbone"] == cfg.models.reward_backbone and kw["out_dir"] == tmp_path
+    res = RewardTrainResult(best_dir=tmp_path / "best", last_dir=None, best_metrics={"ot_distance": 0.5},
+                            history=[{"step": 1}], steps=3, epochs=1, stopped_early=True, seconds=1.5)
+    assert RewardTrainResult.from_dict(res.to_dict()).to_dict() == res.to_dict()
