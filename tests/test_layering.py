@@ -26,16 +26,17 @@ THIRD_PARTY_OK_IN_CORE = {"torch", "numpy"}
 # kernel's triton, and POT's emd as the exact fallback for L > 10 (the issue allows it).
 CORE_EXCEPTIONS = {"triton_sinkhorn.py": {"triton"}, "ot_loss.py": {"ot"}}
 
-# Known offenders, removed by the Ray-layer reshape (issue 10, parts 1-3: one actor group
-# owns the wait helper; `cli serve` goes through serve/app.py). Edges listed here are left
-# out of the layer and cycle checks; modules listed here may import ray.serve besides its
-# adapter. Empty both when the reshape lands (test_allow_list_is_not_stale says when).
-RAY_RESHAPE_ALLOWED_EDGES: set[tuple[str, str]] = {
-    ("raydprm.cluster.weight_sync", "raydprm.cluster.rollout_actor"),  # removed by the Ray-layer reshape
-}
+# Known offenders, removed by the Ray-layer reshape (issue 10, parts 1-3). Edges listed
+# here are left out of the layer and cycle checks; modules listed here may import ray.serve
+# besides its adapter. The weight_sync <-> rollout_actor cycle is gone (the ActorGroup owns
+# the wait); `raydprm serve` still calls `serve.shutdown()` itself instead of through
+# serve/app.py. test_allow_list_is_not_stale fails once an entry no longer applies.
+RAY_RESHAPE_ALLOWED_EDGES: set[tuple[str, str]] = set()
 RAY_RESHAPE_EXTRA_RAY_SERVE: set[str] = {
     "raydprm.cli.serve",  # removed by the Ray-layer reshape
 }
+# The one module that starts or attaches to Ray (issue 10, part 2).
+RAY_INIT_MODULE = "raydprm.cluster.runtime"
 
 # Each third-party framework is imported by one adapter module of raydprm.
 ADAPTERS_EXACTLY_ONE = {
@@ -288,3 +289,18 @@ def test_ray_tune_and_ray_train_each_in_at_most_one_module():
         users[lib] = sorted(m for m in MODULES if _uses(m, lib))
     too_many = {lib: ms for lib, ms in users.items() if len(ms) > 1}
     assert not too_many, f"one adapter module per framework: {too_many}"
+
+
+def _calls_ray_init(module: str) -> bool:
+    for node in ast.walk(TREES[module]):
+        if isinstance(node, ast.ImportFrom) and node.module == "ray" and any(a.name == "init" for a in node.names):
+            return True
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "init"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "ray"):
+            return True
+    return False
+
+
+def test_ray_init_only_in_the_runtime():
+    callers = sorted(m for m in MODULES if _calls_ray_init(m))
+    assert callers == [RAY_INIT_MODULE], f"only {RAY_INIT_MODULE} may call ray.init: {callers}"
