@@ -33,7 +33,12 @@ DIST_ATOL = 1e-5
 
 def check_distribution(mu: torch.Tensor, num_labels: int | None = None, name: str = "mu",
                        atol: float = DIST_ATOL) -> None:
-    """Raise ValueError unless mu (B, L) or (L,) is finite, >= 0 and sums to 1 within atol."""
+    """Raise ValueError unless mu (B, L) or (L,) is finite, >= 0 and sums to 1 within atol.
+
+    Two passes over mu on the accepting path (it runs on every loss call): min(mu) >= 0
+    (NaN propagates through amin) and |row sum - 1| <= atol, which together imply every
+    entry is finite. Only a rejected input is scanned again, to name the rule it breaks.
+    """
     if not isinstance(mu, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(mu).__name__}")
     if mu.dim() not in (1, 2):
@@ -42,14 +47,22 @@ def check_distribution(mu: torch.Tensor, num_labels: int | None = None, name: st
         raise ValueError(f"{name} has {mu.shape[-1]} labels, expected {num_labels}")
     if mu.shape[-1] < 2:
         raise ValueError(f"{name}: need L >= 2 labels, got {mu.shape[-1]}")
-    if not bool(torch.isfinite(mu).all()):
+    if mu.numel() == 0:
+        return
+    x = mu.detach()
+    if not x.is_floating_point():
+        x = x.double()
+    lo = float(x.amin())
+    # row sums as a matrix-vector product: a sum over a short last dim is ~2x slower on CPU
+    dev = float((x @ x.new_ones(x.shape[-1])).sub_(1).abs_().max())
+    if lo >= 0 and dev <= atol:  # NaN fails both comparisons
+        return
+    if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} has non-finite entries")
-    if bool((mu < 0).any()):
-        raise ValueError(f"{name} has negative entries (min {float(mu.min()):.3g}); expected probabilities")
-    dev = (mu.detach().sum(-1) - 1).abs()
-    if dev.numel() and float(dev.max()) > atol:
-        raise ValueError(f"{name} rows must sum to 1 (max deviation {float(dev.max()):.3g} > {atol}); "
-                         "pass logits with from_logits=True or normalise first")
+    if lo < 0:
+        raise ValueError(f"{name} has negative entries (min {lo:.3g}); expected probabilities")
+    raise ValueError(f"{name} rows must sum to 1 (max deviation {dev:.3g} > {atol}); "
+                     "pass logits with from_logits=True or normalise first")
 
 
 @dataclass(frozen=True)
