@@ -49,8 +49,22 @@ def test_ordinal_scale():
         (lambda: LabelScale.hh().cvar(torch.eye(6), 0.0), "alpha"),
         (lambda: LabelScale.hh().scalarise(torch.eye(6), "median"), "unknown scalarisation"),
         (lambda: check_distribution(torch.tensor([[float("inf"), 0.0]])), "non-finite"),
+        (lambda: check_distribution(torch.tensor([[float("nan"), 1.0]])), "non-finite"),
+        (lambda: check_distribution(torch.tensor([[float("-inf"), 1.0]])), "non-finite"),
+        (lambda: check_distribution(torch.tensor([[1.5, -0.5], [0.5, 0.5]])), "negative"),
+        (lambda: check_distribution(torch.tensor([[0.5, 0.5], [0.5, 0.6]])), "sum to 1"),
+        (lambda: check_distribution(torch.tensor([0.7, 0.7])), "sum to 1"),
     ],
 )
 def test_bad_inputs_raise(make, msg):
     with pytest.raises(ValueError, match=msg):
         make()
+
+
+def test_check_distribution_accepts_the_simplex():
+    """Rows on the simplex pass whatever their dtype or shape: one-hot integers, a single row,
+    an empty batch, mass within the tolerance of 1."""
+    check_distribution(torch.eye(3, dtype=torch.long))
+    check_distribution(torch.tensor([0.25, 0.75]))
+    check_distribution(torch.empty(0, 4))
+    check_distribution(torch.full((5, 4), 0.25) + 1e-6)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from naive import wasserstein_cost  # tests/core/naive.py
 
-from raydprm.core import OT_METHODS, LabelScale, cost_matrix, ot_loss, ot_loss_with_stats
-from raydprm.core.ot_exact import MAX_VERTEX_LABELS
+from raydprm.core import OT_METHODS, LabelScale, cost_matrix, ot_exact, ot_loss, ot_loss_with_stats
+from raydprm.core.ot_exact import MAX_VERTEX_LABELS, ot_line
 from raydprm.core.ot_loss import exact_ot
 
 F64 = torch.float64
@@ -193,3 +193,55 @@ def test_bad_inputs_raise(kw, msg):
     args.update(kw)
     with pytest.raises(ValueError, match=msg):
         ot_loss(args.pop("pred"), args.pop("target"), args.pop("cost"), **args)
+
+
+def _w1_naive(a, b, x):
+    """Naive twin of the blocked closed form: sort by x, W1 = sum |A_k - B_k| gap_k (one row at a
+    time), dual f_(k) = sum_{m >= k} sign(A_m - B_m) gap_m, centred."""
+    order = torch.argsort(x)
+    gaps = x[order][1:] - x[order][:-1]
+    vals, fs = [], []
+    for ar, br in zip(a, b):
+        c = torch.cumsum(ar[order] - br[order], 0)[:-1]
+        vals.append((c.abs() * gaps).sum())
+        h = torch.sign(c) * gaps
+        f_sorted = torch.cat([torch.flip(torch.cumsum(torch.flip(h, [0]), 0), [0]), h.new_zeros(1)])
+        f = torch.empty_like(f_sorted)
+        f[order] = f_sorted
+        fs.append(f - f.mean())
+    return torch.stack(vals), torch.stack(fs)
+
+
+@pytest.mark.parametrize("xs", [(0.0, 1, 2, 3, 4, 5), (1.0, 0.5, -1, -1, -1.5, -3), (0.3, -2, 1.5, 1.5, 0, 4)])
+def test_closed_form_blocks_match_naive_twin(monkeypatch, xs):
+    """Increasing, decreasing (with a tie) and unsorted positions; small row blocks so the batch
+    spans several blocks and a ragged last one: values and duals equal the per-row formula,
+    and the duals asked for are the only ones computed."""
+    monkeypatch.setattr(ot_exact, "_W1_BLOCK_BYTES", 7 * 6 * 8)  # 7 rows per block
+    a, b = _batch(6, seed=3, n=15)  # 45 rows: 6 blocks of 7 and one of 3
+    x = torch.tensor(xs, dtype=F64)
+    v_ref, f_ref = _w1_naive(a, b, x)
+    v, f, g = ot_line(a, b, x)
+    assert torch.allclose(v, v_ref, atol=1e-12) and torch.allclose(f, f_ref, atol=1e-12)
+    assert torch.equal(g, -f)
+    v0, f0, g0 = ot_line(a, b, x, need=(False, False))
+    assert torch.equal(v0, v) and f0 is None and g0 is None
+    _, f1, g1 = ot_line(a, b, x, need=(False, True))
+    assert f1 is None and torch.equal(g1, g)
+
+
+def test_forward_without_grad_equals_forward_with_grad():
+    """The loss computed without a tape (no duals) equals the one with; the gradient of a
+    weighted sum is the weight times the dual, for a scalar ('sum') and per-row weights."""
+    pred, tgt = _batch(6, seed=5, n=17)  # 51 rows
+    M = cost_matrix("reward_gap")
+    with torch.no_grad():
+        v_nograd = ot_loss(pred, tgt, M, reduction="none")
+    p = pred.clone().requires_grad_(True)
+    v = ot_loss(p, tgt, M, reduction="none")
+    assert torch.equal(v.detach(), v_nograd)
+    f = exact_ot(pred, tgt, M)[1]
+    w = torch.linspace(0.5, 2.0, 51, dtype=F64)
+    (gw,) = torch.autograd.grad((v * w).sum(), p, retain_graph=True)
+    (gs,) = torch.autograd.grad(3.0 * v.sum(), p)
+    assert torch.allclose(gw, w[:, None] * f) and torch.allclose(gs, 3.0 * f)

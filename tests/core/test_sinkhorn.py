@@ -167,3 +167,22 @@ def test_newton_polish_survives_a_singular_hessian(monkeypatch):
     f, g, err, steps = newton_polish(a, b, M, 0.1, torch.zeros_like(b), tol=1e-4, max_steps=3000)
     assert torch.isfinite(f).all() and torch.isfinite(g).all()
     assert err < 1e-3  # plain Sinkhorn steps still make progress
+
+
+@pytest.mark.parametrize("batched_cost", [False, True])
+def test_row_blocks_give_the_same_solution(batched_cost):
+    """Solving in row blocks (each block to the tolerance on its own) gives the same potentials
+    as one batch up to the tolerance; the stats are the worst over the blocks."""
+    a, b = _data(B=70, seed=4)
+    M = cost_matrix("reward_gap", LabelScale.hh())
+    if batched_cost:
+        M = M.expand(70, 6, 6) * torch.linspace(0.5, 1.5, 70, dtype=F64)[:, None, None]
+    one = sinkhorn(a, b, M, 0.1, tol=1e-10)
+    blocks = sinkhorn(a, b, M, 0.1, tol=1e-10, block_rows=16)
+    assert blocks[3]["blocks"] == 5 and blocks[3]["converged"] and one[3]["converged"]
+    assert blocks[3]["iterations"] <= one[3]["iterations"]
+    assert torch.allclose(blocks[0], one[0], atol=1e-8)
+    assert torch.allclose(blocks[1], one[1], atol=1e-6) and torch.allclose(blocks[2], one[2], atol=1e-6)
+    div_one = sinkhorn_divergence(a, b, M, 0.1, tol=1e-10)
+    div_blocks = sinkhorn_divergence(a, b, M, 0.1, tol=1e-10, block_rows=16)
+    assert torch.allclose(div_blocks[0], div_one[0], atol=1e-8)
