@@ -1,7 +1,7 @@
 """Benchmark the OT losses (forward + backward) against POT, measured in the same run.
 
     .venv/bin/python bench/ot_loss.py            # B in {1e3, 1e4, 1e5, 1e6}, L = 6 (a few minutes)
-    .venv/bin/python bench/ot_loss.py --quick    # B in {1e3, 1e4}, under a minute
+    .venv/bin/python bench/ot_loss.py --quick    # B in {1e3, 1e4}, floor at 1e5, about a minute
 
 Every figure is the median of `--repeat` runs, baseline and ours interleaved run by run so
 both see the same machine load. Baselines (POT, same process, same torch threads):
@@ -16,6 +16,15 @@ both see the same machine load. Baselines (POT, same process, same torch threads
   marginals of each solver's plan, with the iterations each used.
 * `torch.clone` of the two (B, L) inputs: one pass over them, the memory-bound floor for the
   closed form (forward only, as is the floor).
+
+* Memory floor (issue 15), float32, reward_gap cost: the closed form against `torch.clone`
+  of its two (B, L) inputs at B = 1e6 (`--floor-b`; 1e5 with --quick): the bare solver
+  (value only), `ot_loss` forward without a tape (input checks on), `ot_loss` forward on the
+  tape (duals kept for backward) and forward + backward. Interleaved round by round; the
+  ratio of medians is the figure, the min..max of the per-round ratios its spread, and the
+  same ratio in process CPU time (less sensitive to neighbours taking the cores) beside it.
+* Sinkhorn scaling: our Sinkhorn time at the largest B over the time at B / 10 (target:
+  at most 12x for 10x the rows), wall and CPU time.
 
 Torch runs on `--threads` threads (default 1): on a shared 2-core box a second OpenMP
 thread that gets descheduled makes every op wait (we saw 100x slowdowns), which would
@@ -36,7 +45,7 @@ import ot
 import ot.batch
 import torch
 
-from raydprm.core import LabelScale, cost_matrix, ot_loss_with_stats
+from raydprm.core import LabelScale, cost_matrix, ot_loss, ot_loss_with_stats
 from raydprm.core.ot_exact import ot_line
 from raydprm.core.ot_loss import exact_ot
 
@@ -47,6 +56,53 @@ def timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
+
+
+def rounds(fns, repeat):
+    """Run fns round-robin `repeat` times; return per-function lists of (wall, cpu) seconds."""
+    out = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            out[k].append((time.perf_counter() - t0, time.process_time() - c0))
+    return out
+
+
+def floor_section(B, repeat, scale):
+    """Closed form (float32, reward_gap) against the clone floor; prints and returns ratios."""
+    g = torch.Generator().manual_seed(1)
+    p = torch.softmax(2 * torch.randn(B, 6, generator=g), -1)
+    t = torch.softmax(2 * torch.randn(B, 6, generator=g), -1)
+    M = cost_matrix("reward_gap", scale).float()
+    x = torch.tensor(scale.rewards)
+
+    def on_tape():
+        return ot_loss(p.detach().requires_grad_(True), t, M, method="closed_form", reduction="sum")
+
+    fns = {
+        "clone floor (both inputs)": lambda: (p.clone(), t.clone()),
+        "solver, value only": lambda: ot_line(p, t, x, need=(False, False)),
+        "ot_loss fwd, no tape": lambda: ot_loss(p, t, M, method="closed_form", reduction="none"),
+        "ot_loss fwd on tape": on_tape,
+        "ot_loss fwd+bwd": lambda: on_tape().backward(),
+    }
+    for fn in fns.values():
+        fn()  # warm caches (line embedding, block layout)
+    res = rounds(fns, repeat)
+    floor = res["clone floor (both inputs)"]
+    fw = statistics.median(w for w, _ in floor)
+    fc = statistics.median(c for _, c in floor)
+    print(f"\n# memory floor: closed form, reward_gap, L = 6, float32, B = {B:.0e}, {repeat} interleaved rounds")
+    print(f"{'':>26} {'median_s':>9} {'ratio':>6} {'per-round min..max':>19} {'cpu ratio':>9}")
+    ratios = {}
+    for k, v in res.items():
+        w = statistics.median(x for x, _ in v)
+        c = statistics.median(y for _, y in v)
+        per = [x / f for (x, _), (f, _) in zip(v, floor)]
+        ratios[k] = w / fw
+        print(f"{k:>26} {w:>9.4g} {w / fw:>6.2f} {min(per):>9.2f}..{max(per):<9.2f} {c / fc:>9.2f}", flush=True)
+    return ratios
 
 
 def interleaved(fns, repeat):
@@ -92,6 +148,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--emd-rows", type=int, default=2000, help="subsample for per-row ot.emd2")
     ap.add_argument("--pot-batch-max", type=int, default=10_000, help="largest B for ot.batch.solve_batch")
+    ap.add_argument("--floor-b", type=float, default=None, help="B of the memory-floor section (1e6; 1e5 quick)")
+    ap.add_argument("--floor-repeat", type=int, default=11, help="interleaved rounds of the memory-floor section")
     args = ap.parse_args()
     quick = args.quick or args.smoke
     sizes = [1000, 10_000] if quick else [1000, 10_000, 100_000, 1_000_000]
@@ -100,7 +158,8 @@ def main():
     scale = LabelScale.hh()
     costs = {c: cost_matrix(c, scale) for c in COSTS}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# {datetime.date.today()} {platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}, "
+    print(f"# {datetime.datetime.now():%Y-%m-%d %H:%M} {platform.machine()}, {os.cpu_count()} cores, "
+          f"load average {load:.1f}, "
           f"torch {torch.__version__} ({args.threads} thread), POT {ot.__version__}")
     print(f"# L = 6, float64; eps = {args.eps}, tol = {args.tol}, max_iter = {args.max_iter}; "
           f"median of {repeat} interleaved runs; times in seconds")
@@ -142,8 +201,14 @@ def main():
             # Sinkhorn (ours fwd+bwd) vs ot.batch.solve_batch (forward only)
             kw = {"eps": args.eps, "tol": args.tol, "max_iter": args.max_iter}
             fwd_bwd(z[:100], t[:100], M, "sinkhorn", **kw)
-            st = {}
-            fns = [lambda: fwd_bwd(z, t, M, "sinkhorn", st, **kw)]  # noqa: B023
+            st, sk_cpu = {}, []
+
+            def ours_sk():
+                c0 = time.process_time()
+                fwd_bwd(z, t, M, "sinkhorn", st, **kw)  # noqa: B023
+                sk_cpu.append(time.process_time() - c0)  # noqa: B023
+
+            fns = [ours_sk]
             pot = B <= args.pot_batch_max
             if pot:
                 Mb = M.expand(B, 6, 6).contiguous()
@@ -153,6 +218,8 @@ def main():
             reps = repeat if B <= 100_000 else 1
             meds, outs = interleaved(fns, reps)
             ours = meds[-1]
+            summary[("sk_wall", cname, B)] = ours
+            summary[("sk_cpu", cname, B)] = statistics.median(sk_cpu)
             note = (f"ours: {st['iterations']} it ({st['newton_steps']} Newton), "
                     f"L1 marg err {st['marginal_error']:.1e}")
             if pot:
@@ -180,6 +247,23 @@ def main():
         if r is not None:
             print(f"sinkhorn vs ot.batch.solve_batch at B=1e4 ({cname}): {r:.1f}x -> {'MET' if r >= 2 else 'MISSED'}")
     print("fused GPU kernel >= 10x torch Sinkhorn at B=1e5: not measured here (no GPU on this machine)")
+
+    floor_b = int(args.floor_b or (100_000 if quick else 1_000_000))
+    ratios = floor_section(floor_b, args.floor_repeat, scale)
+    print(f"\n# targets (issue 15), B = {floor_b:.0e} for the floor")
+    r = ratios["ot_loss fwd, no tape"]
+    print(f"closed form forward (ot_loss, checks on) within 2x of the clone floor: {r:.2f}x -> "
+          f"{'MET' if r <= 2 else 'MISSED'} (bare solver {ratios['solver, value only']:.2f}x, "
+          f"forward on the tape {ratios['ot_loss fwd on tape']:.2f}x)")
+    r = ratios["ot_loss fwd+bwd"]
+    print(f"closed form forward + backward within 4x of the clone floor: {r:.2f}x -> {'MET' if r <= 4 else 'MISSED'}")
+    hi = sizes[-1]
+    lo = hi // 10
+    for cname in COSTS:
+        w = summary[("sk_wall", cname, hi)] / summary[("sk_wall", cname, lo)]
+        c = summary[("sk_cpu", cname, hi)] / summary[("sk_cpu", cname, lo)]
+        print(f"sinkhorn time B={hi:.0e} / B={lo:.0e} ({cname}): wall {w:.1f}x, cpu {c:.1f}x -> "
+              f"{'MET' if max(w, c) <= 12 else ('MET on cpu time' if c <= 12 else 'MISSED')} (target <= 12x)")
 
 
 if __name__ == "__main__":
