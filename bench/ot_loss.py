@@ -20,7 +20,7 @@ both see the same machine load. Baselines (POT, same process, same torch threads
 * Memory floor (issue 15), float32, reward_gap cost: the closed form against `torch.clone`
   of its two (B, L) inputs at B = 1e6 (`--floor-b`; 1e5 with --quick): the bare solver
   (value only), `ot_loss` forward without a tape (input checks on), `ot_loss` forward on the
-  tape (duals kept for backward) and forward + backward. Interleaved round by round; the
+  tape (duals kept for backward) and forward + backward (reduction "sum", and "mean"). Interleaved round by round; the
   ratio of medians is the figure, the min..max of the per-round ratios its spread, and the
   same ratio in process CPU time (less sensitive to neighbours taking the cores) beside it.
 * Sinkhorn scaling: our Sinkhorn time at the largest B over the time at B / 10 (target:
@@ -77,8 +77,8 @@ def floor_section(B, repeat, scale):
     M = cost_matrix("reward_gap", scale).float()
     x = torch.tensor(scale.rewards)
 
-    def on_tape():
-        return ot_loss(p.detach().requires_grad_(True), t, M, method="closed_form", reduction="sum")
+    def on_tape(reduction="sum"):
+        return ot_loss(p.detach().requires_grad_(True), t, M, method="closed_form", reduction=reduction)
 
     fns = {
         "clone floor (both inputs)": lambda: (p.clone(), t.clone()),
@@ -86,6 +86,7 @@ def floor_section(B, repeat, scale):
         "ot_loss fwd, no tape": lambda: ot_loss(p, t, M, method="closed_form", reduction="none"),
         "ot_loss fwd on tape": on_tape,
         "ot_loss fwd+bwd": lambda: on_tape().backward(),
+        "ot_loss fwd+bwd, mean": lambda: on_tape("mean").backward(),
     }
     for fn in fns.values():
         fn()  # warm caches (line embedding, block layout)
@@ -256,7 +257,8 @@ def main():
           f"{'MET' if r <= 2 else 'MISSED'} (bare solver {ratios['solver, value only']:.2f}x, "
           f"forward on the tape {ratios['ot_loss fwd on tape']:.2f}x)")
     r = ratios["ot_loss fwd+bwd"]
-    print(f"closed form forward + backward within 4x of the clone floor: {r:.2f}x -> {'MET' if r <= 4 else 'MISSED'}")
+    print(f"closed form forward + backward within 4x of the clone floor: {r:.2f}x -> {'MET' if r <= 4 else 'MISSED'} "
+          f"(reduction='sum'; 'mean' {ratios['ot_loss fwd+bwd, mean']:.2f}x)")
     hi = sizes[-1]
     lo = hi // 10
     for cname in COSTS:

@@ -67,8 +67,12 @@ class DualOT(torch.autograd.Function):
         gv = grad_value[:, None]  # (B, 1)
         if grad_value.numel() and grad_value.stride(0) == 0 and grad_value.device.type == "cpu":
             # a "sum"/"mean" reduction hands back one value expanded over B (stride 0); on CPU
-            # a Python-number factor takes the vectorised path (2-3x faster than a broadcast)
+            # a Python-number factor takes the vectorised path (2-3x faster than a broadcast),
+            # and a factor of exactly 1 (a plain sum) needs no pass at all: the duals are the
+            # gradient (autograd never writes into a gradient it is handed)
             gv = float(grad_value[0])
+            if gv == 1.0:
+                return (f if ctx.needs_input_grad[0] else None, g if ctx.needs_input_grad[1] else None, None, None)
         return (gv * f if ctx.needs_input_grad[0] else None,
                 gv * g if ctx.needs_input_grad[1] else None, None, None)
 

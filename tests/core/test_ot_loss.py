@@ -243,5 +243,10 @@ def test_forward_without_grad_equals_forward_with_grad():
     f = exact_ot(pred, tgt, M)[1]
     w = torch.linspace(0.5, 2.0, 51, dtype=F64)
     (gw,) = torch.autograd.grad((v * w).sum(), p, retain_graph=True)
-    (gs,) = torch.autograd.grad(3.0 * v.sum(), p)
+    (gs,) = torch.autograd.grad(3.0 * v.sum(), p, retain_graph=True)
     assert torch.allclose(gw, w[:, None] * f) and torch.allclose(gs, 3.0 * f)
+    # a plain sum hands the duals on as the gradient; accumulating twice into .grad must
+    # not alter what the graph saved (the second backward sees the same duals)
+    v.sum().backward(retain_graph=True)
+    v.sum().backward()
+    assert torch.allclose(p.grad, 2.0 * f)
