@@ -1,7 +1,7 @@
 """Element-by-element reference twins ("naive oracles") of the PPO math in raydprm.core.
 
 Each ``*_naive`` function computes what its fast namesake in ``raydprm.core.{gae,kl,ppo_loss}``
-computes, written out literally (Python floats, one token at a time); the equivalence
+(``w1_line_naive``: ``raydprm.core.ot_exact.ot_line``) computes, written out literally (Python floats, one token at a time); the equivalence
 tests compare the two. They live with the tests, not in the shipped package.
 """
 
@@ -17,6 +17,24 @@ from raydprm.core.cost import ordinal_cost
 def wasserstein_cost(num_labels: int) -> torch.Tensor:
     """The ground cost the "wasserstein" loss uses in closed form: |i - j| on label positions."""
     return ordinal_cost(num_labels)
+
+
+def w1_line_naive(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference twin of the blocked W1 closed form (`ot_exact.ot_line`, p = 1), one row at a
+    time: sort by x, W1 = sum_k |A_k - B_k| gap_k, dual f_(k) = sum_{m >= k} sign(A_m - B_m) gap_m,
+    centred."""
+    order = torch.argsort(x)
+    gaps = x[order][1:] - x[order][:-1]
+    vals, fs = [], []
+    for ar, br in zip(a, b):
+        c = torch.cumsum(ar[order] - br[order], 0)[:-1]
+        vals.append((c.abs() * gaps).sum())
+        h = torch.sign(c) * gaps
+        f_sorted = torch.cat([torch.flip(torch.cumsum(torch.flip(h, [0]), 0), [0]), h.new_zeros(1)])
+        f = torch.empty_like(f_sorted)
+        f[order] = f_sorted
+        fs.append(f - f.mean())
+    return torch.stack(vals), torch.stack(fs)
 
 
 def masked_gae_naive(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,

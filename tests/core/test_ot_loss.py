@@ -5,7 +5,7 @@ import math
 import ot
 import pytest
 import torch
-from naive import wasserstein_cost  # tests/core/naive.py
+from naive import w1_line_naive, wasserstein_cost  # tests/core/naive.py
 
 from raydprm.core import OT_METHODS, LabelScale, cost_matrix, ot_exact, ot_loss, ot_loss_with_stats
 from raydprm.core.ot_exact import MAX_VERTEX_LABELS, ot_line
@@ -195,23 +195,6 @@ def test_bad_inputs_raise(kw, msg):
         ot_loss(args.pop("pred"), args.pop("target"), args.pop("cost"), **args)
 
 
-def _w1_naive(a, b, x):
-    """Naive twin of the blocked closed form: sort by x, W1 = sum |A_k - B_k| gap_k (one row at a
-    time), dual f_(k) = sum_{m >= k} sign(A_m - B_m) gap_m, centred."""
-    order = torch.argsort(x)
-    gaps = x[order][1:] - x[order][:-1]
-    vals, fs = [], []
-    for ar, br in zip(a, b):
-        c = torch.cumsum(ar[order] - br[order], 0)[:-1]
-        vals.append((c.abs() * gaps).sum())
-        h = torch.sign(c) * gaps
-        f_sorted = torch.cat([torch.flip(torch.cumsum(torch.flip(h, [0]), 0), [0]), h.new_zeros(1)])
-        f = torch.empty_like(f_sorted)
-        f[order] = f_sorted
-        fs.append(f - f.mean())
-    return torch.stack(vals), torch.stack(fs)
-
-
 @pytest.mark.parametrize("xs", [(0.0, 1, 2, 3, 4, 5), (1.0, 0.5, -1, -1, -1.5, -3), (0.3, -2, 1.5, 1.5, 0, 4)])
 def test_closed_form_blocks_match_naive_twin(monkeypatch, xs):
     """Increasing, decreasing (with a tie) and unsorted positions; small row blocks so the batch
@@ -220,7 +203,7 @@ def test_closed_form_blocks_match_naive_twin(monkeypatch, xs):
     monkeypatch.setattr(ot_exact, "_W1_BLOCK_BYTES", 7 * 6 * 8)  # 7 rows per block
     a, b = _batch(6, seed=3, n=15)  # 45 rows: 6 blocks of 7 and one of 3
     x = torch.tensor(xs, dtype=F64)
-    v_ref, f_ref = _w1_naive(a, b, x)
+    v_ref, f_ref = w1_line_naive(a, b, x)
     v, f, g = ot_line(a, b, x)
     assert torch.allclose(v, v_ref, atol=1e-12) and torch.allclose(f, f_ref, atol=1e-12)
     assert torch.equal(g, -f)
