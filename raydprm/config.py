@@ -220,9 +220,9 @@ class CrowdConfig(Section):
 @dataclass(frozen=True)
 class SFTConfig(Section):
     section: ClassVar[str] = "sft"
-    n_examples: int = opt(4000, doc="SFT examples drawn from the simulated world (mixed quality).", ge=1)
+    n_examples: int = opt(4000, doc="SFT examples drawn from the simulated world (mostly decent, every quality present: world.SFT_QUALITIES).", ge=1)
     epochs: int = opt(3, doc="SFT epochs.", ge=1)
-    lr: float = opt(5e-3, doc="SFT learning rate (AdamW, warm-up then linear decay).", gt=0)
+    lr: float = opt(1e-2, doc="SFT learning rate (AdamW, warm-up then linear decay; sized for the tiny default policy, docs/world.md).", gt=0)
     batch_size: int = opt(32, doc="SFT batch size.", ge=1)
     max_length: int = opt(96, doc="Max tokens of prompt + response + eos.", ge=8)
 
@@ -247,13 +247,13 @@ class RewardConfig(Section):
     sinkhorn_eps: float = opt(0.05, doc="Entropic regularisation of the Sinkhorn solver.", gt=0)
     sinkhorn_iters: int = opt(200, doc="Iteration cap of the Sinkhorn solver.", ge=1)
     sinkhorn_tol: float = opt(1e-6, doc="Convergence tolerance (marginal L1 error) of the Sinkhorn solver.", gt=0)
-    lr: float = opt(5e-4, doc="Learning rate (AdamW).", gt=0)
+    lr: float = opt(2e-3, doc="Learning rate (AdamW; sized for the tiny default backbone, docs/world.md).", gt=0)
     weight_decay: float = opt(0.0, doc="AdamW weight decay.", ge=0)
-    epochs: int = opt(4, doc="Training epochs.", ge=1)
+    epochs: int = opt(20, doc="Training epochs (at most; early stopping by reward.patience).", ge=1)
     batch_size: int = opt(32, doc="Training batch size (global).", ge=1)
     max_length: int = opt(128, doc="Max tokens of prompt + response.", ge=8)
     eval_fraction: float = opt(0.2, doc="Held-out fraction of items.", gt=0, lt=1)
-    patience: int = opt(2, doc="Early stopping: evaluations without improvement before stopping; 0 = off.", ge=0)
+    patience: int = opt(4, doc="Early stopping: evaluations without improvement before stopping; 0 = off.", ge=0)
     num_workers: int = opt(1, doc="Ray Train workers (TorchTrainer, gloo on CPU) when > 1.", ge=1)
     scalar: str = opt("expected", doc="Scalar reward read from the predicted distribution.", choices=("expected", "cvar", "mean_std"))
     cvar_alpha: float = opt(0.2, doc="Level of the CVaR readout.", gt=0, le=1)
