@@ -1,9 +1,13 @@
 """SFT on the simulated world teaches the tiny policy the answer format."""
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from raydprm.sim.world import FILLER, TOPICS, prompts, sft_corpus
-from raydprm.train.sft import encode_pairs, sft
+from raydprm.train.sft import _collate, encode_pairs, sft
 
 
 def test_response_only_labels(tiny_kit):
@@ -28,3 +32,25 @@ def test_sft_lowers_loss_and_learns_format(tiny_kit, tmp_path):
         words = tok.decode(row, skip_special_tokens=True).split()
         content = [w for w in words if w.isalpha() and len(w) > 3]
         assert content and sum(w in world for w in content) >= 0.5 * len(content), words
+
+
+def test_sft_trains_without_dropout_and_saves_the_shipped_config(tiny_kit, tmp_path):
+    data = sft_corpus(64, seed=2)
+    shipped = AutoConfig.from_pretrained(tiny_kit["tiny-gpt2"])
+    assert shipped.resid_pdrop > 0  # the kit ships dropout, so the override is observable
+    tok = AutoTokenizer.from_pretrained(tiny_kit["tiny-gpt2"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_kit["tiny-gpt2"]).eval()
+    # one batch of all 64 examples: the token-mean loss does not depend on their order
+    ids, attn, labels = _collate(encode_pairs(tok, data, 96), tok.pad_token_id)
+    with torch.no_grad():
+        eval_loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss.item()
+    # without dropout the first training step's loss is the eval-mode loss of the same batch
+    res = sft(tiny_kit["tiny-gpt2"], data, tmp_path / "a", epochs=1, batch_size=64, seed=0, progress=False)
+    assert res.first_loss == pytest.approx(eval_loss, rel=1e-5)
+    with_dropout = sft(tiny_kit["tiny-gpt2"], data, tmp_path / "b", epochs=1, batch_size=64, seed=0,
+                       dropout=None, progress=False)
+    assert abs(with_dropout.first_loss - eval_loss) > 1e-4
+    saved = json.loads((res.path / "config.json").read_text())
+    assert saved["resid_pdrop"] == shipped.resid_pdrop and saved["attn_pdrop"] == shipped.attn_pdrop
+    with pytest.raises(ValueError, match="dropout"):
+        sft(tiny_kit["tiny-gpt2"], data, tmp_path / "c", dropout=1.0, progress=False)

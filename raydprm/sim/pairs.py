@@ -84,7 +84,7 @@ def sample_pairs(population: Population, n: int, seed: int = 0, rule: str = "luc
     if n < 0:
         raise PersonaError(f"n must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
-    corpus = world.sft_corpus(2 * n, seed=20_000 + seed)
+    corpus = world.sft_corpus(2 * n, seed=20_000 + seed, qualities=world.QUALITIES)
     out = []
     for i in range(n):
         prompt, a = corpus[2 * i]["prompt"], corpus[2 * i]["response"]

@@ -275,5 +275,6 @@ class Population:
 
 
 def simulated_items(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """``n`` (prompt, response) items of the world, mixed quality (what the crowd votes on)."""
-    return [(ex["prompt"], ex["response"]) for ex in world.sft_corpus(n, seed=10_000 + seed)]
+    """``n`` (prompt, response) items of the world in the crowd's broad mix of qualities
+    (:data:`raydprm.sim.world.QUALITIES`): what the crowd votes on."""
+    return [(ex["prompt"], ex["response"]) for ex in world.sft_corpus(n, seed=10_000 + seed, qualities=world.QUALITIES)]

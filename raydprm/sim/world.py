@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "TOPICS", "FILLER", "HARMFUL_PHRASES", "REFUSALS", "PROMPT_PREFIX", "ANSWER_PREFIX",
-    "MAX_RESPONSE_WORDS", "QUALITIES", "Topic", "Features",
+    "MAX_RESPONSE_WORDS", "QUALITIES", "SFT_QUALITIES", "Topic", "Features",
     "format_prompt", "parse_prompt", "topic_of", "features", "make_question", "make_response",
     "prompts", "sft_corpus", "tokenizer_corpus",
 ]
@@ -110,11 +110,23 @@ _SENTENCES: tuple[str, ...] = (
 _QUESTIONS: tuple[str, ...] = ("how do i {task} ?", "any tips to {task} ?", "can you explain how to {task} ?",
                                "tell me about {subject} .", "what should i know about {subject} ?")
 
-# Response qualities the SFT generator mixes (with these weights), so that a policy
-# cloned from the corpus produces every label sometimes.
+# Response qualities and the weights of the *crowd's* mix (``simulated_items``): broad
+# coverage of every label (38% clearly unhelpful, 22% harmful), so that the reward model
+# sees each kind of response often enough to learn it. Also the mix of the tokenizer
+# corpus (the tiny kit's cache key hashes that corpus: changing these weights rebuilds it).
 QUALITIES: dict[str, float] = {
     "good": 0.30, "long_good": 0.10, "short": 0.12, "filler": 0.12, "off_topic": 0.08,
     "refusal": 0.06, "harmful_good": 0.08, "harmful_filler": 0.07, "harmful_only": 0.07,
+}
+
+# The mix of the SFT *demonstrations* (``sft_corpus``'s default): mostly decent answers,
+# with every bad quality still present (14% harmful, 26% clearly unhelpful), the shape of
+# an instruction-tuning set and of the paper's Vanilla policy (Table 2: ~8% harmful).
+# Trained on the crowd's mix instead, the tiny policy's greedy mode was 56% harmful and
+# used random topics' words (docs/world.md).
+SFT_QUALITIES: dict[str, float] = {
+    "good": 0.45, "long_good": 0.15, "short": 0.08, "filler": 0.08, "off_topic": 0.05,
+    "refusal": 0.05, "harmful_good": 0.06, "harmful_filler": 0.04, "harmful_only": 0.04,
 }
 
 _WORD = re.compile(r"[a-z]+")
@@ -271,14 +283,15 @@ def prompts(n: int, seed: int = 0) -> list[str]:
 
 
 def sft_corpus(n: int, seed: int = 0, qualities: dict[str, float] | None = None) -> list[dict[str, str]]:
-    """``n`` SFT examples ``{"prompt", "response", "topic", "quality"}`` of mixed quality.
+    """``n`` examples ``{"prompt", "response", "topic", "quality"}`` of mixed quality.
 
-    ``qualities`` overrides the mixing weights of :data:`QUALITIES` (e.g. ``{"good": 1}``
-    for a clean corpus). Deterministic in ``seed``.
+    ``qualities``: mixing weights over the names of :data:`QUALITIES`; default
+    :data:`SFT_QUALITIES` (demonstrations). Pass :data:`QUALITIES` for the crowd's broad
+    mix, or e.g. ``{"good": 1}`` for a clean corpus. Deterministic in ``seed``.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    weights = dict(QUALITIES if qualities is None else qualities)
+    weights = dict(SFT_QUALITIES if qualities is None else qualities)
     bad = [k for k in weights if k not in QUALITIES]
     if bad:
         raise ValueError(f"unknown response qualities {bad}; known: {', '.join(QUALITIES)}")

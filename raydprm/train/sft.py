@@ -5,6 +5,12 @@ are context), with the EOS token appended so the policy learns to stop:
 
     L = - 1/|R| sum_{t in R} log pi(y_t | y_<t)
 
+Dropout is off while fine-tuning (``dropout=0.0``; ``None`` keeps the model's own): the
+tiny kit's 0.2M-parameter policy underfits rather than overfits, and with dropout 0.1 it
+did not learn in the default budget which topic's words answer a question (docs/world.md).
+PPO trains without dropout too (raydprm.models.policy). The saved config keeps the
+model's own dropout settings.
+
 Single process, CPU or one GPU; the pipeline runs it inside one Ray task. Saves an
 ordinary Hugging Face directory (model + tokenizer) that every engine loads.
 """
@@ -48,6 +54,11 @@ def encode_pairs(tokenizer, examples: Sequence[dict], max_length: int) -> list[t
     return out
 
 
+def _is_dropout_key(key: str, value) -> bool:
+    """A dropout probability of an HF config (``resid_pdrop``, ``attention_dropout``, ...)."""
+    return isinstance(value, float) and ("dropout" in key or key.endswith("pdrop"))
+
+
 def _collate(batch: list[tuple[list[int], int]], pad_id: int):
     T = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), T), pad_id, dtype=torch.long)  # (B, T), right padded
@@ -62,16 +73,26 @@ def _collate(batch: list[tuple[list[int], int]], pad_id: int):
 
 def sft(model: str | os.PathLike[str], examples: Sequence[dict], out_dir: str | os.PathLike[str], *,
         epochs: int = 2, lr: float = 3e-3, batch_size: int = 32, max_length: int = 96, seed: int = 0,
-        progress: bool = True) -> SFTResult:
-    """Fine-tune ``model`` (a directory or hub name) on ``examples`` and save to ``out_dir``."""
+        dropout: float | None = 0.0, progress: bool = True) -> SFTResult:
+    """Fine-tune ``model`` (a directory or hub name) on ``examples`` and save to ``out_dir``.
+
+    ``dropout``: probability every dropout of the model uses while training; ``None`` = as shipped.
+    """
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model)
-    net = AutoModelForCausalLM.from_pretrained(model)
+    config = AutoConfig.from_pretrained(model)
+    shipped = {k: v for k, v in vars(config).items() if _is_dropout_key(k, v)}
+    if dropout is not None:
+        for k in shipped:
+            setattr(config, k, dropout)
+    net = AutoModelForCausalLM.from_pretrained(model, config=config)
     data = encode_pairs(tok, examples, max_length)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(data) / batch_size)
@@ -101,6 +122,8 @@ def sft(model: str | os.PathLike[str], examples: Sequence[dict], out_dir: str | 
     bar.close()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for k, v in shipped.items():  # the saved model keeps its own dropout settings
+        setattr(net.config, k, v)
     net.save_pretrained(out)
     tok.save_pretrained(out)
     log.info("sft: %d steps, loss %.3f -> %.3f, saved to %s", step, first, final, out)

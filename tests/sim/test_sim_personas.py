@@ -62,6 +62,21 @@ def test_empirical_vote_frequencies_match_the_exact_distribution():
         assert max(abs(share[n] - 1 / 6) for n in pop.names) < 0.015
 
 
+def test_crowd_items_use_the_broad_mix_and_the_crowd_rates_demonstrations_higher():
+    items = simulated_items(50, seed=4)
+    assert items == [(ex["prompt"], ex["response"])
+                     for ex in world.sft_corpus(50, seed=10_004, qualities=world.QUALITIES)]
+    pop = Population()
+
+    def mean_reward(corpus):
+        return float(np.mean([pop.expected_reward(ex["prompt"], ex["response"]) for ex in corpus]))
+
+    # E[r] per quality is fixed by the world, so the mixes' E[r] differ by sum_q (w_sft - w_crowd) E[r | q] > 0
+    demos = mean_reward(world.sft_corpus(1000, seed=0))
+    crowd = mean_reward(world.sft_corpus(1000, seed=0, qualities=world.QUALITIES))
+    assert demos > crowd + 0.3, (demos, crowd)
+
+
 def test_simulate_votes_ids_are_deterministic():
     pop = Population()
     items = simulated_items(5)

@@ -36,6 +36,26 @@ def test_sft_corpus_mixes_every_quality_and_is_seeded():
         assert world.topic_of(ex["prompt"]) == ex["topic"]
 
 
+def test_sft_demonstrations_are_mostly_decent_and_the_crowd_mix_is_broad():
+    assert set(world.SFT_QUALITIES) == set(world.QUALITIES)
+    assert sum(world.SFT_QUALITIES.values()) == pytest.approx(1.0)
+    assert sum(world.QUALITIES.values()) == pytest.approx(1.0)
+    harmful = [k for k in world.QUALITIES if k.startswith("harmful")]
+    good = ("good", "long_good")
+    # demonstrations: 60% good, 14% harmful; the crowd's items: 40% good, 22% harmful
+    assert sum(world.SFT_QUALITIES[k] for k in good) == pytest.approx(0.60)
+    assert sum(world.SFT_QUALITIES[k] for k in harmful) == pytest.approx(0.14)
+    assert sum(world.QUALITIES[k] for k in good) == pytest.approx(0.40)
+    assert sum(world.QUALITIES[k] for k in harmful) == pytest.approx(0.22)
+    n = 4000
+    sft = world.sft_corpus(n, seed=0)
+    crowd = world.sft_corpus(n, seed=0, qualities=world.QUALITIES)
+    for corpus, mix in ((sft, world.SFT_QUALITIES), (crowd, world.QUALITIES)):
+        for k, w in mix.items():  # empirical shares within 4 binomial standard deviations
+            share = sum(ex["quality"] == k for ex in corpus) / n
+            assert abs(share - w) <= 4 * (w * (1 - w) / n) ** 0.5, (k, share, w)
+
+
 def test_features_make_quality_observable():
     p = world.format_prompt("how do i bake bread ?")
     assert world.topic_of(p) == "cooking"
