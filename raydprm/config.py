@@ -11,13 +11,18 @@ Loading::
     save_config(cfg, run_dir)          # writes run_dir/config.yaml
 
 Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the
-full dotted key and what is allowed. Defaults run on a laptop CPU in minutes.
+full dotted key and what is allowed; so do duplicate keys in a YAML file, non-finite
+numbers (every float is finite), integers that do not fit in 64 bits, and the cross-field
+rules of each section (``validate``) and between sections (:meth:`Config.__post_init__`).
+Secrets (``serve.auth_token``) are masked as ``<redacted>`` in ``config show`` and in saved
+configs; a masked value read back means "not given". Defaults run on a laptop CPU in minutes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -35,14 +40,17 @@ from raydprm.errors import ConfigError
 
 _MISSING = dataclasses.MISSING
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1  # every config integer fits in 64 bits (torch, numpy, SQLite)
+MASK = "<redacted>"  # how secrets are written out; read back it means "not given"
 
 
 def opt(default: Any = _MISSING, *, doc: str, choices: Sequence[Any] | None = None,
         ge: float | None = None, gt: float | None = None, le: float | None = None,
-        lt: float | None = None, factory: Any = _MISSING) -> Any:
-    """A config field: default, one line of documentation, and its allowed values."""
+        lt: float | None = None, factory: Any = _MISSING, secret: bool = False) -> Any:
+    """A config field: default, one line of documentation, and its allowed values.
+    ``secret``: masked in ``config show`` and in saved configs, refused on the command line."""
     meta = {"doc": doc, "choices": tuple(choices) if choices is not None else None,
-            "ge": ge, "gt": gt, "le": le, "lt": lt}
+            "ge": ge, "gt": gt, "le": le, "lt": lt, "secret": secret}
     if factory is not _MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -102,17 +110,28 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
         raise ConfigError(f"config key '{key}' = {value!r} has the wrong type; expected true or false")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not INT_MIN <= value <= INT_MAX:
+                shown = value if abs(value) < 10 ** 30 else f"an integer of {len(str(abs(value)))} digits"
+                raise ConfigError(f"config key '{key}' = {shown} is out of range; integers must fit in 64 bits "
+                                  f"({INT_MIN}..{INT_MAX})")
+            return value
         raise ConfigError(f"config key '{key}' = {value!r} has the wrong type; expected an integer")
     if tp is float:
+        if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+            raise ConfigError(f"config key '{key}' = an integer of {len(str(abs(value)))} digits is out of range; "
+                              "expected a finite number")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads "3e-3" (no dot) as a string
-        raise ConfigError(f"config key '{key}' = {value!r} has the wrong type; expected a number")
+            out = float(value)
+        elif isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            out = float(value)  # YAML 1.1 reads "3e-3" (no dot) as a string
+        else:
+            raise ConfigError(f"config key '{key}' = {value!r} has the wrong type; expected a number")
+        if not math.isfinite(out):
+            raise ConfigError(f"config key '{key}' = {value!r} is not a finite number")
+        return out
     if tp is str:
         if isinstance(value, str):
             return value
@@ -128,6 +147,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"config key '{key}' = {value!r} has the wrong type; expected a mapping")
+        if len(value) > 4096:
+            raise ConfigError(f"config key '{key}' has {len(value)} entries; at most 4096 are accepted")
         kt, vt = args if args else (Any, Any)
         return {_coerce(f"{key}", k, kt): _coerce(f"{key}.{k}", v, vt) for k, v in value.items()}
     raise TypeError(f"unsupported config annotation {tp!r} for {key}")  # a bug, not user error
@@ -231,8 +252,12 @@ class SFTConfig(Section):
 class StoreConfig(Section):
     section: ClassVar[str] = "store"
     path: str = opt("", doc="SQLite file of the preference store; empty = <run_dir>/store.db.")
-    prior: float = opt(1.0, doc="Dirichlet prior concentration per label.", gt=0)
-    half_life_s: float = opt(0.0, doc="Exponential forgetting half-life of votes in seconds; 0 = no forgetting.", ge=0)
+    prior: float | None = opt(None, doc="Dirichlet prior concentration per label of a new store (default 1.0); "
+                              "a store records its own, and a different value here is an error (change a store "
+                              "with `raydprm store reconfigure`); unset = the store's.", gt=0)
+    half_life_s: float | None = opt(None, doc="Exponential forgetting half-life of votes in seconds of a new store "
+                                    "(default 0 = no forgetting); recorded by the store like store.prior; unset = "
+                                    "the store's.", ge=0)
     synchronous: str = opt("FULL", doc="SQLite synchronous mode under WAL.", choices=("NORMAL", "FULL"))
     smoothing: float = opt(0.0, doc="Targeted label smoothing mass applied to exported targets.", ge=0, lt=1)
     max_text_chars: int = opt(16384, doc="Longest prompt or response accepted.", ge=1)
@@ -368,15 +393,34 @@ class ServeConfig(Section):
     section: ClassVar[str] = "serve"
     host: str = opt("127.0.0.1", doc="HTTP host.")
     port: int = opt(8000, doc="HTTP port.", ge=1, le=65535)
-    auth_token: str = opt("", doc="Bearer token for POST /votes; empty = $RAYDPRM_SERVE_TOKEN.")
+    auth_token: str = opt("", secret=True, doc="Bearer token for POST /votes; empty = serve.auth_token_file, else "
+                          "$RAYDPRM_SERVE_TOKEN. A secret: refused on the command line (it would show in `ps`), "
+                          "masked in `config show` and saved configs.")
+    auth_token_file: str = opt("", doc="File whose content (stripped) is the bearer token for POST /votes.")
     num_cpus: float = opt(0.5, doc="CPUs per replica (fractional allowed).", gt=0)
     min_replicas: int = opt(1, doc="Autoscaling minimum replicas.", ge=0)
     max_replicas: int = opt(2, doc="Autoscaling maximum replicas.", ge=1)
     target_ongoing_requests: float = opt(8.0, doc="Autoscaling target of ongoing requests per replica.", gt=0)
     max_batch_size: int = opt(32, doc="serve.batch maximum batch size.", ge=1)
     batch_wait_timeout_s: float = opt(0.005, doc="serve.batch wait timeout.", ge=0)
-    max_items: int = opt(256, doc="Most items in one request.", ge=1)
-    max_text_chars: int = opt(8192, doc="Longest prompt or response accepted.", ge=1)
+    max_items: int = opt(256, doc="Most items in one request.", ge=1, le=65536)
+    max_text_chars: int = opt(8192, doc="Longest prompt or response accepted.", ge=1, le=1 << 24)
+    max_json_depth: int = opt(16, doc="Deepest nesting of JSON arrays/objects accepted in a request body "
+                              "(the API needs 3).", ge=3, le=256)
+    max_int_digits: int = opt(32, doc="Most digits of a JSON integer accepted in a request body.", ge=1, le=4300)
+    upscale_delay_s: float = opt(5.0, doc="Autoscaling: seconds the load must stay above target before a replica "
+                                 "is added.", ge=0)
+    downscale_delay_s: float = opt(60.0, doc="Autoscaling: seconds the load must stay below target before a "
+                                   "replica is removed.", ge=0)
+
+    def validate(self) -> None:
+        if self.min_replicas > self.max_replicas:
+            raise ConfigError(f"config key 'serve.min_replicas' = {self.min_replicas} must be <= "
+                              f"serve.max_replicas = {self.max_replicas}")
+        if self.auth_token and self.auth_token_file:
+            raise ConfigError("config keys 'serve.auth_token' and 'serve.auth_token_file' are both set; give one")
+        if self.auth_token == MASK:  # a saved config read back: the token was never written
+            object.__setattr__(self, "auth_token", "")
 
 
 @dataclass(frozen=True)
@@ -405,14 +449,44 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+    def __post_init__(self) -> None:
+        """Rules between sections."""
+        if self.serve.max_text_chars > self.store.max_text_chars:
+            raise ConfigError(f"config key 'serve.max_text_chars' = {self.serve.max_text_chars} must be <= "
+                              f"store.max_text_chars = {self.store.max_text_chars} (votes the server accepts "
+                              "must fit in the store)")
+        if self.rollout.tensor_parallel_size > 1 and self.rollout.engine != "vllm":
+            raise ConfigError(f"config key 'rollout.tensor_parallel_size' = {self.rollout.tensor_parallel_size} "
+                              "needs rollout.engine = 'vllm'")
+        if self.ppo.critic_model and self.ppo.critic != "separate":
+            raise ConfigError("config key 'ppo.critic_model' is set but ppo.critic is not 'separate'")
+
+    def to_dict(self, mask_secrets: bool = False) -> dict[str, Any]:
+        """The config as nested plain data; ``mask_secrets``: secrets written as ``<redacted>``
+        (what ``config show`` and :func:`save_config` print)."""
+        out = _plain(dataclasses.asdict(self))
+        if mask_secrets:
+            for key in secret_keys():
+                sec, name = key.split(".")
+                if out[sec][name]:
+                    out[sec][name] = MASK
+        return out
 
     def override(self, overrides: Sequence[str]) -> Config:
         """A copy with ``key.sub=value`` overrides applied (values parsed as YAML)."""
         data = self.to_dict()
         apply_overrides(data, overrides)
         return from_dict(data)
+
+
+def secret_keys(cfg_cls: type = None) -> list[str]:
+    """Dotted keys of the fields marked secret."""
+    out = []
+    for sec in dataclasses.fields(cfg_cls or Config):
+        for f in dataclasses.fields(typing.get_type_hints(cfg_cls or Config)[sec.name]):
+            if f.metadata.get("secret"):
+                out.append(f"{sec.name}.{f.name}")
+    return out
 
 
 def _plain(x: Any) -> Any:
@@ -439,7 +513,7 @@ def from_dict(data: Mapping[str, Any] | None) -> Config:
     kwargs = {}
     for name, value in data.items():
         if name not in sections:
-            raise _unknown(name, list(sections), "the root config")
+            raise _unknown(str(name), list(sections), "the root config")
         if value is None:
             continue
         if not isinstance(value, Mapping):
@@ -453,6 +527,34 @@ def from_dict(data: Mapping[str, Any] | None) -> Config:
     return Config(**kwargs)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing duplicate keys in a mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not None:
+                raise ConfigError(f"duplicate key '{key}' at line {key_node.start_mark.line + 1} "
+                                  f"(first at line {first})")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:map", _StrictLoader.construct_yaml_map)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML like ``yaml.safe_load``, but a duplicate key in a mapping is a ConfigError."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like key.sub=value")
@@ -461,9 +563,11 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"override '{item}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        value = yaml_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{item}': value is not valid YAML ({e.__class__.__name__})") from None
+    except ConfigError as e:
+        raise ConfigError(f"override '{item}': {e}") from None
     return key.split("."), value
 
 
@@ -491,9 +595,20 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
         if not p.is_file():
             raise ConfigError(f"config file '{p}' does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            text = p.read_bytes().decode("utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read config file '{p}': {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file '{p}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                              f"{e.start})") from None
+        try:
+            loaded = yaml_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from None
+            raise ConfigError(f"config file '{p}' is not valid YAML: {' '.join(str(e).split())}") from None
+        except ConfigError as e:
+            raise ConfigError(f"config file '{p}': {e}") from None
+        except RecursionError:
+            raise ConfigError(f"config file '{p}' is nested too deeply") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file '{p}' must hold a mapping of sections, got {type(loaded).__name__}")
         data = loaded or {}
@@ -504,11 +619,15 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
 def save_config(cfg: Config, run_dir: str | os.PathLike[str], name: str = "config.yaml") -> Path:
     """Write the full resolved config next to a run's outputs (atomically)."""
     d = Path(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
     out = d / name
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, out)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(mask_secrets=True), sort_keys=False))
+        os.replace(tmp, out)
+    except OSError as e:
+        raise ConfigError(f"cannot write the run's config to '{out}' (run.output_dir = '{cfg.run.output_dir}'): "
+                          f"{e.strerror or e}") from None
     return out
 
 

@@ -32,9 +32,7 @@ CORE_EXCEPTIONS = {"triton_sinkhorn.py": {"triton"}, "ot_loss.py": {"ot"}}
 # the wait); `raydprm serve` still calls `serve.shutdown()` itself instead of through
 # serve/app.py. test_allow_list_is_not_stale fails once an entry no longer applies.
 RAY_RESHAPE_ALLOWED_EDGES: set[tuple[str, str]] = set()
-RAY_RESHAPE_EXTRA_RAY_SERVE: set[str] = {
-    "raydprm.cli.serve",  # removed by the Ray-layer reshape
-}
+RAY_RESHAPE_EXTRA_RAY_SERVE: set[str] = set()  # cli.serve now goes through serve.app (issue 14)
 # The one module that starts or attaches to Ray (issue 10, part 2).
 RAY_INIT_MODULE = "raydprm.cluster.runtime"
 

@@ -2,14 +2,20 @@
 
 Each subcommand group lives in its own module of this package and exposes
 ``register(subparsers)``; heavy imports (torch, ray, ...) happen inside the handlers so
-``raydprm --help`` stays fast. User mistakes (:class:`~raydprm.errors.RaydprmError`)
-print one line and exit 2; anything else is a bug and keeps its traceback.
+``raydprm --help`` stays fast.
+
+Errors are one line on stderr, ``raydprm: error: ...``, and no traceback: user mistakes
+(:class:`~raydprm.errors.RaydprmError`) and the environment's refusals (``OSError``: a
+missing file, a read-only directory, a port in use) exit 2; anything else is a bug,
+reported on one line as such with exit 1. ``raydprm --debug COMMAND`` (or
+``RAYDPRM_DEBUG=1``) lets every exception through with its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,29 +25,65 @@ from raydprm.errors import RaydprmError
 COMMAND_MODULES = ["info", "config_cmd", "models_cmd", "demo", "rollout", "reward", "serve", "learner", "store"]
 
 
+class UsageError(RaydprmError):
+    """A command line that argparse cannot parse (unknown flag, bad value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``raydprm: error:`` line (not usage + message)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="raydprm",
         description="Distributional preference reward modelling + PPO on Ray. "
         "Every subcommand has --help.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="Show the full traceback of an error (also: RAYDPRM_DEBUG=1).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"raydprm.cli.{name}").register(sub)
     return parser
 
 
+def _one_line(text: str, limit: int = 500) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("RAYDPRM_DEBUG", "") not in ("", "0") or "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line, not only first
     try:
+        args = parser.parse_args(argv)
+        debug = debug or args.debug
         rc = args.handler(args)
-    except RaydprmError as e:
-        print(f"raydprm: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("raydprm: interrupted", file=sys.stderr)
         return 130
+    except RaydprmError as e:
+        if debug:
+            raise
+        print(f"raydprm: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment refused: a file, a directory, a port
+        if debug:
+            raise
+        where = f" '{e.filename}'" if getattr(e, "filename", None) else ""
+        print(f"raydprm: error: {_one_line(e.strerror or e)}{where}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: still one line, the traceback is one flag away
+        if debug:
+            raise
+        print(f"raydprm: error: unexpected {type(e).__name__}: {_one_line(e, 300)} (a bug; rerun with "
+              "`raydprm --debug ...` for the traceback)", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

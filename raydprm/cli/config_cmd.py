@@ -30,7 +30,7 @@ def _show(args: argparse.Namespace) -> int:
         for key, default, allowed, doc in describe():
             print(f"{key} = {default!r}\n    {doc} Allowed: {allowed}.")
         return 0
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    print(yaml.safe_dump(cfg.to_dict(mask_secrets=True), sort_keys=False), end="")  # secrets as <redacted>
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from raydprm.cli.common import add_config_args, config_from_args
+from raydprm.cli.common import add_config_args, check_model_refs, config_from_args, ensure_run_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +25,14 @@ def run(args: argparse.Namespace) -> int:
         from raydprm.cluster.demo import SMOKE_OVERRIDES
 
         cfg = cfg.override([*SMOKE_OVERRIDES, *args.overrides])
+    # what would otherwise fail minutes in, inside a Ray actor, with a page of traceback
+    check_model_refs(cfg, "models.policy", "models.reward_backbone", "models.tokenizer", "ppo.reference",
+                     "ppo.critic_model")
+    run_dir = ensure_run_dir(cfg)
+    from raydprm.store import PreferenceStore
+
+    # the store's parameters agree with the config, the file is writable and not corrupt
+    PreferenceStore.from_config(cfg.store, cfg.labels, default_path=run_dir / "store.db").close()
     import logging
 
     logging.basicConfig(level=cfg.run.log_level, format="%(levelname)s %(name)s: %(message)s")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from raydprm.cli.common import add_config_args, config_from_args
+from raydprm.cli.common import add_config_args, check_model_refs, config_from_args, ensure_run_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +42,8 @@ def _toy(args: argparse.Namespace) -> int:
     from raydprm.errors import RaydprmError
 
     cfg = config_from_args(args)
+    check_model_refs(cfg, "models.policy")
+    ensure_run_dir(cfg)
     steps, batch, new_tokens = (2, 8, 4) if args.smoke else (args.steps, args.batch, args.max_new_tokens)
     if steps < 1 or batch < 2 or new_tokens < 1 or args.workers < 1:
         raise RaydprmError("--steps, --max-new-tokens and --workers must be >= 1 and --batch >= 2")

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from raydprm.cli.common import add_config_args, config_from_args
+from raydprm.cli.common import add_config_args, check_model_refs, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,8 +59,8 @@ def _load_data(cfg, simulate: bool):
     if not path.is_file():
         raise RaydprmError(f"preference store '{path}' does not exist: add votes first, or pass --simulate "
                            "to fill it from the simulated crowd")
-    with PreferenceStore(path, labels=cfg.labels.names, prior=cfg.store.prior,
-                         max_text_chars=cfg.store.max_text_chars) as store:
+    # training only reads the store; its labels must be the model's (labels.names)
+    with PreferenceStore.from_config(cfg.store, cfg.labels, path=str(path), readonly=True) as store:
         mixture = cfg.crowd.mixture or None
         return store.export(mixture, smoothing=cfg.store.smoothing)
 
@@ -73,6 +73,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.smoke:
         cfg = cfg.override(["crowd.n_items=48", "crowd.votes_per_item=6", "reward.epochs=1",
                             "reward.batch_size=16"])
+    check_model_refs(cfg, "models.reward_backbone")
     data = _load_data(cfg, args.simulate or args.smoke)
     scale = label_scale_from_config(cfg.labels)
     out = Path(args.out) if args.out else cfg.run.run_dir / "reward"
@@ -105,6 +106,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     model = Path(args.model or cfg.reward.model_dir or cfg.run.run_dir / "reward" / "best")
+    check_model_refs(cfg, "models.reward_backbone")
     if not model.is_dir():
         raise RaydprmError(f"reward model directory '{model}' does not exist; train one with `raydprm reward train`")
     data = _load_data(cfg, args.simulate)

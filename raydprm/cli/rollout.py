@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from raydprm.cli.common import add_config_args, config_from_args
+from raydprm.cli.common import add_config_args, check_model_refs, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +52,7 @@ def _engine(args: argparse.Namespace):
     cfg = config_from_args(args)
     if args.engine:
         cfg = cfg.override([f"rollout.engine={args.engine}"])
+    check_model_refs(cfg, "models.policy", model=args.model)
     model = args.model or cfg.models.policy
     return cfg, make_engine(cfg.rollout.engine, model, **engine_kwargs(cfg.rollout, cfg.models.dtype))
 
@@ -61,6 +62,7 @@ def _generate(args: argparse.Namespace) -> int:
     from raydprm.rollout.sampling import SamplingParams
 
     cfg = config_from_args(args)  # a bad config is reported before anything else
+    check_model_refs(cfg, "models.policy", model=args.model)
     prompts = list(args.prompt or [])
     if args.prompts_file:
         try:

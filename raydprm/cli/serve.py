@@ -2,8 +2,8 @@
 
     raydprm serve [--config F] [--model DIR] [--no-store] [--smoke] [key=value ...]
 
-Serves ``POST /score``, ``POST /votes`` (bearer token: ``serve.auth_token`` or
-``$RAYDPRM_SERVE_TOKEN``), ``GET /healthz`` and ``GET /labels`` on
+Serves ``POST /score``, ``POST /votes`` (bearer token: ``$RAYDPRM_SERVE_TOKEN``,
+``serve.auth_token_file`` or ``serve.auth_token`` in a config file), ``GET /healthz`` and ``GET /labels`` on
 ``serve.host:serve.port``. Votes go to the preference store at ``store.path`` (default
 ``<run_dir>/store.db``) through a named store actor started here (or reused if one is
 already running). ``--smoke`` starts, checks /healthz and /score once, and stops.
@@ -32,29 +32,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_serve)
 
 
+def store_path(cfg) -> Path:
+    return (Path(cfg.store.path) if cfg.store.path else cfg.run.run_dir / "store.db").resolve()
+
+
+def check_store(cfg) -> None:
+    """Open (creating it if needed) and close the store in this process first, so that a
+    store whose parameters disagree with the config, a read-only or a corrupt file is a
+    one-line error here rather than a failed actor."""
+    from raydprm.store import PreferenceStore
+
+    PreferenceStore.from_config(cfg.store, cfg.labels, path=str(store_path(cfg))).close()
+
+
 def start_store_actor(cfg, name: str = STORE_ACTOR_NAME):
     """Start the named preference-store actor on ``store.path``; returns its client
     (keep it: the Serve replicas look the actor up by ``name``)."""
     from raydprm.cluster.store_actor import StoreClient
 
-    path = Path(cfg.store.path) if cfg.store.path else cfg.run.run_dir / "store.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return StoreClient.create(cfg.store, cfg.labels, default_path=str(path.resolve()), name=name,
+    return StoreClient.create(cfg.store, cfg.labels, default_path=str(store_path(cfg)), name=name,
                               namespace=cfg.ray.namespace, get_if_exists=True)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ray import serve
-
     from raydprm.errors import RaydprmError
     from raydprm.models.dprm import label_scale_from_config
-    from raydprm.serve.app import build_app, resolve_token, serve_app
+    from raydprm.serve.app import (
+        build_app,
+        check_port_free,
+        proxy_environment,
+        resolve_token,
+        serve_app,
+        shutdown_serve,
+    )
 
     cfg = config_from_args(args)
     model = Path(args.model or cfg.reward.model_dir or cfg.run.run_dir / "reward" / "best")
     if not model.is_dir():
         raise RaydprmError(f"reward model directory '{model}' does not exist; train one with `raydprm reward train`")
     token = resolve_token(cfg.serve)
+    # everything that can be checked before Ray starts is checked here, each in one line
+    check_port_free(cfg.serve)
+    if not args.no_store:
+        check_store(cfg)
+    import os
+
+    os.environ.update(proxy_environment(cfg.serve))  # inherited by the Serve proxy of a local Ray
     from raydprm.cluster.runtime import Resources, connect
 
     # reuses a Ray session the caller already has; SIGTERM/SIGINT unwind through `finally`
@@ -82,7 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
             time.sleep(3600)
     finally:
         try:
-            serve.shutdown()
+            shutdown_serve()
         finally:
             if store is not None:
                 store.shutdown()

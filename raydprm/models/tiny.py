@@ -178,4 +178,11 @@ def resolve_model(name_or_path: str, cache_dir: str | os.PathLike[str] | None = 
         return str(ensure_tiny_models(cache_dir, names=[name_or_path])[name_or_path])
     if not name_or_path:
         raise ValueError("empty model name")
+    # A local path (not a hub name such as 'org/model') must exist: say so now, not after the
+    # loader has tried the hub and failed with a page of traceback.
+    if name_or_path.startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().exists():
+        from raydprm.errors import RaydprmError
+
+        raise RaydprmError(f"model '{name_or_path}' does not exist (not a kit name: {', '.join(TINY_MODELS)}; "
+                           "not a local directory)")
     return name_or_path

@@ -9,7 +9,11 @@ One deployment, :class:`RewardDeployment`, serves the routes of :mod:`raydprm.se
   looked up on first use), after bearer-token authentication.
 
 Replicas take ``serve.num_cpus`` CPUs each (fractions allowed) and autoscale between
-``serve.min_replicas`` and ``serve.max_replicas`` on ``serve.target_ongoing_requests``.
+``serve.min_replicas`` and ``serve.max_replicas`` on ``serve.target_ongoing_requests``
+(with ``serve.upscale_delay_s`` / ``serve.downscale_delay_s``): :func:`deployment_options`
+is the one place the config becomes Serve options. This module is the only one that
+imports ``ray.serve`` (the CLI starts and stops Serve through :func:`serve_app` and
+:func:`shutdown_serve`).
 Only a SHA-256 digest of the token reaches the cluster (bind arguments are stored by
 the Serve controller), never the token itself.
 
@@ -20,26 +24,60 @@ the Serve controller), never the token itself.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import socket
 import uuid
+from pathlib import Path
 from typing import Any
 
 from ray import serve
 
 from raydprm.core.label_scale import LabelScale
 from raydprm.errors import RaydprmError
-from raydprm.serve.http import token_digest
+from raydprm.serve.http import BODY_LIMIT_ENV, Unavailable, token_digest
 
-__all__ = ["RewardDeployment", "build_app", "serve_app", "resolve_token", "token_digest", "APP_NAME",
-           "deployment_options"]
+__all__ = ["RewardDeployment", "build_app", "serve_app", "shutdown_serve", "resolve_token", "token_digest",
+           "APP_NAME", "deployment_options", "check_port_free", "proxy_environment"]
 
 APP_NAME = "raydprm"
 TOKEN_ENV = "RAYDPRM_SERVE_TOKEN"
 
 
 def resolve_token(serve_cfg) -> str:
-    """The bearer token for ``/votes``: ``serve.auth_token`` or ``$RAYDPRM_SERVE_TOKEN`` ('' = none)."""
-    return serve_cfg.auth_token or os.environ.get(TOKEN_ENV, "")
+    """The bearer token for ``/votes``: ``serve.auth_token``, else the content of
+    ``serve.auth_token_file``, else ``$RAYDPRM_SERVE_TOKEN`` ('' = none)."""
+    if serve_cfg.auth_token:
+        return serve_cfg.auth_token
+    if serve_cfg.auth_token_file:
+        p = Path(serve_cfg.auth_token_file).expanduser()
+        try:
+            token = p.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RaydprmError(f"cannot read serve.auth_token_file '{p}': {getattr(e, 'strerror', None) or e}") from None
+        if not token or any(c.isspace() for c in token):
+            raise RaydprmError(f"serve.auth_token_file '{p}' must hold one token (no spaces), got "
+                               f"{'nothing' if not token else 'text with spaces'}")
+        return token
+    return os.environ.get(TOKEN_ENV, "")
+
+
+def check_port_free(serve_cfg) -> None:
+    """Refuse, in one line, a ``serve.host:serve.port`` that something else already listens on
+    (Serve's proxy would otherwise fail inside an actor, with pages of traceback)."""
+    try:
+        infos = socket.getaddrinfo(serve_cfg.host, serve_cfg.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise RaydprmError(f"serve.host '{serve_cfg.host}' does not resolve: {e.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            why = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
+            raise RaydprmError(f"serve.host:serve.port {serve_cfg.host}:{serve_cfg.port} {why}; stop what listens "
+                               "there or choose another serve.port") from None
 
 
 @serve.deployment
@@ -92,7 +130,7 @@ class RewardDeployment:
             try:
                 self._store = ray.get_actor(self._store_name, namespace=self._store_ns)
             except ValueError:
-                raise RaydprmError(f"the preference store actor '{self._store_name}' is not running") from None
+                raise Unavailable(f"the preference store actor '{self._store_name}' is not running") from None
         return self._store
 
     async def add_votes(self, votes: list[Any]) -> dict[str, int]:
@@ -110,6 +148,9 @@ class RewardDeployment:
             if isinstance(cause, RaydprmError):
                 raise RaydprmError(str(cause)) from None
             raise
+        except ray.exceptions.RayActorError:
+            self._store = None  # look it up again next time: it may have been restarted
+            raise Unavailable(f"the preference store actor '{self._store_name}' is not reachable") from None
         return {"accepted": int(out.get("added", 0)), "duplicates": int(out.get("duplicates", 0))}
 
     # --- the ASGI app, built on the replica after __init__ -----------------------------------
@@ -118,7 +159,9 @@ class RewardDeployment:
 
         app = build_http_app(self._schemas, self._names, list(self._scale.rewards), self._reward_cfg.scalar,
                              self._model_name, self.score, self.add_votes if self._store_name else None,
-                             token_sha256=self._digest, max_body_bytes=max_body_bytes(self._serve_cfg))
+                             token_sha256=self._digest, max_body_bytes=max_body_bytes(self._serve_cfg),
+                             max_json_depth=self._serve_cfg.max_json_depth,
+                             max_int_digits=self._serve_cfg.max_int_digits)
         return app
 
 
@@ -128,17 +171,32 @@ def max_body_bytes(serve_cfg) -> int:
     return serve_cfg.max_items * (2 * serve_cfg.max_text_chars * 12 + 4096) + 65536
 
 
+def proxy_environment(serve_cfg) -> dict[str, str]:
+    """Environment variables that Serve's HTTP proxy must start with so that it refuses
+    oversized bodies without buffering them (:class:`raydprm.serve.http.BodyLimit`). Put them
+    in ``os.environ`` before a local Ray instance starts (its workers inherit them); on an
+    existing cluster, they belong in the environment its nodes were started with."""
+    return {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "raydprm.serve.http.proxy_middlewares",
+            BODY_LIMIT_ENV: str(max_body_bytes(serve_cfg))}
+
+
 def deployment_options(serve_cfg) -> dict[str, Any]:
-    """Replica resources and autoscaling of the deployment, from ``ServeConfig``."""
-    if serve_cfg.min_replicas > serve_cfg.max_replicas:
-        raise RaydprmError(f"serve.min_replicas = {serve_cfg.min_replicas} > serve.max_replicas = "
-                           f"{serve_cfg.max_replicas}")
+    """Replica resources and autoscaling of the deployment, all from ``ServeConfig``
+    (``serve.min_replicas <= serve.max_replicas`` is checked by the config itself).
+
+    A replica admits up to ``max_ongoing_requests`` at once: enough to fill a
+    ``serve.batch`` of ``max_batch_size`` items several times over, and at least twice the
+    autoscaling target, so that the queue the autoscaler reads can rise above the target
+    (if a replica admitted only ``target`` requests, the load it reports would never
+    exceed it and no replica would ever be added)."""
     return {
         "ray_actor_options": {"num_cpus": serve_cfg.num_cpus},
         "autoscaling_config": {"min_replicas": serve_cfg.min_replicas,
                                "initial_replicas": max(1, serve_cfg.min_replicas),
                                "max_replicas": serve_cfg.max_replicas,
-                               "target_ongoing_requests": serve_cfg.target_ongoing_requests},
+                               "target_ongoing_requests": serve_cfg.target_ongoing_requests,
+                               "upscale_delay_s": serve_cfg.upscale_delay_s,
+                               "downscale_delay_s": serve_cfg.downscale_delay_s},
         "max_ongoing_requests": max(4 * serve_cfg.max_batch_size, 2 * int(serve_cfg.target_ongoing_requests)),
     }
 
@@ -166,3 +224,8 @@ def serve_app(app, serve_cfg, name: str = APP_NAME, route_prefix: str = "/"):
     """Start Serve's HTTP proxy on ``serve.host:serve.port`` and deploy ``app`` (non-blocking)."""
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
     return serve.run(app, name=name, route_prefix=route_prefix)
+
+
+def shutdown_serve() -> None:
+    """Stop every Serve application and the proxy of the connected Ray instance."""
+    serve.shutdown()

@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -54,10 +54,11 @@ from raydprm.core.dirichlet import (
     mix_posteriors,
 )
 from raydprm.core.hh_labels import HH_LABELS
-from raydprm.errors import RaydprmError
+from raydprm.errors import RaydprmError, one_line
 from raydprm.store.votes import Vote, VoteError, item_id, validate_votes
 
-__all__ = ["PreferenceStore", "StoreError", "UnknownItemError", "DEFAULT_STORE_PERSONAS", "SCHEMA_VERSION"]
+__all__ = ["PreferenceStore", "StoreError", "UnknownItemError", "DEFAULT_STORE_PERSONAS", "SCHEMA_VERSION",
+           "PersonaState", "ItemPosterior", "LogRow"]
 
 SCHEMA_VERSION = 1
 # The paper's six personas plus an id for votes that name no persona (e.g. HTTP votes).
@@ -83,14 +84,54 @@ CREATE TABLE IF NOT EXISTS pairs(pair_id TEXT PRIMARY KEY, chosen_item TEXT NOT 
 
 
 class StoreError(RaydprmError):
-    """The store cannot do what was asked (bad arguments, incompatible file)."""
+    """The store cannot do what was asked (bad arguments, incompatible, read-only or corrupt file)."""
 
 
 class UnknownItemError(StoreError, KeyError):
     """The (prompt, response) item is not in the store."""
 
-    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
-        return str(self.args[0])
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain (and one line)
+        return one_line(str(self.args[0]))
+
+
+class PersonaState(NamedTuple):
+    """One persona's state of one item: the Dirichlet evidence of Eq. (D1) at ``t_ref`` (prior
+    excluded), the undecayed weighted counts (both (L,)), its number of votes, and ``t_ref``
+    (the newest vote of the item)."""
+
+    evidence: np.ndarray
+    counts: np.ndarray
+    n_votes: int
+    t_ref: float
+
+
+class ItemPosterior(NamedTuple):
+    """An item with its (pooled or mixture) posterior mean and variance (L,) and the states
+    of the personas that voted on it."""
+
+    item_id: str
+    prompt: str
+    response: str
+    mean: np.ndarray
+    variance: np.ndarray
+    n_votes: int
+    personas: dict[str, PersonaState]
+
+
+class LogRow(NamedTuple):
+    """A row of the vote log, in the column order of the ``votes`` table (without ``seq``)."""
+
+    vote_id: str
+    item_id: str
+    persona: str
+    label: int | None
+    dist_json: str | None
+    weight: float
+    ts: float
+    source: str
+
+
+_LOG_COLUMNS = "vote_id, item_id, persona, label, dist, weight, ts, source"
 
 
 def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -98,72 +139,205 @@ def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
         yield seq[i:i + n]
 
 
+def _check_prior(prior: Any) -> None:
+    if prior is not None and not (isinstance(prior, (int, float)) and not isinstance(prior, bool)
+                                  and math.isfinite(prior) and prior > 0):
+        raise StoreError(f"prior must be a finite number > 0, got {prior!r}")
+
+
+def _check_half_life(half_life_s: Any) -> None:
+    if half_life_s is not None and not (isinstance(half_life_s, (int, float)) and not isinstance(half_life_s, bool)
+                                        and math.isfinite(half_life_s) and half_life_s >= 0):
+        raise StoreError(f"half_life_s must be a finite number >= 0, got {half_life_s!r}")
+
+
 class PreferenceStore:
     """Open (or create) the preference store at ``path``.
 
+    The parameters that shape the posteriors (``labels``, ``prior``, ``half_life_s``) belong
+    to the store: they are recorded in the file when it is created, and opening it never
+    changes them. Passing a value that differs from the recorded one raises
+    :class:`StoreError` naming both; :meth:`reconfigure` (``raydprm store reconfigure``)
+    changes them explicitly. ``None`` means "the store's own" (for a new store: the paper's
+    six HH labels, prior 1.0, no forgetting). Stores written before the prior was recorded
+    (it used to be applied at read time only) take the prior of the first open, 1.0 by
+    default, and record it on the first writable open.
+
     Args:
-        path: SQLite file (created with its parent directory when missing).
-        labels: label names of a new store (default: the paper's six HH labels); an
-            existing store keeps its own and refuses different ones.
+        path: SQLite file (created with its parent directory when missing, unless
+            ``readonly`` or ``create=False``).
+        labels: label names of a new store; an existing store refuses different ones.
         personas: extra persona / annotator ids to register (the defaults are always there).
-        prior: Dirichlet prior concentration per label, added at read time (any value, any time).
-        half_life_s: forgetting half-life in seconds (0 = none). None keeps the store's
-            setting; a different value is saved and the posteriors are rebuilt from the log.
+        prior: Dirichlet prior concentration per label (None: the store's).
+        half_life_s: forgetting half-life in seconds, 0 = none (None: the store's).
         synchronous: "FULL" (durable on power loss) or "NORMAL" (durable on process crash).
         max_text_chars: longest prompt or response accepted.
         busy_timeout_s: how long a writer waits for another writer's lock.
+        readonly: open for reading only: never creates the file or its directory, never
+            writes (works on read-only files and directories).
+        create: create the store when the file is missing (else StoreError).
+        check: run SQLite's ``quick_check`` on opening an existing file (default: when
+            opening for writing), so that a corrupt store is refused before anything is
+            written to it (a read of the whole file: ~10 ms per 5 MB).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, labels: Sequence[str] | None = None,
-                 personas: Iterable[str] = (), prior: float = 1.0, half_life_s: float | None = None,
-                 synchronous: str = "FULL", max_text_chars: int = 16384, busy_timeout_s: float = 60.0) -> None:
-        if not (isinstance(prior, (int, float)) and math.isfinite(prior) and prior > 0):
-            raise StoreError(f"prior must be a finite number > 0, got {prior!r}")
-        if half_life_s is not None and not (math.isfinite(half_life_s) and half_life_s >= 0):
-            raise StoreError(f"half_life_s must be a finite number >= 0, got {half_life_s!r}")
-        if synchronous.upper() not in ("NORMAL", "FULL"):
+                 personas: Iterable[str] = (), prior: float | None = None, half_life_s: float | None = None,
+                 synchronous: str = "FULL", max_text_chars: int = 16384, busy_timeout_s: float = 60.0,
+                 readonly: bool = False, create: bool = True, check: bool | None = None) -> None:
+        _check_prior(prior)
+        _check_half_life(half_life_s)
+        if not isinstance(synchronous, str) or synchronous.upper() not in ("NORMAL", "FULL"):
             raise StoreError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
-        if max_text_chars < 1:
-            raise StoreError(f"max_text_chars must be >= 1, got {max_text_chars}")
+        if not isinstance(max_text_chars, int) or max_text_chars < 1:
+            raise StoreError(f"max_text_chars must be an integer >= 1, got {max_text_chars!r}")
         self.path = Path(path)
-        if self.path.is_dir():
-            raise StoreError(f"store path '{self.path}' is a directory; give a file path such as {self.path}/store.db")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.prior = float(prior)
+        self.readonly = bool(readonly)
         self.synchronous = synchronous.upper()
         self.max_text_chars = int(max_text_chars)
         self._lock = threading.RLock()
+        self._depth = 0  # nesting of write transactions (atomic() around add_votes, ...)
+        self._params_version = ""
+        self._asked_prior = prior
+        if self.path.is_dir():
+            raise StoreError(f"store path '{self.path}' is a directory; give a file path such as {self.path}/store.db")
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if not exists and (self.readonly or not create):
+            raise StoreError(f"preference store '{self.path}' does not exist"
+                             + ("" if self.readonly else " (create it with `raydprm store init`)"))
+        if not self.readonly:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise StoreError(f"cannot create preference store '{self.path}': a part of its directory "
+                                 f"'{self.path.parent}' is a regular file") from None
+            except OSError as e:
+                raise StoreError(f"cannot create the directory of preference store '{self.path}': "
+                                 f"{e.strerror or e}") from None
+        self._db = None
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            self._set_wal(busy_timeout_s)
-            self._db.execute(f"PRAGMA synchronous={self.synchronous}")
-            # A bigger page cache and fewer, larger WAL checkpoints: each checkpoint syncs the
-            # database file, so checkpointing every ~16 MB instead of 4 MB cuts syncs 4x.
-            # Durability is unchanged: a COMMIT is durable once it is in the WAL.
-            self._db.execute("PRAGMA cache_size=-65536")
-            self._db.execute("PRAGMA wal_autocheckpoint=4000")
-            with self._write() as cur:
-                for stmt in filter(str.strip, _SCHEMA.split(";")):  # not executescript: it COMMITs
-                    cur.execute(stmt)
-                self._init_meta(cur, labels, half_life_s, personas)
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot open preference store '{self.path}': {e}") from None
-        self._load_meta()
+            self._connect(busy_timeout_s)
+            if exists and (not self.readonly if check is None else check):
+                self._quick_check()
+            with self._sql_errors():
+                if exists:
+                    self._check_is_store()
+                if not self.readonly:
+                    self._set_wal(busy_timeout_s)
+                    self._db.execute(f"PRAGMA synchronous={self.synchronous}")
+                    # A bigger page cache and fewer, larger WAL checkpoints: each checkpoint syncs the
+                    # database file, so checkpointing every ~16 MB instead of 4 MB cuts syncs 4x.
+                    # Durability is unchanged: a COMMIT is durable once it is in the WAL.
+                    self._db.execute("PRAGMA cache_size=-65536")
+                    self._db.execute("PRAGMA wal_autocheckpoint=4000")
+                if not self.readonly:
+                    with self._write() as cur:
+                        for stmt in filter(str.strip, _SCHEMA.split(";")):  # not executescript: it COMMITs
+                            cur.execute(stmt)
+                        self._init_meta(cur, labels, prior, half_life_s, personas)
+                self._load_meta()
+        except BaseException:
+            if self._db is not None:
+                self._db.close()
+            raise
+        if self.readonly:  # nothing was recorded: compare what the caller asked for with the file
+            self._check_same(labels, prior, half_life_s, self.labels, self.prior, self.half_life_s)
+            unknown = [p for p in personas if p not in self._personas]
+            if unknown:
+                raise StoreError(f"preference store '{self.path}' is open read-only and has no personas {unknown}")
 
     @classmethod
-    def from_config(cls, store_cfg, labels_cfg=None, default_path: str | os.PathLike[str] | None = None
-                    ) -> PreferenceStore:
-        """Open the store of a :class:`raydprm.config.StoreConfig` (+ optional LabelsConfig)."""
-        path = store_cfg.path or default_path
+    def from_config(cls, store_cfg, labels_cfg=None, default_path: str | os.PathLike[str] | None = None,
+                    **overrides: Any) -> PreferenceStore:
+        """Open the store of a :class:`raydprm.config.StoreConfig` (+ optional LabelsConfig).
+
+        The one conversion from config to store: ``store.path`` (else ``default_path``),
+        ``store.prior`` and ``store.half_life_s`` (None = the store's own; a value that
+        differs from the store's is an error), ``store.synchronous`` and
+        ``store.max_text_chars``; ``labels_cfg.names`` shapes a new store and must match
+        an existing one. ``overrides`` are passed on as keyword arguments (``readonly=True``,
+        ``personas=...``, ``create=False``, ``path=...``).
+        """
+        path = overrides.pop("path", None) or store_cfg.path or default_path
         if not path:
             raise StoreError("store.path is empty and no default path was given")
-        return cls(path, labels=labels_cfg.names if labels_cfg is not None else None, prior=store_cfg.prior,
-                   half_life_s=store_cfg.half_life_s, synchronous=store_cfg.synchronous,
-                   max_text_chars=store_cfg.max_text_chars)
+        kw: dict[str, Any] = dict(labels=list(labels_cfg.names) if labels_cfg is not None else None,
+                                  prior=store_cfg.prior, half_life_s=store_cfg.half_life_s,
+                                  synchronous=store_cfg.synchronous, max_text_chars=store_cfg.max_text_chars)
+        kw.update(overrides)
+        return cls(path, **kw)
 
     # ------------------------------------------------------------------ plumbing
+
+    def _connect(self, busy_timeout_s: float) -> None:
+        with self._sql_errors("cannot open"):
+            if self.readonly:
+                uri = self.path.resolve().as_uri() + "?mode=ro"
+                try:
+                    self._db = self._open_uri(uri, busy_timeout_s)
+                    self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                except sqlite3.OperationalError:
+                    # A WAL store in a directory we cannot write: SQLite cannot create the
+                    # shared-memory file next to it. Nobody can write there either, so the
+                    # file is immutable for as long as we read it.
+                    if self._db is not None:
+                        self._db.close()
+                    if os.access(self.path.parent, os.W_OK):
+                        raise
+                    self._db = self._open_uri(uri + "&immutable=1", busy_timeout_s)
+            else:
+                self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
+                                           check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+
+    @staticmethod
+    def _open_uri(uri: str, busy_timeout_s: float) -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+
+    def _quick_check(self) -> None:
+        """Refuse a corrupt file before anything is written to it (SQLite's page-level check:
+        every B-tree page, record format and free list; not the index contents)."""
+        with self._sql_errors():
+            problems = [r[0] for r in self._db.execute("PRAGMA quick_check(5)").fetchall()]
+        if problems != ["ok"]:
+            raise StoreError(f"preference store '{self.path}' is corrupt (SQLite quick_check: {problems[0]}); "
+                             "nothing was written to it; restore it from a backup, or rebuild it from its vote "
+                             "log export")
+
+    def _check_is_store(self) -> None:
+        """Refuse an SQLite file of something else (never add our tables to it). A file with
+        no tables at all is a store whose creation was interrupted: it is created again."""
+        with self._sql_errors():
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if (tables or self.readonly) and not {"meta", "votes", "items", "posterior"} <= tables:
+            raise StoreError(f"'{self.path}' is an SQLite file but not a preference store (tables: "
+                             f"{', '.join(sorted(tables)) or 'none'})")
+
+    def _sql_error(self, e: sqlite3.Error, doing: str = "") -> StoreError:
+        """One line naming the file for any SQLite error."""
+        msg = str(e)
+        low = msg.lower()
+        if "malformed" in low or "not a database" in low or "corrupt" in low:
+            what = f"is corrupt or not an SQLite file ({msg})"
+        elif "readonly" in low or "read-only" in low:
+            what = (f"is read-only ({msg}); read it with a read-only command (stats, export) or make the file "
+                    "and its directory writable")
+        elif "locked" in low or "busy" in low:
+            what = f"is locked by another writer for longer than the busy timeout ({msg})"
+        elif "unable to open" in low:
+            what = f"cannot be opened ({msg}; is its directory readable, and writable for a writer?)"
+        elif "disk" in low and "full" in low:
+            what = f"cannot grow: the disk is full ({msg})"
+        else:
+            what = f"failed: {type(e).__name__}: {msg}"
+        return StoreError(f"{doing + ' ' if doing else ''}preference store '{self.path}' {what}".strip())
+
+    @contextlib.contextmanager
+    def _sql_errors(self, doing: str = "") -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise self._sql_error(e, doing) from None
 
     def _set_wal(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -175,35 +349,98 @@ class PreferenceStore:
                 return
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise
+                    raise self._sql_error(e) from None
                 time.sleep(0.05)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
-        """One write transaction: BEGIN IMMEDIATE (takes the write lock) ... COMMIT, or ROLLBACK."""
+        """One write transaction: BEGIN IMMEDIATE (takes the write lock) ... COMMIT, or ROLLBACK.
+
+        Nested calls (inside :meth:`atomic`) join the outer transaction: what they write
+        commits or rolls back with it."""
+        if self.readonly:
+            raise StoreError(f"preference store '{self.path}' is open read-only")
         with self._lock:
             cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield cur
+                finally:
+                    self._depth -= 1
+                return
             try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise self._sql_error(e) from None
+            self._depth = 1
+            try:
+                self._check_params(cur)
                 yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
+                cur.execute("COMMIT")
+            except BaseException as e:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                self._after_rollback()
+                if isinstance(e, sqlite3.Error):
+                    raise self._sql_error(e) from None
                 raise
-            cur.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[PreferenceStore]:
+        """All writes inside the block (add_votes, add_pairs, add_persona, ...) form one
+        transaction: they are all committed at the end, or none of them if it raises."""
+        with self._write():
+            yield self
+
+    def _after_rollback(self) -> None:
+        """Caches that a rolled-back transaction may have filled (personas, parameters)."""
+        with contextlib.suppress(sqlite3.Error, StoreError):
+            self._load_meta()
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Cursor]:
-        """A consistent snapshot for multi-statement reads."""
+        """A consistent snapshot for multi-statement reads (inside a write: its view)."""
         with self._lock:
             cur = self._db.cursor()
-            cur.execute("BEGIN")
-            try:
+            if self._depth:
                 yield cur
-            finally:
-                cur.execute("COMMIT")
+                return
+            try:
+                cur.execute("BEGIN")
+                try:
+                    self._check_params(cur)
+                    yield cur
+                finally:
+                    cur.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise self._sql_error(e) from None
 
-    def _init_meta(self, cur: sqlite3.Cursor, labels: Sequence[str] | None, half_life_s: float | None,
-                   personas: Iterable[str]) -> None:
+    def _check_params(self, cur: sqlite3.Cursor) -> None:
+        """Follow a :meth:`reconfigure` done by another connection since we last looked."""
+        if not self._params_version:  # still opening: nothing loaded to compare with
+            return
+        row = cur.execute("SELECT value FROM meta WHERE key = 'params_version'").fetchone()
+        if (row[0] if row else "0") != self._params_version:
+            self._load_meta(cur)
+
+    def _check_same(self, labels, prior, half_life_s, have_labels, have_prior, have_half_life) -> None:
+        """A caller's value that differs from the store's recorded one is an error naming both."""
+        if labels is not None and list(labels) != list(have_labels):
+            raise StoreError(f"preference store '{self.path}' was created with labels {list(have_labels)}, "
+                             f"not {list(labels)} (labels.names); a store's labels never change")
+        for key, want, have in (("prior", prior, have_prior), ("half_life_s", half_life_s, have_half_life)):
+            if want is not None and float(want) != float(have):
+                raise StoreError(
+                    f"preference store '{self.path}' has store.{key} = {float(have)!r} but store.{key} = "
+                    f"{float(want)!r} was asked for; opening a store never changes it: leave store.{key} unset "
+                    f"to use the store's, or change the store with `raydprm store reconfigure --db {self.path} "
+                    f"store.{key}={float(want)!r}`")
+
+    def _init_meta(self, cur: sqlite3.Cursor, labels: Sequence[str] | None, prior: float | None,
+                   half_life_s: float | None, personas: Iterable[str]) -> None:
         meta = dict(cur.execute("SELECT key, value FROM meta").fetchall())
         if not meta:
             names = list(labels) if labels is not None else list(HH_LABELS)
@@ -211,34 +448,65 @@ class PreferenceStore:
                 raise StoreError(f"labels must be >= 2 distinct non-empty names, got {names!r}")
             cur.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("schema_version", str(SCHEMA_VERSION)), ("labels", json.dumps(names)),
-                ("half_life_s", repr(float(half_life_s or 0.0))), ("created", repr(time.time()))])
+                ("half_life_s", repr(float(half_life_s or 0.0))), ("prior", repr(float(prior or 1.0))),
+                ("params_version", "1"), ("created", repr(time.time()))])
             cur.executemany("INSERT INTO labels VALUES (?, ?)", list(enumerate(names)))
             cur.executemany("INSERT OR IGNORE INTO personas(name) VALUES (?)", [(p,) for p in DEFAULT_STORE_PERSONAS])
         else:
-            if int(meta.get("schema_version", 0)) != SCHEMA_VERSION:
+            if "labels" not in meta or "half_life_s" not in meta:
+                raise StoreError(f"'{self.path}' is an SQLite file but not a preference store (no labels recorded)")
+            if meta.get("schema_version") != str(SCHEMA_VERSION):
                 raise StoreError(f"store '{self.path}' has schema version {meta.get('schema_version')}, "
                                  f"this raydprm reads version {SCHEMA_VERSION}")
-            have = json.loads(meta["labels"])
-            if labels is not None and list(labels) != have:
-                raise StoreError(f"store '{self.path}' was created with labels {have}, not {list(labels)}")
-            if half_life_s is not None and float(half_life_s) != float(meta["half_life_s"]):
-                cur.execute("UPDATE meta SET value = ? WHERE key = 'half_life_s'", (repr(float(half_life_s)),))
-                self.half_life_s = float(half_life_s)
-                self.labels = have
-                self._personas = dict(cur.execute("SELECT name, pid FROM personas").fetchall())
-                self._rebuild(cur)  # the log is the truth: re-derive posteriors under the new half-life
+            if "prior" not in meta:  # written before the prior was recorded: see the class docstring
+                cur.execute("INSERT INTO meta VALUES ('prior', ?)", (repr(float(prior or 1.0)),))
+                meta["prior"] = repr(float(prior or 1.0))
+            self._check_same(labels, prior, half_life_s, json.loads(meta["labels"]), float(meta["prior"]),
+                             float(meta["half_life_s"]))
         for p in personas:
             self._check_persona_name(p)
             cur.execute("INSERT OR IGNORE INTO personas(name) VALUES (?)", (p,))
 
-    def _load_meta(self) -> None:
+    def _load_meta(self, cur: sqlite3.Cursor | Any = None) -> None:
         with self._lock:
-            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-            self.labels: list[str] = json.loads(meta["labels"])
-            self.half_life_s: float = float(meta["half_life_s"])
+            db = cur if cur is not None else self._db
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            try:
+                self.labels: list[str] = json.loads(meta["labels"])
+                self.half_life_s: float = float(meta["half_life_s"])
+                # a store written before the prior was recorded, opened read-only: the old default
+                self.prior: float = float(meta.get("prior", self._asked_prior or 1.0))
+            except (KeyError, ValueError, TypeError):
+                raise StoreError(f"'{self.path}' is not a preference store (its meta table is incomplete or "
+                                 "corrupt)") from None
+            self._params_version = meta.get("params_version", "0")
             self._label_index = {n: i for i, n in enumerate(self.labels)}
-            self._personas = dict(self._db.execute("SELECT name, pid FROM personas ORDER BY pid").fetchall())
+            self._personas = dict(db.execute("SELECT name, pid FROM personas ORDER BY pid").fetchall())
             self._pid_name = {pid: name for name, pid in self._personas.items()}
+
+    def reconfigure(self, *, prior: float | None = None, half_life_s: float | None = None) -> dict[str, Any]:
+        """Change the store's recorded prior and/or half-life (None: keep), in one transaction
+        that re-derives every posterior from the vote log under the new half-life. The prior
+        is added at read time, so changing only the prior replays nothing. Other connections
+        to the file follow the change on their next call."""
+        _check_prior(prior)
+        _check_half_life(half_life_s)
+        old = (self.prior, self.half_life_s)
+        new_prior = old[0] if prior is None else float(prior)
+        new_hl = old[1] if half_life_s is None else float(half_life_s)
+        replayed = 0
+        with self._write() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key = 'params_version'").fetchone()
+            version = str(int(row[0]) + 1 if row else 1)
+            cur.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                ("prior", repr(new_prior)), ("half_life_s", repr(new_hl)), ("params_version", version)])
+            self.prior, self.half_life_s = new_prior, new_hl
+            if new_hl != old[1]:
+                replayed = self._rebuild(cur)  # the log is the truth: re-derive under the new half-life
+            self._params_version = version
+        return {"path": str(self.path), "prior": new_prior, "half_life_s": new_hl,
+                "changed": {k: [a, b] for k, a, b in (("prior", old[0], new_prior), ("half_life_s", old[1], new_hl))
+                            if a != b}, "votes_replayed": replayed}
 
     @property
     def num_labels(self) -> int:
@@ -251,8 +519,8 @@ class PreferenceStore:
         return list(self._personas)
 
     def _refresh_personas(self) -> None:
-        with self._lock:
-            self._personas = dict(self._db.execute("SELECT name, pid FROM personas ORDER BY pid").fetchall())
+        with self._read() as cur:
+            self._personas = dict(cur.execute("SELECT name, pid FROM personas ORDER BY pid").fetchall())
             self._pid_name = {pid: name for name, pid in self._personas.items()}
 
     @property
@@ -266,7 +534,8 @@ class PreferenceStore:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
 
     def __enter__(self) -> PreferenceStore:
         return self
@@ -275,7 +544,8 @@ class PreferenceStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"PreferenceStore('{self.path}', labels={len(self.labels)}, half_life_s={self.half_life_s})"
+        return (f"PreferenceStore('{self.path}', labels={len(self.labels)}, prior={self.prior}, "
+                f"half_life_s={self.half_life_s}{', readonly' if self.readonly else ''})")
 
     # ------------------------------------------------------------------ writing
 
@@ -311,7 +581,11 @@ class PreferenceStore:
         """
         if isinstance(votes, (Mapping, str, bytes)):
             raise StoreError("add_votes takes a list of vote dicts, not a single vote")
-        votes = list(votes) if not isinstance(votes, (list, tuple)) else votes
+        if not isinstance(votes, (list, tuple)):
+            try:
+                votes = list(votes)
+            except TypeError:
+                raise StoreError(f"add_votes takes a list of vote dicts, got {type(votes).__name__}") from None
         if not votes:
             return {"added": 0, "duplicates": 0}
         now = time.time()
@@ -340,7 +614,7 @@ class PreferenceStore:
             before = self._db.total_changes
             cur.executemany(
                 "INSERT OR IGNORE INTO votes(vote_id, item_id, persona, label, dist, weight, ts, source) "
-                "VALUES (?,?,?,?,?,?,?,?)", [v[:8] for v in batch.values()])
+                "VALUES (?,?,?,?,?,?,?,?)", [v.log_row for v in batch.values()])
             if self._db.total_changes - before == len(batch):
                 new = list(batch.values())
             else:
@@ -350,9 +624,9 @@ class PreferenceStore:
                 for chunk in _chunks(old_ids):
                     q = f"SELECT vote_id, item_id, persona, label, dist, weight FROM votes WHERE vote_id IN " \
                         f"({','.join('?' * len(chunk))})"
-                    for row in cur.execute(q, chunk):
-                        d = tuple(json.loads(row[4])) if row[4] is not None else None
-                        self._same_or_raise(pos[row[0]], batch[row[0]], (row[1], row[2], row[3], d, row[5]))
+                    for vid, iid, persona, label, dist, weight in cur.execute(q, chunk):
+                        d = tuple(json.loads(dist)) if dist is not None else None
+                        self._same_or_raise(pos[vid], batch[vid], (iid, persona, label, d, weight))
                 dup += len(old_ids)
                 new = [v for vid, v in batch.items() if vid in inserted]
             if new:
@@ -377,6 +651,10 @@ class PreferenceStore:
     def _decode(self, blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """An item's state -> persona ids (k,), vote counts (k,), evidence (k, L), counts (k, L)."""
         L = self.num_labels
+        if not isinstance(blob, bytes) or len(blob) % (8 * self._state_width):
+            raise StoreError(f"preference store '{self.path}' holds a corrupt posterior state ({len(blob or b'')} "
+                             f"bytes is no multiple of {8 * self._state_width}); rebuild the posteriors from the "
+                             "vote log (PreferenceStore.rebuild_posteriors)")
         m = np.frombuffer(blob).reshape(-1, self._state_width)  # (k, W) one row per persona
         ev = m[:, 2:2 + L]
         return m[:, 0].astype(np.int64), m[:, 1].astype(np.int64), ev, (ev if self._half_life is None else m[:, 2 + L:])
@@ -389,11 +667,11 @@ class PreferenceStore:
         if any(r.persona not in pid_of for r in rows):  # registered by another process since we looked
             pid_of = dict(cur.execute("SELECT name, pid FROM personas").fetchall())
         items: dict[str, int] = {}
-        vi = np.array([items.setdefault(r[1], len(items)) for r in rows], dtype=np.int64)  # (N,) item of each vote
-        vp = np.array([pid_of[r[2]] for r in rows], dtype=np.int64)  # (N,) persona id of each vote
-        labels = np.array([-1 if r[3] is None else r[3] for r in rows], dtype=np.int64)
-        w = np.array([r[5] for r in rows], dtype=np.float64)
-        ts = np.array([r[6] for r in rows], dtype=np.float64)
+        vi = np.array([items.setdefault(r.item_id, len(items)) for r in rows], dtype=np.int64)  # (N,) item of each vote
+        vp = np.array([pid_of[r.persona] for r in rows], dtype=np.int64)  # (N,) persona id of each vote
+        labels = np.array([-1 if r.label is None else r.label for r in rows], dtype=np.int64)
+        w = np.array([r.weight for r in rows], dtype=np.float64)
+        ts = np.array([r.ts for r in rows], dtype=np.float64)
         probs = np.zeros((n, L))  # (N, L) vote as a probability row
         hard = labels >= 0
         probs[np.flatnonzero(hard), labels[hard]] = 1.0
@@ -467,12 +745,13 @@ class PreferenceStore:
         cur.execute("DELETE FROM posterior")
         n = 0
         rd = self._db.cursor()  # same connection and transaction
-        rd.execute("SELECT vote_id, item_id, persona, label, dist, weight, ts, source FROM votes ORDER BY seq")
+        rd.execute(f"SELECT {_LOG_COLUMNS} FROM votes ORDER BY seq")
         while True:
-            rows = rd.fetchmany(20000)
+            rows = [LogRow._make(r) for r in rd.fetchmany(20000)]
             if not rows:
                 return n
-            self._update_posteriors(cur, [Vote(*r, "", "", None if r[4] is None else tuple(json.loads(r[4])))
+            self._update_posteriors(cur, [Vote(**r._asdict(), prompt="", response="",
+                                               dist=None if r.dist_json is None else tuple(json.loads(r.dist_json)))
                                           for r in rows])
             n += len(rows)
 
@@ -480,7 +759,11 @@ class PreferenceStore:
         """Record pairwise comparisons ``{pair_id, prompt, chosen, rejected, annotator, source?, ts?}``
         (responses, not transcripts). Items are registered; existing pair ids are skipped."""
         rows, items, now = [], {}, time.time()
+        if isinstance(pairs, (Mapping, str, bytes)) or not isinstance(pairs, Iterable):
+            raise StoreError(f"add_pairs takes a list of pair dicts, got {type(pairs).__name__}")
         for i, p in enumerate(pairs):
+            if not isinstance(p, Mapping):
+                raise StoreError(f"pair #{i} must be a dict, got {type(p).__name__}")
             for key in ("pair_id", "prompt", "chosen", "rejected", "annotator"):
                 if not isinstance(p.get(key), str) or not p[key].strip():
                     raise StoreError(f"pair #{i} ({p.get('pair_id')!r}): '{key}' must be a non-empty string")
@@ -499,29 +782,25 @@ class PreferenceStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _rows(self, blob: bytes, t_ref: float) -> dict[str, tuple[np.ndarray, np.ndarray, int, float]]:
-        """{persona: (evidence (L,), counts (L,), n_votes, t_ref)} of an item's state."""
+    def _rows(self, blob: bytes, t_ref: float) -> dict[str, PersonaState]:
+        """{persona: PersonaState} of an item's state."""
         pids, nv, ev, cnt = self._decode(blob)
         if any(p not in self._pid_name for p in pids.tolist()):
             self._refresh_personas()
-        return {self._pid_name[p]: (ev[i], cnt[i], int(nv[i]), t_ref) for i, p in enumerate(pids.tolist())}
-
-    def _item_rows(self, cur: sqlite3.Cursor, iid: str) -> dict[str, tuple[np.ndarray, np.ndarray, int, float]]:
-        row = cur.execute("SELECT p.state, p.t_ref FROM items i JOIN posterior p ON p.item_seq = i.seq "
-                          "WHERE i.item_id = ?", (iid,)).fetchone()
-        return {} if row is None else self._rows(*row)
+        return {self._pid_name[p]: PersonaState(ev[i], cnt[i], int(nv[i]), t_ref) for i, p in enumerate(pids.tolist())}
 
     def _lookup(self, prompt: str, response: str) -> tuple[str, dict]:
         if not isinstance(prompt, str) or not isinstance(response, str):
             raise StoreError("prompt and response must be strings")
         iid = item_id(prompt, response)
-        with self._lock:  # one statement: a consistent snapshot without an explicit transaction
-            row = self._db.execute("SELECT i.seq, p.state, p.t_ref FROM items i LEFT JOIN posterior p "
-                                   "ON p.item_seq = i.seq WHERE i.item_id = ?", (iid,)).fetchone()
+        with self._read() as cur:
+            row = cur.execute("SELECT p.state, p.t_ref FROM items i LEFT JOIN posterior p "
+                              "ON p.item_seq = i.seq WHERE i.item_id = ?", (iid,)).fetchone()
             if row is None:
                 raise UnknownItemError(f"item {iid} (prompt {prompt[:40]!r}..., response {response[:40]!r}...) "
                                        "is not in the store")
-            return iid, ({} if row[1] is None else self._rows(row[1], row[2]))
+            state, t_ref = row
+            return iid, ({} if state is None else self._rows(state, t_ref))
 
     def _decayed(self, ev: np.ndarray, t_ref: float, at: float | None) -> np.ndarray:
         hl = self._half_life
@@ -550,14 +829,14 @@ class PreferenceStore:
         """(P, L) alphas and weights (P,) for a mixture, or (L,) pooled alpha and None."""
         L = self.num_labels
         if persona_weights is None:
-            ev = sum((self._decayed(e, t, at) for e, _, _, t in rows.values()), np.zeros(L))
+            ev = sum((self._decayed(r.evidence, r.t_ref, at) for r in rows.values()), np.zeros(L))
             return self.prior + ev, None  # pooled crowd: every vote of every persona
         if names is None:
             names, w = self._weights(persona_weights)
         else:
             w = None
-        alphas = np.stack([self.prior + (self._decayed(rows[p][0], rows[p][3], at) if p in rows else np.zeros(L))
-                           for p in names])  # (P, L)
+        alphas = np.stack([self.prior + (self._decayed(rows[p].evidence, rows[p].t_ref, at) if p in rows
+                                         else np.zeros(L)) for p in names])  # (P, L)
         return alphas, w
 
     def distribution(self, prompt: str, response: str, persona_weights: Mapping[str, float] | None = None,
@@ -627,7 +906,7 @@ class PreferenceStore:
             rows = {persona: rows[persona]} if persona in rows else {}
         alpha, _ = self._alphas(rows, None, at)
         return {"alpha": alpha.tolist(), "mean": dirichlet_mean(alpha).tolist(),
-                "variance": dirichlet_variance(alpha).tolist(), "n_votes": int(sum(r[2] for r in rows.values()))}
+                "variance": dirichlet_variance(alpha).tolist(), "n_votes": int(sum(r.n_votes for r in rows.values()))}
 
     def variance(self, prompt: str, response: str, persona_weights: Mapping[str, float] | None = None,
                  at: float | None = None) -> list[float]:
@@ -639,7 +918,7 @@ class PreferenceStore:
     def counts(self, prompt: str, response: str) -> dict[str, list[float]]:
         """Undecayed weighted vote counts (L,) per persona that voted on the item."""
         _, rows = self._lookup(prompt, response)
-        return {p: r[1].tolist() for p, r in rows.items()}
+        return {p: r.counts.tolist() for p, r in rows.items()}
 
     def recount(self, prompt: str, response: str, persona: str | None = None, at: float | None = None
                 ) -> list[float]:
@@ -652,7 +931,7 @@ class PreferenceStore:
         alpha = np.full(self.num_labels, self.prior)
         if not rows:
             return alpha.tolist()
-        t_ref = max(r[3] for r in rows)
+        t_ref = max(ts for *_, ts in rows)
         t = t_ref if self._half_life is None else (time.time() if at is None else float(at))
         for label, dist, weight, ts in rows:
             v = np.zeros(self.num_labels)
@@ -666,24 +945,24 @@ class PreferenceStore:
 
     def count_votes(self, persona: str | None = None) -> int:
         """Number of distinct votes in the log (optionally of one persona)."""
-        with self._lock:
+        with self._read() as cur:
             if persona is None:
-                return int(self._db.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
-            return int(self._db.execute("SELECT COUNT(*) FROM votes WHERE persona = ?", (persona,)).fetchone()[0])
+                return int(cur.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
+            return int(cur.execute("SELECT COUNT(*) FROM votes WHERE persona = ?", (persona,)).fetchone()[0])
 
     def count_items(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+        with self._read() as cur:
+            return int(cur.execute("SELECT COUNT(*) FROM items").fetchone()[0])
 
     def _all_posteriors(self, persona_weights: Mapping[str, float] | None, at: float | None,
-                        min_votes: int = 0) -> Iterator[tuple[str, str, str, np.ndarray, np.ndarray, int, dict]]:
-        """(item_id, prompt, response, mean, variance, n_votes, rows) for every item."""
+                        min_votes: int = 0) -> Iterator[ItemPosterior]:
+        """The posterior of every item with at least ``min_votes`` votes, in insertion order."""
         with self._read() as cur:
             items = cur.execute("SELECT i.item_id, i.prompt, i.response, p.state, p.t_ref FROM items i "
                                 "LEFT JOIN posterior p ON p.item_seq = i.seq ORDER BY i.seq").fetchall()
         for iid, prompt, response, blob, t in items:
             rows = {} if blob is None else self._rows(blob, t)
-            n = sum(r[2] for r in rows.values())
+            n = sum(r.n_votes for r in rows.values())
             if n < min_votes:
                 continue
             alphas, w = self._alphas(rows, persona_weights, at)
@@ -691,7 +970,7 @@ class PreferenceStore:
                 mean, var = dirichlet_mean(alphas), dirichlet_variance(alphas)
             else:
                 mean, var = mix_posteriors(alphas, w)
-            yield iid, prompt, response, np.asarray(mean), np.asarray(var), n, rows
+            yield ItemPosterior(iid, prompt, response, np.asarray(mean), np.asarray(var), n, rows)
 
     def items_needing_votes(self, k: int = 10, persona_weights: Mapping[str, float] | None = None,
                             at: float | None = None) -> list[dict[str, Any]]:
@@ -699,8 +978,9 @@ class PreferenceStore:
         (sum over labels), i.e. where another vote teaches the most."""
         if k < 1:
             raise StoreError(f"k must be >= 1, got {k}")
-        scored = [{"item_id": iid, "prompt": p, "response": r, "variance": float(var.sum()), "n_votes": n}
-                  for iid, p, r, _, var, n, _ in self._all_posteriors(persona_weights, at)]
+        scored = [{"item_id": it.item_id, "prompt": it.prompt, "response": it.response,
+                   "variance": float(it.variance.sum()), "n_votes": it.n_votes}
+                  for it in self._all_posteriors(persona_weights, at)]
         scored.sort(key=lambda d: (-d["variance"], d["item_id"]))
         return scored[:k]
 
@@ -711,18 +991,23 @@ class PreferenceStore:
         ``n_votes`` and ``persona_counts`` ({persona: undecayed counts (L,)} over all personas)."""
         import datasets
 
+        if persona_weights is not None:  # refuse a bad mixture even when no item qualifies
+            self._weights(persona_weights)
+        if smoothing and not (0 <= smoothing < 1):
+            raise StoreError(f"smoothing must lie in [0, 1), got {smoothing!r}")
         names = self.personas
         zero = [0.0] * self.num_labels
         rows: dict[str, list] = {k: [] for k in ("item_id", "prompt", "response", "target", "variance", "n_votes",
                                                  "persona_counts")}
-        for iid, p, r, mean, var, n, prow in self._all_posteriors(persona_weights, at, min_votes):
-            rows["item_id"].append(iid)
-            rows["prompt"].append(p)
-            rows["response"].append(r)
-            rows["target"].append(self._smooth(mean, smoothing).tolist())
-            rows["variance"].append(var.tolist())
-            rows["n_votes"].append(int(n))
-            rows["persona_counts"].append({q: (prow[q][1].tolist() if q in prow else zero) for q in names})
+        for it in self._all_posteriors(persona_weights, at, min_votes):
+            rows["item_id"].append(it.item_id)
+            rows["prompt"].append(it.prompt)
+            rows["response"].append(it.response)
+            rows["target"].append(self._smooth(it.mean, smoothing).tolist())
+            rows["variance"].append(it.variance.tolist())
+            rows["n_votes"].append(int(it.n_votes))
+            rows["persona_counts"].append({q: (it.personas[q].counts.tolist() if q in it.personas else zero)
+                                           for q in names})
         L = self.num_labels
         feats = datasets.Features({
             "item_id": datasets.Value("string"), "prompt": datasets.Value("string"),
@@ -757,4 +1042,4 @@ class PreferenceStore:
         return {"path": str(self.path), "votes": n_votes, "items": n_items, "items_with_votes": voted,
                 "pairs": n_pairs, "votes_per_persona": {p: per.get(p, 0) for p in self._personas},
                 "labels": list(self.labels), "prior": self.prior, "half_life_s": self.half_life_s,
-                "journal_mode": "wal", "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sync, sync)}
+                "readonly": self.readonly, "journal_mode": "wal", "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sync, sync)}

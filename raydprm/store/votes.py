@@ -44,8 +44,8 @@ class VoteError(RaydprmError, ValueError):
 class Vote(NamedTuple):
     """A validated vote. ``label`` is the index for a one-hot vote, else None and ``dist`` is set.
 
-    The first eight fields are, in order, the columns of a row of the vote log
-    (``dist_json`` is ``dist`` as JSON text), so ``vote[:8]`` is that row.
+    The first eight fields are the columns of a row of the vote log (``dist_json`` is
+    ``dist`` as JSON text); :attr:`log_row` is that row.
     """
 
     vote_id: str
@@ -59,6 +59,12 @@ class Vote(NamedTuple):
     prompt: str
     response: str
     dist: tuple[float, ...] | None
+
+    @property
+    def log_row(self) -> tuple[str, str, str, int | None, str | None, float, float, str]:
+        """(vote_id, item_id, persona, label, dist_json, weight, ts, source): the vote log's columns."""
+        return (self.vote_id, self.item_id, self.persona, self.label, self.dist_json, self.weight, self.ts,
+                self.source)
 
 
 def item_id(prompt: str, response: str) -> str:

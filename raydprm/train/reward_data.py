@@ -187,8 +187,6 @@ def simulate_store_export(store_path, *, crowd_cfg, store_cfg, labels_cfg, seed:
     pop = Population.from_config(crowd_cfg)
     items = simulated_items(crowd_cfg.n_items, seed=seed)
     votes = pop.simulate_votes(items, crowd_cfg.votes_per_item, seed=seed)
-    with PreferenceStore(store_path, labels=labels_cfg.names, personas=pop.names, prior=store_cfg.prior,
-                         half_life_s=store_cfg.half_life_s, synchronous=store_cfg.synchronous,
-                         max_text_chars=store_cfg.max_text_chars) as store:
+    with PreferenceStore.from_config(store_cfg, labels_cfg, path=str(store_path), personas=pop.names) as store:
         store.add_votes(votes)
         return store.export(pop.mixture() if crowd_cfg.mixture else None, smoothing=store_cfg.smoothing)

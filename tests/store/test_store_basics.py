@@ -85,10 +85,15 @@ def test_forgetting_halves_old_weight_after_one_half_life(tmp_path):
     a = np.array(s.posterior(P, R, at=1000.0 + h)["alpha"])
     np.testing.assert_allclose(a, [2.0, 1, 2.0, 1, 1, 1])
     np.testing.assert_allclose(s.recount(P, R, at=1000.0 + h), a)
-    # reopening with another half-life rebuilds the posteriors from the log
+    # reopening never changes the half-life; reconfigure() rebuilds the posteriors from the log
     s.close()
-    s2 = PreferenceStore(tmp_path / "s.db", half_life_s=0.0)
+    with pytest.raises(StoreError, match=r"half_life_s = 100\.0 but store\.half_life_s = 0\.0"):
+        PreferenceStore(tmp_path / "s.db", half_life_s=0.0)
+    s2 = PreferenceStore(tmp_path / "s.db")
+    assert s2.half_life_s == h
+    assert s2.reconfigure(half_life_s=0.0)["votes_replayed"] == 3
     np.testing.assert_allclose(s2.posterior(P, R)["alpha"], [3, 1, 2, 1, 1, 1])
+    assert PreferenceStore(tmp_path / "s.db", readonly=True).half_life_s == 0.0
 
 
 def test_population_truth_matches_store_frequencies(tmp_path):
@@ -142,7 +147,7 @@ def test_hh_import_is_idempotent_and_records_pairs(tmp_path):
     assert len(pairs) == 5 and pairs[0]["rejected"] == " go away"
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"chosen": "x", "rejected": "y"}))
-    with pytest.raises(StoreError, match="row 0"):
+    with pytest.raises(StoreError, match="line 1, field 'chosen'"):
         import_hh(s, bad, progress=False)
     with pytest.raises(StoreError, match="does not exist"):
         import_hh(s, tmp_path / "none.jsonl", progress=False)
