@@ -21,7 +21,7 @@ _EXPORTS: dict[str, str] = {
                      "update_kl_coef"), "kl"),
     "LabelScale": "label_scale",
     **dict.fromkeys(("OT_METHODS", "ot_loss", "ot_loss_with_stats"), "ot_loss"),
-    **dict.fromkeys(("PAIRWISE_LOSSES", "pairwise_loss", "reduce_pairs"), "pairwise_loss"),
+    **dict.fromkeys(("PAIRWISE_LOSSES", "pairwise_loss", "reduce_pairs", "DIRECT_ALIGNMENT_LOSSES"), "pairwise_loss"),
     **dict.fromkeys(("aggregate", "clipped_surrogate", "clipped_value_loss", "entropy_bonus", "entropy_from_logits",
                      "token_logprobs"), "ppo_loss"),
     **dict.fromkeys(("SMOOTHINGS", "targeted_smoothing"), "smoothing"),
