@@ -388,6 +388,67 @@ class PPOConfig(Section):
             raise ConfigError("config key 'ppo.offload_optimizer' needs ppo.zero_stage >= 1")
 
 
+ALIGN_ALGOS = ("dpo", "ipo", "slic", "slic_rso", "rrhf", "crowd_dpo")
+
+
+@dataclass(frozen=True)
+class AlignConfig(Section):
+    """Direct alignment (DPO family) on pairs built from the preference store; the
+    losses are :mod:`raydprm.core.direct_alignment`'s, the engine is the PPO learner's."""
+
+    section: ClassVar[str] = "align"
+    algo: str = opt("dpo", doc="Direct-alignment loss (crowd_dpo: DPO with the crowd's preference probability as a soft label).", choices=ALIGN_ALGOS)
+    beta: float = opt(0.1, doc="DPO / crowd DPO temperature beta (Eq. 14).", gt=0)
+    tau: float = opt(0.1, doc="IPO regularisation tau; the target log-ratio margin is 1 / (2 tau) (Eq. 23).", gt=0)
+    delta: float = opt(1.0, doc="Hinge margin delta of SLiC / RSO-SLiC (Eq. 20-21).", ge=0)
+    sft_weight: float = opt(0.1, doc="Weight lambda of the SFT term (NLL of the chosen response) of SLiC and RRHF.", ge=0)
+    ties: str = opt("half", doc="How equal-reward label draws count in the crowd's P(a > b): half a win each, or dropped.", choices=("half", "drop"))
+    min_margin: float = opt(0.0, doc="Hard-label algorithms skip pairs with |P(a > b) - 0.5| <= min_margin (0 skips exact ties only).", ge=0, lt=0.5)
+    pairs_per_prompt: int = opt(6, doc="Most response pairs drawn per prompt from the store export.", ge=1)
+    reference: str = opt("", doc="Frozen reference model (dir or hub name); empty = the initial policy.")
+    max_prompt_tokens: int = opt(64, doc="Prompt tokens kept (the left end is cut).", ge=1)
+    max_response_tokens: int = opt(48, doc="Response tokens kept (the right end is cut).", ge=1)
+    batch: int = opt(16, doc="Pairs per update (global).", ge=1)
+    minibatch: int = opt(8, doc="Pairs per optimizer step (global).", ge=1)
+    micro_batch: int = opt(4, doc="Pairs per forward/backward on one worker; accumulation is derived.", ge=1)
+    epochs: int = opt(1, doc="Passes over each update's batch.", ge=1)
+    steps: int = opt(40, doc="Updates of a training run.", ge=1)
+    lr: float = opt(5e-4, doc="Learning rate (sized for the tiny default policy; ~1e-6 for billion-parameter models).", gt=0)
+    weight_decay: float = opt(0.0, doc="AdamW weight decay.", ge=0)
+    grad_clip: float = opt(1.0, doc="Gradient clipping norm; 0 = off.", ge=0)
+    num_workers: int = opt(1, doc="Learner actors in the torch.distributed group.", ge=1)
+    engine: str = opt("deepspeed", doc="Training engine.", choices=("deepspeed", "torch"))
+    zero_stage: int = opt(0, doc="DeepSpeed ZeRO stage.", ge=0, le=3)
+    offload_optimizer: bool = opt(False, doc="ZeRO optimizer offload to CPU.")
+    offload_params: bool = opt(False, doc="ZeRO-3 parameter offload to CPU.")
+    precision: str = opt("fp32", doc="Training precision.", choices=("fp32", "bf16"))
+    optimizer: str = opt("adamw", doc="adamw (torch AdamW as DeepSpeed's client optimizer) or ds_adam.", choices=("adamw", "ds_adam"))
+    ds_jit_ops: bool = opt(False, doc="Let DeepSpeed JIT-build its optional CPU comm op.")
+    num_cpus_per_worker: float = opt(1.0, doc="CPUs reserved per learner actor.", gt=0)
+    num_gpus_per_worker: float = opt(0.0, doc="GPUs reserved per learner actor (NCCL when > 0).", ge=0)
+    dist_timeout_s: float = opt(600.0, doc="torch.distributed collective timeout of the learner group.", gt=0)
+
+    @property
+    def engine_config(self) -> PPOConfig:
+        """The engine settings as the PPOConfig that :func:`raydprm.train.ds_engine.build_engine`
+        reads (one minibatch = one optimizer step; its validation checks the batch shape)."""
+        try:
+            return PPOConfig(rollout_batch=self.minibatch, minibatch=self.minibatch, micro_batch=self.micro_batch,
+                             lr=self.lr, weight_decay=self.weight_decay, grad_clip=self.grad_clip,
+                             num_workers=self.num_workers, engine=self.engine, zero_stage=self.zero_stage,
+                             offload_optimizer=self.offload_optimizer, offload_params=self.offload_params,
+                             precision=self.precision, optimizer=self.optimizer, ds_jit_ops=self.ds_jit_ops,
+                             dist_timeout_s=self.dist_timeout_s, num_cpus_per_worker=self.num_cpus_per_worker,
+                             num_gpus_per_worker=self.num_gpus_per_worker, reference=self.reference)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("'ppo.", "'align.").replace(" ppo.", " align.")) from None
+
+    def validate(self) -> None:
+        if self.batch % self.minibatch:
+            raise ConfigError(f"config key 'align.minibatch' = {self.minibatch} must divide align.batch = {self.batch}")
+        self.engine_config  # noqa: B018  (its checks, under align.* names)
+
+
 @dataclass(frozen=True)
 class ServeConfig(Section):
     section: ClassVar[str] = "serve"
@@ -446,6 +507,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
