@@ -110,7 +110,7 @@ def cfg_lr(**kw):
 @pytest.mark.deepspeed
 def test_resume_is_bit_identical_deepspeed(batch, tmp_path):
     c = cfg(engine="deepspeed", zero_stage=0, epochs=2)
-    parts = [batch.select(torch.arange(i, i + 16)) for i in (0, 8, 0)]
+    parts = [batch.select(torch.arange(i, i + 8)) for i in (0, 8, 0)]
     a = DirectAlignmentLearner(c, "tiny-gpt2", seed=3)
     for b in parts:
         a.update(b)
