@@ -168,3 +168,23 @@ def test_bad_config_and_batches_are_refused(batch):
         lr.update(batch.select(torch.arange(5)))
     with pytest.raises(PairBatchError, match="PairBatch"):
         lr.update("not a batch")
+
+
+def test_pairs_from_a_real_store_export(tmp_path):
+    from raydprm.store import PreferenceStore
+
+    P = "how do I water a plant?"
+    answers = {"gently, every few days": 0, "no idea": 5, "maybe": 2}
+    with PreferenceStore(tmp_path / "s.db") as s:
+        votes = [{"vote_id": f"{r}-{k}", "prompt": P, "response": r, "persona": "scientist",
+                  "label": min(lab + k % 2, 5)} for r, lab in answers.items() for k in range(4)]
+        s.add_votes(votes)
+        export = s.export()
+        dist = {r: s.distribution(P, r) for r in answers}
+    pairs = pairs_from_export(export, HH_REWARDS)
+    assert len(pairs) == 3
+    for p in pairs:
+        assert p["target"] == pytest.approx(float(crowd_preference(dist[p["chosen"]], dist[p["rejected"]],
+                                                                   HH_REWARDS)))
+        assert p["target"] > 0.5
+    assert {p["chosen"] for p in pairs} >= {"gently, every few days"}
