@@ -4,6 +4,7 @@ Bounds (docs/pbde.md states them with the full run's figures): the quick run has
 pairs, 250 steps and a 256-point training grid, so it is looser than the full run."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -64,7 +65,9 @@ def test_density_metrics_facts():
     lp = pbde.p_star_logpdf(grid.double())
     m = pbde.density_metrics(lp, lp + 3.0, grid)  # constants do not matter
     assert m["tv"] == pytest.approx(0.0, abs=1e-12) and m["kl"] == pytest.approx(0.0, abs=1e-12)
-    assert m["mass_left_of_zero"] == pytest.approx(0.4, abs=1e-3)
+    # 0.4 + 0.6 P(TN(2.5, 1) < 0) = 0.4 + 0.6 Phi(-2.5) / (Phi(7.5) - Phi(-12.5))
+    phi = [0.5 * (1 + math.erf(z / math.sqrt(2))) for z in (-2.5, 7.5, -12.5)]
+    assert m["mass_left_of_zero"] == pytest.approx(0.4 + 0.6 * (phi[0] - phi[2]) / (phi[1] - phi[2]), abs=1e-4)  # trapezoid edge at 0
     far = pbde.density_metrics(pbde.tn_logpdf(grid.double(), -5, 0.2), pbde.tn_logpdf(grid.double(), 5, 0.2), grid)
     assert far["tv"] == pytest.approx(1.0, abs=1e-6)
     # grid interpolation is exact for linear functions
