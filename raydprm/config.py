@@ -394,7 +394,7 @@ ALIGN_ALGOS = ("dpo", "ipo", "slic", "slic_rso", "rrhf", "crowd_dpo")
 @dataclass(frozen=True)
 class AlignConfig(Section):
     """Direct alignment (DPO family) on pairs built from the preference store; the
-    losses are :mod:`raydprm.core.direct_alignment`'s, the engine is the PPO learner's."""
+    losses are :mod:`raydprm.core.pairwise_loss`'s, the engine is the PPO learner's."""
 
     section: ClassVar[str] = "align"
     algo: str = opt("dpo", doc="Direct-alignment loss (crowd_dpo: DPO with the crowd's preference probability as a soft label).", choices=ALIGN_ALGOS)
