@@ -182,11 +182,13 @@ def test_bad_batches_are_refused(tiny_kit):
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    from raydprm.models.policy import PolicyLoadError, load_policy
+    from raydprm.errors import RaydprmError
+    from raydprm.models.policy import load_policy
 
-    with pytest.raises(PolicyLoadError, match="neither a tiny kit name"):
+    # a local path that does not exist is refused before any loader runs (one clear line)
+    with pytest.raises(RaydprmError, match="does not exist .*not a kit name"):
         load_policy(str(tmp_path / "nope"))
-    with pytest.raises(PolicyLoadError, match="neither a tiny kit name"):
+    with pytest.raises(RaydprmError, match="does not exist .*not a kit name"):
         load_policy("./not-a-model")
 
 
