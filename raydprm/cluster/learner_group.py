@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +45,19 @@ __all__ = ["LearnerActor", "LearnerGroup"]
 
 
 class LearnerActor:
-    """One learner rank. Construct, then ``setup(master_addr, master_port)`` on every rank at once."""
+    """One learner rank. Construct, then ``setup(master_addr, master_port)`` on every rank at once.
 
-    def __init__(self, ppo: PPOConfig, policy: str, rank: int, seed: int = 0, device: str = "cpu",
-                 dtype: str = "float32", trust_remote_code: bool = False, num_threads: int = 0):
+    ``build`` is the learner class of this group: :class:`~raydprm.train.learner.PPOLearner`
+    (PPO) or :class:`~raydprm.train.direct_alignment.DirectAlignmentLearner` (DPO, IPO, SLiC,
+    RRHF, crowd DPO); both take ``master_addr``/``master_port`` and the keyword arguments
+    in ``learner_kwargs`` and offer update/save/load/export_hf."""
+
+    def __init__(self, build: Callable[..., Any], learner_kwargs: dict[str, Any], num_threads: int = 0):
         import torch
 
         if num_threads:
             torch.set_num_threads(num_threads)
-        self._args = dict(ppo=ppo, policy=policy, rank=rank, seed=seed, device=device, dtype=dtype,
-                          trust_remote_code=trust_remote_code)
+        self._build, self._args = build, dict(learner_kwargs)
         self._learner = None
         self._nccl: NcclSender | None = None
         self._pending_broadcast: dict[str, Any] | None = None
@@ -67,13 +70,14 @@ class LearnerActor:
 
     def setup(self, master_addr: str, master_port: int) -> int:
         """Join the process group and build the learner (blocks until every rank joined)."""
-        from raydprm.train.learner import PPOLearner
-
-        self._learner = PPOLearner(master_addr=master_addr, master_port=master_port, **self._args)
+        self._learner = self._build(master_addr=master_addr, master_port=master_port, **self._args)
         return os.getpid()
 
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
+    def update(self, batch: RolloutBatch | Any) -> dict[str, float]:
         return self._learner.update(batch)
+
+    def evaluate(self, batch: Any) -> dict[str, float]:
+        return self._learner.evaluate(batch)
 
     def publish_weights(self, version: int, probe_ids: Sequence[int], bucket_mb: int,
                         raw: bool = True) -> WeightUpdate | None:
@@ -133,7 +137,8 @@ class LearnerActor:
         """Rank, engine, step, beta, device, pid and this process's peak RSS (MiB)."""
         lr = self._learner
         return {"rank": lr.rank, "world_size": lr.world_size, "engine": lr.engine.name, "step": lr.step,
-                "kl_coef": lr.kl_coef, "device": str(lr.device), "pid": os.getpid(), "peak_rss_mb": peak_rss_mb()}
+                "kl_coef": getattr(lr, "kl_coef", None), "device": str(getattr(lr, "device", "")), "pid": os.getpid(),
+                "peak_rss_mb": peak_rss_mb()}
 
     def shutdown(self) -> None:
         from raydprm.train.ds_engine import destroy_process_group
@@ -152,15 +157,34 @@ class LearnerGroup:
     def create(cls, ppo: PPOConfig, policy: str, *, seed: int = 0, dtype: str = "float32",
                trust_remote_code: bool = False, placement: Placement | None = None, max_restarts: int = 0,
                timeout_s: float | None = None) -> LearnerGroup:
-        """Start the ranks (rank ``i`` on bundle ``i`` of ``placement``) and wait until all joined the group."""
+        """PPO ranks (rank ``i`` on bundle ``i`` of ``placement``), started and joined into one group."""
+        from raydprm.train.learner import PPOLearner
+
         gpu = ppo.num_gpus_per_worker > 0
-        init_kw = dict(seed=seed, device="cuda" if gpu else "cpu", dtype=dtype, trust_remote_code=trust_remote_code,
-                       num_threads=max(1, int(ppo.num_cpus_per_worker)))
-        group = ActorGroup(LearnerActor, ppo.num_workers, role="learner",
-                           init=lambda rank: ((ppo, policy, rank), init_kw),
-                           resources={"num_cpus": ppo.num_cpus_per_worker, "num_gpus": ppo.num_gpus_per_worker},
+        kw = dict(ppo=ppo, policy=policy, seed=seed, device="cuda" if gpu else "cpu", dtype=dtype,
+                  trust_remote_code=trust_remote_code)
+        return cls._start(PPOLearner, kw, ppo, placement, max_restarts, timeout_s, role="learner")
+
+    @classmethod
+    def create_aligner(cls, align: Any, policy: str, *, seed: int = 0, placement: Placement | None = None,
+                       max_restarts: int = 0, timeout_s: float | None = None) -> LearnerGroup:
+        """Direct-alignment ranks (``align.algo``: dpo, ipo, slic, slic_rso, rrhf, crowd_dpo) on the same
+        actor group, DeepSpeed engine, checkpoints and restart policy as PPO; ``update`` takes a
+        :class:`~raydprm.train.direct_alignment.PairBatch`."""
+        from raydprm.train.direct_alignment import DirectAlignmentLearner
+
+        kw = dict(align=align, policy=policy, seed=seed, device="cuda" if align.num_gpus_per_worker > 0 else "cpu")
+        return cls._start(DirectAlignmentLearner, kw, align, placement, max_restarts, timeout_s, role="aligner")
+
+    @classmethod
+    def _start(cls, build: Callable[..., Any], kw: dict[str, Any], res: Any, placement: Placement | None,
+               max_restarts: int, timeout_s: float | None, role: str) -> LearnerGroup:
+        threads = max(1, int(res.num_cpus_per_worker))
+        group = ActorGroup(LearnerActor, res.num_workers, role=role,
+                           init=lambda rank: ((build, {**kw, "rank": rank}, threads), {}),
+                           resources={"num_cpus": res.num_cpus_per_worker, "num_gpus": res.num_gpus_per_worker},
                            placement=placement, max_restarts=max_restarts, restart="group",
-                           timeout_s=timeout_s or ppo.dist_timeout_s)
+                           timeout_s=timeout_s or res.dist_timeout_s)
         learner = cls(group)
         group.on_restart = learner._rejoin
         group.start()
@@ -194,6 +218,10 @@ class LearnerGroup:
         """One PPO update on every rank (the batch is put in the object store once)."""
         ref = ray.put(batch)
         return self.group.all(LearnerActor.update, ref)[0]
+
+    def evaluate(self, batch: Any) -> dict[str, float]:
+        """The aligner's loss on ``batch`` without a step (every rank computes; rank 0 answers)."""
+        return self.group.all(LearnerActor.evaluate, ray.put(batch))[0]
 
     def publish_weights(self, version: int, probe_ids: Sequence[int], bucket_mb: int,
                         raw: bool = True) -> WeightUpdate:
