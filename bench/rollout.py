@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{label:<20} {r['engine']:<13} {r['transport']:<13} {r['mb']:>7.1f} {r['seconds']:>8.2f} "
                           f"{r['ms_per_mb']:>8.2f} {r['probe_max_diff']:>11.2g}", flush=True)
             print(f"{'(any)':<20} {'vllm':<13} {'nccl':<13} skipped: needs CUDA" if not torch.cuda.is_available()
-                  else "nccl: run tests/rollout/test_rollout_ray.py on a GPU node")
+                  else "nccl: run tests/cluster/test_rollout_pool.py on a GPU node")
         finally:
             runtime.close()
     if args.json:

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from rollout_helpers import perturbed
+from helpers import perturbed
 
 from raydprm.rollout.engine import RolloutError
 from raydprm.rollout.sampling import SamplingParams

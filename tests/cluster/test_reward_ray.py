@@ -95,7 +95,7 @@ def test_reward_ray_train_two_gloo_workers(ray_session, tmp_path):
     """Ray Train (TorchTrainer, 2 gloo workers) fits the separable toy crowd and rank 0
     writes a loadable checkpoint. (A crowd-realistic 40-item set is too small for a
     held-out improvement to be a fact after a few steps; the separable set is.)"""
-    from test_reward_train import _toy_records
+    from helpers import toy_records as _toy_records
 
     from raydprm.cluster.reward_train import train_reward_distributed
     from raydprm.train.reward_data import examples_from_records

@@ -5,7 +5,7 @@ import time
 
 import pytest
 import torch
-from rollout_helpers import perturbed
+from helpers import perturbed
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from raydprm.config import RolloutConfig

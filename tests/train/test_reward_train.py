@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import toy_records
 
 from raydprm.config import RewardConfig
 from raydprm.core.label_scale import LabelScale
@@ -22,26 +23,10 @@ from raydprm.train.reward_metrics import distribution_metrics, expected_calibrat
 SCALE = LabelScale.hh()
 
 
-def _toy_records(n=96, seed=0):
-    """Three kinds of response, each with its own crowd distribution: separable by one word."""
-    rng = np.random.default_rng(seed)
-    kinds = {
-        "great": [0.7, 0.3, 0.0, 0.0, 0.0, 0.0],
-        "meh": [0.0, 0.2, 0.6, 0.2, 0.0, 0.0],
-        "awful": [0.0, 0.0, 0.0, 0.0, 0.3, 0.7],
-    }
-    names = list(kinds)
-    recs = []
-    for i in range(n):
-        k = names[i % 3]
-        words = " ".join(rng.choice(["the", "a", "cat", "dog", "run"], size=3))
-        recs.append({"prompt": f"Q: item {i} ?\nA:", "response": f" {words} {k} .", "target": kinds[k],
-                     "persona_counts": {"scientist": [c * 4 for c in kinds[k]]}})
-    return recs
 
 
 def test_reward_ot_on_separable_toy_set_reaches_low_ot_distance(tiny_kit, tmp_path):
-    ex = examples_from_records(_toy_records(), 6)
+    ex = examples_from_records(toy_records(), 6)
     cfg = RewardConfig(loss="ot", cost="reward_gap", lr=1e-2, epochs=12, batch_size=16, patience=0,
                        eval_fraction=0.25)
     res = train_reward(ex, scale=SCALE, reward_cfg=cfg, backbone="tiny-opt", out_dir=tmp_path, progress=False)
@@ -64,7 +49,7 @@ def test_reward_ot_on_separable_toy_set_reaches_low_ot_distance(tiny_kit, tmp_pa
 
 @pytest.mark.parametrize("loss", ["wasserstein", "ce", "ot-sinkhorn", "ot-grid"])
 def test_reward_baseline_losses_train(tiny_kit, loss):
-    ex = examples_from_records(_toy_records(48), 6)
+    ex = examples_from_records(toy_records(48), 6)
     kw = {"ot-sinkhorn": dict(loss="ot", ot_method="sinkhorn"), "ot-grid": dict(loss="ot", cost="grid_l1")}
     cfg = RewardConfig(lr=3e-3, epochs=3, batch_size=16, patience=0, **kw.get(loss, {"loss": loss}))
     res = train_reward(ex, scale=SCALE, reward_cfg=cfg, backbone="tiny-opt", out_dir=None, progress=False)
@@ -74,7 +59,7 @@ def test_reward_baseline_losses_train(tiny_kit, loss):
 
 
 def test_reward_early_stopping(tiny_kit):
-    ex = examples_from_records(_toy_records(48), 6)
+    ex = examples_from_records(toy_records(48), 6)
     cfg = RewardConfig(loss="ce", lr=1e-12, epochs=10, batch_size=16, patience=2, eval_every=1)
     res = train_reward(ex, scale=SCALE, reward_cfg=cfg, backbone="tiny-opt", out_dir=None, progress=False)
     assert res.stopped_early and res.steps == 3  # first eval is the best; two without improvement

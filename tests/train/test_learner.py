@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from learner_helpers import make_batch
+from helpers import make_batch
 
 from raydprm.config import PPOConfig
 from raydprm.errors import ConfigError, RaydprmError

@@ -1,0 +1,48 @@
+"""Helpers shared by tests in several folders (tests/ is on sys.path through its conftest)."""
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM
+
+from raydprm.train.rollout_batch import RolloutBatch
+
+
+def perturbed(path, seed, scale=0.2):
+    """The model at ``path`` with seeded Gaussian noise on every parameter: a "learner" whose
+    weights differ from the generator's."""
+    m = AutoModelForCausalLM.from_pretrained(path)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return m.eval()
+
+
+def make_batch(B=16, seed=0, vocab=800):
+    """A seeded random rollout batch: ragged prompts (2-6 tokens), responses (1-8 tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(5, vocab, (int(torch.randint(2, 7, (), generator=g)),), generator=g).tolist()
+               for _ in range(B)]
+    resp = [torch.randint(5, vocab, (int(torch.randint(1, 9, (), generator=g)),), generator=g).tolist()
+            for _ in range(B)]
+    rewards = torch.randn(B, generator=g).tolist()
+    logprobs = [[-6.7] * len(r) for r in resp]
+    return RolloutBatch.from_sequences(prompts, resp, rewards, logprobs, pad_id=1)
+
+
+def toy_records(n=96, seed=0):
+    """Three kinds of response, each with its own crowd distribution: separable by one word."""
+    rng = np.random.default_rng(seed)
+    kinds = {
+        "great": [0.7, 0.3, 0.0, 0.0, 0.0, 0.0],
+        "meh": [0.0, 0.2, 0.6, 0.2, 0.0, 0.0],
+        "awful": [0.0, 0.0, 0.0, 0.0, 0.3, 0.7],
+    }
+    names = list(kinds)
+    recs = []
+    for i in range(n):
+        k = names[i % 3]
+        words = " ".join(rng.choice(["the", "a", "cat", "dog", "run"], size=3))
+        recs.append({"prompt": f"Q: item {i} ?\nA:", "response": f" {words} {k} .", "target": kinds[k],
+                     "persona_counts": {"scientist": [c * 4 for c in kinds[k]]}})
+    return recs
