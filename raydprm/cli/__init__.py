@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from raydprm.errors import RaydprmError
 
 # Modules of this package that add subcommands, in the order `--help` lists them.
-COMMAND_MODULES = ["info", "config_cmd", "models_cmd", "demo", "rollout", "reward", "serve", "learner", "store"]
+COMMAND_MODULES = ["info", "config_cmd", "models_cmd", "run", "rollout", "reward", "serve", "learner", "store"]
 
 
 def build_parser() -> argparse.ArgumentParser:
