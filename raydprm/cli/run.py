@@ -26,14 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from raydprm.cluster.pipeline import SMOKE_OVERRIDES, Pipeline, resolve_run_dir
+    from raydprm.cluster.pipeline import SMOKE_OVERRIDES, Pipeline, resolve_run_dir, resume_dir
     from raydprm.config import load_config
 
     if args.resume and args.config:
         from raydprm.errors import ConfigError
 
         raise ConfigError("--resume takes the run's own config.yaml; pass overrides, not --config")
-    base = f"{args.resume}/config.yaml" if args.resume else args.config
+    base = resume_dir(args.resume) / "config.yaml" if args.resume else args.config
     cfg = load_config(base, [*(SMOKE_OVERRIDES if args.smoke else []), *args.overrides])  # validate before work
     run_dir = resolve_run_dir(cfg, args.resume)
     logging.basicConfig(level=cfg.run.log_level, format="%(levelname)s %(name)s: %(message)s")

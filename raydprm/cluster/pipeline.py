@@ -56,13 +56,17 @@ class RelativeOutputInJob(RaydprmError):
     """Inside a Ray job a relative run.output_dir would land in Ray's temporary working_dir copy."""
 
 
+def resume_dir(path: str | Path) -> Path:
+    d = Path(path).resolve()
+    if not (d / "config.yaml").is_file():
+        raise RaydprmError(f"--resume {path}: no config.yaml there, so it is not a raydprm run directory")
+    return d
+
+
 def resolve_run_dir(cfg: Config, resume: str | None = None) -> Path:
     """The run directory: ``resume`` as given, else ``run.output_dir/run.name``, which must be empty."""
     if resume:
-        d = Path(resume).resolve()
-        if not (d / "config.yaml").is_file():
-            raise RaydprmError(f"--resume {resume}: no config.yaml there, so it is not a raydprm run directory")
-        return d
+        return resume_dir(resume)
     if in_ray_job() and not Path(cfg.run.output_dir).is_absolute():
         raise RelativeOutputInJob(
             f"run.output_dir = '{cfg.run.output_dir}' is relative: inside a Ray job the working directory is a "
@@ -115,7 +119,7 @@ class Pipeline:
 
     def __init__(self, cfg: Config, run_dir: str | Path, *, progress: bool = True,
                  on_step: Callable[[Pipeline, int], None] | None = None) -> None:
-        self.cfg, self.run_dir, self.progress, self.on_step = cfg, Path(run_dir), progress, on_step
+        self.cfg, self.run_dir, self.progress, self.on_step = cfg, Path(run_dir).resolve(), progress, on_step
         self.state = RunState(self.run_dir)
         self.rollout = self.reward = self.learner = None
         self.restarts: dict[str, int] = {}  # per role, since the last stage was recorded
@@ -141,18 +145,19 @@ class Pipeline:
             c = cfg.to_dict()
             seed = cfg.run.seed
             sft = self._stage("sft", {"models": c["models"], "sft": c["sft"], "seed": seed}, {}, self._sft)
+            sft_dir = self._abs(sft["path"])
             col = self._stage("collect", {k: c[k] for k in ("crowd", "store", "labels", "rollout")} | {"seed": seed},
-                              {"sft": sft["digest"]}, lambda: self._collect(sft["path"]))
+                              {"sft": sft["digest"]}, lambda: self._collect(sft_dir))
             rew = self._stage("reward", {"reward": c["reward"], "labels": c["labels"], "seed": seed,
                                          "backbone": cfg.models.reward_backbone},
-                              {"data": col["digest"]}, lambda: self._reward(col["data"]))
+                              {"data": col["digest"]}, lambda: self._reward(self._abs(col["data"])))
             ppo_cfg = {"ppo": c["ppo"], "rollout": c["rollout"], "reward": c["reward"], "seed": seed}
             ppo_in = {"sft": sft["digest"], "reward": rew["digest"]}
-            ppo = self._stage("ppo", ppo_cfg, ppo_in,
-                              lambda: self._ppo(stage_key("ppo", ppo_cfg, ppo_in), sft["path"], rew["best_dir"]))
+            ppo = self._stage("ppo", ppo_cfg, ppo_in, lambda: self._ppo(stage_key("ppo", ppo_cfg, ppo_in), sft_dir,
+                                                                        self._abs(rew["best_dir"])))
             ev_cfg = {k: c[k] for k in ("crowd", "labels", "rollout", "pipeline")} | {"seed": seed}
             self._stage("evaluate", ev_cfg, {"sft": sft["digest"], "policy": ppo["digest"]},
-                        lambda: self._evaluate(sft["path"], ppo["policy"], ppo["history"]))
+                        lambda: self._evaluate(sft_dir, self._abs(ppo["policy"]), ppo["history"]))
         finally:
             self.shutdown_workers()
             runtime.close()
@@ -178,7 +183,7 @@ class Pipeline:
     def _sft(self) -> dict[str, Any]:
         out = ray.get(_sft_task.remote(self.cfg, str(self.run_dir / "sft")))
         self._say(f"  SFT loss {out['first_loss']:.2f} -> {out['final_loss']:.2f} in {out['steps']} steps")
-        return {**out, "digest": dir_digest(out["path"])}
+        return {**out, "path": self._rel(out["path"]), "digest": dir_digest(out["path"])}
 
     def _collect(self, policy_dir: str) -> dict[str, Any]:
         """The crowd votes on world items and on the SFT policy's own samples (so the reward
@@ -217,14 +222,14 @@ class Pipeline:
         data.save_to_disk(str(data_dir))
         rows = json.dumps([list(data[c]) for c in ("prompt", "response", "target")])
         self._say(f"  {n_votes} votes on {len(data)} items ({len(items) - n_policy} world, SFT samples) -> {store_path}")
-        return {"store": store_path, "votes": n_votes, "items": len(data), "data": str(data_dir),
+        return {"store": self._rel(store_path), "votes": n_votes, "items": len(data), "data": self._rel(data_dir),
                 "digest": hashlib.sha256(rows.encode()).hexdigest()}
 
     def _reward(self, data_dir: str) -> dict[str, Any]:
         out = ray.get(_reward_task.remote(self.cfg, data_dir, str(self.run_dir / "reward")))
         bm = out["best_metrics"]
         self._say(f"  loss={self.cfg.reward.loss}: held-out OT distance {bm.get('ot_distance', float('nan')):.3f}")
-        return {**out, "digest": dir_digest(out["best_dir"])}
+        return {**out, "best_dir": self._rel(out["best_dir"]), "digest": dir_digest(out["best_dir"])}
 
     def _ppo(self, key: str, policy_dir: str, reward_dir: str) -> dict[str, Any]:
         from torch.utils.tensorboard import SummaryWriter
@@ -274,7 +279,7 @@ class Pipeline:
         policy = self.learner.export_hf(self.run_dir / "ppo" / "policy")
         write_json(self.run_dir / "ppo" / "history.json", history)
         self.shutdown_workers()
-        return {"policy": policy, "digest": dir_digest(policy), "history": history, "steps": step}
+        return {"policy": self._rel(policy), "digest": dir_digest(policy), "history": history, "steps": step}
 
     def _evaluate(self, sft_dir: str, policy_dir: str, history: list[dict[str, Any]]) -> dict[str, Any]:
         """Both policies sample the held-out prompts under ``pipeline.eval_seeds`` seeds; the
@@ -322,7 +327,15 @@ class Pipeline:
         p = report["policies"]
         self._say(f"  E[r] vanilla {p['vanilla']['expected_reward']:.3f} -> {name} {p[name]['expected_reward']:.3f}; "
                   f"{path}")
-        return {"report": str(self.run_dir / "report.json")}
+        return {"report": "report.json"}
+
+    def _rel(self, path: str | Path) -> str:
+        """Paths in records are relative to the run directory (so a run directory can be moved)."""
+        p = Path(path).resolve()
+        return str(p.relative_to(self.run_dir)) if p.is_relative_to(self.run_dir) else str(p)
+
+    def _abs(self, path: str) -> str:
+        return str(self.run_dir / path)  # an absolute ``path`` stays as it is
 
     # ------------------------------------------------------------------ workers and checkpoints
     def init_workers(self, policy_dir: str, reward_dir: str) -> None:
