@@ -38,7 +38,7 @@ def test_report_schema_and_expected_reward_from_label_shares(tmp_path):
     rng = np.random.default_rng(1)
     judged = {"vanilla": _judged(rng, 2, 30), "dprm_ot": _judged(rng, 2, 30, alpha=(8, 2, 1, 1, 1, 1))}
     rep = build_report(judged, HH_REWARDS, n_boot=200)
-    for name, p in rep["policies"].items():
+    for p in rep["policies"].values():
         assert len(p["label_pct"]) == 6 and abs(sum(p["label_pct"]) - 100) < 1e-9
         assert abs(p["expected_reward"] - np.dot(p["label_pct"], HH_REWARDS) / 100) < 1e-12
         assert p["seeds"] == 2 and isinstance(p["kl"], float)
