@@ -128,12 +128,14 @@ class Pipeline:
         self.version = 0  # weight version of the generators (each sync must be newer)
 
     def _say(self, msg: str) -> None:
-        print(f"[raydprm run] {msg}", flush=True)
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"[raydprm run] {msg}")  # above the progress bars, not through them
 
     def _bar(self, **kw: Any):
         from tqdm.auto import tqdm
 
-        return tqdm(disable=not self.progress, leave=False, **kw)
+        return tqdm(**{"disable": not self.progress, "leave": False, **kw})
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict[str, Any]:
@@ -141,6 +143,7 @@ class Pipeline:
         runtime = connect(cfg.ray, required_resources(cfg), what="raydprm run")  # pre-flight before any file
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir)
+        self._stages_bar = self._bar(total=5, desc="stages", unit="stage", leave=True)
         try:
             c = cfg.to_dict()
             seed = cfg.run.seed
@@ -159,6 +162,7 @@ class Pipeline:
             self._stage("evaluate", ev_cfg, {"sft": sft["digest"], "policy": ppo["digest"]},
                         lambda: self._evaluate(sft_dir, self._abs(ppo["policy"]), ppo["history"]))
         finally:
+            self._stages_bar.close()
             self.shutdown_workers()
             runtime.close()
         return json.loads((self.run_dir / "report.json").read_text())
@@ -166,7 +170,9 @@ class Pipeline:
     def _stage(self, name: str, config: dict[str, Any], inputs: dict[str, str],
                body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         key = stage_key(name, config, inputs)
+        self._stages_bar.set_description(f"stage {name}")
         if self.state.done(name, key):
+            self._stages_bar.update(1)
             self._say(f"{name}: inputs unchanged, done before (record {name}/record.json)")
             return self.state.record(name)["outputs"]
         self.state.invalidate(name)
@@ -177,6 +183,7 @@ class Pipeline:
         self.restarts = {}
         rec = self.state.complete(name, key, inputs=inputs, config=config, outputs=outputs, started=t0)
         self._say(f"{name}: done in {rec['seconds']:.1f} s")
+        self._stages_bar.update(1)
         return outputs
 
     # ------------------------------------------------------------------ stages
@@ -256,7 +263,8 @@ class Pipeline:
             except GroupRestarted as e:  # the learner group is back at its last checkpoint: redo from there
                 self._say(f"  {e}")
                 step, history = self.load_checkpoint(key)
-                self._sync()
+                if step == 0:  # no checkpoint yet: the group restarted from the SFT policy
+                    self._sync()
                 bar.reset(total=cfg.ppo.steps)
                 bar.update(step)
                 continue

@@ -116,7 +116,7 @@ def test_reference_run_writes_records_report_and_never_pulls_weights(reference):
     assert any((run_dir / "tb").iterdir())
     # the driver never received the policy's weights: the learner publishes, generators pull
     policy_bytes = sum(f.stat().st_size for f in (run_dir / "ppo" / "policy").glob("*.safetensors"))
-    assert policy_bytes > 1_000_000 and len(received) > 10
+    assert policy_bytes > 500_000 and len(received) > 10
     assert sum(t for t, _ in received) == 0, "a torch tensor reached the driver"
     assert max(n for _, n in received) < policy_bytes / 100
 
