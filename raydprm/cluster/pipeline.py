@@ -121,11 +121,10 @@ class Pipeline:
                  on_step: Callable[[Pipeline, int], None] | None = None) -> None:
         self.cfg, self.run_dir, self.progress, self.on_step = cfg, Path(run_dir).resolve(), progress, on_step
         self.state = RunState(self.run_dir)
-        self.rollout = self.reward = self.learner = None
+        self.rollout = self.reward = self.learner = self.loop = None
         self.restarts: dict[str, int] = {}  # per role, since the last stage was recorded
         self._pools: list[tuple[str, Any]] = []
         self._stage_t0 = time.time()
-        self.version = 0  # weight version of the generators (each sync must be newer)
 
     def _say(self, msg: str) -> None:
         from tqdm.auto import tqdm
@@ -241,47 +240,39 @@ class Pipeline:
     def _ppo(self, key: str, policy_dir: str, reward_dir: str) -> dict[str, Any]:
         from torch.utils.tensorboard import SummaryWriter
 
-        from raydprm.rollout.sampling import SamplingParams
         from raydprm.sim.world import prompts as world_prompts
-        from raydprm.train.rollout_batch import RolloutBatch
 
         cfg, n = self.cfg, self.cfg.ppo.rollout_batch
         self.init_workers(policy_dir, reward_dir)
         step, history = self.load_checkpoint(key)
-        train_prompts = world_prompts(cfg.ppo.steps * n, seed=cfg.run.seed + 1)
+        train_prompts = world_prompts(cfg.ppo.steps * n, seed=cfg.run.seed + 1)  # the data position is the step
         tb = SummaryWriter(str(self.run_dir / "tb"))
         bar = self._bar(total=cfg.ppo.steps, initial=step, desc="ppo")
         while step < cfg.ppo.steps:
-            prompts = train_prompts[step * n:(step + 1) * n]  # the data position is the step
-            resp = self.rollout.generate(prompts, SamplingParams.from_config(cfg.rollout,
-                                                                             seed=cfg.run.seed * 100_003 + step))
-            scored = self.reward.score([prompts[r.prompt_index] for r in resp], [r.text for r in resp])
-            batch = RolloutBatch.from_sequences([r.prompt_ids for r in resp], [r.token_ids for r in resp],
-                                                scored["reward"].tolist(), [r.logprobs for r in resp], pad_id=0)
+            nxt = train_prompts[(step + 1) * n:(step + 2) * n] if step + 1 < cfg.ppo.steps else None
             try:
-                m = self.learner.update(batch)
+                rec = self.loop.step(step, train_prompts[step * n:(step + 1) * n], nxt)
             except GroupRestarted as e:  # the learner group is back at its last checkpoint: redo from there
                 self._say(f"  {e}")
+                self.loop.finish()
                 step, history = self.load_checkpoint(key)
                 if step == 0:  # no checkpoint yet: the group restarted from the SFT policy
                     self._sync()
                 bar.reset(total=cfg.ppo.steps)
                 bar.update(step)
                 continue
-            self._sync()
             step += 1
-            history.append({"step": step, "reward/mean": float(scored["reward"].mean()),
-                            "reward/expected": float(scored["expected"].mean()),
-                            **{k: float(v) for k, v in m.items() if k.startswith("ppo/")}})
-            for k, v in history[-1].items():
+            history.append(rec)
+            for k, v in rec.items():
                 if k != "step":
                     tb.add_scalar(k, v, step)
             bar.update(1)
-            bar.set_postfix(reward=f"{history[-1]['reward/mean']:.3f}")
+            bar.set_postfix(reward=f"{rec['reward/mean']:.3f}")
             if step % cfg.pipeline.checkpoint_every == 0 or step == cfg.ppo.steps:
                 self.save_checkpoint(key, step, history)
             if self.on_step is not None:
                 self.on_step(self, step)
+        self.loop.finish()
         bar.close()
         tb.close()
         policy = self.learner.export_hf(self.run_dir / "ppo" / "policy")
@@ -349,6 +340,7 @@ class Pipeline:
     def init_workers(self, policy_dir: str, reward_dir: str) -> None:
         """The PPO roles: generators and learner from the SFT policy, reward replicas from the reward model."""
         from raydprm.cluster.learner_group import LearnerGroup
+        from raydprm.cluster.ppo_loop import PPOLoop
         from raydprm.cluster.reward_actor import RewardPool
         from raydprm.cluster.rollout_actor import RolloutPool
         from raydprm.models.dprm import label_scale_from_config
@@ -360,12 +352,14 @@ class Pipeline:
                                                     max_restarts=r), "reward")
         self.learner = self._track(LearnerGroup.create(cfg.ppo, policy_dir, seed=cfg.run.seed, dtype=cfg.models.dtype,
                                                        max_restarts=r), "learner")
+        self.loop = PPOLoop(self.rollout, self.reward, self.learner, cfg.rollout, seed=cfg.run.seed,
+                            async_rollout=cfg.ppo.async_rollout)
 
     def _sync(self) -> None:
         from raydprm.cluster.weight_sync import sync_policy
 
-        self.version += 1
-        sync_policy(self.learner, self.rollout, version=self.version)  # the learner publishes; handles only here
+        self.loop.version += 1  # the generators' weight version (each sync must be newer)
+        sync_policy(self.learner, self.rollout, version=self.loop.version)  # the learner publishes; handles only
 
     def save_checkpoint(self, key: str, step: int, history: list[dict[str, Any]]) -> None:
         """Learner state (policy, critic, optimizer, KL controller, RNG) + the driver's position; keep the newest."""
@@ -406,4 +400,4 @@ class Pipeline:
                 self._untrack(pool, role)
             except Exception as e:  # noqa: BLE001 - best effort cleanup
                 log.warning("shutdown of %s failed: %s", role, e)
-        self.rollout = self.reward = self.learner = None
+        self.rollout = self.reward = self.learner = self.loop = None
