@@ -157,7 +157,8 @@ class Pipeline:
             ppo_in = {"sft": sft["digest"], "reward": rew["digest"]}
             ppo = self._stage("ppo", ppo_cfg, ppo_in, lambda: self._ppo(stage_key("ppo", ppo_cfg, ppo_in), sft_dir,
                                                                         self._abs(rew["best_dir"])))
-            ev_cfg = {k: c[k] for k in ("crowd", "labels", "rollout", "pipeline")} | {"seed": seed}
+            ev_cfg = {k: c[k] for k in ("crowd", "labels", "rollout")} | {"seed": seed} | {
+                k: v for k, v in c["pipeline"].items() if k in ("eval_prompts", "eval_seeds", "bootstrap", "tie_margin")}
             self._stage("evaluate", ev_cfg, {"sft": sft["digest"], "policy": ppo["digest"]},
                         lambda: self._evaluate(sft_dir, self._abs(ppo["policy"]), ppo["history"]))
         finally:
@@ -245,6 +246,8 @@ class Pipeline:
         cfg, n = self.cfg, self.cfg.ppo.rollout_batch
         self.init_workers(policy_dir, reward_dir)
         step, history = self.load_checkpoint(key)
+        if step == 0:  # checkpoints of an earlier PPO configuration must not outrank this one's
+            shutil.rmtree(self.run_dir / "ppo" / "ckpt", ignore_errors=True)
         train_prompts = world_prompts(cfg.ppo.steps * n, seed=cfg.run.seed + 1)  # the data position is the step
         tb = SummaryWriter(str(self.run_dir / "tb"))
         bar = self._bar(total=cfg.ppo.steps, initial=step, desc="ppo")
