@@ -1,4 +1,4 @@
-# The two README commands: `make demo` (main job on its embedded default) and
+# The two README commands: `make demo` (`raydprm run`, the main job, on its embedded default) and
 # `make test` (the whole CPU test suite). Both bootstrap .venv first (no-op when current).
 SHELL := /bin/bash
 PY := .venv/bin/python
@@ -14,7 +14,7 @@ setup:
 	@scripts/bootstrap.sh
 
 demo: setup
-	$(PY) -m raydprm.cli demo
+	$(PY) -m raydprm.cli run $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

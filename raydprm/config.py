@@ -495,6 +495,17 @@ class RayConfig(Section):
 
 
 @dataclass(frozen=True)
+class PipelineConfig(Section):
+    section: ClassVar[str] = "pipeline"
+    checkpoint_every: int = opt(5, doc="PPO steps between learner checkpoints (policy, critic, optimizer, KL controller, RNG) that `raydprm run --resume` continues from.", ge=1)
+    keep_checkpoints: int = opt(2, doc="Newest PPO checkpoints kept in <run_dir>/ppo/ckpt (older ones are deleted).", ge=1)
+    eval_prompts: int = opt(64, doc="Held-out prompts the population judges each policy on.", ge=2)
+    eval_seeds: int = opt(2, doc="Sampling seeds per held-out prompt (the bootstrap resamples prompts and seeds).", ge=1)
+    bootstrap: int = opt(1000, doc="Bootstrap resamples of the 95% intervals.", ge=100)
+    tie_margin: float = opt(0.05, doc="Head to head: a difference of expected reward within this margin is a tie.", ge=0)
+
+
+@dataclass(frozen=True)
 class Config:
     """The root config: one section per component."""
 
@@ -510,6 +521,7 @@ class Config:
     align: AlignConfig = field(default_factory=AlignConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def __post_init__(self) -> None:
         """Rules between sections."""

@@ -12,7 +12,8 @@ import cycles between modules (``tests/test_layering.py`` checks both over the w
 * ``store``: the preference store (sqlite + Dirichlet posteriors).
 * ``sim``: the simulated world and crowd (no models).
 * ``models``: the tiny kit, the reward models, the policy; the LLM judge (it loads one).
-* ``rollout`` | ``train``: generation engines and weight sync | trainers (reward, SFT, PPO).
+* ``rollout`` | ``train`` | ``evaluate``: generation engines and weight sync | trainers (reward,
+  SFT, PPO) | judging policies' samples, bootstrap intervals, run reports.
 * ``cluster`` | ``serve`` | ``tune``: the Ray layer (actors, HTTP serving, tuning).
 * ``experiments``: runs that compose the Ray layer.
 * ``cli``: the ``raydprm`` command (imports anything below it).
@@ -35,7 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("store",),
     ("sim",),
     ("models",),
-    ("rollout", "train"),
+    ("rollout", "train", "evaluate"),
     ("cluster", "serve", "tune"),
     ("experiments",),
     ("cli",),

@@ -176,6 +176,13 @@ class RolloutPool:
                                 timeout_s=timeout_s)
         return [r for part in parts for r in part]
 
+    def score(self, sequences: Sequence[Sequence[int]], timeout_s: float | None = None) -> list[list[float]]:
+        """Teacher-forced logprobs of every sequence under the replicas' current weights, in order."""
+        seqs = [list(s) for s in sequences]
+        slices = [s for s in split_evenly(len(seqs), self.num_replicas) if s[1] > s[0]]
+        parts = self.group.each(RolloutGenerator.score, [((seqs[a:b],), {}) for a, b in slices], timeout_s=timeout_s)
+        return [row for part in parts for row in part]
+
     def sync_weights(self, update: WeightUpdate, timeout_s: float | None = None) -> list[StageReport]:
         """Every replica pulls ``update`` from the object store, verifies and loads it.
 

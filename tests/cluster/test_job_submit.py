@@ -1,4 +1,4 @@
-"""`ray job submit` of jobs/demo.py --smoke to a head started by `ray start --head` (token auth on),
+"""`ray job submit` of jobs/run.py --smoke to a head started by `ray start --head` (token auth on),
 with a runtime env that sets env vars: the job must attach without passing a second runtime
 env (Ray refuses to merge two that set the same keys) and end SUCCEEDED.
 
@@ -78,12 +78,12 @@ def test_job_submit_with_env_vars_succeeds_under_token_auth(ray_head, tmp_path):
     client_env = {**env, "RAY_AUTH_MODE": "token"}  # the client side of Ray 2.60's token auth
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
            "--runtime-env-json", json.dumps(runtime_env), "--",
-           sys.executable, "jobs/demo.py", "--smoke", "--no-progress", f"run.output_dir={out_dir}", "run.name=job"]
+           sys.executable, "jobs/run.py", "--smoke", "--no-progress", f"run.output_dir={out_dir}", "run.name=job"]
     t0 = time.time()
     res = subprocess.run(cmd, env=client_env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     log = res.stdout[-4000:] + res.stderr[-4000:]
     assert res.returncode == 0, log
     assert "SUCCEEDED" in res.stdout, log
     assert "Failed to merge" not in log
-    assert (out_dir / "job" / "report.md").is_file() and (out_dir / "job" / "metrics.json").is_file()
+    assert (out_dir / "job" / "report.md").is_file() and (out_dir / "job" / "report.json").is_file()
     assert time.time() - t0 < 1200

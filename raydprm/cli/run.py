@@ -1,0 +1,65 @@
+"""`raydprm run` (alias `raydprm demo`): the pipeline on the embedded default, resumable."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from raydprm.cli.common import add_config_args, check_model_refs
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", aliases=["demo"], help="Run SFT -> collect -> reward -> PPO -> evaluate on Ray (resumable).",
+        description="The RLHF pipeline as resumable stages on Ray, on the embedded default (local Ray, tiny "
+        "models, simulated crowd, SQLite store). Writes config.yaml, state.json, one record per stage, "
+        "report.json, report.md and report.png under <run.output_dir>/<run.name> (or the --resume directory) "
+        "and prints that directory last.")
+    add_config_args(p)
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="Continue a run from its last completed stage and PPO checkpoint (its config.yaml, plus "
+                   "any overrides given; a stage whose inputs changed is redone).")
+    p.add_argument("--smoke", action="store_true", help="Tiny sizes (for tests / a quick check).")
+    p.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from raydprm.cluster.pipeline import SMOKE_OVERRIDES, Pipeline, resolve_run_dir, resume_dir
+    from raydprm.config import load_config
+
+    if args.resume and args.config:
+        from raydprm.errors import ConfigError
+
+        raise ConfigError("--resume takes the run's own config.yaml; pass overrides, not --config")
+    base = resume_dir(args.resume) / "config.yaml" if args.resume else args.config
+    cfg = load_config(base, [*(SMOKE_OVERRIDES if args.smoke else []), *args.overrides])  # validate before work
+    # what would otherwise fail minutes in, inside a Ray actor, with a page of traceback
+    check_model_refs(cfg, "models.policy", "models.reward_backbone", "models.tokenizer", "ppo.reference",
+                     "ppo.critic_model")
+    if not args.resume:
+        _check_creatable(cfg)
+    if cfg.store.path and Path(cfg.store.path).is_file():  # an existing store must agree with the config
+        from raydprm.store import PreferenceStore
+
+        PreferenceStore.from_config(cfg.store, cfg.labels, readonly=True).close()
+    run_dir = resolve_run_dir(cfg, args.resume)
+    logging.basicConfig(level=cfg.run.log_level, format="%(levelname)s %(name)s: %(message)s")
+    Pipeline(cfg, run_dir, progress=not args.no_progress).fit()
+    print(run_dir)
+    return 0
+
+
+def _check_creatable(cfg) -> None:
+    """One line, before any work, when ``run.output_dir/run.name`` cannot be a directory."""
+    from raydprm.errors import ConfigError
+
+    d = cfg.run.run_dir
+    for p in (d, *d.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"cannot create the run directory '{d}' (run.output_dir = '{cfg.run.output_dir}', "
+                                  f"run.name = '{cfg.run.name}'): '{p}' is a file")
+            return
