@@ -79,12 +79,32 @@ def init_process_group(rank: int = 0, world_size: int = 1, master_addr: str = "1
     os.environ.setdefault("LOCAL_WORLD_SIZE", str(world_size))
     dist.init_process_group(backend=backend, init_method=f"tcp://{master_addr}:{port}", rank=rank,
                             world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
+    _forget_deepspeed_groups()
     return backend
 
 
 def destroy_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+    _forget_deepspeed_groups()
+
+
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches subgroups of the default group (a clone of the world group, data
+    parallel groups) in module globals; after the default group is destroyed and created
+    again in the same process those point at a dead group ("Group ... is not registered")."""
+    try:
+        from deepspeed.utils import groups
+    except ImportError:
+        return
+    for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP", "_DATA_PARALLEL_GROUP",
+                 "_MODEL_PARALLEL_GROUP", "_TENSOR_MODEL_PARALLEL_GROUP"):
+        if hasattr(groups, name):
+            setattr(groups, name, None)
+    for name in ("_EXPERT_PARALLEL_GROUP", "_EXPERT_PARALLEL_GROUP_RANKS", "_EXPERT_DATA_PARALLEL_GROUP",
+                 "_EXPERT_DATA_PARALLEL_GROUP_RANKS", "_ALL_TO_ALL_GROUP"):
+        if isinstance(getattr(groups, name, None), dict):
+            getattr(groups, name).clear()
 
 
 class Engine(ABC):

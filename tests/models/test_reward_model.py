@@ -110,5 +110,5 @@ def test_reward_dprm_on_an_encoder_backbone(tiny_kit, tmp_path):
 
 
 def test_reward_missing_backbone_is_a_clear_error(tmp_path):
-    with pytest.raises(RaydprmError, match="cannot load reward backbone"):
+    with pytest.raises(RaydprmError, match="does not exist .*not a kit name"):
         DPRM.from_backbone(str(tmp_path / "nope"), LabelScale.hh())
