@@ -72,7 +72,10 @@ def _serve(args: argparse.Namespace) -> int:
         raise RaydprmError(f"reward model directory '{model}' does not exist; train one with `raydprm reward train`")
     token = resolve_token(cfg.serve)
     # everything that can be checked before Ray starts is checked here, each in one line
-    check_port_free(cfg.serve)
+    import ray
+
+    if not ray.is_initialized():  # in a running session the port may be Serve's own proxy (serve.run reuses it)
+        check_port_free(cfg.serve)
     if not args.no_store:
         check_store(cfg)
     import os
