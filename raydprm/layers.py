@@ -14,8 +14,9 @@ import cycles between modules (``tests/test_layering.py`` checks both over the w
 * ``models``: the tiny kit, the reward models, the policy; the LLM judge (it loads one).
 * ``rollout`` | ``train`` | ``evaluate``: generation engines and weight sync | trainers (reward,
   SFT, PPO) | judging policies' samples, bootstrap intervals, run reports.
-* ``cluster`` | ``serve`` | ``tune``: the Ray layer (actors, HTTP serving, tuning).
-* ``experiments``: runs that compose the Ray layer.
+* ``cluster`` | ``serve``: the Ray layer (actors and the pipeline, HTTP serving).
+* ``tune`` | ``experiments``: runs that compose the Ray layer (a Tune trial runs the
+  pipeline of ``cluster``, so tuning sits above it).
 * ``cli``: the ``raydprm`` command (imports anything below it).
 
 Outside the package, ``jobs/`` (Ray Job entry points) and ``bench/`` (benchmarks) may
@@ -28,7 +29,7 @@ __all__ = ["LAYERS", "layer_of", "rank_of"]
 
 # Bottom first; a tuple of names is one tier of peers. A name is a subpackage of
 # raydprm or a top-level module of it (``raydprm/<name>.py``); ``""`` is ``raydprm``'s own
-# ``__init__``. Packages not written yet (``tune``, ``experiments``) have their place already.
+# ``__init__``. A package not written yet (``experiments``) has its place already.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "errors", "layers"),
     ("core",),
@@ -37,8 +38,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sim",),
     ("models",),
     ("rollout", "train", "evaluate"),
-    ("cluster", "serve", "tune"),
-    ("experiments",),
+    ("cluster", "serve"),
+    ("tune", "experiments"),
     ("cli",),
 )
 

@@ -20,6 +20,12 @@ Every stage writes ``<stage>/record.json`` (key = hash of its config keys and in
 so ``--resume`` continues at the first stage not done and PPO at its last checkpoint
 (policy, critic, optimizer, KL controller, RNG: :meth:`LearnerGroup.save`; the data
 position is the step, the sampling seed of step t is a function of (run.seed, t)).
+
+Placement: a caller that holds a placement group for the run (a Tune trial, whose bundles
+:func:`bundle_layout` lists) passes ``placement={role: Placement(pg, offset)}``; every actor
+and task of that role then lives on its bundles (never in a placement group of its own).
+``ppo_start`` is a PPO checkpoint directory to continue from instead of the run's own
+(a Tune trial restored or cloned by PBT from another trial's checkpoint).
 """
 
 from __future__ import annotations
@@ -35,13 +41,13 @@ from typing import Any
 
 import ray
 
-from raydprm.cluster.group import GroupRestarted
+from raydprm.cluster.group import GroupRestarted, Placement
 from raydprm.cluster.run_state import RunState, dir_digest, stage_key, write_json
 from raydprm.cluster.runtime import Resources, connect, in_ray_job
 from raydprm.config import Config, save_config
 from raydprm.errors import RaydprmError
 
-__all__ = ["Pipeline", "SMOKE_OVERRIDES", "resolve_run_dir", "required_resources"]
+__all__ = ["Pipeline", "SMOKE_OVERRIDES", "ROLES", "bundle_layout", "resolve_run_dir", "required_resources"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +91,40 @@ def required_resources(cfg: Config) -> Resources:
     return Resources(cpu=cpu, gpu=gpu)
 
 
+# Roles that own bundles of a run's placement group (bundle_layout), in bundle order. "driver" is
+# the caller's own process (a Tune trial); "learner" also hosts the SFT and reward-training tasks,
+# which finish before the learner starts; "reference" is evaluate's SFT pool (the "rollout"
+# bundles hold the PPO policy's pool then).
+ROLES = ("driver", "rollout", "reward", "learner", "store", "reference")
+DRIVER_CPU = 1.0
+STORE_CPU = 0.1
+
+
+def bundle_layout(cfg: Config) -> tuple[list[dict[str, float]], dict[str, int]]:
+    """The bundles one run reserves in a placement group someone else creates, and the
+    offset of each role's first bundle: one bundle for the driver, then one per actor.
+
+    ``[{"CPU": 1}, rollout x R, reward x Q, learner x W, store, reference x R]``; a bundle's
+    GPUs are the actor's. Evaluate's two pools (SFT and PPO policy) sample side by side, so
+    the reference pool has bundles of its own."""
+    def one(cpu: float, gpu: float = 0.0) -> dict[str, float]:
+        return {"CPU": float(cpu), **({"GPU": float(gpu)} if gpu > 0 else {})}
+
+    ro, rw, pp = cfg.rollout, cfg.reward, cfg.ppo
+    per_role = {"driver": [one(DRIVER_CPU)],
+                "rollout": [one(ro.num_cpus, ro.num_gpus)] * ro.num_replicas,
+                "reward": [one(rw.actor_num_cpus)] * rw.num_replicas,
+                "learner": [one(pp.num_cpus_per_worker, pp.num_gpus_per_worker)] * pp.num_workers,
+                "store": [one(STORE_CPU)],
+                "reference": [one(ro.num_cpus, ro.num_gpus)] * ro.num_replicas}
+    bundles: list[dict[str, float]] = []
+    offsets: dict[str, int] = {}
+    for role in ROLES:
+        offsets[role] = len(bundles)
+        bundles += [dict(b) for b in per_role[role]]
+    return bundles, offsets
+
+
 @ray.remote(num_cpus=1)
 def _sft_task(cfg: Config, out_dir: str) -> dict[str, Any]:
     from raydprm.models.tiny import resolve_model
@@ -113,15 +153,22 @@ def _reward_task(cfg: Config, data_dir: str, out_dir: str) -> dict[str, Any]:
 
 
 class Pipeline:
-    """One run: ``Pipeline(cfg, run_dir).fit()`` runs (or skips) every stage and returns report.json's dict.
+    """One run: ``Pipeline(cfg, run_dir).fit()`` runs (or skips) every stage and returns report.json's dict
+    (``until="ppo"``: the stages up to PPO, and returns ``{"ppo": history}``).
 
     ``on_step(pipeline, step)`` is called after every PPO step (tests use it to kill actors)."""
 
     def __init__(self, cfg: Config, run_dir: str | Path, *, progress: bool = True,
-                 on_step: Callable[[Pipeline, int], None] | None = None) -> None:
+                 on_step: Callable[[Pipeline, int], None] | None = None,
+                 placement: dict[str, Placement] | None = None, ppo_start: str | Path | None = None,
+                 until: str = "evaluate") -> None:
+        if until not in ("ppo", "evaluate"):
+            raise RaydprmError(f"a pipeline runs until 'ppo' or 'evaluate', not {until!r}")
         self.cfg, self.run_dir, self.progress, self.on_step = cfg, Path(run_dir).resolve(), progress, on_step
+        self.placement, self.ppo_start, self.until = dict(placement or {}), ppo_start, until
         self.state = RunState(self.run_dir)
         self.rollout = self.reward = self.learner = self.loop = None
+        self.last_record: dict[str, Any] = {}
         self.restarts: dict[str, int] = {}  # per role, since the last stage was recorded
         self._pools: list[tuple[str, Any]] = []
         self._stage_t0 = time.time()
@@ -142,7 +189,8 @@ class Pipeline:
         runtime = connect(cfg.ray, required_resources(cfg), what="raydprm run")  # pre-flight before any file
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir)
-        self._stages_bar = self._bar(total=5, desc="stages", unit="stage", leave=True)
+        self._stages_bar = self._bar(total=5 if self.until == "evaluate" else 4, desc="stages", unit="stage",
+                                     leave=True)
         try:
             c = cfg.to_dict()
             seed = cfg.run.seed
@@ -157,6 +205,8 @@ class Pipeline:
             ppo_in = {"sft": sft["digest"], "reward": rew["digest"]}
             ppo = self._stage("ppo", ppo_cfg, ppo_in, lambda: self._ppo(stage_key("ppo", ppo_cfg, ppo_in), sft_dir,
                                                                         self._abs(rew["best_dir"])))
+            if self.until == "ppo":
+                return {"ppo": ppo["history"]}
             ev_cfg = {k: c[k] for k in ("crowd", "labels", "rollout")} | {"seed": seed} | {
                 k: v for k, v in c["pipeline"].items() if k in ("eval_prompts", "eval_seeds", "bootstrap", "tie_margin")}
             self._stage("evaluate", ev_cfg, {"sft": sft["digest"], "policy": ppo["digest"]},
@@ -188,7 +238,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
     def _sft(self) -> dict[str, Any]:
-        out = ray.get(_sft_task.remote(self.cfg, str(self.run_dir / "sft")))
+        out = ray.get(_sft_task.options(**self._task_options()).remote(self.cfg, str(self.run_dir / "sft")))
         self._say(f"  SFT loss {out['first_loss']:.2f} -> {out['final_loss']:.2f} in {out['steps']} steps")
         return {**out, "path": self._rel(out["path"]), "digest": dir_digest(out["path"])}
 
@@ -207,6 +257,7 @@ class Pipeline:
             for suffix in ("", "-wal", "-shm"):
                 Path(store_path + suffix).unlink(missing_ok=True)
         pool = self._track(RolloutPool.create(cfg.rollout, policy_dir, dtype=cfg.models.dtype,
+                                              placement=self.placement.get("rollout"),
                                               max_restarts=cfg.ray.max_restarts), "rollout")
         n_policy = cfg.crowd.n_items // 2
         crowd_prompts = world_prompts(n_policy, seed=cfg.run.seed + 7)
@@ -215,7 +266,8 @@ class Pipeline:
         items = simulated_items(cfg.crowd.n_items - n_policy, seed=cfg.run.seed)
         items += [(crowd_prompts[r.prompt_index], r.text) for r in sampled if r.text.strip()]
         votes = Population.from_config(cfg.crowd).simulate_votes(items, cfg.crowd.votes_per_item, seed=cfg.run.seed)
-        store = StoreClient.create(cfg.store, cfg.labels, default_path=store_path)
+        store = StoreClient.create(cfg.store, cfg.labels, default_path=store_path, num_cpus=STORE_CPU,
+                                   placement=self.placement.get("store"))
         try:
             bar = self._bar(total=len(votes), desc="collect: votes", unit="vote")
             for i in range(0, len(votes), 1000):
@@ -233,7 +285,8 @@ class Pipeline:
                 "digest": hashlib.sha256(rows.encode()).hexdigest()}
 
     def _reward(self, data_dir: str) -> dict[str, Any]:
-        out = ray.get(_reward_task.remote(self.cfg, data_dir, str(self.run_dir / "reward")))
+        out = ray.get(_reward_task.options(**self._task_options()).remote(self.cfg, data_dir,
+                                                                        str(self.run_dir / "reward")))
         bm = out["best_metrics"]
         self._say(f"  loss={self.cfg.reward.loss}: held-out OT distance {bm.get('ot_distance', float('nan')):.3f}")
         return {**out, "best_dir": self._rel(out["best_dir"]), "digest": dir_digest(out["best_dir"])}
@@ -245,9 +298,15 @@ class Pipeline:
 
         cfg, n = self.cfg, self.cfg.ppo.rollout_batch
         self.init_workers(policy_dir, reward_dir)
-        step, history = self.load_checkpoint(key)
-        if step == 0:  # checkpoints of an earlier PPO configuration must not outrank this one's
+        if self.ppo_start is not None:  # a given checkpoint (Tune restore / PBT clone) outranks the run's own
             shutil.rmtree(self.run_dir / "ppo" / "ckpt", ignore_errors=True)
+            step, history = self._load_dir(Path(self.ppo_start))
+            self.ppo_start = None
+            self.save_checkpoint(key, step, history)  # now the run's own: a group restart goes back to it
+        else:
+            step, history = self.load_checkpoint(key)
+            if step == 0:  # checkpoints of an earlier PPO configuration must not outrank this one's
+                shutil.rmtree(self.run_dir / "ppo" / "ckpt", ignore_errors=True)
         train_prompts = world_prompts(cfg.ppo.steps * n, seed=cfg.run.seed + 1)  # the data position is the step
         tb = SummaryWriter(str(self.run_dir / "tb"))
         bar = self._bar(total=cfg.ppo.steps, initial=step, desc="ppo")
@@ -266,6 +325,7 @@ class Pipeline:
                 continue
             step += 1
             history.append(rec)
+            self.last_record = rec  # what on_step callers (a Tune trial) report
             for k, v in rec.items():
                 if k != "step":
                     tb.add_scalar(k, v, step)
@@ -298,8 +358,10 @@ class Pipeline:
         cfg, pc = self.cfg, self.cfg.pipeline
         prompts = world_prompts(pc.eval_prompts, seed=cfg.run.seed + 999)
         mk = dict(dtype=cfg.models.dtype, max_restarts=cfg.ray.max_restarts)
-        ref = self._track(RolloutPool.create(cfg.rollout, sft_dir, **mk), "rollout")
-        pol = self._track(RolloutPool.create(cfg.rollout, policy_dir, **mk), "rollout")
+        ref = self._track(RolloutPool.create(cfg.rollout, sft_dir, placement=self.placement.get("reference"), **mk),
+                          "rollout")
+        pol = self._track(RolloutPool.create(cfg.rollout, policy_dir, placement=self.placement.get("rollout"), **mk),
+                          "rollout")
         texts: dict[str, list[list[str]]] = {"vanilla": [], "policy": []}
         kl = []
         for s in range(pc.eval_seeds):
@@ -339,6 +401,15 @@ class Pipeline:
     def _abs(self, path: str) -> str:
         return str(self.run_dir / path)  # an absolute ``path`` stays as it is
 
+    def _task_options(self) -> dict[str, Any]:
+        """The SFT and reward-training tasks run on the learner's first bundle when the run is
+        placed (the learner starts after them). They do not capture their children: Ray Train's
+        workers (reward.num_workers > 1) get Train's own placement group, outside this one."""
+        at = self.placement.get("learner")
+        if at is None:
+            return {}
+        return {"num_cpus": min(1.0, self.cfg.ppo.num_cpus_per_worker), "scheduling_strategy": at.strategy(0)}
+
     # ------------------------------------------------------------------ workers and checkpoints
     def init_workers(self, policy_dir: str, reward_dir: str) -> None:
         """The PPO roles: generators and learner from the SFT policy, reward replicas from the reward model."""
@@ -349,12 +420,13 @@ class Pipeline:
         from raydprm.models.dprm import label_scale_from_config
 
         cfg, r = self.cfg, self.cfg.ray.max_restarts
+        at = self.placement.get
         self.rollout = self._track(RolloutPool.create(cfg.rollout, policy_dir, dtype=cfg.models.dtype,
-                                                      max_restarts=r), "rollout")
+                                                      placement=at("rollout"), max_restarts=r), "rollout")
         self.reward = self._track(RewardPool.create(reward_dir, label_scale_from_config(cfg.labels), cfg.reward,
-                                                    max_restarts=r), "reward")
+                                                    placement=at("reward"), max_restarts=r), "reward")
         self.learner = self._track(LearnerGroup.create(cfg.ppo, policy_dir, seed=cfg.run.seed, dtype=cfg.models.dtype,
-                                                       max_restarts=r), "learner")
+                                                       placement=at("learner"), max_restarts=r), "learner")
         self.loop = PPOLoop(self.rollout, self.reward, self.learner, cfg.rollout, seed=cfg.run.seed,
                             async_rollout=cfg.ppo.async_rollout)
 
@@ -380,11 +452,14 @@ class Pipeline:
         ppo = self.state.data.get("ppo", {})
         if ppo.get("key") != key or not ppo.get("checkpoint"):
             return 0, []
-        d = self.run_dir / ppo["checkpoint"]
+        return self._load_dir(self.run_dir / ppo["checkpoint"])
+
+    def _load_dir(self, d: Path) -> tuple[int, list[dict[str, Any]]]:
+        """Learner state and (step, history) of one checkpoint directory (save_checkpoint's layout)."""
         progress = json.loads((d / "progress.json").read_text())
         self.learner.load(d)
         self._sync()
-        self._say(f"  PPO resumes after step {progress['step']} ({ppo['checkpoint']})")
+        self._say(f"  PPO resumes after step {progress['step']} ({self._rel(d)})")
         return int(progress["step"]), list(progress["history"])
 
     def _track(self, pool: Any, role: str) -> Any:

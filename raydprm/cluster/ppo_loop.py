@@ -46,6 +46,7 @@ class PPOLoop:
         self.version = version  # the policy version the generators hold
         self._inflight: tuple[int, list[str], list[Any]] | None = None  # (step, prompts, refs)
         self._ready: tuple[int, list[str], list[Any]] | None = None  # (step, prompts, responses)
+        self.last_samples: tuple[list[str], list[str]] = ([], [])  # (prompt, response text) of the last step
 
     def _sampling(self, step: int) -> SamplingParams:
         return SamplingParams.from_config(self.rollout_cfg, seed=self.seed * 100_003 + step)
@@ -86,6 +87,7 @@ class PPOLoop:
         s0 = time.perf_counter()
         scored = self.reward.score([prompts[r.prompt_index] for r in resp], [r.text for r in resp])
         t_score = time.perf_counter() - s0
+        self.last_samples = ([prompts[r.prompt_index] for r in resp], [r.text for r in resp])
         batch = RolloutBatch.from_sequences([r.prompt_ids for r in resp], [r.token_ids for r in resp],
                                             scored["reward"].tolist(), [r.logprobs for r in resp], pad_id=self.pad_id)
         if self.async_rollout and next_prompts is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from raydprm.errors import RaydprmError
 
-__all__ = ["RunState", "RunDirNotEmpty", "stage_key", "dir_digest", "write_json"]
+__all__ = ["RunState", "RunDirNotEmpty", "stage_key", "dir_digest", "write_json", "copy_stages"]
 
 STAGES = ("sft", "collect", "reward", "ppo", "evaluate")
 
@@ -115,3 +116,32 @@ class RunState:
     def save(self) -> None:
         self.data["updated"] = time.time()
         write_json(self.run_dir / "state.json", self.data)
+
+
+def copy_stages(src: str | os.PathLike[str], dst: str | os.PathLike[str], stages: tuple[str, ...]) -> list[str]:
+    """Copy the completed ``stages`` of run ``src`` (in order, up to the first not done) into the
+    empty run ``dst``: each stage's directory, the run-relative files its outputs name (e.g.
+    ``store.db``) and its line in state.json. Returns the stages copied.
+
+    Only a seed: the next run in ``dst`` still compares every stage's key with its own config
+    and inputs and redoes any that differ (a sweep's trials share their common stages this way)."""
+    src, dst = Path(src), Path(dst)
+    state, out = RunState(dst), []
+    for stage in stages:
+        rec = RunState(src).record(stage)
+        if rec is None:
+            break
+        paths = {stage} | {v for v in rec["outputs"].values() if isinstance(v, str) and v and not Path(v).is_absolute()
+                           and (src / v).exists()}
+        for rel in sorted(paths):
+            for suffix in ("", "-wal", "-shm") if (src / rel).is_file() else ("",):
+                s, d = src / (rel + suffix), dst / (rel + suffix)
+                if not s.exists() or d.exists():
+                    continue
+                d.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(s, d) if s.is_dir() else shutil.copy2(s, d)
+        state.data["stages"][stage] = {"done": True, "key": rec["key"], "seconds": rec["seconds"]}
+        out.append(stage)
+    if out:
+        state.save()
+    return out

@@ -1,0 +1,391 @@
+"""The Ray Tune adapter (the only module that imports ``ray.tune``): a sweep of pipeline runs.
+
+    sweep_dir = run_sweep(space, base_cfg, sweep_dir)            # `raydprm sweep SPACE.yaml`
+    sweep_dir = run_sweep(space, base_cfg, sweep_dir, resume=True)   # `--resume`: Tuner.restore
+
+A trial is the unchanged pipeline (:class:`raydprm.cluster.pipeline.Pipeline`) run on the
+base config with the trial's dotted keys applied, in ``<sweep_dir>/runs/<trial id>``.
+
+Resources (the Tune traps, and what this does about each):
+
+- Every actor a trial creates is reserved up front by its ``PlacementGroupFactory``:
+  :func:`~raydprm.cluster.pipeline.bundle_layout` lists one small bundle for the trial's
+  own process, then one bundle per actor (generators, reward replicas, learner ranks, store,
+  evaluate's reference generators). The trial never creates a placement group: the pipeline
+  puts each role on its bundles of the trial's group (``Placement(pg, offset)``), so nothing
+  is pulled into the group at random (ray#38706) and no second group waits for resources the
+  trial itself holds (ray#47439, ray#25239).
+- Ray Train inside a trial (``reward.num_workers > 1``) follows Train V2's pattern: the
+  training task on the trial's bundle does not capture its children, Train's controller and
+  workers get Train's own placement group, and ``max_concurrent_trials`` leaves room for
+  those workers (:mod:`raydprm.tune.capacity`).
+- ``max_concurrent_trials`` = what fits of each trial's bundles in the cluster's resources
+  (its autoscaler's maximum when Ray knows it); ``TUNE_MAX_PENDING_TRIALS_PG`` is raised to
+  it, so an autoscaling cluster sees every pending trial's demand at once (ray#43451).
+
+Metrics, reported every PPO step (namespaced): ``population/expected_reward`` (the
+simulated population's E[r] of the step's samples), ``reward/mean`` (the DPRM's reward),
+``ppo/kl``, ``ppo/kl_coef``, ``reward/ot_distance`` (the DPRM's held-out OT distance); the
+last report adds the held-out evaluation: ``eval/expected_reward``, ``eval/kl``,
+``eval/win_rate`` (vs the SFT policy, "Vanilla"), ``eval/vanilla_expected_reward``.
+A Tune checkpoint (the pipeline's PPO checkpoint: learner state + position) goes with every
+pipeline checkpoint, so schedulers can pause, resume and clone trials; a trial started from a
+checkpoint continues PPO from it, and one cloned by PBT with another ``ppo.beta`` continues
+with its own beta (the learner's KL coefficient is reset to the trial's).
+
+Storage: the sweep directory is Tune's experiment directory and holds every trial's run
+directory; trials write there directly, so on a multi-node cluster it must be on a disk every
+node mounts. Each node is asked whether it sees the sweep's marker file (at the start, and by
+every trial), and a node that does not fails with :class:`SharedStorageError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from raydprm.cluster.group import Placement
+from raydprm.cluster.pipeline import Pipeline, bundle_layout
+from raydprm.cluster.run_state import copy_stages, write_json
+from raydprm.cluster.runtime import InsufficientResources, Resources, connect
+from raydprm.config import Config, save_config
+from raydprm.errors import RaydprmError
+from raydprm.tune.capacity import demand, max_concurrent, shortfall
+from raydprm.tune.results import result_row, write_results
+from raydprm.tune.space import Param, SweepSpace
+
+__all__ = ["run_sweep", "trial_config", "trial_bundles", "SweepError", "SharedStorageError", "MARKER"]
+
+MARKER = ".raydprm-sweep.json"
+UPSTREAM = ("sft", "collect", "reward")  # stages trials with the same keys share (copied, then key-checked)
+
+
+class SweepError(RaydprmError):
+    """A sweep cannot start or continue."""
+
+
+class SharedStorageError(SweepError):
+    """A node cannot see the sweep directory: on a multi-node cluster it must be shared."""
+
+
+# --------------------------------------------------------------------------- configs and bundles
+
+
+def trial_config(base: Config, space: SweepSpace, labels: Mapping[str, Any], runs_dir: Path, trial_id: str) -> Config:
+    """The base config with a trial's dotted keys applied; its run directory is ``runs_dir/trial_id``."""
+    return base.override([*space.overrides_of(labels), f"run.output_dir={json.dumps(str(runs_dir))}",
+                          f"run.name={json.dumps(trial_id)}"])
+
+
+def trial_bundles(cfg: Config) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """(the trial's placement-group bundles, what Ray Train reserves outside them)."""
+    bundles, _ = bundle_layout(cfg)
+    rw = cfg.reward
+    outside = [{"CPU": rw.actor_num_cpus}] * rw.num_workers if rw.num_workers > 1 else []
+    return bundles, outside
+
+
+def _factory(cfg: Config) -> tune.PlacementGroupFactory:
+    bundles, _ = trial_bundles(cfg)
+    return tune.PlacementGroupFactory(bundles, strategy="PACK")
+
+
+def _domain(p: Param) -> Any:
+    if p.kind in ("grid", "named", "dirichlet"):
+        return tune.grid_search(list(p.args))
+    if p.kind == "choice":
+        return tune.choice(list(p.args))
+    if p.kind == "uniform":
+        return tune.uniform(*p.args)
+    if p.kind == "loguniform":
+        return tune.loguniform(*p.args)
+    if p.kind == "randint":
+        return tune.randint(p.args[0], p.args[1] + 1)  # Tune's upper bound is exclusive; ours is not
+    return p.args[0]  # a fixed value
+
+
+def _mutation(p: Param) -> Any:
+    return list(p.args) if p.kind in ("grid", "choice") else _domain(p)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def _sees(path: str) -> bool:
+    return Path(path).is_file()
+
+
+def check_shared_storage(sweep_dir: Path) -> None:
+    """Every alive node must see ``sweep_dir``'s marker file (a one-node cluster trivially does)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    probe = ray.remote(num_cpus=0)(_sees)
+    marker = str(sweep_dir / MARKER)
+    refs = {n["NodeManagerAddress"] + f" ({n['NodeID'][:8]})":
+            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(marker)
+            for n in nodes}
+    blind = [name for name, ref in refs.items() if not ray.get(ref, timeout=120)]
+    if blind:
+        raise SharedStorageError(_storage_msg(sweep_dir, ", ".join(blind), len(nodes)))
+
+
+def _storage_msg(sweep_dir: Path, who: str, n_nodes: int | None = None) -> str:
+    nodes = f"the cluster has {n_nodes} nodes and " if n_nodes else ""
+    return (f"sweep storage '{sweep_dir}' is a local path: {nodes}{who} cannot see it; on a multi-node cluster the "
+            "sweep's storage must be shared: set run.output_dir to a directory every node mounts (NFS, a "
+            "Kubernetes PersistentVolumeClaim such as /mnt/raydprm)")
+
+
+# --------------------------------------------------------------------------- the trial
+
+
+@dataclass(frozen=True)
+class _Setup:
+    space: SweepSpace
+    base: Config
+    sweep_dir: str
+    until: str
+
+
+class _Reporter:
+    """Reports one trial's metrics to Tune every PPO step, with a checkpoint when the pipeline saved one."""
+
+    def __init__(self, cfg: Config, run_dir: Path, trial_id: str) -> None:
+        import numpy as np
+
+        from raydprm.sim.personas import Population
+
+        self.cfg, self.run_dir, self.trial_id = cfg, run_dir, trial_id
+        self.population = Population.from_config(cfg.crowd)
+        self.rewards = np.asarray(cfg.labels.rewards, dtype=np.float64)
+        self.last: dict[str, float] = {}
+
+    def _ot(self, pipe: Pipeline) -> float:
+        rec = pipe.state.record("reward") or {}
+        return float(rec.get("outputs", {}).get("best_metrics", {}).get("ot_distance", math.nan))
+
+    def on_step(self, pipe: Pipeline, step: int) -> None:
+        import numpy as np
+
+        rec = pipe.last_record
+        prompts, texts = pipe.loop.last_samples
+        # E_pop[r] = mean_n sum_l p_pop(l | x_n, y_n) r_l over this step's samples
+        pop = float(np.mean(self.population.true_distributions(prompts, texts) @ self.rewards)) if texts else math.nan
+        self.last = {"step": step, "population/expected_reward": pop, "reward/mean": rec["reward/mean"],
+                     "reward/expected": rec["reward/expected"], "ppo/kl": rec.get("ppo/kl", math.nan),
+                     "ppo/kl_coef": rec.get("ppo/kl_coef", math.nan), "reward/ot_distance": self._ot(pipe)}
+        if step % self.cfg.pipeline.checkpoint_every == 0 or step == self.cfg.ppo.steps:
+            d = self.run_dir / "ppo" / "ckpt" / f"step_{step:06d}"  # what Pipeline.save_checkpoint just wrote
+            write_json(d / "trial.json", {"trial_id": self.trial_id, "ppo.beta": self.cfg.ppo.beta})
+            tune.report(dict(self.last), checkpoint=tune.Checkpoint.from_directory(str(d)))
+        else:
+            tune.report(dict(self.last))
+
+    def final(self, out: Mapping[str, Any]) -> dict[str, Any]:
+        from raydprm.evaluate.report import policy_name
+
+        m: dict[str, Any] = dict(self.last)
+        if not m and out.get("ppo"):  # PPO was done before this (re)start: its last record
+            rec = out["ppo"][-1]
+            m = {"step": rec["step"], "population/expected_reward": math.nan, "reward/mean": rec["reward/mean"],
+                 "reward/expected": rec["reward/expected"], "ppo/kl": rec.get("ppo/kl", math.nan),
+                 "ppo/kl_coef": rec.get("ppo/kl_coef", math.nan), "reward/ot_distance": math.nan}
+        if "policies" in out:
+            name = policy_name(self.cfg.reward.loss)
+            pol, van = out["policies"][name], out["policies"]["vanilla"]
+            m.update({"eval/expected_reward": pol["expected_reward"], "eval/kl": pol["kl"],
+                      "eval/vanilla_expected_reward": van["expected_reward"],
+                      "eval/win_rate": out["head_to_head"][f"{name}_vs_vanilla"]["overall"]["win"]})
+        m["pipeline_done"] = 1
+        return m
+
+
+def _donor(runs: Path, run_dir: Path, cfg: Config) -> Path | None:
+    """The finished-upstream run whose config differs from ``cfg`` in the fewest keys."""
+    import yaml
+
+    def flat(d: Mapping[str, Any], pre: str = "") -> dict[str, str]:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": json.dumps(v)})
+        return out
+
+    mine, best, best_diff = flat(cfg.to_dict()), None, None
+    for d in runs.iterdir() if runs.is_dir() else ():
+        if d == run_dir or not (d / "sft" / "record.json").is_file() or not (d / "config.yaml").is_file():
+            continue
+        theirs = flat(yaml.safe_load((d / "config.yaml").read_text()) or {})
+        diff = sum(theirs.get(k) != v for k, v in mine.items() if not k.startswith(("run.", "ppo.", "pipeline.")))
+        if best_diff is None or diff < best_diff:
+            best, best_diff = d, diff
+    return best
+
+
+def _unpack(ckpt: Any, run_dir: Path, cfg: Config) -> Path:
+    """A Tune checkpoint -> a PPO checkpoint directory for Pipeline(ppo_start=...). When PBT gave
+    this trial another beta than the checkpoint's, the learner continues with the trial's own."""
+    d = run_dir / "ppo" / "start"
+    shutil.rmtree(d, ignore_errors=True)
+    ckpt.to_directory(str(d))
+    meta = json.loads((d / "trial.json").read_text())
+    if meta.get("ppo.beta") != cfg.ppo.beta:
+        state = d / "learner_state.json"
+        learner = json.loads(state.read_text())
+        learner["kl_coef"] = cfg.ppo.beta
+        state.write_text(json.dumps(learner, indent=1))
+    return d
+
+
+def _trial(config: dict[str, Any], setup: _Setup) -> None:
+    """One Tune trial: the pipeline with this trial's keys, on the trial's placement group."""
+    from ray.util import get_current_placement_group
+
+    trial_id = tune.get_context().get_trial_id()
+    sweep_dir = Path(setup.sweep_dir)
+    if not (sweep_dir / MARKER).is_file():
+        raise SharedStorageError(_storage_msg(sweep_dir, f"node {ray.util.get_node_ip_address()}"))
+    runs = sweep_dir / "runs"
+    cfg = trial_config(setup.base, setup.space, config, runs, trial_id)
+    run_dir = runs / trial_id
+    if not (run_dir / "state.json").is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        donor = _donor(runs, run_dir, cfg)
+        if donor is not None:
+            copy_stages(donor, run_dir, UPSTREAM)
+    ckpt = tune.get_checkpoint()
+    start = _unpack(ckpt, run_dir, cfg) if ckpt is not None else None
+    pg = get_current_placement_group()
+    _, offsets = bundle_layout(cfg)
+    placement = {role: Placement(pg, off) for role, off in offsets.items() if role != "driver"} if pg else {}
+    reporter = _Reporter(cfg, run_dir, trial_id)
+    out = Pipeline(cfg, run_dir, progress=False, on_step=reporter.on_step, placement=placement, ppo_start=start,
+                   until=setup.until).fit()
+    tune.report(reporter.final(out))
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def _cluster_max() -> dict[str, float]:
+    """The most the cluster can offer: its autoscaler's maximum when Ray knows it, else what it has."""
+    have = {k: float(v) for k, v in ray.cluster_resources().items()}
+    try:
+        top = ray._private.state.state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # noqa: BLE001 - no autoscaler config published (v1 autoscaler, local instance)
+        top = {}
+    return {k: max(have.get(k, 0.0), float(top.get(k, 0.0))) for k in set(have) | set(top)}
+
+
+def _scheduler(space: SweepSpace, base: Config) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+
+    s, o = space.scheduler, space.scheduler.options
+    if s.type == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=o.get("max_t", base.ppo.steps),
+                             grace_period=o.get("grace_period", 1), reduction_factor=o.get("reduction_factor", 2))
+    if s.type == "pbt":
+        return PopulationBasedTraining(time_attr="training_iteration",
+                                       perturbation_interval=o.get("perturbation_interval",
+                                                                   base.pipeline.checkpoint_every),
+                                       hyperparam_mutations={p.key: _mutation(p) for p in s.mutations},
+                                       quantile_fraction=o.get("quantile_fraction", 0.25),
+                                       resample_probability=o.get("resample_probability", 0.25))
+    return None
+
+
+def _trainable(setup: _Setup) -> Any:
+    runs = Path(setup.sweep_dir) / "runs"
+
+    def resources(config: dict[str, Any]) -> tune.PlacementGroupFactory:
+        return _factory(trial_config(setup.base, setup.space, config, runs, "resources"))
+
+    return tune.with_resources(tune.with_parameters(_trial, setup=setup), resources)
+
+
+def plan(space: SweepSpace, base: Config, cap: int = 0) -> tuple[dict[str, float], int]:
+    """(what the largest trial reserves, trials at once) on the connected cluster; raises
+    :class:`InsufficientResources` when one trial cannot fit even at the cluster's maximum."""
+    import itertools
+
+    grids = [[(p.key, a) for a in p.args] if p.discrete else [(p.key, p.args[1])] for p in space.params]
+    worst: dict[str, float] = {}
+    for combo in itertools.islice(itertools.product(*grids), 256):  # resource keys are rarely swept
+        cfg = trial_config(base, space, dict(combo), Path("/"), "plan")
+        d = demand(*trial_bundles(cfg))
+        worst = {k: max(worst.get(k, 0.0), d.get(k, 0.0)) for k in set(worst) | set(d)}
+    top = _cluster_max()
+    missing = shortfall(worst, top)
+    if missing:
+        parts = "; ".join(f"{k} needs {n:g}, the cluster offers {h:g}" for k, (n, h) in sorted(missing.items()))
+        raise InsufficientResources(f"one trial of sweep '{space.name}' does not fit: {parts} (per trial: one "
+                                    "bundle for its driver and one per actor; lower replicas/workers or their "
+                                    "CPUs/GPUs, or use a bigger cluster)")
+    return worst, max_concurrent(worst, top, cap or space.max_concurrent)
+
+
+def run_sweep(space: SweepSpace, base: Config, sweep_dir: str | Path, *, resume: bool = False, cap: int = 0,
+              until: str = "evaluate", verbose: int = 1) -> Path:
+    """Run (or with ``resume`` continue) the sweep in ``sweep_dir``; write results.{csv,md} and plots there."""
+    sweep_dir = Path(sweep_dir).resolve()
+    probe_cfg = trial_config(base, space, {}, sweep_dir / "runs", "plan")
+    one = demand(*trial_bundles(probe_cfg))
+    want = cap or space.max_concurrent or 1
+    local = base.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(one.get("CPU", 1.0) * want))
+    runtime = connect(base.ray, Resources(cpu=one.get("CPU", 0.0), gpu=one.get("GPU", 0.0)),
+                      what=f"sweep '{space.name}' (one trial)", local_num_cpus=local)
+    try:
+        per_trial, n = plan(space, base, cap)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        marker = sweep_dir / MARKER
+        if not resume:
+            write_json(marker, {"space": str(space.path), "created": time.time(), "until": until})
+            save_config(base, sweep_dir, "base_config.yaml")
+        elif not marker.is_file():
+            raise SweepError(f"--resume {sweep_dir}: not a sweep directory (no {MARKER})")
+        check_shared_storage(sweep_dir)
+        pending = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG", "")
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(n, int(pending) if pending.isdigit() else 0))
+        print(f"[raydprm sweep] {space.name}: {n} trial(s) at once, each reserving "
+              + ", ".join(f"{v:g} {k}" for k, v in sorted(per_trial.items())) + f"; storage {sweep_dir}", flush=True)
+        setup = _Setup(space=space, base=base, sweep_dir=str(sweep_dir), until=until)
+        if resume:
+            if not tune.Tuner.can_restore(str(sweep_dir)):
+                raise SweepError(f"--resume {sweep_dir}: Tune has no experiment state there to continue")
+            tuner = tune.Tuner.restore(str(sweep_dir), trainable=_trainable(setup), resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            tuner = tune.Tuner(
+                _trainable(setup),
+                param_space={p.key: _domain(p) for p in space.params},
+                tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=space.num_samples,
+                                            max_concurrent_trials=n, scheduler=_scheduler(space, base),
+                                            search_alg=BasicVariantGenerator(random_state=space.seed)),
+                run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent), verbose=verbose,
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                          failure_config=tune.FailureConfig(max_failures=0)))
+        grid = tuner.fit()
+        rows = []
+        for r in grid:
+            m = dict(r.metrics or {})
+            status = "error" if r.error else ("done" if m.get("pipeline_done") else "stopped")
+            rows.append(result_row(space, dict(r.config or {}), m, trial_id=str(m.get("trial_id") or Path(r.path).name),
+                                   status=status, error=str(r.error).splitlines()[0] if r.error else ""))
+        write_results(sweep_dir, space, rows)
+    finally:
+        runtime.close()
+    return sweep_dir
