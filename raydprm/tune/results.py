@@ -122,11 +122,10 @@ def write_results(sweep_dir: str | Path, space: SweepSpace, rows: Sequence[Mappi
         for r in rows:
             w.writerow({k: _fmt(r.get(k, "")) for k in cols})
     shown = [c for c in cols if c not in ("error", "metric", "kl_coef")]
-    lines = [f"# Sweep {space.name}", "", space.description, "" if space.description else None,
+    lines = [f"# Sweep {space.name}", "", *([space.description, ""] if space.description else []),
              f"{len(rows)} trial(s), best first by `expected_reward` (held-out population E[r] when `evaluated` = 1). "
              f"Scheduler: {space.scheduler.type}; metric `{space.metric}` ({space.mode}).", "",
              "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    lines = [x for x in lines if x is not None]
     lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in shown) + " |" for r in rows]
     errors = [r for r in rows if r.get("error")]
     if errors:

@@ -341,7 +341,7 @@ def _scheduler(path: Path, spec: Any, keys: set[str], base: Config, seed: int) -
             if not str(k).startswith("ppo."):
                 raise _err(path, f"scheduler.mutations.{k}", "PBT can only mutate ppo.* keys (a clone continues "
                            "from another trial's learner checkpoint; its SFT, crowd and reward model stay)")
-            p = _param(path, str(k), v, keys, base, seed)
+            p = _param(path, str(k), {"choice": v} if isinstance(v, list) else v, keys, base, seed)
             if p.kind not in ("grid", "choice", "uniform", "loguniform", "randint"):
                 raise _err(path, f"scheduler.mutations.{k}", "give a list (grid/choice) or a range "
                            "(uniform/loguniform/randint)")

@@ -160,6 +160,21 @@ class _Setup:
     until: str
 
 
+def _where(actor: Any) -> dict[str, Any]:
+    """Inside an actor: its placement group and the resources Ray assigned it (which name the bundle)."""
+    ctx = ray.get_runtime_context()
+    return {"placement_group": ctx.get_placement_group_id(), "resources": sorted(ctx.get_assigned_resources())}
+
+
+def record_placement(pipe: Pipeline, path: Path) -> None:
+    """Write where the trial and each PPO actor run (``placement.json``): every one must be in
+    the trial's placement group, on its role's bundles (Ray names a bundle's resources
+    ``CPU_group_<bundle index>_<group id>``)."""
+    roles = {"rollout": pipe.rollout.group, "reward": pipe.reward.group, "learner": pipe.learner.group}
+    actors = {role: ray.get([a.__ray_call__.remote(_where) for a in g.actors]) for role, g in roles.items()}
+    write_json(path, {"trial": _where(None), "actors": actors})
+
+
 class _Reporter:
     """Reports one trial's metrics to Tune every PPO step, with a checkpoint when the pipeline saved one."""
 
@@ -180,6 +195,8 @@ class _Reporter:
     def on_step(self, pipe: Pipeline, step: int) -> None:
         import numpy as np
 
+        if not self.last:  # the first step of this (re)start
+            record_placement(pipe, self.run_dir / "placement.json")
         rec = pipe.last_record
         prompts, texts = pipe.loop.last_samples
         # E_pop[r] = mean_n sum_l p_pop(l | x_n, y_n) r_l over this step's samples
@@ -249,7 +266,7 @@ def _unpack(ckpt: Any, run_dir: Path, cfg: Config) -> Path:
     return d
 
 
-def _trial(config: dict[str, Any], setup: _Setup) -> None:
+def pipeline_trial(config: dict[str, Any], setup: _Setup) -> None:
     """One Tune trial: the pipeline with this trial's keys, on the trial's placement group."""
     from ray.util import get_current_placement_group
 
@@ -279,14 +296,24 @@ def _trial(config: dict[str, Any], setup: _Setup) -> None:
 # --------------------------------------------------------------------------- the sweep
 
 
-def _cluster_max() -> dict[str, float]:
-    """The most the cluster can offer: its autoscaler's maximum when Ray knows it, else what it has."""
+def _cluster_max() -> tuple[dict[str, float], bool]:
+    """(the most the cluster can offer, whether that is known): its autoscaler's maximum when Ray
+    publishes it (autoscaler v2, KubeRay), else what it has now; unknown when an autoscaler that
+    does not publish its maximum (v1) is running."""
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
     have = {k: float(v) for k, v in ray.cluster_resources().items()}
     try:
         top = ray._private.state.state.get_max_resources_from_cluster_config() or {}
-    except Exception:  # noqa: BLE001 - no autoscaler config published (v1 autoscaler, local instance)
+    except Exception:  # noqa: BLE001 - no cluster config published (v1 autoscaler, local instance)
         top = {}
-    return {k: max(have.get(k, 0.0), float(top.get(k, 0.0))) for k in set(have) | set(top)}
+    try:
+        autoscaler = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) is not None
+    except Exception:  # noqa: BLE001 - no GCS key: no autoscaler
+        autoscaler = False
+    known = bool(top) or not autoscaler
+    return {k: max(have.get(k, 0.0), float(top.get(k, 0.0))) for k in set(have) | set(top)}, known
 
 
 def _scheduler(space: SweepSpace, base: Config) -> Any:
@@ -312,7 +339,7 @@ def _trainable(setup: _Setup) -> Any:
     def resources(config: dict[str, Any]) -> tune.PlacementGroupFactory:
         return _factory(trial_config(setup.base, setup.space, config, runs, "resources"))
 
-    return tune.with_resources(tune.with_parameters(_trial, setup=setup), resources)
+    return tune.with_resources(tune.with_parameters(pipeline_trial, setup=setup), resources)
 
 
 def plan(space: SweepSpace, base: Config, cap: int = 0) -> tuple[dict[str, float], int]:
@@ -326,8 +353,13 @@ def plan(space: SweepSpace, base: Config, cap: int = 0) -> tuple[dict[str, float
         cfg = trial_config(base, space, dict(combo), Path("/"), "plan")
         d = demand(*trial_bundles(cfg))
         worst = {k: max(worst.get(k, 0.0), d.get(k, 0.0)) for k in set(worst) | set(d)}
-    top = _cluster_max()
+    top, known = _cluster_max()
     missing = shortfall(worst, top)
+    if not known:  # an autoscaler of unknown size: the limit given, else what fits now (Tune's pending trials ask)
+        print(f"[raydprm sweep] the cluster has {top.get('CPU', 0):g} CPUs now and an autoscaler whose maximum Ray "
+              "does not publish (v1): pending trials ask it for nodes; set max_concurrent to run more at once",
+              flush=True)
+        return worst, cap or space.max_concurrent or max_concurrent(worst, top)
     if missing:
         parts = "; ".join(f"{k} needs {n:g}, the cluster offers {h:g}" for k, (n, h) in sorted(missing.items()))
         raise InsufficientResources(f"one trial of sweep '{space.name}' does not fit: {parts} (per trial: one "
@@ -379,13 +411,24 @@ def run_sweep(space: SweepSpace, base: Config, sweep_dir: str | Path, *, resume:
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                           failure_config=tune.FailureConfig(max_failures=0)))
         grid = tuner.fit()
-        rows = []
+        try:  # Tune's own trial states tell a scheduler's stop from an interruption
+            states = {t.trial_id: t.status for t in grid._experiment_analysis.trials}
+        except AttributeError:
+            states = {}
+        rows, unfinished = [], 0
         for r in grid:
             m = dict(r.metrics or {})
-            status = "error" if r.error else ("done" if m.get("pipeline_done") else "stopped")
-            rows.append(result_row(space, dict(r.config or {}), m, trial_id=str(m.get("trial_id") or Path(r.path).name),
-                                   status=status, error=str(r.error).splitlines()[0] if r.error else ""))
+            tid = str(m.get("trial_id") or Path(r.path).name)
+            state = states.get(tid, "TERMINATED")
+            status = ("error" if r.error else "done" if m.get("pipeline_done") else
+                      "stopped" if state == "TERMINATED" else "unfinished")
+            unfinished += status == "unfinished"
+            rows.append(result_row(space, dict(r.config or {}), m, trial_id=tid, status=status,
+                                   error=str(r.error).strip().splitlines()[-1] if r.error else ""))
         write_results(sweep_dir, space, rows)
+        if unfinished:
+            print(f"[raydprm sweep] interrupted with {unfinished} trial(s) unfinished: continue with "
+                  f"`raydprm sweep --resume {sweep_dir}`", flush=True)
     finally:
         runtime.close()
     return sweep_dir

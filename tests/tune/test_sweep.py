@@ -1,0 +1,118 @@
+"""`raydprm sweep` end to end on CPU: a small sweep completes and writes its table and plots; an
+interrupted sweep continues with --resume without redoing its finished trials.
+
+Both run the tiny pipeline (sweeps/smoke.yaml, --smoke sizes) in trials of Ray Tune on a
+local Ray instance the command starts; trials share their common stages (SFT, crowd, reward
+model) by copying them, and each trial's actors sit on its own placement group's bundles."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from raydprm.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _rows(sweep_dir: Path) -> list[dict[str, str]]:
+    with open(sweep_dir / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_small_sweep_beta_x_cost_writes_table_and_plots(tmp_path, capsys):
+    rc = main(["sweep", "--smoke", str(ROOT / "sweeps" / "smoke.yaml"), f"run.output_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    sweep_dir = tmp_path / "smoke"
+    assert out.strip().splitlines()[-1] == str(sweep_dir)  # the directory, printed last
+    assert "2 trial(s) at once" in out
+    rows = _rows(sweep_dir)
+    assert len(rows) == 4 and all(r["status"] == "done" for r in rows), rows
+    assert {(float(r["ppo.beta"]), r["reward.cost"]) for r in rows} == {
+        (b, c) for b in (0.01, 0.3) for c in ("reward_gap", "costs/harm_heavy.npy")}
+    for r in rows:
+        assert r["evaluated"] == "1" and r["steps"] == "2"
+        assert -3.0 <= float(r["expected_reward"]) <= 1.0  # a population E[r] lies within the label rewards
+        assert float(r["kl"]) == float(r["kl"])  # a number, not NaN
+        assert 0.0 <= float(r["win_rate"]) <= 100.0
+    er = [float(r["expected_reward"]) for r in rows]
+    assert er == sorted(er, reverse=True)  # best first
+    for plot in ("frontier.png", "by_cost.png"):
+        assert (sweep_dir / plot).stat().st_size > 1000, plot
+    assert "frontier.png" in (sweep_dir / "results.md").read_text()
+    # trials with the same cost share their reward model; all four share SFT and the crowd's votes
+    runs = sweep_dir / "runs"
+    keys = {r["trial_id"]: {s: json.loads((runs / r["trial_id"] / s / "record.json").read_text())["key"]
+                            for s in ("sft", "collect", "reward")} for r in rows}
+    assert len({k["sft"] for k in keys.values()}) == 1 and len({k["collect"] for k in keys.values()}) == 1
+    by_cost = {}
+    for r in rows:
+        by_cost.setdefault(r["reward.cost"], set()).add(keys[r["trial_id"]]["reward"])
+    assert all(len(v) == 1 for v in by_cost.values()) and len(set().union(*by_cost.values())) == 2
+    # every actor of a trial sat on its role's bundle of the trial's own placement group
+    from raydprm.cluster.pipeline import bundle_layout
+    from raydprm.config import load_config
+
+    _, offsets = bundle_layout(load_config(sweep_dir / "base_config.yaml"))
+    for r in rows:
+        where = json.loads((runs / r["trial_id"] / "placement.json").read_text())
+        pg = where["trial"]["placement_group"]
+        assert pg and any(res.startswith("CPU_group_0_") for res in where["trial"]["resources"])
+        for role, actors in where["actors"].items():
+            for rank, a in enumerate(actors):
+                assert a["placement_group"] == pg, (role, a)
+                assert f"CPU_group_{offsets[role] + rank}_{pg}" in a["resources"], (role, a)
+    # every trial reported each PPO step, and a Tune checkpoint with each pipeline checkpoint
+    for r in rows:
+        results = [json.loads(line) for p in sweep_dir.glob(f"*{r['trial_id']}*/result.json")
+                   for line in p.read_text().splitlines()]
+        steps = [x["step"] for x in results if "pipeline_done" not in x]
+        assert steps == [1, 2], steps
+        assert all("population/expected_reward" in x and "ppo/kl" in x for x in results)
+
+
+def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, capsys):
+    space = tmp_path / "two.yaml"
+    smoke = (ROOT / "sweeps" / "smoke.yaml").read_text().split("space:")[0].replace("max_concurrent: 2",
+                                                                                     "max_concurrent: 1")
+    space.write_text(smoke.replace("name: smoke", "name: two") + "space:\n  ppo.beta: {grid: [0.01, 0.3]}\n")
+    cmd = [sys.executable, "-m", "raydprm.cli", "sweep", "--smoke", str(space), f"run.output_dir={tmp_path}"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    sweep_dir = tmp_path / "two"
+    deadline = time.monotonic() + 900
+    try:
+        while not list((sweep_dir / "runs").glob("*/report.json")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(2)
+        finished = list((sweep_dir / "runs").glob("*/report.json"))
+        assert len(finished) == 1, "no trial finished in time"
+        time.sleep(3)  # Tune records the trial as terminated
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment state and stops
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done_id = finished[0].parent.name
+    before = {p: p.stat().st_mtime_ns for p in (sweep_dir / "runs" / done_id).rglob("*") if p.is_file()}
+
+    rc = main(["sweep", "--resume", str(sweep_dir)])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.strip().splitlines()[-1] == str(sweep_dir)
+    rows = _rows(sweep_dir)
+    assert len(rows) == 2 and all(r["status"] == "done" for r in rows), rows
+    assert sorted(float(r["ppo.beta"]) for r in rows) == [0.01, 0.3]
+    after = {p: p.stat().st_mtime_ns for p in (sweep_dir / "runs" / done_id).rglob("*") if p.is_file()}
+    assert after == before  # the finished trial's run directory was not touched
+    other = [r["trial_id"] for r in rows if r["trial_id"] != done_id]
+    assert len(other) == 1 and (sweep_dir / "runs" / other[0] / "report.json").is_file()
