@@ -263,6 +263,10 @@ def _unpack(ckpt: Any, run_dir: Path, cfg: Config) -> Path:
         learner = json.loads(state.read_text())
         learner["kl_coef"] = cfg.ppo.beta
         state.write_text(json.dumps(learner, indent=1))
+    progress = json.loads((d / "progress.json").read_text())
+    with open(run_dir / "restores.jsonl", "a") as fh:  # a trial's history of restores (PBT clones included)
+        fh.write(json.dumps({"from_trial": meta.get("trial_id"), "step": progress["step"],
+                             "from_beta": meta.get("ppo.beta"), "beta": cfg.ppo.beta, "time": time.time()}) + "\n")
     return d
 
 

@@ -172,3 +172,30 @@ def test_results_table_best_first_with_a_column_per_swept_key(tmp_path):
     assert [ln.split(" | ")[0] for ln in md.splitlines() if ln.startswith(("| a ", "| b ", "| c "))] == ["| b", "| a",
                                                                                                      "| c"]
     json.dumps({k: str(v) for k, v in out.items()})
+
+
+class _Ckpt:
+    """Stands in for a tune.Checkpoint: a directory that can be copied out."""
+
+    def __init__(self, d):
+        self.d = d
+
+    def to_directory(self, path):
+        import shutil
+
+        shutil.copytree(self.d, path)
+
+
+@pytest.mark.parametrize("trial_beta, source_beta, want", [(0.3, 0.1, 0.3), (0.1, 0.1, 0.07)])
+def test_a_checkpoint_from_a_trial_with_another_beta_continues_with_the_trials_beta(tmp_path, trial_beta,
+                                                                                   source_beta, want):
+    from raydprm.tune.sweep import _unpack
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "learner_state.json").write_text(json.dumps({"step": 4, "kl_coef": 0.07}))  # adaptive: beta moved
+    (src / "trial.json").write_text(json.dumps({"trial_id": "a", "ppo.beta": source_beta}))
+    (src / "progress.json").write_text(json.dumps({"step": 4, "history": []}))
+    d = _unpack(_Ckpt(src), tmp_path / "run", load_config(None, [f"ppo.beta={trial_beta}"]))
+    assert json.loads((d / "learner_state.json").read_text())["kl_coef"] == want
+    assert json.loads((d / "progress.json").read_text())["step"] == 4

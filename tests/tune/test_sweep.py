@@ -116,3 +116,39 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, cap
     assert after == before  # the finished trial's run directory was not touched
     other = [r["trial_id"] for r in rows if r["trial_id"] != done_id]
     assert len(other) == 1 and (sweep_dir / "runs" / other[0] / "report.json").is_file()
+
+
+def test_pbt_clones_the_learner_of_the_better_trial(tmp_path, capsys):
+    """Two trials, PBT every PPO step, the worse half exploits the better: the exploited trial
+    continues PPO from the other trial's checkpoint, with its own (perturbed) beta."""
+    space = tmp_path / "pbt.yaml"
+    smoke = (ROOT / "sweeps" / "smoke.yaml").read_text().split("space:")[0]
+    space.write_text(smoke.replace("name: smoke", "name: pbt") + """
+scheduler:
+  type: pbt
+  perturbation_interval: 1
+  quantile_fraction: 0.5
+  resample_probability: 0.0
+  mutations:
+    ppo.beta: [0.01, 0.03, 0.1, 0.3]
+space:
+  ppo.beta: {grid: [0.01, 0.3]}
+""")
+    rc = main(["sweep", "--smoke", "--until", "ppo", str(space), f"run.output_dir={tmp_path}", "ppo.steps=3"])
+    capsys.readouterr()
+    assert rc == 0
+    sweep_dir = tmp_path / "pbt"
+    rows = _rows(sweep_dir)
+    assert len(rows) == 2 and all(r["status"] == "done" for r in rows), rows
+    ids = {r["trial_id"] for r in rows}
+    cloned = []
+    for tid in ids:
+        log = sweep_dir / "runs" / tid / "restores.jsonl"
+        for line in log.read_text().splitlines() if log.is_file() else []:
+            rec = json.loads(line)
+            if rec["from_trial"] != tid:
+                cloned.append((tid, rec))
+    assert cloned, "PBT exploited no trial"
+    for _tid, rec in cloned:  # restored from the other trial's checkpoint, at a step it had reached
+        assert rec["from_trial"] in ids and rec["step"] >= 1
+        assert rec["beta"] in (0.01, 0.03, 0.1, 0.3)
