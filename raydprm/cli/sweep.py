@@ -50,7 +50,12 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues with the sweep's saved config: no overrides and no --smoke")
         saved = json.loads(marker.read_text())
         base = load_config(sweep_dir / "base_config.yaml")
-        space = load_space(files[0] if files else saved["space"], base=base)
+        if files:
+            space = load_space(files[0], base=base)
+        else:
+            from raydprm.tune.sweep import load_saved_space
+
+            space = load_saved_space(sweep_dir)
         until = args.until or saved.get("until", "evaluate")
     else:
         if len(files) != 1:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Mapping
@@ -64,9 +65,11 @@ from raydprm.tune.capacity import demand, max_concurrent, shortfall
 from raydprm.tune.results import result_row, write_results
 from raydprm.tune.space import Param, SweepSpace
 
-__all__ = ["run_sweep", "trial_config", "trial_bundles", "SweepError", "SharedStorageError", "MARKER"]
+__all__ = ["run_sweep", "load_saved_space", "trial_config", "trial_bundles", "SweepError", "SharedStorageError",
+           "MARKER", "SPACE_FILE"]
 
 MARKER = ".raydprm-sweep.json"
+SPACE_FILE = "space.pkl"
 UPSTREAM = ("sft", "collect", "reward")  # stages trials with the same keys share (copied, then key-checked)
 
 
@@ -161,17 +164,17 @@ class _Setup:
 
 
 def _where(actor: Any) -> dict[str, Any]:
-    """Inside an actor: its placement group and the resources Ray assigned it (which name the bundle)."""
-    ctx = ray.get_runtime_context()
-    return {"placement_group": ctx.get_placement_group_id(), "resources": sorted(ctx.get_assigned_resources())}
+    """Inside an actor (or the trial): the placement group Ray runs it in."""
+    return {"placement_group": ray.get_runtime_context().get_placement_group_id()}
 
 
 def record_placement(pipe: Pipeline, path: Path) -> None:
-    """Write where the trial and each PPO actor run (``placement.json``): every one must be in
-    the trial's placement group, on its role's bundles (Ray names a bundle's resources
-    ``CPU_group_<bundle index>_<group id>``)."""
+    """Write where the trial and each PPO actor run (``placement.json``): the placement group each
+    actor reports from inside itself, and the bundle it was scheduled on."""
     roles = {"rollout": pipe.rollout.group, "reward": pipe.reward.group, "learner": pipe.learner.group}
-    actors = {role: ray.get([a.__ray_call__.remote(_where) for a in g.actors]) for role, g in roles.items()}
+    actors = {role: [{**w, "bundle": None if g.placement is None else g.placement.bundle_offset + rank}
+                     for rank, w in enumerate(ray.get([a.__ray_call__.remote(_where) for a in g.actors]))]
+              for role, g in roles.items()}
     write_json(path, {"trial": _where(None), "actors": actors})
 
 
@@ -300,6 +303,14 @@ def pipeline_trial(config: dict[str, Any], setup: _Setup) -> None:
 # --------------------------------------------------------------------------- the sweep
 
 
+def load_saved_space(sweep_dir: str | Path) -> SweepSpace:
+    """The space a sweep started with (what --resume continues; Tune's own state is pickled too)."""
+    p = Path(sweep_dir) / SPACE_FILE
+    if not p.is_file():
+        raise SweepError(f"--resume {sweep_dir}: no {SPACE_FILE} there; pass the sweep file after --resume")
+    return pickle.loads(p.read_bytes())
+
+
 def _cluster_max() -> tuple[dict[str, float], bool]:
     """(the most the cluster can offer, whether that is known): its autoscaler's maximum when Ray
     publishes it (autoscaler v2, KubeRay), else what it has now; unknown when an autoscaler that
@@ -389,6 +400,8 @@ def run_sweep(space: SweepSpace, base: Config, sweep_dir: str | Path, *, resume:
         if not resume:
             write_json(marker, {"space": str(space.path), "created": time.time(), "until": until})
             save_config(base, sweep_dir, "base_config.yaml")
+            # the parsed space (absolute cost files, the Dirichlet draws) for --resume
+            (sweep_dir / SPACE_FILE).write_bytes(pickle.dumps(space))
         elif not marker.is_file():
             raise SweepError(f"--resume {sweep_dir}: not a sweep directory (no {MARKER})")
         check_shared_storage(sweep_dir)

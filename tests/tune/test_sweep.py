@@ -67,11 +67,10 @@ def test_small_sweep_beta_x_cost_writes_table_and_plots(tmp_path, capsys):
     for r in rows:
         where = json.loads((runs / r["trial_id"] / "placement.json").read_text())
         pg = where["trial"]["placement_group"]
-        assert pg and any(res.startswith("CPU_group_0_") for res in where["trial"]["resources"])
+        assert pg and set(where["actors"]) == {"rollout", "reward", "learner"}
         for role, actors in where["actors"].items():
             for rank, a in enumerate(actors):
-                assert a["placement_group"] == pg, (role, a)
-                assert f"CPU_group_{offsets[role] + rank}_{pg}" in a["resources"], (role, a)
+                assert a["placement_group"] == pg and a["bundle"] == offsets[role] + rank, (role, a)
     # every trial reported each PPO step, and a Tune checkpoint with each pipeline checkpoint
     for r in rows:
         results = [json.loads(line) for p in sweep_dir.glob(f"*{r['trial_id']}*/result.json")
