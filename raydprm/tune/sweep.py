@@ -421,9 +421,12 @@ def run_sweep(space: SweepSpace, base: Config, sweep_dir: str | Path, *, resume:
             tuner = tune.Tuner(
                 _trainable(setup),
                 param_space={p.key: _domain(p) for p in space.params},
+                # the concurrency limit goes to the generator: Tune ignores max_concurrent_trials when
+                # given a SearchGenerator (and warns)
                 tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=space.num_samples,
-                                            max_concurrent_trials=n, scheduler=_scheduler(space, base),
-                                            search_alg=BasicVariantGenerator(random_state=space.seed)),
+                                            scheduler=_scheduler(space, base),
+                                            search_alg=BasicVariantGenerator(max_concurrent=n,
+                                                                             random_state=space.seed)),
                 run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent), verbose=verbose,
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                           failure_config=tune.FailureConfig(max_failures=0)))

@@ -59,6 +59,10 @@ def test_small_sweep_beta_x_cost_writes_table_and_plots(tmp_path, capsys):
     for r in rows:
         by_cost.setdefault(r["reward.cost"], set()).add(keys[r["trial_id"]]["reward"])
     assert all(len(v) == 1 for v in by_cost.values()) and len(set().union(*by_cost.values())) == 2
+    # two trials at once, never more (each trial's pipeline: config.yaml written first, report.json last)
+    spans = [((runs / r["trial_id"] / "config.yaml").stat().st_mtime, (runs / r["trial_id"] / "report.json").stat().st_mtime)
+             for r in rows]
+    assert max(sum(a <= t < b for a, b in spans) for t, _ in spans) == 2, spans
     # every actor of a trial sat on its role's bundle of the trial's own placement group
     from raydprm.cluster.pipeline import bundle_layout
     from raydprm.config import load_config
@@ -91,18 +95,22 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, cap
     sweep_dir = tmp_path / "two"
     deadline = time.monotonic() + 900
     try:
-        while not list((sweep_dir / "runs").glob("*/report.json")) and time.monotonic() < deadline:
+        def finished():  # Tune has the trial's last result (the trial function has returned)
+            return [p for p in sweep_dir.glob("pipeline_trial_*/result.json") if "pipeline_done" in p.read_text()]
+
+        while not finished() and time.monotonic() < deadline:
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(2)
-        finished = list((sweep_dir / "runs").glob("*/report.json"))
-        assert len(finished) == 1, "no trial finished in time"
-        time.sleep(3)  # Tune records the trial as terminated
+        assert len(finished()) == 1, "no trial finished in time"
+        time.sleep(5)  # Tune marks it terminated
+        assert len(finished()) == 1  # one trial at once: the other is still running
         proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment state and stops
         proc.wait(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
-    done_id = finished[0].parent.name
+    done_id = json.loads(finished()[0].read_text().splitlines()[-1])["trial_id"]
+    assert (sweep_dir / "runs" / done_id / "report.json").is_file()
     before = {p: p.stat().st_mtime_ns for p in (sweep_dir / "runs" / done_id).rglob("*") if p.is_file()}
 
     rc = main(["sweep", "--resume", str(sweep_dir)])
