@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if len(files) != 1:
             raise ConfigError(f"give one sweep file (SPACE.yaml) and key=value overrides, got {files or 'none'}")
-        head = load_space(files[0])
+        head = load_space(files[0], check=False)
         base = load_config(head.base_config, [*head.overrides, *(SMOKE_OVERRIDES if args.smoke else []),
                                               *(head.smoke if args.smoke else []), *overrides])
         space = load_space(files[0], base=base)

@@ -350,8 +350,10 @@ def _scheduler(path: Path, spec: Any, keys: set[str], base: Config, seed: int) -
     return SchedulerSpec(kind, opts, mutations)
 
 
-def load_space(path: str | Path, base: Config | None = None) -> SweepSpace:
-    """Parse and check a sweep file against ``base`` (default: its own ``config`` + ``overrides``)."""
+def load_space(path: str | Path, base: Config | None = None, *, check: bool = True) -> SweepSpace:
+    """Parse and check a sweep file against ``base`` (default: its own ``config`` + ``overrides``);
+    ``check=False`` reads it without checking the values against a config (to learn its base config
+    and overrides first)."""
     path = Path(path)
     if not path.is_file():
         raise SweepSpaceError(f"sweep file '{path}' does not exist")
@@ -410,5 +412,6 @@ def load_space(path: str | Path, base: Config | None = None) -> SweepSpace:
                      overrides=lists["overrides"], smoke=lists["smoke"], metric=metric, mode=mode,
                      num_samples=ints["num_samples"], max_concurrent=ints["max_concurrent"], seed=ints["seed"],
                      scheduler=sched, description=str(doc.get("description") or ""))
-    out.check(base)
+    if check:
+        out.check(base)
     return out
