@@ -45,7 +45,8 @@ SCHEDULERS = ("fifo", "asha", "pbt")
 _TOP_KEYS = ("name", "description", "config", "overrides", "smoke", "metric", "mode", "num_samples",
              "max_concurrent", "seed", "scheduler", "space")
 _SCHED_KEYS = {"fifo": (), "asha": ("max_t", "grace_period", "reduction_factor"),
-               "pbt": ("perturbation_interval", "mutations", "quantile_fraction", "resample_probability")}
+               "pbt": ("perturbation_interval", "mutations", "quantile_fraction", "resample_probability",
+                               "synch")}
 # keys whose value is a whole mapping (the rest of the config tree is leaves)
 _MAPPING_KEYS = ("crowd.mixture",)
 
@@ -330,6 +331,10 @@ def _scheduler(path: Path, spec: Any, keys: set[str], base: Config, seed: int) -
             if not 0 <= v <= (0.5 if k == "quantile_fraction" else 1):
                 raise _err(path, f"scheduler.{k}", f"out of range, got {v:g}")
             opts[k] = v
+    if "synch" in spec:
+        if not isinstance(spec["synch"], bool):
+            raise _err(path, "scheduler.synch", f"must be true or false, got {spec['synch']!r}")
+        opts["synch"] = spec["synch"]
     mutations: tuple[Param, ...] = ()
     if kind == "pbt":
         m = spec.get("mutations")

@@ -344,7 +344,8 @@ def _scheduler(space: SweepSpace, base: Config) -> Any:
                                                                    base.pipeline.checkpoint_every),
                                        hyperparam_mutations={p.key: _mutation(p) for p in s.mutations},
                                        quantile_fraction=o.get("quantile_fraction", 0.25),
-                                       resample_probability=o.get("resample_probability", 0.25))
+                                       resample_probability=o.get("resample_probability", 0.25),
+                                       synch=o.get("synch", False))
     return None
 
 
@@ -428,7 +429,9 @@ def run_sweep(space: SweepSpace, base: Config, sweep_dir: str | Path, *, resume:
                                             search_alg=BasicVariantGenerator(max_concurrent=n,
                                                                              random_state=space.seed)),
                 run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent), verbose=verbose,
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                          # PBT clones from other trials' checkpoints: keep a few more
+                                          checkpoint_config=tune.CheckpointConfig(
+                                              num_to_keep=4 if space.scheduler.type == "pbt" else 2),
                                           failure_config=tune.FailureConfig(max_failures=0)))
         grid = tuner.fit()
         try:  # Tune's own trial states tell a scheduler's stop from an interruption
