@@ -10,6 +10,8 @@ fields of that file: a fake_multinode provider without node updaters, no setup c
 
 import copy
 import csv
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -61,6 +63,8 @@ def test_sweep_scales_the_cluster_up_and_back_down(tmp_path, capsys, monkeypatch
 
     from raydprm.cli import main
 
+    # AutoscalingCluster runs the `ray` command: the one next to this interpreter
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
     cluster = _cluster(head_cpus=1, worker_cpus=4, max_workers=2)
     cluster.start()
     alive_max = [1]
