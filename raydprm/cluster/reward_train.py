@@ -98,6 +98,9 @@ def train_reward_distributed(data, *, scale: LabelScale, reward_cfg, backbone: s
 def train_reward_auto(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir, **kw) -> RewardTrainResult:
     """One process when ``reward.num_workers == 1``, else Ray Train."""
     if reward_cfg.num_workers > 1:
+        device = kw.pop("device", None)  # the single-process keyword; Ray Train workers take use_gpu
+        if device is not None:
+            kw.setdefault("use_gpu", str(device).startswith("cuda"))
         return train_reward_distributed(data, scale=scale, reward_cfg=reward_cfg, backbone=backbone,
                                         out_dir=out_dir, **kw)
     kw.pop("use_gpu", None)
