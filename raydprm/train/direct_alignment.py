@@ -24,7 +24,6 @@ response tokens (an EOS is appended to each response), chosen and rejected in on
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -44,12 +43,11 @@ from raydprm.core.ppo_loss import token_logprobs
 from raydprm.errors import RaydprmError
 from raydprm.models.policy import export_hf, load_policy, load_reference, load_tokenizer, sequence_inputs
 from raydprm.train.ds_engine import build_engine, init_process_group
-from raydprm.train.learner import rng_state, set_rng_state, set_seed
+from raydprm.train.learner import read_checkpoint_meta, restore_engine_and_rng, set_seed, write_checkpoint
 
 __all__ = ["DirectAlignmentLearner", "PairBatch", "PairBatchError", "PolicyLM", "pairs_from_export",
            "pair_batches"]
 
-_COMPLETE = "COMPLETE"
 
 
 class PairBatchError(RaydprmError, ValueError):
@@ -390,35 +388,17 @@ class DirectAlignmentLearner:
     def save(self, ckpt_dir: str | os.PathLike[str]) -> Path:
         """Engine (model + optimizer), step counter and every rank's RNG states; collective.
         A checkpoint is complete once ``COMPLETE`` exists."""
-        d = Path(ckpt_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / _COMPLETE).unlink(missing_ok=True)
-        self.engine.save(d / "engine")
-        torch.save(rng_state(), d / f"rng_rank{self.rank}.pt")
-        if self.world_size > 1:
-            dist.barrier()
-        if self.rank == 0:
-            meta = {"step": self.step, "seed": self.seed, "world_size": self.world_size, "engine": self.engine.name,
-                    "zero_stage": self.align.zero_stage, "policy": self.policy_name, "algo": self.align.algo}
-            (d / "learner_state.json").write_text(json.dumps(meta, indent=1))
-            (d / _COMPLETE).write_text("ok\n")
-        if self.world_size > 1:
-            dist.barrier()
-        return d
+        meta = {"step": self.step, "seed": self.seed, "world_size": self.world_size, "engine": self.engine.name,
+                "zero_stage": self.align.zero_stage, "policy": self.policy_name, "algo": self.align.algo}
+        return write_checkpoint(Path(ckpt_dir), self.engine, self.rank, self.world_size, meta)
 
     def load(self, ckpt_dir: str | os.PathLike[str]) -> None:
         """Resume from :meth:`save` (same world size, engine and algorithm); collective."""
         d = Path(ckpt_dir)
-        if not (d / _COMPLETE).is_file():
-            raise RaydprmError(f"'{d}' is not a complete learner checkpoint (no {_COMPLETE} marker)")
-        meta = json.loads((d / "learner_state.json").read_text())
-        if meta["world_size"] != self.world_size or meta["engine"] != self.engine.name:
-            raise RaydprmError(f"checkpoint '{d}' was written by {meta['world_size']} {meta['engine']} worker(s); "
-                               f"this learner has {self.world_size} {self.engine.name} worker(s)")
+        meta = read_checkpoint_meta(d, self.engine, self.world_size)
         if meta.get("algo", self.align.algo) != self.align.algo:
             raise RaydprmError(f"checkpoint '{d}' was trained with align.algo = {meta['algo']}, "
                                f"not {self.align.algo}")
-        self.engine.load(d / "engine")
+        restore_engine_and_rng(d, self.engine, self.rank)
         self.step = int(meta["step"])
         self.seed = int(meta["seed"])
-        set_rng_state(torch.load(d / f"rng_rank{self.rank}.pt", weights_only=False))

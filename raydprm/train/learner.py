@@ -87,6 +87,39 @@ def _device(device: str) -> torch.device:
     return torch.device(device)
 
 
+
+def write_checkpoint(d: Path, engine: Any, rank: int, world_size: int, meta: dict[str, Any]) -> Path:
+    """The learners' checkpoint protocol (collective): every rank saves its engine shard and RNG
+    states, then rank 0 writes ``learner_state.json`` (``meta``) and the ``COMPLETE`` marker."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / _COMPLETE).unlink(missing_ok=True)
+    engine.save(d / "engine")
+    torch.save(rng_state(), d / f"rng_rank{rank}.pt")
+    if world_size > 1:
+        dist.barrier()
+    if rank == 0:
+        (d / "learner_state.json").write_text(json.dumps(meta, indent=1))
+        (d / _COMPLETE).write_text("ok\n")
+    if world_size > 1:
+        dist.barrier()
+    return d
+
+
+def read_checkpoint_meta(d: Path, engine: Any, world_size: int) -> dict[str, Any]:
+    """``learner_state.json`` of a complete checkpoint written by the same world size and engine."""
+    if not (d / _COMPLETE).is_file():
+        raise RaydprmError(f"'{d}' is not a complete learner checkpoint (no {_COMPLETE} marker)")
+    meta = json.loads((d / "learner_state.json").read_text())
+    if meta["world_size"] != world_size or meta["engine"] != engine.name:
+        raise RaydprmError(f"checkpoint '{d}' was written by {meta['world_size']} {meta['engine']} worker(s); "
+                           f"this learner has {world_size} {engine.name} worker(s)")
+    return meta
+
+
+def restore_engine_and_rng(d: Path, engine: Any, rank: int) -> None:
+    engine.load(d / "engine")
+    set_rng_state(torch.load(d / f"rng_rank{rank}.pt", weights_only=False))
+
 class PPOLearner:
     """One rank of the PPO learner (``world_size = ppo.num_workers``).
 
@@ -343,33 +376,15 @@ class PPOLearner:
     def save(self, ckpt_dir: str | os.PathLike[str]) -> Path:
         """Engine (model + optimizer), KL controller, step counter and every rank's RNG
         states; collective. A checkpoint is complete once ``COMPLETE`` exists."""
-        d = Path(ckpt_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / _COMPLETE).unlink(missing_ok=True)
-        self.engine.save(d / "engine")
-        torch.save(rng_state(), d / f"rng_rank{self.rank}.pt")
-        if self.world_size > 1:
-            dist.barrier()
-        if self.rank == 0:
-            meta = {"step": self.step, "kl_coef": self.kl_coef, "seed": self.seed, "world_size": self.world_size,
-                    "engine": self.engine.name, "zero_stage": self.ppo.zero_stage, "policy": self.policy_name}
-            (d / "learner_state.json").write_text(json.dumps(meta, indent=1))
-            (d / _COMPLETE).write_text("ok\n")
-        if self.world_size > 1:
-            dist.barrier()
-        return d
+        meta = {"step": self.step, "kl_coef": self.kl_coef, "seed": self.seed, "world_size": self.world_size,
+                "engine": self.engine.name, "zero_stage": self.ppo.zero_stage, "policy": self.policy_name}
+        return write_checkpoint(Path(ckpt_dir), self.engine, self.rank, self.world_size, meta)
 
     def load(self, ckpt_dir: str | os.PathLike[str]) -> None:
         """Resume from :meth:`save` (same world size and engine); collective."""
         d = Path(ckpt_dir)
-        if not (d / _COMPLETE).is_file():
-            raise RaydprmError(f"'{d}' is not a complete learner checkpoint (no {_COMPLETE} marker)")
-        meta = json.loads((d / "learner_state.json").read_text())
-        if meta["world_size"] != self.world_size or meta["engine"] != self.engine.name:
-            raise RaydprmError(f"checkpoint '{d}' was written by {meta['world_size']} {meta['engine']} worker(s); "
-                                    f"this learner has {self.world_size} {self.engine.name} worker(s)")
-        self.engine.load(d / "engine")
+        meta = read_checkpoint_meta(d, self.engine, self.world_size)
+        restore_engine_and_rng(d, self.engine, self.rank)
         self.step = int(meta["step"])
         self.kl_coef = float(meta["kl_coef"])
         self.seed = int(meta["seed"])
-        set_rng_state(torch.load(d / f"rng_rank{self.rank}.pt", weights_only=False))
