@@ -43,7 +43,7 @@ import ray
 from raydprm.errors import RaydprmError
 
 __all__ = ["Resources", "RayRuntime", "connect", "preflight", "in_ray_job", "InsufficientResources",
-           "cleanup_stale_local_ray"]
+           "cleanup_stale_local_ray", "end_processes_naming"]
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,6 @@ def cleanup_stale_local_ray() -> list[int]:
 
     Returns the pids it signalled. Only processes whose command line names the dead
     owner's session directory are touched, so a recycled pid is never hit."""
-    import psutil
-
     d = _state_dir()
     killed: list[int] = []
     if not d.is_dir():
@@ -154,23 +152,34 @@ def cleanup_stale_local_ray() -> list[int]:
             continue
         if _pid_alive(owner) or not session.startswith("session_"):
             continue
-        procs = []
-        for p in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                if any(session in part for part in (p.info["cmdline"] or [])):
-                    procs.append(p)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        for p in procs:
-            try:
-                p.kill()
-                killed.append(p.pid)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        psutil.wait_procs(procs, timeout=10)
-        if killed:
-            log.warning("ended %d process(es) left by a killed raydprm run (pid %d, %s)", len(killed), owner, session)
+        ended = end_processes_naming(session)
+        killed += ended
+        if ended:
+            log.warning("ended %d process(es) left by a killed raydprm run (pid %d, %s)", len(ended), owner, session)
         rec_file.unlink(missing_ok=True)
+    return killed
+
+
+def end_processes_naming(marker: str, timeout_s: float = 10.0) -> list[int]:
+    """SIGKILL every process whose command line names ``marker`` (a Ray session directory or a
+    ``--temp-dir``), wait for them, and return their pids. Other Ray instances are untouched."""
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(marker in part for part in (p.info["cmdline"] or [])):
+                procs.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    killed = []
+    for p in procs:
+        try:
+            p.kill()
+            killed.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    psutil.wait_procs(procs, timeout=timeout_s)
     return killed
 
 

@@ -33,21 +33,9 @@ def _free_port() -> int:
 
 
 def _kill_head(temp_dir: str) -> None:
-    import psutil
+    from raydprm.cluster.runtime import end_processes_naming
 
-    procs = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in part for part in p.info["cmdline"] or []):
-                procs.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=20)
+    end_processes_naming(temp_dir, timeout_s=20)
 
 
 @pytest.fixture
