@@ -494,15 +494,36 @@ class RayConfig(Section):
     max_restarts: int = opt(2, doc="Restarts each role's actor group may do in one run (a dead generator or reward replica is replaced; a dead learner rank restarts the learner group from its last checkpoint).", ge=0)
 
 
+# The paper's Table 2 policies trained by PPO, and the reward.loss of the reward model each one is tuned against.
+PPO_POLICY_LOSS = {"bt": "bt", "dprm_c": "ce", "dprm_w": "wasserstein", "dprm_ot": "ot"}
+# What `raydprm run` can train and evaluate: the SFT policy, the PPO policies, the direct-alignment ones.
+POLICIES = ("vanilla", *PPO_POLICY_LOSS, *ALIGN_ALGOS)
+COMPARE_POLICIES = ("vanilla", "bt", "dprm_c", "dprm_w", "dprm_ot")
+
+
 @dataclass(frozen=True)
 class PipelineConfig(Section):
     section: ClassVar[str] = "pipeline"
+    policies: tuple[str, ...] = opt((), doc="Policies a comparison trains and evaluates on one SFT and one store "
+                                    f"(`raydprm run --compare`), among {', '.join(POLICIES)}; empty = one run: "
+                                    "vanilla and the PPO policy of reward.loss.")
+    seeds: int = opt(3, doc="Seeds per policy of a comparison (run.seed, run.seed + 1, ...: reward model, PPO or "
+                     "direct alignment, sampling); a single run uses run.seed only.", ge=1)
     checkpoint_every: int = opt(5, doc="PPO steps between learner checkpoints (policy, critic, optimizer, KL controller, RNG) that `raydprm run --resume` continues from.", ge=1)
     keep_checkpoints: int = opt(2, doc="Newest PPO checkpoints kept in <run_dir>/ppo/ckpt (older ones are deleted).", ge=1)
     eval_prompts: int = opt(64, doc="Held-out prompts the population judges each policy on.", ge=2)
     eval_seeds: int = opt(2, doc="Sampling seeds per held-out prompt (the bootstrap resamples prompts and seeds).", ge=1)
     bootstrap: int = opt(1000, doc="Bootstrap resamples of the 95% intervals.", ge=100)
     tie_margin: float = opt(0.05, doc="Head to head: a difference of expected reward within this margin is a tie.", ge=0)
+
+    def validate(self) -> None:
+        bad = [p for p in self.policies if p not in POLICIES]
+        if bad:
+            raise ConfigError(f"config key 'pipeline.policies': unknown polic{'ies' if len(bad) > 1 else 'y'} "
+                              f"{', '.join(map(repr, bad))}; choose among {', '.join(POLICIES)}")
+        dup = sorted({p for p in self.policies if self.policies.count(p) > 1})
+        if dup:
+            raise ConfigError(f"config key 'pipeline.policies' names {', '.join(dup)} twice")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="Continue a run from its last completed stage and PPO checkpoint (its config.yaml, plus "
                    "any overrides given; a stage whose inputs changed is redone).")
+    p.add_argument("--compare", action="store_true",
+                   help="Train and evaluate the paper's five policies (vanilla, bt, dprm_c, dprm_w, dprm_ot) on one "
+                   "SFT and one store, equal PPO budgets, over --seeds seeds; run.name defaults to 'compare'.")
+    p.add_argument("--policies", metavar="A,B,...", default=None,
+                   help="The policies of a comparison (implies --compare), e.g. vanilla,bt,dprm_ot,dpo,crowd_dpo; "
+                   "any of vanilla, bt, dprm_c, dprm_w, dprm_ot and the direct-alignment algorithms (align.algo).")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="Seeds per policy of a comparison (pipeline.seeds, default 3).")
     p.add_argument("--smoke", action="store_true", help="Tiny sizes (for tests / a quick check).")
     p.add_argument("--no-progress", action="store_true", help="No progress bars.")
     p.set_defaults(handler=run)
@@ -35,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
         raise ConfigError("--resume takes the run's own config.yaml; pass overrides, not --config")
     base = resume_dir(args.resume) / "config.yaml" if args.resume else args.config
-    cfg = load_config(base, [*(SMOKE_OVERRIDES if args.smoke else []), *args.overrides])  # validate before work
+    # validate before work
+    cfg = load_config(base, [*(SMOKE_OVERRIDES if args.smoke else []), *args.overrides, *_compare_overrides(args)])
     # what would otherwise fail minutes in, inside a Ray actor, with a page of traceback
     check_model_refs(cfg, "models.policy", "models.reward_backbone", "models.tokenizer", "ppo.reference",
                      "ppo.critic_model")
@@ -50,6 +59,31 @@ def run(args: argparse.Namespace) -> int:
     Pipeline(cfg, run_dir, progress=not args.no_progress).fit()
     print(run_dir)
     return 0
+
+
+def _compare_overrides(args: argparse.Namespace) -> list[str]:
+    """--compare / --policies / --seeds as config overrides (so config.yaml records them and --resume keeps them)."""
+    from raydprm.config import COMPARE_POLICIES
+    from raydprm.errors import ConfigError
+
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.policies is not None:
+        names = [n.strip() for n in args.policies.split(",") if n.strip()]
+        if not names:
+            raise ConfigError("--policies needs at least one policy name, e.g. --policies vanilla,dprm_ot")
+    elif args.compare:
+        names = list(COMPARE_POLICIES)
+    else:
+        if args.seeds is not None:
+            raise ConfigError("--seeds is for a comparison: add --compare (or --policies)")
+        return []
+    out = [f"pipeline.policies=[{','.join(names)}]"]
+    if args.seeds is not None:
+        out.append(f"pipeline.seeds={args.seeds}")
+    if not args.resume and not any(o.startswith("run.name=") for o in args.overrides):
+        out.append("run.name=compare")
+    return out
 
 
 def _check_creatable(cfg) -> None:

@@ -31,11 +31,13 @@ and task of that role then lives on its bundles (never in a placement group of i
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +46,62 @@ import ray
 from raydprm.cluster.group import GroupRestarted, Placement
 from raydprm.cluster.run_state import RunState, dir_digest, stage_key, write_json
 from raydprm.cluster.runtime import Resources, connect, in_ray_job
-from raydprm.config import Config, save_config
+from raydprm.config import PPO_POLICY_LOSS, Config, apply_overrides, from_dict, save_config
 from raydprm.errors import RaydprmError
 
-__all__ = ["Pipeline", "SMOKE_OVERRIDES", "ROLES", "bundle_layout", "resolve_run_dir", "required_resources"]
+__all__ = ["Arm", "Pipeline", "SMOKE_OVERRIDES", "ROLES", "arms", "bundle_layout", "resolve_run_dir",
+           "required_resources"]
 
 log = logging.getLogger(__name__)
 
 SMOKE_OVERRIDES = [
     "sft.n_examples=256", "sft.epochs=1", "crowd.n_items=64", "crowd.votes_per_item=6", "reward.epochs=1",
     "ppo.steps=2", "ppo.rollout_batch=8", "ppo.minibatch=8", "ppo.micro_batch=4", "ppo.epochs=1",
-    "rollout.max_new_tokens=16", "pipeline.eval_prompts=16", "pipeline.bootstrap=200",
+    "rollout.max_new_tokens=16", "pipeline.eval_prompts=16", "pipeline.bootstrap=200", "align.steps=2",
+    "align.batch=8",
 ]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One policy a run trains: ``name`` (a policy of :data:`raydprm.config.POLICIES` other than
+    vanilla), the index of its seed, the prefix of its stages' names and directories (``""``
+    for a single run, ``"<name>/seed<k>/"`` in a comparison) and its own config (``run.seed``
+    and ``reward.loss`` or ``align.algo`` set for it)."""
+
+    name: str
+    seed_index: int
+    prefix: str
+    cfg: Config
+
+    @property
+    def kind(self) -> str:
+        """``ppo`` (reward model, then PPO against it) or ``align`` (direct alignment on the store's pairs)."""
+        return "ppo" if self.name in PPO_POLICY_LOSS else "align"
+
+    def stage(self, stage: str) -> str:
+        return self.prefix + stage
+
+
+def arms(cfg: Config) -> list[Arm]:
+    """The policies a run trains, seed-major (every policy of seed 0 first, so a comparison has a
+    complete first seed early). A single run (``pipeline.policies`` empty) trains the PPO policy
+    of ``reward.loss`` under ``run.seed``; a comparison each of ``pipeline.policies`` (vanilla is
+    the SFT policy: nothing to train) under seeds ``run.seed + k``, k < ``pipeline.seeds``."""
+    from raydprm.evaluate.report import policy_name
+
+    pc = cfg.pipeline
+    if not pc.policies:
+        return [Arm(policy_name(cfg.reward.loss), 0, "", cfg)]
+    out = []
+    for k in range(pc.seeds):
+        for name in pc.policies:
+            if name == "vanilla":
+                continue
+            algo = f"reward.loss={PPO_POLICY_LOSS[name]}" if name in PPO_POLICY_LOSS else f"align.algo={name}"
+            out.append(Arm(name, k, f"{name}/seed{k}/",
+                           from_dict(apply_overrides(cfg.to_dict(), [f"run.seed={cfg.run.seed + k}", algo]))))
+    return out
 
 
 class RelativeOutputInJob(RaydprmError):
@@ -156,6 +202,10 @@ class Pipeline:
     """One run: ``Pipeline(cfg, run_dir).fit()`` runs (or skips) every stage and returns report.json's dict
     (``until="ppo"``: the stages up to PPO, and returns ``{"ppo": history}``).
 
+    A comparison (``pipeline.policies``, `raydprm run --compare`) shares the sft and collect stages
+    and trains each policy under each seed in stages of its own (``<name>/seed<k>/reward``,
+    ``.../ppo`` or ``.../align``), then one evaluate stage judges them all on the same prompts.
+
     ``on_step(pipeline, step)`` is called after every PPO step (tests use it to kill actors)."""
 
     def __init__(self, cfg: Config, run_dir: str | Path, *, progress: bool = True,
@@ -164,8 +214,12 @@ class Pipeline:
                  until: str = "evaluate") -> None:
         if until not in ("ppo", "evaluate"):
             raise RaydprmError(f"a pipeline runs until 'ppo' or 'evaluate', not {until!r}")
+        if until == "ppo" and cfg.pipeline.policies:
+            raise RaydprmError("a comparison (pipeline.policies) runs until 'evaluate': its answer is the evaluation")
         self.cfg, self.run_dir, self.progress, self.on_step = cfg, Path(run_dir).resolve(), progress, on_step
         self.placement, self.ppo_start, self.until = dict(placement or {}), ppo_start, until
+        self.arms = arms(cfg)
+        self.arm = self.arms[0]  # the policy being trained now
         self.state = RunState(self.run_dir)
         self.rollout = self.reward = self.learner = self.loop = None
         self.last_record: dict[str, Any] = {}
@@ -189,8 +243,8 @@ class Pipeline:
         runtime = connect(cfg.ray, required_resources(cfg), what="raydprm run")  # pre-flight before any file
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir)
-        self._stages_bar = self._bar(total=5 if self.until == "evaluate" else 4, desc="stages", unit="stage",
-                                     leave=True)
+        n_stages = 2 + sum(2 if a.kind == "ppo" else 1 for a in self.arms) + (self.until == "evaluate")
+        self._stages_bar = self._bar(total=n_stages, desc="stages", unit="stage", leave=True)
         try:
             c = cfg.to_dict()
             seed = cfg.run.seed
@@ -198,24 +252,39 @@ class Pipeline:
             sft_dir = self._abs(sft["path"])
             col = self._stage("collect", {k: c[k] for k in ("crowd", "store", "labels", "rollout")} | {"seed": seed},
                               {"sft": sft["digest"]}, lambda: self._collect(sft_dir))
-            rew = self._stage("reward", {"reward": c["reward"], "labels": c["labels"], "seed": seed,
-                                         "backbone": cfg.models.reward_backbone},
-                              {"data": col["digest"]}, lambda: self._reward(self._abs(col["data"])))
-            ppo_cfg = {"ppo": c["ppo"], "rollout": c["rollout"], "reward": c["reward"], "seed": seed}
-            ppo_in = {"sft": sft["digest"], "reward": rew["digest"]}
-            ppo = self._stage("ppo", ppo_cfg, ppo_in, lambda: self._ppo(stage_key("ppo", ppo_cfg, ppo_in), sft_dir,
-                                                                        self._abs(rew["best_dir"])))
+            trained = [(arm, self._train(arm, sft, col)) for arm in self.arms]
             if self.until == "ppo":
-                return {"ppo": ppo["history"]}
+                return {"ppo": trained[0][1]["history"]}
             ev_cfg = {k: c[k] for k in ("crowd", "labels", "rollout")} | {"seed": seed} | {
-                k: v for k, v in c["pipeline"].items() if k in ("eval_prompts", "eval_seeds", "bootstrap", "tie_margin")}
-            self._stage("evaluate", ev_cfg, {"sft": sft["digest"], "policy": ppo["digest"]},
-                        lambda: self._evaluate(sft_dir, self._abs(ppo["policy"]), ppo["history"]))
+                k: v for k, v in c["pipeline"].items()
+                if k in ("eval_prompts", "eval_seeds", "bootstrap", "tie_margin", "policies", "seeds")}
+            ev_in = {"sft": sft["digest"]} | {arm.prefix + "policy": out["digest"] for arm, out in trained}
+            self._stage("evaluate", ev_cfg, ev_in, lambda: self._evaluate(sft_dir, trained))
         finally:
             self._stages_bar.close()
             self.shutdown_workers()
             runtime.close()
         return json.loads((self.run_dir / "report.json").read_text())
+
+    def _train(self, arm: Arm, sft: dict[str, Any], col: dict[str, Any]) -> dict[str, Any]:
+        """The stages of one policy: reward[loss] -> ppo[reward], or align; their outputs hold
+        ``policy`` (the exported HF directory), its ``digest`` and the training ``history``."""
+        self.arm = arm
+        ac, seed, sft_dir = arm.cfg.to_dict(), arm.cfg.run.seed, self._abs(sft["path"])
+        if arm.kind == "align":
+            al_cfg = {"align": ac["align"], "labels": ac["labels"], "seed": seed}
+            al_in = {"sft": sft["digest"], "data": col["digest"]}
+            key = stage_key(arm.stage("align"), al_cfg, al_in)
+            return self._stage(arm.stage("align"), al_cfg, al_in,
+                               lambda: self._align(arm, key, sft_dir, self._abs(col["data"])))
+        rew = self._stage(arm.stage("reward"), {"reward": ac["reward"], "labels": ac["labels"], "seed": seed,
+                                                "backbone": arm.cfg.models.reward_backbone},
+                          {"data": col["digest"]}, lambda: self._reward(arm, self._abs(col["data"])))
+        ppo_cfg = {"ppo": ac["ppo"], "rollout": ac["rollout"], "reward": ac["reward"], "seed": seed}
+        ppo_in = {"sft": sft["digest"], "reward": rew["digest"]}
+        key = stage_key(arm.stage("ppo"), ppo_cfg, ppo_in)
+        return self._stage(arm.stage("ppo"), ppo_cfg, ppo_in,
+                           lambda: self._ppo(arm, key, sft_dir, self._abs(rew["best_dir"])))
 
     def _stage(self, name: str, config: dict[str, Any], inputs: dict[str, str],
                body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -284,32 +353,36 @@ class Pipeline:
         return {"store": self._rel(store_path), "votes": n_votes, "items": len(data), "data": self._rel(data_dir),
                 "digest": hashlib.sha256(rows.encode()).hexdigest()}
 
-    def _reward(self, data_dir: str) -> dict[str, Any]:
-        out = ray.get(_reward_task.options(**self._task_options()).remote(self.cfg, data_dir,
-                                                                        str(self.run_dir / "reward")))
+    def _reward(self, arm: Arm, data_dir: str) -> dict[str, Any]:
+        out = ray.get(_reward_task.options(**self._task_options()).remote(arm.cfg, data_dir,
+                                                                        str(self.run_dir / arm.stage("reward"))))
         bm = out["best_metrics"]
-        self._say(f"  loss={self.cfg.reward.loss}: held-out OT distance {bm.get('ot_distance', float('nan')):.3f}")
+        if "ot_distance" in bm:
+            self._say(f"  loss={arm.cfg.reward.loss}: held-out OT distance {bm['ot_distance']:.3f}")
+        else:  # Bradley-Terry predicts no distribution: its pairwise accuracy on held-out pairs
+            self._say(f"  loss={arm.cfg.reward.loss}: held-out pair accuracy {bm.get('pair_accuracy', float('nan')):.3f}")
         return {**out, "best_dir": self._rel(out["best_dir"]), "digest": dir_digest(out["best_dir"])}
 
-    def _ppo(self, key: str, policy_dir: str, reward_dir: str) -> dict[str, Any]:
+    def _ppo(self, arm: Arm, key: str, policy_dir: str, reward_dir: str) -> dict[str, Any]:
         from torch.utils.tensorboard import SummaryWriter
 
         from raydprm.sim.world import prompts as world_prompts
 
-        cfg, n = self.cfg, self.cfg.ppo.rollout_batch
-        self.init_workers(policy_dir, reward_dir)
+        cfg, n = arm.cfg, arm.cfg.ppo.rollout_batch
+        out_dir = self.run_dir / arm.stage("ppo")
+        self.init_workers(policy_dir, reward_dir, cfg)
         if self.ppo_start is not None:  # a given checkpoint (Tune restore / PBT clone) outranks the run's own
-            shutil.rmtree(self.run_dir / "ppo" / "ckpt", ignore_errors=True)
+            shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
             step, history = self._load_dir(Path(self.ppo_start))
             self.ppo_start = None
             self.save_checkpoint(key, step, history)  # now the run's own: a group restart goes back to it
         else:
             step, history = self.load_checkpoint(key)
             if step == 0:  # checkpoints of an earlier PPO configuration must not outrank this one's
-                shutil.rmtree(self.run_dir / "ppo" / "ckpt", ignore_errors=True)
+                shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
         train_prompts = world_prompts(cfg.ppo.steps * n, seed=cfg.run.seed + 1)  # the data position is the step
-        tb = SummaryWriter(str(self.run_dir / "tb"))
-        bar = self._bar(total=cfg.ppo.steps, initial=step, desc="ppo")
+        tb = SummaryWriter(str(self.run_dir / "tb" / arm.prefix))
+        bar = self._bar(total=cfg.ppo.steps, initial=step, desc=arm.stage("ppo"))
         while step < cfg.ppo.steps:
             nxt = train_prompts[(step + 1) * n:(step + 2) * n] if step + 1 < cfg.ppo.steps else None
             try:
@@ -331,66 +404,151 @@ class Pipeline:
                     tb.add_scalar(k, v, step)
             bar.update(1)
             bar.set_postfix(reward=f"{rec['reward/mean']:.3f}")
-            if step % cfg.pipeline.checkpoint_every == 0 or step == cfg.ppo.steps:
+            if step % self.cfg.pipeline.checkpoint_every == 0 or step == cfg.ppo.steps:
                 self.save_checkpoint(key, step, history)
             if self.on_step is not None:
                 self.on_step(self, step)
         self.loop.finish()
         bar.close()
         tb.close()
-        policy = self.learner.export_hf(self.run_dir / "ppo" / "policy")
-        write_json(self.run_dir / "ppo" / "history.json", history)
+        policy = self.learner.export_hf(out_dir / "policy")
+        write_json(out_dir / "history.json", history)
         self.shutdown_workers()
         return {"policy": self._rel(policy), "digest": dir_digest(policy), "history": history, "steps": step}
 
-    def _evaluate(self, sft_dir: str, policy_dir: str, history: list[dict[str, Any]]) -> dict[str, Any]:
-        """Both policies sample the held-out prompts under ``pipeline.eval_seeds`` seeds; the
-        population judges; KL(policy || SFT) per sample = sum_t log pi(y_t) - log pi_sft(y_t)."""
+    def _align(self, arm: Arm, key: str, policy_dir: str, data_dir: str) -> dict[str, Any]:
+        """Direct alignment (``align.algo``) from the SFT policy on response pairs of the store's
+        export: hard labels (the crowd's preferred response) for dpo/ipo/slic/rrhf, the crowd's
+        preference probability P(a > b) as a soft label for crowd_dpo. ``align.steps`` updates of
+        ``align.batch`` pairs, checkpointed and resumed like PPO."""
+        import datasets
+        from torch.utils.tensorboard import SummaryWriter
+
+        from raydprm.cluster.learner_group import LearnerGroup
+        from raydprm.models.policy import load_tokenizer
+        from raydprm.train.direct_alignment import PairBatch, pair_batches, pairs_from_export
+
+        cfg, a = arm.cfg, arm.cfg.align
+        out_dir = self.run_dir / arm.stage("align")
+        pairs = pairs_from_export(datasets.load_from_disk(data_dir), cfg.labels.rewards,
+                                  pairs_per_prompt=a.pairs_per_prompt, ties=a.ties, min_margin=a.min_margin,
+                                  hard=a.algo != "crowd_dpo", seed=cfg.run.seed)
+        tok = load_tokenizer(policy_dir)
+        self.learner = self._track(LearnerGroup.create_aligner(a, policy_dir, seed=cfg.run.seed,
+                                                               placement=self.placement.get("learner"),
+                                                               max_restarts=cfg.ray.max_restarts), "learner")
+        step, history = self.load_checkpoint(key)
+        if step == 0:
+            shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
+        self._say(f"  {a.algo}: {len(pairs)} pairs from the store, {a.steps} updates of {a.batch}")
+        tb = SummaryWriter(str(self.run_dir / "tb" / arm.prefix))
+        bar = self._bar(total=a.steps, initial=step, desc=arm.stage("align"))
+        # the data position is the step: the seeded stream of batches, skipped to it
+        stream = itertools.islice(pair_batches(pairs, a.batch, seed=cfg.run.seed), step, None)
+        while step < a.steps:
+            batch = PairBatch.from_pairs(next(stream), tok, a.max_prompt_tokens, a.max_response_tokens)
+            try:
+                m = self.learner.update(batch)
+            except GroupRestarted as e:  # back at the last checkpoint (or the SFT policy): redo from there
+                self._say(f"  {e}")
+                step, history = self.load_checkpoint(key)
+                stream = itertools.islice(pair_batches(pairs, a.batch, seed=cfg.run.seed), step, None)
+                bar.reset(total=a.steps)
+                bar.update(step)
+                continue
+            step += 1
+            rec = {"step": step, **{k: float(v) for k, v in m.items()}}
+            history.append(rec)
+            for k, v in rec.items():
+                if k != "step":
+                    tb.add_scalar(k, v, step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec.get('align/loss', float('nan')):.3f}")
+            if step % self.cfg.pipeline.checkpoint_every == 0 or step == a.steps:
+                self.save_checkpoint(key, step, history)
+        bar.close()
+        tb.close()
+        policy = self.learner.export_hf(out_dir / "policy")
+        write_json(out_dir / "history.json", history)
+        self.shutdown_workers()
+        return {"policy": self._rel(policy), "digest": dir_digest(policy), "history": history, "steps": step,
+                "pairs": len(pairs)}
+
+    def _evaluate(self, sft_dir: str, trained: list[tuple[Arm, dict[str, Any]]]) -> dict[str, Any]:
+        """Every policy samples the held-out prompts under ``pipeline.eval_seeds`` sampling seeds
+        per training seed, the SFT policy (vanilla) under the same ones, so samples pair up by
+        (seed, prompt); the population judges; KL(policy || SFT) per sample =
+        sum_t log pi(y_t) - log pi_sft(y_t)."""
         import numpy as np
 
         from raydprm.cluster.rollout_actor import RolloutPool
         from raydprm.evaluate.judge import judge_samples
-        from raydprm.evaluate.report import build_report, policy_name, write_report
+        from raydprm.evaluate.report import build_report, curves, write_report
         from raydprm.rollout.sampling import SamplingParams
         from raydprm.sim.personas import Population
         from raydprm.sim.world import prompts as world_prompts
 
         cfg, pc = self.cfg, self.cfg.pipeline
         prompts = world_prompts(pc.eval_prompts, seed=cfg.run.seed + 999)
+        n_seeds = pc.seeds if pc.policies else 1
+        # row r = (training seed k, sampling seed e); k = 0, e < eval_seeds are a single run's rows
+        rows = [(k, SamplingParams.from_config(cfg.rollout, n=1, seed=(cfg.run.seed + k) * 7919 + 500 + e))
+                for k in range(n_seeds) for e in range(pc.eval_seeds)]
         mk = dict(dtype=cfg.models.dtype, max_restarts=cfg.ray.max_restarts)
         ref = self._track(RolloutPool.create(cfg.rollout, sft_dir, placement=self.placement.get("reference"), **mk),
                           "rollout")
-        pol = self._track(RolloutPool.create(cfg.rollout, policy_dir, placement=self.placement.get("rollout"), **mk),
-                          "rollout")
-        texts: dict[str, list[list[str]]] = {"vanilla": [], "policy": []}
-        kl = []
-        for s in range(pc.eval_seeds):
-            sp = SamplingParams.from_config(cfg.rollout, n=1, seed=cfg.run.seed * 7919 + 500 + s)
-            texts["vanilla"].append([r.text for r in ref.generate(prompts, sp)])
-            out = pol.generate(prompts, sp)
-            texts["policy"].append([r.text for r in out])
-            seqs = [r.prompt_ids + r.token_ids for r in out]
-            lp, lp_ref = pol.score(seqs), ref.score(seqs)
-            kl.append([float(np.sum(np.asarray(a[-len(r.token_ids):]) - np.asarray(b[-len(r.token_ids):])))
-                       if r.token_ids else 0.0 for a, b, r in zip(lp, lp_ref, out)])
+        names = list(dict.fromkeys(arm.name for arm, _ in trained))
+        texts: dict[str, list[list[str]]] = {"vanilla": [[r.text for r in ref.generate(prompts, sp)] for _, sp in rows]}
+        kl: dict[str, list[list[float]]] = {}
+        bar = self._bar(total=len(trained), desc="evaluate: policies", unit="policy")
+        pol = None  # one pool for every trained policy: each loads its weights from disk in turn
+        for name in names:
+            texts[name], kl[name] = [[] for _ in rows], [[] for _ in rows]
+            for arm, out in ((a, o) for a, o in trained if a.name == name):
+                if pol is None:
+                    pol = self._track(RolloutPool.create(cfg.rollout, self._abs(out["policy"]),
+                                                         placement=self.placement.get("rollout"), **mk), "rollout")
+                else:
+                    pol.load_checkpoint(self._abs(out["policy"]))
+                for i, (k, sp) in enumerate(rows):
+                    if k != arm.seed_index:
+                        continue
+                    gen = pol.generate(prompts, sp)
+                    seqs = [r.prompt_ids + r.token_ids for r in gen]
+                    lp, lp_ref = pol.score(seqs), ref.score(seqs)
+                    texts[name][i] = [r.text for r in gen]
+                    kl[name][i] = [float(np.sum(np.asarray(x[-len(r.token_ids):]) - np.asarray(y[-len(r.token_ids):])))
+                                   if r.token_ids else 0.0 for x, y, r in zip(lp, lp_ref, gen)]
+                bar.update(1)
+        bar.close()
+        if pol is not None:
+            self._untrack(pol, "rollout")
         self._untrack(ref, "rollout")
-        self._untrack(pol, "rollout")
-        pop, name = Population.from_config(cfg.crowd), policy_name(cfg.reward.loss)
-        judged = {"vanilla": judge_samples(pop, cfg.labels.rewards, prompts, texts["vanilla"]),
-                  name: judge_samples(pop, cfg.labels.rewards, prompts, texts["policy"], kl=np.asarray(kl))}
-        report = build_report(judged, cfg.labels.rewards, margin=pc.tie_margin, n_boot=pc.bootstrap, seed=cfg.run.seed)
+        pop = Population.from_config(cfg.crowd)
+        judged = {"vanilla": judge_samples(pop, cfg.labels.rewards, prompts, texts["vanilla"])}
+        for name in names:
+            judged[name] = judge_samples(pop, cfg.labels.rewards, prompts, texts[name], kl=np.asarray(kl[name]))
+        report = build_report(judged, cfg.labels.rewards, margin=pc.tie_margin, n_boot=pc.bootstrap, seed=cfg.run.seed,
+                              seed_groups=[k for k, _ in rows])
         self.state.add_restarts(self.restarts)
         self.restarts = {}
         stages = {k: {"seconds": v["seconds"]} for k, v in self.state.data["stages"].items()}
         stages["evaluate"] = {"seconds": time.time() - self._stage_t0}
-        report.update(stages=stages, restarts={r: 0 for r in ("rollout", "reward", "learner")}
-                      | self.state.data.get("restarts", {}), ppo=history)
-        samples = [{"prompt": p, "vanilla": a, name: b} for p, a, b in
-                   list(zip(prompts, texts["vanilla"][0], texts["policy"][0]))[:5]]
+        totals: dict[str, float] = {}  # per kind of stage (a comparison has one reward/ppo/align per policy and seed)
+        for k, v in stages.items():
+            totals[k.rsplit("/", 1)[-1]] = totals.get(k.rsplit("/", 1)[-1], 0.0) + v["seconds"]
+        report.update(stages=stages, stage_totals=totals, restarts={r: 0 for r in ("rollout", "reward", "learner")}
+                      | self.state.data.get("restarts", {}))
+        if pc.policies:
+            report.update(compare={"policies": ["vanilla", *names], "seeds": n_seeds, "eval_seeds": pc.eval_seeds,
+                                   "prompts": len(prompts), "ppo_steps": cfg.ppo.steps, "align_steps": cfg.align.steps},
+                          curves=curves({n: [o["history"] for a, o in trained if a.name == n] for n in names}))
+        else:
+            report.update(ppo=trained[0][1]["history"])
+        samples = [{"prompt": p, **{n: texts[n][0][i] for n in texts}} for i, p in enumerate(prompts[:5])]
         path = write_report(report, self.run_dir, cfg.labels.names, samples)
         p = report["policies"]
-        self._say(f"  E[r] vanilla {p['vanilla']['expected_reward']:.3f} -> {name} {p[name]['expected_reward']:.3f}; "
-                  f"{path}")
+        self._say("  E[r] " + ", ".join(f"{n} {p[n]['expected_reward']:.3f}" for n in p) + f"; {path}")
         return {"report": "report.json"}
 
     def _rel(self, path: str | Path) -> str:
@@ -411,16 +569,17 @@ class Pipeline:
         return {"num_cpus": min(1.0, self.cfg.ppo.num_cpus_per_worker), "scheduling_strategy": at.strategy(0)}
 
     # ------------------------------------------------------------------ workers and checkpoints
-    def init_workers(self, policy_dir: str, reward_dir: str) -> None:
-        """The PPO roles: generators and learner from the SFT policy, reward replicas from the reward model."""
+    def init_workers(self, policy_dir: str, reward_dir: str, cfg: Config | None = None) -> None:
+        """The PPO roles: generators and learner from the SFT policy, reward replicas from the reward
+        model; ``cfg``: the config of the policy being trained (default: the run's)."""
         from raydprm.cluster.learner_group import LearnerGroup
         from raydprm.cluster.ppo_loop import PPOLoop
         from raydprm.cluster.reward_actor import RewardPool
         from raydprm.cluster.rollout_actor import RolloutPool
         from raydprm.models.dprm import label_scale_from_config
 
-        cfg, r = self.cfg, self.cfg.ray.max_restarts
-        at = self.placement.get
+        cfg = cfg or self.cfg
+        r, at = cfg.ray.max_restarts, self.placement.get
         self.rollout = self._track(RolloutPool.create(cfg.rollout, policy_dir, dtype=cfg.models.dtype,
                                                       placement=at("rollout"), max_restarts=r), "rollout")
         self.reward = self._track(RewardPool.create(reward_dir, label_scale_from_config(cfg.labels), cfg.reward,
@@ -437,8 +596,11 @@ class Pipeline:
         sync_policy(self.learner, self.rollout, version=self.loop.version)  # the learner publishes; handles only
 
     def save_checkpoint(self, key: str, step: int, history: list[dict[str, Any]]) -> None:
-        """Learner state (policy, critic, optimizer, KL controller, RNG) + the driver's position; keep the newest."""
-        ckpt_root = self.run_dir / "ppo" / "ckpt"
+        """Learner state (policy, critic, optimizer, KL controller, RNG) + the driver's position, under the
+        training stage of the policy being trained (``<prefix>ppo/ckpt`` or ``<prefix>align/ckpt``); keep the
+        newest. state.json's ``ppo`` entry names the last one with its stage key, so a checkpoint of another
+        stage or configuration never matches."""
+        ckpt_root = self.run_dir / self.arm.stage(self.arm.kind) / "ckpt"
         d = ckpt_root / f"step_{step:06d}"
         self.learner.save(d)
         write_json(d / "progress.json", {"key": key, "step": step, "history": history})
@@ -447,7 +609,7 @@ class Pipeline:
             shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, key: str) -> tuple[int, list[dict[str, Any]]]:
-        """Restore the last checkpoint of this PPO stage (same key) into the learner and the
+        """Restore the last checkpoint of this training stage (same key) into the learner and the
         generators; (0, []) when there is none."""
         ppo = self.state.data.get("ppo", {})
         if ppo.get("key") != key or not ppo.get("checkpoint"):
@@ -458,8 +620,10 @@ class Pipeline:
         """Learner state and (step, history) of one checkpoint directory (save_checkpoint's layout)."""
         progress = json.loads((d / "progress.json").read_text())
         self.learner.load(d)
-        self._sync()
-        self._say(f"  PPO resumes after step {progress['step']} ({self._rel(d)})")
+        if self.rollout is not None:
+            self._sync()
+        what = "PPO" if self.arm.kind == "ppo" else self.arm.cfg.align.algo
+        self._say(f"  {what} resumes after step {progress['step']} ({self._rel(d)})")
         return int(progress["step"]), list(progress["history"])
 
     def _track(self, pool: Any, role: str) -> Any:

@@ -29,13 +29,16 @@ ScoreBatch = dict[str, Any]  # distribution (B, L), expected/reward/cvar/entropy
 
 
 class RewardActor:
-    """One DPRM replica (a plain class; :class:`RewardPool` runs it as a Ray actor)."""
+    """One reward-model replica (a plain class; :class:`RewardPool` runs it as a Ray actor): a DPRM,
+    or a Bradley-Terry model (the paper's BT-RM baseline), whichever kind ``model_dir`` holds. A BT
+    model predicts no label distribution: its ``reward`` and ``expected`` are its scalar score,
+    ``cvar`` the same, ``distribution`` and ``entropy`` NaN."""
 
     def __init__(self, model_dir: str, scale: LabelScale | None, reward_cfg, device: str = "cpu",
                  dtype: str = "float32", num_threads: int = 0):
         import torch
 
-        from raydprm.models.dprm import DPRM
+        from raydprm.models.reward_models import load_reward_model
 
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -43,7 +46,7 @@ class RewardActor:
         self._device = device
         self._dtype = dtype
         self._scale = scale
-        self._model = DPRM.load(model_dir, scale, dtype=dtype, device=device)
+        self._model = load_reward_model(model_dir, scale, dtype=dtype, device=device)
         self._model.eval()
         self._version = 0
         self._source = str(model_dir)
@@ -53,6 +56,12 @@ class RewardActor:
         """Distributions and scalar rewards of a batch (numpy arrays, row order kept)."""
         c = self._cfg
         t0 = time.perf_counter()
+        if self._model.kind == "bt":  # one scalar per pair, no label distribution
+            r = self._model.score(list(prompts), list(responses), batch_size=c.batch_size).numpy()
+            self._busy_s += time.perf_counter() - t0
+            nan = np.full((len(r), len(self._model.scale.names)), np.nan, dtype=np.float32)
+            return {"distribution": nan, "expected": r, "reward": r, "cvar": r.copy(),
+                    "entropy": np.full(len(r), np.nan, dtype=np.float32), "version": self._version}
         out = self._model.score(list(prompts), list(responses), scalar=c.scalar, cvar_alpha=c.cvar_alpha,
                                 kappa=c.kappa, batch_size=c.batch_size)
         self._busy_s += time.perf_counter() - t0
@@ -62,9 +71,9 @@ class RewardActor:
 
     def load_weights(self, model_dir: str) -> int:
         """Replace the model by the checkpoint in ``model_dir`` (its label scale must match); new version."""
-        from raydprm.models.dprm import DPRM
+        from raydprm.models.reward_models import load_reward_model
 
-        model = DPRM.load(model_dir, self._scale or self._model.scale, dtype=self._dtype, device=self._device)
+        model = load_reward_model(model_dir, self._scale or self._model.scale, dtype=self._dtype, device=self._device)
         model.eval()
         self._model, self._source = model, str(model_dir)
         self._version += 1

@@ -32,7 +32,7 @@ import ray
 
 from raydprm.cluster.group import ActorGroup, Placement, peak_rss_mb
 from raydprm.cluster.weight_sync import TRANSPORTS, WeightUpdate, check_transport
-from raydprm.rollout.engine import Prompt, Response
+from raydprm.rollout.engine import Prompt, Response, RolloutError
 from raydprm.rollout.sampling import SamplingParams
 from raydprm.rollout.sync import StageReport, WeightManifest, WeightSyncError, apply_update, probe_sequence
 
@@ -69,6 +69,19 @@ class RolloutGenerator:
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         return self.engine.score(sequences)
+
+    def load_checkpoint(self, model_dir: str) -> int:
+        """Load the weights of an HF directory written by ``export_hf`` (same architecture) from
+        disk into the engine, in this process (they never pass through the driver). Returns the
+        number of tensors loaded."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        files = sorted(Path(model_dir).glob("*.safetensors"))
+        if not files:
+            raise RolloutError(f"'{model_dir}' holds no *.safetensors weights to load")
+        return self.engine.load_weights([item for f in files for item in load_file(str(f)).items()])
 
     def receive_weights(self, update: WeightUpdate, tolerance: float, timeout_s: float,
                         via: str = "load_weights") -> StageReport:
@@ -140,6 +153,7 @@ class RolloutPool:
         self.version = 0
         self.nccl_ready = False
         self._last_update: WeightUpdate | None = None
+        self._checkpoint: str | None = None  # the HF directory the replicas last loaded (load_checkpoint)
 
     @classmethod
     def create(cls, cfg: Any, model: str, *, dtype: str = "float32", placement: Placement | None = None,
@@ -202,7 +216,7 @@ class RolloutPool:
         reports = self._receive(update, list(range(self.num_replicas)), timeout_s)
         for r in reports:
             r.extra["wall_s"] = time.perf_counter() - t0
-        self.version, self._last_update = update.version, update
+        self.version, self._last_update, self._checkpoint = update.version, update, None
         return reports
 
     def _receive(self, update: WeightUpdate, ranks: list[int], timeout_s: float) -> list[StageReport]:
@@ -215,9 +229,19 @@ class RolloutPool:
             r.transport = self.cfg.weight_sync
         return reports
 
+    def load_checkpoint(self, model_dir: str | os.PathLike[str], timeout_s: float | None = None) -> None:
+        """Every replica loads another policy of the same architecture from an HF directory (e.g.
+        each trained policy in turn for evaluation, without starting new actors); a restarted
+        replica loads it again."""
+        self.group.all(RolloutGenerator.load_checkpoint, str(model_dir), timeout_s=timeout_s)
+        self._last_update, self._checkpoint = None, str(model_dir)
+
     def _catch_up(self, group: ActorGroup, ranks: list[int]) -> None:
-        """A restarted replica starts from the initial weights: give it the last verified update."""
-        if self.cfg.weight_sync == "nccl":
+        """A restarted replica starts from the initial weights: give it the last verified update
+        (or the checkpoint the pool last loaded)."""
+        if self._checkpoint is not None and self._last_update is None:
+            group.each(RolloutGenerator.load_checkpoint, [((self._checkpoint,), {})] * len(ranks), ranks=ranks)
+        elif self.cfg.weight_sync == "nccl":
             self.nccl_ready = False  # the broadcast group must be formed again, with the new replica
         elif self._last_update is not None:
             self._receive(self._last_update, ranks, self.cfg.sync_timeout_s)

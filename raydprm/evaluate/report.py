@@ -9,6 +9,10 @@
      "stages": {STAGE: {"seconds": float}}, "restarts": {ROLE: int}, "ppo": [per-step metrics]}
 
 ``expected_reward`` is ``label_pct . rewards / 100`` (the population's E[r] of the policy).
+A comparison (`raydprm run --compare`) adds per policy ``expected_reward_per_seed`` (one value per
+training seed), per head-to-head entry ``expected_reward_diff`` (mean E[r] difference with its
+interval), ``compare`` (policies, seeds, budgets) and ``curves`` (training curves averaged over
+seeds); intervals then resample whole training seeds (:mod:`raydprm.evaluate.stats`).
 """
 
 from __future__ import annotations
@@ -22,15 +26,18 @@ from typing import Any
 
 import numpy as np
 
+from raydprm.config import PPO_POLICY_LOSS
 from raydprm.evaluate.judge import Judged
 from raydprm.evaluate.stats import bootstrap_ci, head_to_head
 
-__all__ = ["POLICY_NAMES", "policy_name", "build_report", "write_report"]
+__all__ = ["POLICY_NAMES", "CURVE_KEYS", "policy_name", "build_report", "curves", "write_report"]
 
 log = logging.getLogger(__name__)
 
 # reward.loss -> the name of the policy PPO trains against that reward model (the paper's Table 2)
-POLICY_NAMES = {"bt": "bt", "ce": "dprm_c", "wasserstein": "dprm_w", "ot": "dprm_ot"}
+POLICY_NAMES = {loss: name for name, loss in PPO_POLICY_LOSS.items()}
+# training-curve metrics a comparison averages over seeds (PPO's and direct alignment's)
+CURVE_KEYS = ("reward/mean", "ppo/kl", "align/loss", "align/margin")
 
 
 def policy_name(reward_loss: str) -> str:
@@ -38,25 +45,56 @@ def policy_name(reward_loss: str) -> str:
 
 
 def build_report(judged: Mapping[str, Judged], rewards: Sequence[float], *, refs: Sequence[str] = ("vanilla", "bt"),
-                 margin: float = 0.05, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Policies' label shares, E[r] and KL (with 95% intervals) and head to head vs each ref present."""
+                 margin: float = 0.05, n_boot: int = 1000, seed: int = 0,
+                 seed_groups: Sequence[int] | None = None) -> dict[str, Any]:
+    """Policies' label shares, E[r] and KL (with 95% intervals) and head to head vs each ref present.
+
+    ``seed_groups``: the training seed of each sample row (a comparison); intervals then resample
+    whole training seeds, and each policy gets its E[r] per training seed."""
     r = np.asarray(rewards, dtype=np.float64)
+    g = None if seed_groups is None or len(set(seed_groups)) < 2 else list(seed_groups)
+    boot = dict(n_boot=n_boot, seed=seed, groups=g)
     policies = {}
     for name, j in judged.items():
         pct = j.label_pct
-        er_lo, er_hi = bootstrap_ci(j.reward, lambda x: x.mean(), n_boot=n_boot, seed=seed)
-        kl_lo, kl_hi = bootstrap_ci(j.kl, lambda x: x.mean(), n_boot=n_boot, seed=seed)
+        er_lo, er_hi = bootstrap_ci(j.reward, lambda x: x.mean(), **boot)
+        kl_lo, kl_hi = bootstrap_ci(j.kl, lambda x: x.mean(), **boot)
         policies[name] = {"label_pct": [float(x) for x in pct], "expected_reward": float(pct @ r / 100),
-                          "kl": float(j.kl.mean()), "seeds": int(j.dist.shape[0]), "prompts": int(j.dist.shape[1]),
+                          "kl": float(j.kl.mean()), "seeds": int(len(set(g)) if g else j.dist.shape[0]),
+                          "samples_per_prompt": int(j.dist.shape[0]), "prompts": int(j.dist.shape[1]),
                           "expected_reward_ci95": [float(er_lo), float(er_hi)], "kl_ci95": [float(kl_lo), float(kl_hi)]}
+        if g:
+            ga = np.asarray(g)
+            policies[name]["expected_reward_per_seed"] = [float(j.reward[ga == k].mean()) for k in dict.fromkeys(g)]
     h2h = {}
     for ref in refs:
         if ref not in judged:
             continue
         for name, j in judged.items():
-            if name != ref:
-                h2h[f"{name}_vs_{ref}"] = head_to_head(j, judged[ref], margin=margin, n_boot=n_boot, seed=seed)
+            if name != ref and not (name in refs and refs.index(name) < refs.index(ref)):  # no mirrored pairs
+                d = j.reward - judged[ref].reward
+                lo, hi = bootstrap_ci(d, lambda x: x.mean(), **boot)
+                h2h[f"{name}_vs_{ref}"] = {**head_to_head(j, judged[ref], margin=margin, **boot),
+                                           "expected_reward_diff": {"mean": float(d.mean()),
+                                                                    "ci95": [float(lo), float(hi)]}}
     return {"policies": policies, "head_to_head": h2h}
+
+
+def curves(histories: Mapping[str, Sequence[Sequence[Mapping[str, float]]]]) -> dict[str, dict[str, list[float]]]:
+    """Per policy, each :data:`CURVE_KEYS` metric its training histories (one per seed) all have,
+    averaged over seeds step by step (over the steps every seed reached)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for name, runs in histories.items():
+        runs = [h for h in runs if h]
+        if not runs:
+            continue
+        n = min(len(h) for h in runs)
+        c: dict[str, list[float]] = {"step": [float(runs[0][i]["step"]) for i in range(n)]}
+        for key in CURVE_KEYS:
+            if all(key in h[i] for h in runs for i in range(n)):
+                c[key] = [float(np.mean([h[i][key] for h in runs])) for i in range(n)]
+        out[name] = c
+    return out
 
 
 def _fmt_ci(ci: Sequence[float], digits: int = 1) -> str:
@@ -71,9 +109,15 @@ def write_report(report: Mapping[str, Any], run_dir: str | os.PathLike[str], lab
     tmp.write_text(json.dumps(report, indent=1))
     os.replace(tmp, d / "report.json")
     pol = report["policies"]
-    lines = ["# raydprm run report", "",
-             "SFT -> crowd votes into the store -> reward model -> PPO -> the simulated population judges each",
-             "policy's samples on held-out prompts (intervals: bootstrap over prompts and seeds, 95%).", "",
+    cmp = report.get("compare")
+    intro = (["SFT and crowd votes into the store once; then each policy under each of "
+              f"{cmp['seeds']} seeds (reward model + {cmp['ppo_steps']} PPO steps, or {cmp['align_steps']} "
+              "direct-alignment updates); the simulated population judges every policy's samples on the same "
+              f"{cmp['prompts']} held-out prompts (intervals: bootstrap over prompts and training seeds, 95%)."]
+             if cmp else
+             ["SFT -> crowd votes into the store -> reward model -> PPO -> the simulated population judges each",
+              "policy's samples on held-out prompts (intervals: bootstrap over prompts and seeds, 95%)."])
+    lines = ["# raydprm run report", "", *intro, "",
              "## Labels of each policy's responses as judged by the population (%)", "",
              "| policy | " + " | ".join(label_names) + " | E[r] (95% CI) | KL to SFT (95% CI) |",
              "|---" * (len(label_names) + 3) + "|"]
@@ -81,6 +125,16 @@ def write_report(report: Mapping[str, Any], run_dir: str | os.PathLike[str], lab
         lines.append(f"| {name} | " + " | ".join(f"{x:.1f}" for x in p["label_pct"])
                      + f" | {p['expected_reward']:.3f} {_fmt_ci(p['expected_reward_ci95'], 3)}"
                      + f" | {p['kl']:.2f} {_fmt_ci(p['kl_ci95'], 2)} |")
+    if cmp:
+        lines += ["", "E[r] per training seed: " + "; ".join(
+            f"{n} " + ", ".join(f"{x:.3f}" for x in p.get("expected_reward_per_seed", [])) for n, p in pol.items())]
+    diffs = {k: h["expected_reward_diff"] for k, h in report.get("head_to_head", {}).items()
+             if "expected_reward_diff" in h}
+    if diffs:
+        lines += ["", "## Differences of E[r] (resolved: the 95% interval excludes 0)", "",
+                  "| pair | mean difference (95% CI) | resolved |", "|---|---|---|"]
+        lines += [f"| {k} | {d['mean']:+.3f} {_fmt_ci(d['ci95'], 3)} | "
+                  f"{'yes' if d['ci95'][0] > 0 or d['ci95'][1] < 0 else 'no'} |" for k, d in diffs.items()]
     for key, h in report.get("head_to_head", {}).items():
         o = h["overall"]
         lines += ["", f"## {key}: head to head, % of (prompt, seed) samples", "",
@@ -118,7 +172,10 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
     import matplotlib.pyplot as plt
 
     pol, ppo = report["policies"], report.get("ppo", [])
-    h2h = report.get("head_to_head", {})
+    h2h = {k: h for k, h in report.get("head_to_head", {}).items() if k.endswith("_vs_vanilla")}
+    cur = report.get("curves") or ({"policy": {"step": [r["step"] for r in ppo],
+                                               "reward/mean": [r["reward/mean"] for r in ppo],
+                                               "ppo/kl": [r.get("ppo/kl", 0.0) for r in ppo]}} if ppo else {})
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     x = np.arange(len(label_names))
     w = 0.8 / max(1, len(pol))
@@ -129,19 +186,27 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
     axes[0].set_ylabel("% of responses")
     axes[0].set_title("population's labels of each policy")
     axes[0].legend(fontsize=8)
-    if ppo:
-        steps = [r["step"] for r in ppo]
-        axes[1].plot(steps, [r["reward/mean"] for r in ppo], marker="o", label="reward")
-        axes[1].plot(steps, [r.get("ppo/kl", 0.0) for r in ppo], marker="x", label="KL")
+    ppo_curves = {n: c for n, c in cur.items() if "reward/mean" in c}
+    if ppo_curves:
+        kl_ax = axes[1].twinx()
+        for i, (name, c) in enumerate(ppo_curves.items()):
+            color = f"C{i}"
+            axes[1].plot(c["step"], c["reward/mean"], color=color, label=f"{name} reward")
+            if "ppo/kl" in c:
+                kl_ax.plot(c["step"], c["ppo/kl"], color=color, ls="--", alpha=0.7)
         axes[1].set_xlabel("PPO step")
-        axes[1].legend(fontsize=8)
-        axes[1].set_title("PPO: reward-model score and KL")
-    for key, h in h2h.items():
+        axes[1].set_ylabel("reward model's score (solid)")
+        kl_ax.set_ylabel("KL to the reference (dashed)")
+        axes[1].legend(fontsize=7)
+        axes[1].set_title("PPO: reward and KL" + (" (mean over seeds)" if report.get("curves") else ""))
+    w2 = 0.8 / max(1, len(h2h))
+    for i, (key, h) in enumerate(h2h.items()):
         personas = list(h["per_persona"])
-        axes[2].bar(np.arange(len(personas)), [h["per_persona"][p]["win"] for p in personas], alpha=0.6, label=key)
+        axes[2].bar(np.arange(len(personas)) + (i - (len(h2h) - 1) / 2) * w2,
+                    [h["per_persona"][p]["win"] for p in personas], width=w2, label=key.replace("_vs_vanilla", ""))
         axes[2].set_xticks(np.arange(len(personas)), personas, fontsize=7, rotation=30)
-    axes[2].set_ylabel("win %")
-    axes[2].set_title("head to head per persona")
+    axes[2].set_ylabel("win % vs vanilla")
+    axes[2].set_title("head to head vs vanilla, per persona")
     if h2h:
         axes[2].legend(fontsize=8)
     fig.tight_layout()

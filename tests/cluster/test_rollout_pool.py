@@ -208,3 +208,31 @@ def test_rollout_ray_nccl_broadcast_from_the_learner_to_vllm_workers(ray_local, 
     finally:
         learner.shutdown()
         p.shutdown()
+
+
+def test_rollout_ray_pool_loads_another_policy_from_its_hf_directory(ray_local, tiny_policy, tmp_path):
+    """Evaluation reuses one pool for every trained policy: after load_checkpoint its logprobs
+    and greedy samples are those of a pool started on that directory; a directory without
+    weights is refused and the pool keeps serving its old weights."""
+    from raydprm.cluster.rollout_actor import RolloutPool
+    from raydprm.rollout.engine import RolloutError
+
+    other = perturbed(tiny_policy, seed=11, scale=0.3)
+    other.save_pretrained(tmp_path / "other")
+    AutoTokenizer.from_pretrained(tiny_policy).save_pretrained(tmp_path / "other")
+    cfg = RolloutConfig(num_replicas=1, num_cpus=0.5)
+    reused, fresh = RolloutPool.create(cfg, tiny_policy), RolloutPool.create(cfg, str(tmp_path / "other"))
+    try:
+        seqs = [r.prompt_ids + r.token_ids for r in fresh.generate(PROMPTS, GREEDY)]
+        before = reused.score(seqs)
+        with pytest.raises(RolloutError, match="no \\*.safetensors"):
+            reused.load_checkpoint(tmp_path)
+        assert reused.score(seqs) == before
+        reused.load_checkpoint(tmp_path / "other")
+        got, want = reused.score(seqs), fresh.score(seqs)
+        assert max(abs(a - b) for x, y in zip(got, want) for a, b in zip(x, y)) < 1e-5
+        assert max(abs(a - b) for x, y in zip(before, want) for a, b in zip(x, y)) > 0.1  # it did change
+        assert [r.text for r in reused.generate(PROMPTS, GREEDY)] == [r.text for r in fresh.generate(PROMPTS, GREEDY)]
+    finally:
+        reused.shutdown()
+        fresh.shutdown()
