@@ -45,7 +45,10 @@ def test_report_schema_and_expected_reward_from_label_shares(tmp_path):
         lo, hi = p["expected_reward_ci95"]
         assert lo <= p["expected_reward"] <= hi
     h = rep["head_to_head"]["dprm_ot_vs_vanilla"]
-    assert set(h) == {"overall", "per_persona"} and set(h["per_persona"]) == {"a", "b"}
+    assert set(h) == {"overall", "per_persona", "expected_reward_diff"} and set(h["per_persona"]) == {"a", "b"}
+    d = h["expected_reward_diff"]
+    want = judged["dprm_ot"].reward.mean() - judged["vanilla"].reward.mean()
+    assert abs(d["mean"] - want) < 1e-12 and d["ci95"][0] <= d["mean"] <= d["ci95"][1]
     o = h["overall"]
     assert abs(o["win"] + o["tie"] + o["loss"] - 100) < 1e-9
     assert o["win"] > 60 and o["ci95"]["win"][0] <= o["win"] <= o["ci95"]["win"][1]
@@ -66,3 +69,48 @@ def test_judge_samples_uses_the_population():
     assert j.dist.shape == (2, 3, 6) and np.allclose(j.dist.sum(-1), 1)
     assert np.allclose(j.reward, j.dist @ np.asarray(HH_REWARDS))
     assert set(j.persona_reward) == set(pop.names)
+
+
+def test_grouped_bootstrap_resamples_whole_training_seeds():
+    """Rows of one training seed move together: every resample is a union of whole groups, so a
+    statistic that is constant within groups takes only the values of group mixtures."""
+    x = np.repeat(np.array([[0.0], [1.0], [5.0]]), 2, axis=0) * np.ones((6, 10))  # 3 groups x 2 rows
+    groups = [0, 0, 1, 1, 2, 2]
+    seen = []
+    bootstrap_ci(x, lambda a: seen.append(np.sort(a[:, 0])) or a.mean(), n_boot=200, groups=groups)
+    for rows in seen:
+        assert len(rows) == 6 and all(np.sum(rows == v) % 2 == 0 for v in (0.0, 1.0, 5.0))
+    # between-seed spread widens the interval over the ungrouped (rows-independent) one
+    rng = np.random.default_rng(0)
+    y = rng.normal(0, 0.1, (6, 40)) + np.repeat(rng.normal(0, 1.0, 3), 2)[:, None]
+    lo_g, hi_g = bootstrap_ci(y, lambda a: a.mean(), n_boot=400, groups=groups)
+    lo_u, hi_u = bootstrap_ci(y, lambda a: a.mean(), n_boot=400)
+    assert hi_g - lo_g >= hi_u - lo_u
+
+
+def test_report_of_a_comparison_has_per_seed_values_and_no_mirrored_pairs(tmp_path):
+    rng = np.random.default_rng(2)
+    judged = {n: _judged(rng, 4, 25, alpha=a) for n, a in
+              (("vanilla", (1,) * 6), ("bt", (3, 2, 1, 1, 1, 1)), ("dprm_ot", (8, 2, 1, 1, 1, 1)))}
+    groups = [0, 0, 1, 1]
+    rep = build_report(judged, HH_REWARDS, n_boot=200, seed_groups=groups)
+    assert set(rep["head_to_head"]) == {"bt_vs_vanilla", "dprm_ot_vs_vanilla", "dprm_ot_vs_bt"}
+    for name, p in rep["policies"].items():
+        assert p["seeds"] == 2 and p["samples_per_prompt"] == 4
+        per = p["expected_reward_per_seed"]
+        assert np.allclose(per, [judged[name].reward[:2].mean(), judged[name].reward[2:].mean()])
+        assert abs(np.mean(per) - p["expected_reward"]) < 1e-9  # equal rows per seed
+    rep.update(stages={"sft": {"seconds": 1.0}}, restarts={}, compare={"seeds": 2, "ppo_steps": 3, "align_steps": 3,
+                                                                      "prompts": 25, "policies": list(judged)},
+               curves={"bt": {"step": [1.0, 2.0], "reward/mean": [0.1, 0.2], "ppo/kl": [0.0, 0.1]}})
+    write_report(rep, tmp_path, HH_LABELS)
+    md = (tmp_path / "report.md").read_text()
+    assert "E[r] per training seed" in md and "| dprm_ot_vs_bt |" in md and (tmp_path / "report.png").is_file()
+
+
+def test_curves_average_seeds_step_by_step_over_the_steps_all_reached():
+    from raydprm.evaluate.report import curves
+
+    h = [[{"step": 1, "reward/mean": 0.0, "ppo/kl": 1.0}, {"step": 2, "reward/mean": 1.0, "ppo/kl": 3.0}],
+         [{"step": 1, "reward/mean": 2.0, "ppo/kl": 1.0}]]
+    assert curves({"bt": h, "none": [[]]}) == {"bt": {"step": [1.0], "reward/mean": [1.0], "ppo/kl": [1.0]}}
