@@ -14,7 +14,14 @@ ordinal Wasserstein loss. Here, with the tiny offline backbone:
 4. reported on the test items: mean OT distance (cost ``reward_gap``, and ``grid_l1``),
    expected-reward error and CE, both against the store's targets (what was trained
    on) and against the crowd's *exact* distributions (Eq. P1 of ``sim.personas``;
-   no vote noise, no Dirichlet prior).
+   no vote noise, no Dirichlet prior);
+5. 95% intervals for each loss's mean test OT distance and for every pairwise difference
+   of losses (issue 11, part 4), from the per-item distances laid out (seeds x test items):
+   a two-way percentile bootstrap (``raydprm.evaluate.stats.bootstrap_ci``: each resample
+   draws the seeds and the test items with replacement, the same draws for every loss, so
+   differences are paired), and as a cross-check a paired Student t-interval over the
+   seeds' item-averaged values (training randomness only; the test items held fixed). A
+   difference is called *resolved* when its bootstrap interval excludes 0.
 
     python bench/reward_compare.py                 # full run (minutes on 2 CPU cores)
     python bench/reward_compare.py --smoke         # seconds; checks the script runs
@@ -34,13 +41,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats as sstats
 
 from raydprm.config import Config
 from raydprm.core.label_scale import LabelScale
+from raydprm.evaluate.stats import bootstrap_ci
 from raydprm.models.dprm import DPRM
 from raydprm.sim.personas import Population
 from raydprm.train.reward import evaluate_reward_model, resolve_cost, train_reward
 from raydprm.train.reward_data import RewardExamples, examples_from_dataset, simulate_store_export
+from raydprm.train.reward_metrics import ot_distance
 
 LOSSES = {"DPRM_OT": dict(loss="ot", cost="reward_gap"),  # the paper's OT: cost = reward gap, exact
           "DPRM_OT_grid": dict(loss="ot", cost="grid_l1"),  # OT with a cost that separates tied rewards
@@ -53,6 +63,50 @@ def split3(ex: RewardExamples, seed: int, fval: float = 0.15, ftest: float = 0.2
     perm = np.random.default_rng(seed).permutation(len(ex))
     nt, nv = int(round(ftest * len(ex))), int(round(fval * len(ex)))
     return ex.subset(sorted(perm[nt + nv:])), ex.subset(sorted(perm[nt:nt + nv])), ex.subset(sorted(perm[:nt]))
+
+
+def t_interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student t-interval of the mean of ``x`` (S,) with S - 1 degrees of freedom (nan if S < 2)."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    half = sstats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return float(x.mean() - half), float(x.mean() + half)
+
+
+def intervals(per_item: dict[str, np.ndarray], n_boot: int, seed: int = 0) -> dict[str, dict]:
+    """Means and 95% intervals of each loss's (S, N) per-item values and of every pairwise
+    difference (row minus column loss; paired over the same resampled seeds and items)."""
+    names = list(per_item)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+
+    def stat(**x):
+        m = {k: v.mean() for k, v in x.items()}
+        return [m[k] for k in names] + [m[a] - m[b] for a, b in pairs]
+
+    lo, hi = bootstrap_ci(per_item, stat, n_boot=n_boot, seed=seed)
+    point = stat(**per_item)
+    out: dict[str, dict] = {"loss": {}, "diff": {}}
+    for i, k in enumerate(names):
+        out["loss"][k] = {"mean": float(point[i]), "boot95": [float(lo[i]), float(hi[i])],
+                          "t95_seeds": list(t_interval(per_item[k].mean(1)))}
+    for j, (a, b) in enumerate(pairs, start=len(names)):
+        d = per_item[a].mean(1) - per_item[b].mean(1)  # (S,) paired by seed
+        ci = [float(lo[j]), float(hi[j])]
+        out["diff"][f"{a} - {b}"] = {"mean": float(point[j]), "boot95": ci, "t95_seeds": list(t_interval(d)),
+                                     "resolved": bool(ci[0] > 0 or ci[1] < 0)}
+    return out
+
+
+def interval_lines(title: str, iv: dict[str, dict]) -> list[str]:
+    f = "[{:.4f}, {:.4f}]".format
+    lines = [f"**{title}**", "", "| loss | mean | 95% bootstrap (seeds x items) | 95% t over seeds |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['mean']:.4f} | {f(*v['boot95'])} | {f(*v['t95_seeds'])} |" for k, v in iv["loss"].items()]
+    lines += ["", "| difference | mean | 95% bootstrap (seeds x items) | 95% t over seeds | resolved (bootstrap excludes 0) |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['mean']:+.4f} | {f(*v['boot95'])} | {f(*v['t95_seeds'])} | "
+              f"{'yes' if v['resolved'] else 'no'} |" for k, v in iv["diff"].items()]
+    return lines
 
 
 def main(argv=None) -> int:
@@ -69,10 +123,12 @@ def main(argv=None) -> int:
     ap.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
     ap.add_argument("--targets", choices=("store", "true"), default="store",
                     help="train on the store's posterior means (default) or on the crowd's exact distributions")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one lr and seed")
+    ap.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the 95%% intervals")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one lr, two seeds")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.n_items, args.votes, args.epochs, args.lrs, args.seeds = 60, 6, 1, [1e-2], [0]
+        args.n_items, args.votes, args.epochs, args.lrs, args.seeds = 60, 6, 1, [1e-2], [0, 1]
+        args.n_boot = 200
     torch.set_num_threads(args.threads)
     cfg = Config().override([f"crowd.n_items={args.n_items}", f"crowd.votes_per_item={args.votes}"])
     scale = LabelScale.from_config(cfg.labels)
@@ -94,6 +150,8 @@ def main(argv=None) -> int:
               f"{args.votes} votes/item; backbone {args.backbone}", file=sys.stderr)
         losses = {k: LOSSES[k] for k in args.losses}
         results: dict[str, list[dict]] = {k: [] for k in losses}
+        # per-item held-out OT distance (reward-gap cost), (S, N) per loss, for the intervals
+        per_item: dict[str, dict[str, list]] = {"true": {k: [] for k in losses}, "store": {k: [] for k in losses}}
         for name, kw in losses.items():
             for seed in args.seeds:
                 best = None
@@ -116,6 +174,10 @@ def main(argv=None) -> int:
                     row[tag] = {"ot_reward_gap": m["ot_distance"], "ot_grid_l1": m_grid["ot_distance"],
                                 "er_error": m["er_error"], "ce": m["ce"], "ece": m["ece"],
                                 "rank_corr": m["rank_corr"]}
+                    mu = model.score(data.prompts, data.responses).distribution.double()  # (N, L)
+                    d = ot_distance(mu, data.targets, costs["reward_gap"]).numpy()  # (N,)
+                    assert abs(d.mean() - m["ot_distance"]) < 1e-4, "per-item OT must average to the reported mean"
+                    per_item[tag][name].append(d)
                 results[name].append(row)
                 print(f"{name} seed {seed}: lr {lr:g}, {steps} steps, test/true OT {row['true']['ot_reward_gap']:.4f} "
                       f"ER err {row['true']['er_error']:.4f}", file=sys.stderr)
@@ -131,6 +193,7 @@ def main(argv=None) -> int:
                 m = distribution_metrics(mu, data.targets, scale.reward_tensor(), costs["reward_gap"])
                 refs.setdefault(ref_name, {})[tag] = {"ot_reward_gap": m["ot_distance"], "er_error": m["er_error"],
                                                       "ce": m["ce"]}
+    ivs = {tag: intervals({k: np.stack(v) for k, v in per_item[tag].items()}, args.n_boot) for tag in per_item}
     secs = time.perf_counter() - t0
 
     def agg(name, tag, key):
@@ -157,10 +220,15 @@ def main(argv=None) -> int:
     for ref_name, d in refs.items():
         lines.append(f"| ({ref_name} predictor) | {d['true']['ot_reward_gap']:.4f} | {d['true']['er_error']:.4f} | "
                      f"{d['store']['ot_reward_gap']:.4f} | {d['store']['er_error']:.4f} | - | {d['true']['ce']:.4f} | - |")
+    n_test = len(per_item["true"][next(iter(losses))][0])
+    lines += ["", f"95% intervals of the mean held-out OT distance (reward-gap cost) over {len(args.seeds)} seeds x "
+                  f"{n_test} test items ({args.n_boot} two-way bootstrap resamples; differences paired; "
+                  f"'resolved' = the bootstrap interval excludes 0):", ""]
+    lines += interval_lines("vs crowd truth", ivs["true"]) + [""] + interval_lines("vs store targets", ivs["store"])
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "refs": refs,
-                                               "seconds": secs}, indent=2))
+                                               "intervals": ivs, "seconds": secs}, indent=2))
     return 0
 
 

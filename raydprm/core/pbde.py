@@ -4,13 +4,13 @@ Dumoulin et al., "A density estimation perspective on learning from pairwise hum
 preferences" (TMLR 2024). An annotator with (log-)density log p over items prefers a
 over b with probability
 
-    P(a > b) = sigmoid(Omega(a) - Omega(b)),   Omega(x) = f(x) log p(x) + g(x),  f > 0   (PBDE)
+    P(a > b) = sigmoid(Omega(a) - Omega(b)),   Omega(x) = f(x) log p(x) + g(x),  f > 0   (Eq. 11, PBDE)
 
 Named rules (the paper's Sec. 4):
 
-* Luce choice rule (f = 1, g = 0):         P(a > b) = p(a) / (p(a) + p(b))            (Eq. 3)
-* length-normalised Luce (f = 1/|x|):      Omega(x) = log p(x) / |x|
-* DPO form (f = beta, g = -beta log pi_pre): Omega(x) = beta (log p(x) - log pi_pre(x))  (Eq. 14)
+* Luce choice rule (f = 1, g = 0):         P(a > b) = p(a) / (p(a) + p(b))            (Eq. 9; Eq. 2 for a model)
+* length-normalised Luce (f = 1/|x|):      Omega(x) = log p(x) / |x|                   (Eq. 26)
+* DPO form (f = beta, g = -beta log pi_pre): Omega(x) = beta (log p(x) - log pi_pre(x))  (Eqs. 14-15)
 * geometric mixture (f = 1/alpha, g = (1 - 1/alpha) log pi_pre):
       Omega(x) = (log p(x) - log pi_pre(x)) / alpha + log pi_pre(x)                       (Eq. 18)
 
@@ -54,7 +54,7 @@ def _out(y: torch.Tensor, ref):
 
 
 def omega(logp, f=1.0, g=0.0):
-    """Omega(x) = f(x) log p(x) + g(x), elementwise (PBDE). ``f`` must be > 0."""
+    """Omega(x) = f(x) log p(x) + g(x), elementwise (Eq. 11, PBDE). ``f`` must be > 0."""
     lp, ft, gt = _t(logp), _t(f), _t(g)
     if torch.any(ft <= 0):
         raise ValueError("PBDE: f(x) must be > 0")
@@ -62,17 +62,17 @@ def omega(logp, f=1.0, g=0.0):
 
 
 def pbde_preference(omega_a, omega_b):
-    """P(a > b) = sigmoid(Omega(a) - Omega(b)) (PBDE)."""
+    """P(a > b) = sigmoid(Omega(a) - Omega(b)) (Eq. 11, PBDE)."""
     return _out(torch.sigmoid(_t(omega_a) - _t(omega_b)), omega_a)
 
 
 def luce(logp_a, logp_b):
-    """Luce choice rule, P(a > b) = p(a) / (p(a) + p(b)) = sigmoid(log p(a) - log p(b)) (Eq. 3)."""
+    """Luce choice rule, P(a > b) = p(a) / (p(a) + p(b)) = sigmoid(log p(a) - log p(b)) (Eq. 9)."""
     return pbde_preference(logp_a, logp_b)
 
 
 def length_normalised_luce(logp_a, logp_b, len_a, len_b):
-    """Length-normalised Luce: Omega(x) = log p(x) / |x| with |x| > 0 the sequence length."""
+    """Length-normalised Luce (Eq. 26): Omega(x) = log p(x) / |x| with |x| > 0 the sequence length."""
     la, lb = _t(len_a), _t(len_b)
     if torch.any(la <= 0) or torch.any(lb <= 0):
         raise ValueError("length_normalised_luce: lengths must be > 0")
