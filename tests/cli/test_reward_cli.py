@@ -44,3 +44,36 @@ def test_reward_compare_bench_smoke(tiny_kit, capsys):
     assert mod.main(["--smoke", "--losses", "DPRM_OT", "DPRM_C"]) == 0
     out = capsys.readouterr().out
     assert "| DPRM_OT |" in out and "| DPRM_C |" in out and "(uniform predictor)" in out
+    assert "95% bootstrap (seeds x items)" in out and "| DPRM_OT - DPRM_C |" in out  # issue 11 part 4
+
+
+def _bench_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "reward_compare.py"
+    spec = importlib.util.spec_from_file_location("reward_compare_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_reward_compare_intervals_facts():
+    """The comparison's intervals: a loss against itself differs by exactly 0 (not resolved); a
+    constant shift is the difference with a zero-width interval (resolved); the t-interval is
+    mean +- t_{0.975, S-1} s / sqrt(S)."""
+    import numpy as np
+
+    mod = _bench_module()
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.5, 0.1, size=(5, 40))
+    iv = mod.intervals({"A": a, "B": a.copy(), "C": a + 0.25}, n_boot=300)
+    assert iv["diff"]["A - B"]["mean"] == 0 and iv["diff"]["A - B"]["boot95"] == [0.0, 0.0]
+    assert not iv["diff"]["A - B"]["resolved"]
+    lo, hi = iv["diff"]["A - C"]["boot95"]
+    assert abs(lo + 0.25) < 1e-12 and abs(hi + 0.25) < 1e-12 and iv["diff"]["A - C"]["resolved"]
+    m = iv["loss"]["A"]
+    assert m["mean"] == a.mean() and m["boot95"][0] < a.mean() < m["boot95"][1]
+    s = a.mean(1)
+    half = 2.7764451051977987 * s.std(ddof=1) / np.sqrt(5)  # t_{0.975, 4}
+    assert np.allclose(m["t95_seeds"], [s.mean() - half, s.mean() + half])
