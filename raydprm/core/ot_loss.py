@@ -33,11 +33,12 @@ import numpy as np
 import torch
 
 from raydprm.core.cost import line_embedding, validate_cost
-from raydprm.core.label_scale import check_distribution
-from raydprm.core.ot_exact import MAX_VERTEX_LABELS, ot_dual_vertices, ot_line
+from raydprm.core.label_scale import DIST_ATOL, check_distribution
+from raydprm.core.ot_exact import MAX_VERTEX_LABELS, _w1_blocks, ot_dual_vertices, ot_line, w1_layout
 from raydprm.core.sinkhorn import sinkhorn, sinkhorn_divergence
 
-__all__ = ["ot_loss", "ot_loss_with_stats", "OT_METHODS", "REDUCTIONS", "DualOT", "dual_ot", "exact_ot"]
+__all__ = ["ot_loss", "ot_loss_with_stats", "OT_METHODS", "REDUCTIONS", "DualOT", "dual_ot", "exact_ot",
+           "LineW1Loss", "line_w1_loss"]
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -86,6 +87,87 @@ def dual_ot(a, b, solver, stats):
     if stats is not None:
         stats.update(st)
     return value
+
+
+_PRED_NAME = "pred (probabilities; pass from_logits=True for logits)"
+
+
+def _raise_if_off_simplex(a, b, stats, check):
+    """The fused kernel's min / row-sum figures failed check_distribution's tests: rescan
+    the inputs with it (target first, as ot_loss does) so the error names the rule broken."""
+    if stats is None:
+        return
+    lo, s_min, s_max = stats
+    if lo >= 0 and s_max - 1 <= DIST_ATOL and 1 - s_min <= DIST_ATOL:  # NaN fails these
+        return
+    if check[1]:
+        check_distribution(b, name="target")
+    if check[0]:
+        check_distribution(a, name=_PRED_NAME)
+
+
+class LineW1Loss(torch.autograd.Function):
+    """Reduced W1 loss for a 1-D ground cost |x_i - x_j| (Eq. O2 in ot_exact.py) in one pass.
+
+    forward(a, b, layout, reduction, check) -> loss ((B,) for "none", else a scalar). The
+    forward runs the blocked closed form once: the input checks (on the rows while they are
+    in cache), the value and, when a gradient is recorded, the centred dual f = d loss / d a
+    with the reduction's factor already in it ("mean": 1/B); g = d loss / d b = -f. Only f
+    is saved; backward is one multiply by grad_output, none at all for a plain
+    loss.backward() of a reduced loss (grad_output = 1, f is the gradient). Call through
+    `line_w1_loss`, which skips the duals altogether when no gradient is recorded.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, layout, reduction, check):
+        perm, inv, gaps = layout
+        B = a.shape[0]
+        need_a, need_b = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+        value, f, st = _w1_blocks(a.detach(), b.detach(), perm, inv, gaps, need_a or need_b,
+                                  per_row=reduction == "none", scale=1.0 / B if reduction == "mean" and B else 1.0,
+                                  check=check)
+        _raise_if_off_simplex(a, b, st, check)
+        ctx.reduction = reduction
+        ctx.save_for_backward(f)
+        return _reduced(value, reduction, B)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (f,) = ctx.saved_tensors
+        if ctx.reduction == "none":
+            if grad.numel() and grad.stride(0) == 0 and grad.device.type == "cpu":
+                gv = float(grad[0])  # a later sum/mean: one value expanded over B (see DualOT)
+            else:
+                gv = grad[:, None]  # (B, 1)
+        else:
+            gv = float(grad) if grad.device.type == "cpu" else grad
+        if isinstance(gv, float) and gv == 1.0:
+            ga = f  # the dual is the gradient: no pass (autograd never writes into it)
+        else:
+            ga = gv * f
+        return (ga if ctx.needs_input_grad[0] else None, -ga if ctx.needs_input_grad[1] else None,
+                None, None, None)
+
+
+def _reduced(value, reduction, B):
+    """value: (B,) per row for "none", else the 0-dim total over the rows."""
+    if reduction == "mean":
+        return value / B if B else value.new_tensor(float("nan"))
+    return value
+
+
+def line_w1_loss(a, b, x, reduction: str = "mean", check=(True, True)):
+    """W1 between a (B, L) and b (B, L) for the cost |x_i - x_j| (Eq. O2), reduced; autograd
+    through `LineW1Loss` when it records, else the bare forward (no duals). check =
+    (check_a, check_b) runs check_distribution's tests on a / b inside the same pass."""
+    layout = w1_layout(x, a.dtype, a.device)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return LineW1Loss.apply(a, b, layout, reduction, check)
+    perm, inv, gaps = layout
+    value, _, st = _w1_blocks(a.detach(), b.detach(), perm, inv, gaps, False, per_row=reduction == "none",
+                              check=check)
+    _raise_if_off_simplex(a, b, st, check)
+    return _reduced(value, reduction, a.shape[0])
 
 
 def _pot_rows(a, b, M):
@@ -168,6 +250,29 @@ OT_METHODS: tuple[str, ...] = tuple(_LOSSES)
 _NEEDS_COST = {"exact", "closed_form", "sinkhorn", "sinkhorn_divergence"}
 
 
+def _finite_logits(pred):
+    """pred, after one pass (aminmax) that raises on NaN or +-inf (NaN propagates through it)."""
+    lo, hi = torch.aminmax(pred.detach()) if pred.numel() else (0.0, 0.0)
+    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+        raise ValueError("pred logits have non-finite entries")
+    return pred
+
+
+def _line_w1_positions(method, cost, pred):
+    """Positions x (L,) when the method's loss is W1 for |x_i - x_j| (the fused path): "wasserstein"
+    (x = label index), or "exact" / "closed_form" with a cost that embeds on a line with p = 1;
+    else None (and the general path, which validates the cost itself)."""
+    L = pred.shape[1]
+    if method == "wasserstein":
+        return torch.arange(L, dtype=torch.float64)
+    if method not in ("exact", "closed_form") or cost is None:
+        return None
+    line = line_embedding(validate_cost(cost, L).to(pred.dtype))  # tolerance of pred's dtype, as exact_ot
+    if line is None or line[1] != 1:
+        return None
+    return torch.as_tensor(line[0], dtype=torch.float64)
+
+
 def ot_loss_with_stats(pred, target, cost=None, method: str = "exact", *, from_logits: bool = False,
                        reduction: str = "mean", **solver_kw):
     """Like `ot_loss`, returning (loss, stats); stats holds the solver's diagnostics."""
@@ -185,16 +290,19 @@ def ot_loss_with_stats(pred, target, cost=None, method: str = "exact", *, from_l
     if not pred.is_floating_point():
         raise ValueError("pred must be a floating-point tensor")
     target = target.to(pred.dtype)
+    x = None if solver_kw else _line_w1_positions(method, cost, pred)
+    if x is not None:  # W1 on a line: the fused one-pass loss, input checks inside it
+        stats = {"method": method, "solver": "closed_form"} | ({} if method == "wasserstein" else {"p": 1.0})
+        if from_logits:
+            p = torch.softmax(_finite_logits(pred), dim=1)
+            return line_w1_loss(p, target, x, reduction, check=(False, True)), stats
+        return line_w1_loss(pred, target, x, reduction, check=(True, True)), stats
     check_distribution(target, name="target")
     if from_logits:
-        # one pass (aminmax); NaN propagates through it and +-inf shows in lo or hi
-        lo, hi = torch.aminmax(pred.detach()) if pred.numel() else (0.0, 0.0)
-        if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-            raise ValueError("pred logits have non-finite entries")
-        logp = torch.log_softmax(pred, dim=1)  # (B, L)
+        logp = torch.log_softmax(_finite_logits(pred), dim=1)  # (B, L)
         p = logp.exp()
     else:
-        check_distribution(pred, name="pred (probabilities; pass from_logits=True for logits)")
+        check_distribution(pred, name=_PRED_NAME)
         p, logp = pred, None
     stats: dict = {"method": method}
     if method in _NEEDS_COST:

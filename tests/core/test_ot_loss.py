@@ -196,11 +196,15 @@ def test_bad_inputs_raise(kw, msg):
 
 
 @pytest.mark.parametrize("xs", [(0.0, 1, 2, 3, 4, 5), (1.0, 0.5, -1, -1, -1.5, -3), (0.3, -2, 1.5, 1.5, 0, 4)])
-def test_closed_form_blocks_match_naive_twin(monkeypatch, xs):
+@pytest.mark.parametrize("table", [True, False])
+def test_closed_form_blocks_match_naive_twin(monkeypatch, xs, table):
     """Increasing, decreasing (with a tie) and unsorted positions; small row blocks so the batch
     spans several blocks and a ragged last one: values and duals equal the per-row formula,
-    and the duals asked for are the only ones computed."""
+    and the duals asked for are the only ones computed; both dual paths (sign-pattern table,
+    shifted cumsum)."""
     monkeypatch.setattr(ot_exact, "_W1_BLOCK_BYTES", 7 * 6 * 8)  # 7 rows per block
+    if not table:
+        monkeypatch.setattr(ot_exact, "_W1_TABLE_MAX_L", 0)
     a, b = _batch(6, seed=3, n=15)  # 45 rows: 6 blocks of 7 and one of 3
     x = torch.tensor(xs, dtype=F64)
     v_ref, f_ref = w1_line_naive(a, b, x)
@@ -233,3 +237,88 @@ def test_forward_without_grad_equals_forward_with_grad():
     v.sum().backward(retain_graph=True)
     v.sum().backward()
     assert torch.allclose(p.grad, 2.0 * f)
+
+
+def _old_path(pred, tgt, M, reduction, from_logits=False):
+    """The unfused path the fused loss replaces: separate input checks, DualOT over exact_ot's
+    per-row values and duals, then the reduction (kept for the general costs)."""
+    from raydprm.core.ot_loss import dual_ot
+
+    p = torch.softmax(pred, 1) if from_logits else pred
+    v = dual_ot(p, tgt, lambda a, b, need: exact_ot(a, b, M, need=need)[:3] + ({},), None)
+    return {"none": v, "sum": v.sum(), "mean": v.mean()}[reduction]
+
+
+@pytest.mark.parametrize("table", [True, False])
+@pytest.mark.parametrize("xs", [(0.0, 1, 2, 3, 4, 5), (1.0, 0.5, -1, -1, -1.5, -3), (0.3, -2, 1.5, 1.5, 0, 4)])
+def test_fused_line_loss_equals_old_path_and_naive_twin(monkeypatch, xs, table):
+    """The one-pass W1 loss (LineW1Loss): values and the gradients of pred and target equal the
+    unfused DualOT path and the per-row naive formula, for every reduction, logits or
+    probabilities, several blocks with a ragged last one, and both dual paths (sign-pattern
+    table and shifted cumsum)."""
+    monkeypatch.setattr(ot_exact, "_W1_BLOCK_BYTES", 7 * 6 * 8)  # 7 rows per block
+    if not table:
+        monkeypatch.setattr(ot_exact, "_W1_TABLE_MAX_L", 0)
+    pred, tgt = _batch(6, seed=11, n=15)  # 45 rows
+    x = torch.tensor(xs, dtype=F64)
+    M = (x[:, None] - x[None, :]).abs()
+    v_naive, f_naive = w1_line_naive(pred, tgt, x)
+    for reduction in ("none", "sum", "mean"):
+        for from_logits in (False, True):
+            inp = torch.log(pred) + 0.3 if from_logits else pred
+            p1, t1 = inp.clone().requires_grad_(True), tgt.clone().requires_grad_(True)
+            p2, t2 = inp.clone().requires_grad_(True), tgt.clone().requires_grad_(True)
+            v1, st = ot_loss_with_stats(p1, t1, M, method="closed_form", from_logits=from_logits, reduction=reduction)
+            v2 = _old_path(p2, t2, M, reduction, from_logits)
+            assert st["solver"] == "closed_form"
+            assert torch.allclose(v1, v2, atol=1e-12, rtol=1e-12), (reduction, from_logits)
+            w = torch.linspace(0.5, 2.0, 45, dtype=F64) if reduction == "none" else torch.tensor(1.7, dtype=F64)
+            (v1 * w).sum().backward()
+            (v2 * w).sum().backward()
+            assert torch.allclose(p1.grad, p2.grad, atol=1e-12), (reduction, from_logits)
+            assert torch.allclose(t1.grad, t2.grad, atol=1e-12), (reduction, from_logits)
+        # against the naive twin: value and dual d value / d pred = f, d / d target = -f
+        scale = {"none": 1.0, "sum": 1.0, "mean": 1 / 45}[reduction]
+        p, t = pred.clone().requires_grad_(True), tgt.clone().requires_grad_(True)
+        v = ot_loss(p, t, M, method="closed_form", reduction=reduction)
+        ref = {"none": v_naive, "sum": v_naive.sum(), "mean": v_naive.mean()}[reduction]
+        assert torch.allclose(v, ref, atol=1e-12)
+        v.sum().backward()
+        assert torch.allclose(p.grad, scale * f_naive, atol=1e-12) and torch.allclose(t.grad, -scale * f_naive, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_fused_line_loss_gradcheck(reduction):
+    """float64 gradcheck of LineW1Loss through softmax (on the simplex the dual is defined up
+    to a per-row constant, which the softmax Jacobian removes), in pred and target at once."""
+    from raydprm.core.ot_loss import line_w1_loss
+
+    g = torch.Generator().manual_seed(4)
+    za = torch.randn(9, 6, generator=g, dtype=F64, requires_grad=True)
+    zb = torch.randn(9, 6, generator=g, dtype=F64, requires_grad=True)
+    x = torch.tensor(LabelScale.hh().rewards, dtype=F64)
+    fn = lambda a, b: line_w1_loss(torch.softmax(a, 1), torch.softmax(b, 1), x, reduction)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (za, zb), eps=1e-6, atol=1e-7)
+
+
+def test_fused_line_loss_backward_hands_on_the_dual_and_checks_inputs():
+    """reduction 'sum': the gradient is the dual itself; a retained graph gives the same
+    gradient twice (the saved dual is not altered by accumulation); inputs off the simplex
+    raise check_distribution's messages from inside the fused pass."""
+    pred, tgt = _batch(6, seed=6, n=5)
+    M = cost_matrix("reward_gap")
+    p = pred.clone().requires_grad_(True)
+    loss = ot_loss(p, tgt, M, reduction="sum")
+    loss.backward(retain_graph=True)
+    g1 = p.grad.clone()
+    loss.backward()
+    assert torch.allclose(p.grad, 2 * g1) and torch.allclose(g1, exact_ot(pred, tgt, M)[1], atol=1e-12)
+    bad_p, bad_t = pred.clone(), tgt.clone()
+    bad_p[3, 2] = float("nan")
+    bad_t[4] = torch.tensor([1.2, -0.2, 0, 0, 0, 0], dtype=F64)
+    with pytest.raises(ValueError, match="pred .*non-finite"):
+        ot_loss(bad_p.requires_grad_(True), tgt, M)
+    with pytest.raises(ValueError, match="target has negative entries"):
+        ot_loss(pred, bad_t, M)
+    with pytest.raises(ValueError, match="logits have non-finite"):
+        ot_loss(bad_p, tgt, M, from_logits=True)
