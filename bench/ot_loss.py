@@ -18,11 +18,16 @@ both see the same machine load. Baselines (POT, same process, same torch threads
   closed form (forward only, as is the floor).
 
 * Memory floor (issue 15), float32, reward_gap cost: the closed form against `torch.clone`
-  of its two (B, L) inputs at B = 1e6 (`--floor-b`; 1e5 with --quick): the bare solver
-  (value only), `ot_loss` forward without a tape (input checks on), `ot_loss` forward on the
-  tape (duals kept for backward) and forward + backward (reduction "sum", and "mean"). Interleaved round by round; the
-  ratio of medians is the figure, the min..max of the per-round ratios its spread, and the
-  same ratio in process CPU time (less sensitive to neighbours taking the cores) beside it.
+  of its two (B, L) inputs at B = 1e6 (`--floor-b`; 1e5 with --quick), on 1 and 2 torch
+  threads (`--floor-threads`): the bare solver (value only); the fused kernel
+  (`line_w1_loss`, input checks off) forward and forward + backward; `ot_loss` forward
+  without a tape (input checks on), on the tape (dual kept for backward), forward + backward
+  (reduction "sum", "mean", and from logits); and the unfused pipeline it replaced (two
+  check passes, DualOT over per-row values and duals, sum, backward) as the in-run A/B.
+  Interleaved round by round; the ratio of medians is the figure, the min..max of the
+  per-round ratios its spread, the same ratio in process CPU time beside it, and the ratio
+  of the least CPU times over the rounds (the least disturbed run of each: on a shared box
+  the most faithful figure of the code's own cost).
 * Sinkhorn scaling: our Sinkhorn time at the largest B over the time at B / 10 (target:
   at most 12x for 10x the rows), wall and CPU time.
 
@@ -46,8 +51,9 @@ import ot.batch
 import torch
 
 from raydprm.core import LabelScale, cost_matrix, ot_loss, ot_loss_with_stats
+from raydprm.core.label_scale import check_distribution
 from raydprm.core.ot_exact import ot_line
-from raydprm.core.ot_loss import exact_ot
+from raydprm.core.ot_loss import dual_ot, exact_ot, line_w1_loss
 
 COSTS = ("reward_gap", "ordinal", "grid_l1")
 
@@ -69,40 +75,62 @@ def rounds(fns, repeat):
     return out
 
 
-def floor_section(B, repeat, scale):
-    """Closed form (float32, reward_gap) against the clone floor; prints and returns ratios."""
+def floor_section(B, repeat, scale, threads):
+    """Closed form (float32, reward_gap) against the clone floor on `threads` torch threads;
+    prints and returns the ratios (median wall, and min CPU time: the least disturbed round)."""
+    torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(1)
     p = torch.softmax(2 * torch.randn(B, 6, generator=g), -1)
     t = torch.softmax(2 * torch.randn(B, 6, generator=g), -1)
+    z = torch.log(p) + 0.5  # logits of p
     M = cost_matrix("reward_gap", scale).float()
     x = torch.tensor(scale.rewards)
 
-    def on_tape(reduction="sum"):
-        return ot_loss(p.detach().requires_grad_(True), t, M, method="closed_form", reduction=reduction)
+    def on_tape(reduction="sum", inp=p, from_logits=False):
+        return ot_loss(inp.detach().requires_grad_(True), t, M, method="closed_form", reduction=reduction,
+                       from_logits=from_logits)
+
+    def kernel(backward):
+        loss = line_w1_loss(p.detach().requires_grad_(backward), t, x, "sum", check=(False, False))
+        if backward:
+            loss.backward()
+
+    def unfused():  # the pre-fusion pipeline: two checks, DualOT over per-row values, sum, backward
+        check_distribution(t, name="target")
+        check_distribution(p, name="pred")
+        pp = p.detach().requires_grad_(True)
+        dual_ot(pp, t, lambda a, b, need: exact_ot(a, b, M, need=need)[:3] + ({},), None).sum().backward()
 
     fns = {
         "clone floor (both inputs)": lambda: (p.clone(), t.clone()),
         "solver, value only": lambda: ot_line(p, t, x, need=(False, False)),
+        "kernel fwd, no checks": lambda: kernel(False),
+        "kernel fwd+bwd, no checks": lambda: kernel(True),
         "ot_loss fwd, no tape": lambda: ot_loss(p, t, M, method="closed_form", reduction="none"),
         "ot_loss fwd on tape": on_tape,
         "ot_loss fwd+bwd": lambda: on_tape().backward(),
         "ot_loss fwd+bwd, mean": lambda: on_tape("mean").backward(),
+        "ot_loss fwd+bwd, logits": lambda: on_tape("mean", z, True).backward(),
+        "unfused fwd+bwd (before)": unfused,
     }
     for fn in fns.values():
-        fn()  # warm caches (line embedding, block layout)
+        fn()  # warm caches (line embedding, block layout, dual table)
     res = rounds(fns, repeat)
     floor = res["clone floor (both inputs)"]
     fw = statistics.median(w for w, _ in floor)
     fc = statistics.median(c for _, c in floor)
-    print(f"\n# memory floor: closed form, reward_gap, L = 6, float32, B = {B:.0e}, {repeat} interleaved rounds")
-    print(f"{'':>26} {'median_s':>9} {'ratio':>6} {'per-round min..max':>19} {'cpu ratio':>9}")
+    fmin = min(c for _, c in floor)
+    print(f"\n# memory floor: closed form, reward_gap, L = 6, float32, B = {B:.0e}, {threads} thread(s), "
+          f"{repeat} interleaved rounds, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'':>27} {'median_s':>9} {'ratio':>6} {'per-round min..max':>19} {'cpu ratio':>9} {'min-cpu ratio':>13}")
     ratios = {}
     for k, v in res.items():
         w = statistics.median(x for x, _ in v)
         c = statistics.median(y for _, y in v)
         per = [x / f for (x, _), (f, _) in zip(v, floor)]
-        ratios[k] = w / fw
-        print(f"{k:>26} {w:>9.4g} {w / fw:>6.2f} {min(per):>9.2f}..{max(per):<9.2f} {c / fc:>9.2f}", flush=True)
+        ratios[k] = (w / fw, min(y for _, y in v) / fmin)
+        print(f"{k:>27} {w:>9.4g} {w / fw:>6.2f} {min(per):>9.2f}..{max(per):<9.2f} {c / fc:>9.2f} "
+              f"{ratios[k][1]:>13.2f}", flush=True)
     return ratios
 
 
@@ -168,6 +196,8 @@ def main():
     ap.add_argument("--floor-b", type=float, default=None, help="B of the memory-floor section (1e6; 1e5 quick)")
     ap.add_argument("--floor-repeat", type=int, default=11, help="interleaved rounds of the memory-floor section")
     ap.add_argument("--floor-only", action="store_true", help="run the memory-floor section only (seconds)")
+    ap.add_argument("--floor-threads", type=int, nargs="+", default=[1, 2],
+                    help="torch thread counts of the memory-floor section (default: 1 2)")
     args = ap.parse_args()
     quick = args.quick or args.smoke
     sizes = [1000, 10_000] if quick else [1000, 10_000, 100_000, 1_000_000]
@@ -258,15 +288,26 @@ def main():
     if not args.floor_only:
         issue3_targets(summary)
     floor_b = int(args.floor_b or (100_000 if quick else 1_000_000))
-    ratios = floor_section(floor_b, args.floor_repeat, scale)
-    print(f"\n# targets (issue 15), B = {floor_b:.0e} for the floor")
-    r = ratios["ot_loss fwd, no tape"]
-    print(f"closed form forward (ot_loss, checks on) within 2x of the clone floor: {r:.2f}x -> "
-          f"{'MET' if r <= 2 else 'MISSED'} (bare solver {ratios['solver, value only']:.2f}x, "
-          f"forward on the tape {ratios['ot_loss fwd on tape']:.2f}x)")
-    r = ratios["ot_loss fwd+bwd"]
-    print(f"closed form forward + backward within 4x of the clone floor: {r:.2f}x -> {'MET' if r <= 4 else 'MISSED'} "
-          f"(reduction='sum'; 'mean' {ratios['ot_loss fwd+bwd, mean']:.2f}x)")
+    print("\n# bytes per row (L = 6, float32) crossing main memory: clone reads 48, writes 48 (two fresh "
+          "(B, L) tensors); the fused loss reads 48 (a, b) and writes 24 (the dual f, on the tape) or 4 "
+          "(per-row values, no tape); every other temporary lives in one cache-sized row block")
+    summary15 = {th: floor_section(floor_b, args.floor_repeat, scale, th) for th in args.floor_threads}
+    torch.set_num_threads(args.threads)
+    for th, ratios in summary15.items():
+        print(f"\n# targets (issue 15), B = {floor_b:.0e} for the floor, {th} thread(s); ratio of medians "
+              "(ratio of least CPU times)")
+        r, rc = ratios["ot_loss fwd, no tape"]
+        k, kc = ratios["kernel fwd, no checks"]
+        print(f"closed form forward within 2x of the clone floor: ot_loss (checks on) {r:.2f}x ({rc:.2f}x) -> "
+              f"{'MET' if max(r, rc) <= 2 else 'MISSED'}; kernel without checks {k:.2f}x ({kc:.2f}x) -> "
+              f"{'MET' if max(k, kc) <= 2 else 'MISSED'}")
+        r, rc = ratios["ot_loss fwd+bwd"]
+        k, kc = ratios["kernel fwd+bwd, no checks"]
+        u, uc = ratios["unfused fwd+bwd (before)"]
+        print(f"closed form forward + backward within 4x: ot_loss (checks on, 'sum') {r:.2f}x ({rc:.2f}x) -> "
+              f"{'MET' if max(r, rc) <= 4 else 'MISSED'}; 'mean' {ratios['ot_loss fwd+bwd, mean'][0]:.2f}x; "
+              f"kernel without checks {k:.2f}x ({kc:.2f}x) -> {'MET' if max(k, kc) <= 4 else 'MISSED'}; "
+              f"unfused path before {u:.2f}x ({uc:.2f}x)")
     hi = sizes[-1] if sizes else 0
     lo = hi // 10
     for cname in COSTS if sizes else ():
