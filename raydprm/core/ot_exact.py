@@ -138,7 +138,7 @@ def _w1_dual_table(gaps: tuple, dtype, device: str):
 
 
 def _w1_blocks(a, b, perm, inv, gaps, duals: bool, *, per_row: bool = True, scale: float = 1.0,
-               check=(False, False)):
+               check=(False, False), logits_shift: float | None = None):
     """Eq. (O2) in row blocks, one pass over a and b. In x order, with c = cumsum(a - b):
 
         value = sum_k |c_k| gap_k,   f_i = sum_{k >= i} h_k - mean_i(.),  h_k = sign(c_k) gap_k.
@@ -156,6 +156,12 @@ def _w1_blocks(a, b, perm, inv, gaps, duals: bool, *, per_row: bool = True, scal
     (label_scale.check_distribution's two tests, without its two passes over memory per
     input); with both, b's row sums are a's minus c_(L-1).
 
+    logits_shift: a holds logits z, and the block's softmax is computed in the pass,
+    p = exp(z - shift) / sum_j exp(z_j - shift), with shift = max(z) over the whole batch (the
+    caller checks max(z) - min(z) keeps every exp normal); the returned dual is then the
+    gradient in z, p * (f - <p, f>) (softmax's Jacobian applied in the same pass; torch's
+    softmax and its backward on a 6-long last dim cost ~40 and ~20 clone floors at B = 1e6).
+
     Returns (value, f (B, L) centred times scale in the caller's label order or None,
     (min, min row sum, max row sum) as floats over the checked inputs, or None).
     """
@@ -166,6 +172,12 @@ def _w1_blocks(a, b, perm, inv, gaps, duals: bool, *, per_row: bool = True, scal
     value = a.new_empty(B) if per_row else a.new_zeros(())
     gaps_rows = None if per_row else gaps.expand(rows, L).contiguous()  # flat operand: dot vectorises
     f = a.new_empty(B, L) if duals else None
+    logits = logits_shift is not None
+    if logits:
+        P = a.new_empty(rows, L)
+        ones_l = a.new_ones(L)
+        zs = a.new_empty(rows)
+        Fbuf = a.new_empty(rows, L) if duals else None
     table = duals and L <= _W1_TABLE_MAX_L
     if table:
         tab, w3, off = _w1_dual_table(tuple(gaps.tolist()), a.dtype, str(a.device))
@@ -199,6 +211,10 @@ def _w1_blocks(a, b, perm, inv, gaps, duals: bool, *, per_row: bool = True, scal
             lows.append(bb.amin())
             if not check[0]:
                 torch.mv(bb, ones, out=rs[1] if full else rs[1, :n])
+        if logits:  # p = softmax(z) for the block, shifted by the batch max
+            pb = torch.sub(ab, logits_shift, out=P if full else P[:n]).exp_()
+            zsum = torch.mv(pb, ones_l, out=zs if full else zs[:n])
+            ab = pb.div_(zsum[:, None])
         c = torch.sub(ab, bb, out=D if full else D[:n])  # (rows, L)
         if perm is not None:
             c = c[:, perm]  # x order
@@ -210,11 +226,12 @@ def _w1_blocks(a, b, perm, inv, gaps, duals: bool, *, per_row: bool = True, scal
         elif check[1]:
             sums.extend(torch.aminmax(rs[1, :n]))
         fb = blk[-1] if duals else None
+        fd = (Fbuf if full else Fbuf[:n]) if logits and duals else fb  # where the dual f goes
         if table:  # f = table[sign pattern of c]: one gather, centring and scale included
             sg = torch.sign(c, out=S if full else S[:n])
             i32 = idx if full else idx[:n]
             fi = torch.addmv(offs if full else offs[:n], sg, w3, out=fidx if full else fidx[:n])
-            torch.index_select(tab, 0, i32.copy_(fi), out=fb)  # index sum_k (s_k + 1) 3^(L-2-k), exact
+            torch.index_select(tab, 0, i32.copy_(fi), out=fd)  # index sum_k (s_k + 1) 3^(L-2-k), exact
         elif duals:
             hs = Hs if full else Hs[:n]
             hf = hs.view(-1)
@@ -222,9 +239,13 @@ def _w1_blocks(a, b, perm, inv, gaps, duals: bool, *, per_row: bool = True, scal
             hf.mul_(g_shift[: n * L])  # Hs_j = -scale h_(j-1)
             torch.mv(hs[:, 1:], v_shift, out=r[:n])  # r (scaled); column 0 is not read
             hs[:, 0] = r[:n]
-            fx = torch.cumsum(hs, 1, out=fb if inv is None else Fx[:n])  # f_i = r - P_(i-1)
+            fx = torch.cumsum(hs, 1, out=fd if inv is None else Fx[:n])  # f_i = r - P_(i-1)
             if inv is not None:
-                fb.copy_(fx[:, inv])  # back to the caller's label order
+                fd.copy_(fx[:, inv])  # back to the caller's label order
+        if logits and duals:  # d loss / d z_j = p_j (f_j - <p, f>)
+            pf = fd.mul_(ab)
+            pdotf = torch.mv(pf, ones_l, out=zs if full else zs[:n])
+            torch.addcmul(pf, ab, pdotf[:, None], value=-1, out=fb)
         if per_row:
             torch.mv(c.abs_(), gaps, out=blk[2])  # (Eq. O2)
         else:

@@ -119,13 +119,13 @@ class LineW1Loss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a, b, layout, reduction, check):
+    def forward(ctx, a, b, layout, reduction, check, logits_shift=None):
         perm, inv, gaps = layout
         B = a.shape[0]
         need_a, need_b = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
         value, f, st = _w1_blocks(a.detach(), b.detach(), perm, inv, gaps, need_a or need_b,
                                   per_row=reduction == "none", scale=1.0 / B if reduction == "mean" and B else 1.0,
-                                  check=check)
+                                  check=check, logits_shift=logits_shift)
         _raise_if_off_simplex(a, b, st, check)
         ctx.reduction = reduction
         ctx.save_for_backward(f)
@@ -146,7 +146,7 @@ class LineW1Loss(torch.autograd.Function):
         else:
             ga = gv * f
         return (ga if ctx.needs_input_grad[0] else None, -ga if ctx.needs_input_grad[1] else None,
-                None, None, None)
+                None, None, None, None)
 
 
 def _reduced(value, reduction, B):
@@ -156,16 +156,31 @@ def _reduced(value, reduction, B):
     return value
 
 
-def line_w1_loss(a, b, x, reduction: str = "mean", check=(True, True)):
+def line_w1_loss(a, b, x, reduction: str = "mean", check=(True, True), from_logits: bool = False):
     """W1 between a (B, L) and b (B, L) for the cost |x_i - x_j| (Eq. O2), reduced; autograd
     through `LineW1Loss` when it records, else the bare forward (no duals). check =
-    (check_a, check_b) runs check_distribution's tests on a / b inside the same pass."""
+    (check_a, check_b) runs check_distribution's tests on a / b inside the same pass.
+    from_logits: a holds finite logits; their softmax (and its Jacobian, for the gradient)
+    is computed in the same pass when the batch's logit range keeps every exp(z - max z)
+    a normal float, else by torch.softmax first."""
     layout = w1_layout(x, a.dtype, a.device)
-    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
-        return LineW1Loss.apply(a, b, layout, reduction, check)
+    record = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+    shift = None
+    if from_logits:
+        check = (False, check[1])  # logits are not on the simplex; their softmax is by construction
+        lo, hi = (float(v) for v in torch.aminmax(a.detach())) if a.numel() else (0.0, 0.0)
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN propagates through aminmax
+            raise ValueError("pred logits have non-finite entries")
+        # exp(z - hi) >= exp(lo - hi) stays normal; the target's gradient needs f itself
+        if hi - lo <= -math.log(torch.finfo(a.dtype).tiny) - 8 and not (record and b.requires_grad):
+            shift = hi
+        else:
+            a = torch.softmax(a, dim=1)
+    if record:
+        return LineW1Loss.apply(a, b, layout, reduction, check, shift)
     perm, inv, gaps = layout
     value, _, st = _w1_blocks(a.detach(), b.detach(), perm, inv, gaps, False, per_row=reduction == "none",
-                              check=check)
+                              check=check, logits_shift=shift)
     _raise_if_off_simplex(a, b, st, check)
     return _reduced(value, reduction, a.shape[0])
 
@@ -294,8 +309,7 @@ def ot_loss_with_stats(pred, target, cost=None, method: str = "exact", *, from_l
     if x is not None:  # W1 on a line: the fused one-pass loss, input checks inside it
         stats = {"method": method, "solver": "closed_form"} | ({} if method == "wasserstein" else {"p": 1.0})
         if from_logits:
-            p = torch.softmax(_finite_logits(pred), dim=1)
-            return line_w1_loss(p, target, x, reduction, check=(False, True)), stats
+            return line_w1_loss(pred, target, x, reduction, check=(False, True), from_logits=True), stats
         return line_w1_loss(pred, target, x, reduction, check=(True, True)), stats
     check_distribution(target, name="target")
     if from_logits:

@@ -264,10 +264,11 @@ def test_fused_line_loss_equals_old_path_and_naive_twin(monkeypatch, xs, table):
     M = (x[:, None] - x[None, :]).abs()
     v_naive, f_naive = w1_line_naive(pred, tgt, x)
     for reduction in ("none", "sum", "mean"):
-        for from_logits in (False, True):
+        # logits: the softmax runs inside the pass unless the target needs a gradient too
+        for from_logits, tgt_grad in ((False, True), (True, True), (True, False)):
             inp = torch.log(pred) + 0.3 if from_logits else pred
-            p1, t1 = inp.clone().requires_grad_(True), tgt.clone().requires_grad_(True)
-            p2, t2 = inp.clone().requires_grad_(True), tgt.clone().requires_grad_(True)
+            p1, t1 = inp.clone().requires_grad_(True), tgt.clone().requires_grad_(tgt_grad)
+            p2, t2 = inp.clone().requires_grad_(True), tgt.clone().requires_grad_(tgt_grad)
             v1, st = ot_loss_with_stats(p1, t1, M, method="closed_form", from_logits=from_logits, reduction=reduction)
             v2 = _old_path(p2, t2, M, reduction, from_logits)
             assert st["solver"] == "closed_form"
@@ -276,7 +277,8 @@ def test_fused_line_loss_equals_old_path_and_naive_twin(monkeypatch, xs, table):
             (v1 * w).sum().backward()
             (v2 * w).sum().backward()
             assert torch.allclose(p1.grad, p2.grad, atol=1e-12), (reduction, from_logits)
-            assert torch.allclose(t1.grad, t2.grad, atol=1e-12), (reduction, from_logits)
+            if tgt_grad:
+                assert torch.allclose(t1.grad, t2.grad, atol=1e-12), (reduction, from_logits)
         # against the naive twin: value and dual d value / d pred = f, d / d target = -f
         scale = {"none": 1.0, "sum": 1.0, "mean": 1 / 45}[reduction]
         p, t = pred.clone().requires_grad_(True), tgt.clone().requires_grad_(True)
@@ -299,6 +301,10 @@ def test_fused_line_loss_gradcheck(reduction):
     x = torch.tensor(LabelScale.hh().rewards, dtype=F64)
     fn = lambda a, b: line_w1_loss(torch.softmax(a, 1), torch.softmax(b, 1), x, reduction)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (za, zb), eps=1e-6, atol=1e-7)
+    # logits in: softmax and its Jacobian inside the pass (target fixed)
+    tb = torch.softmax(zb.detach(), 1)
+    fn = lambda a: line_w1_loss(a, tb, x, reduction, from_logits=True)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (za,), eps=1e-6, atol=1e-7)
 
 
 def test_fused_line_loss_backward_hands_on_the_dual_and_checks_inputs():
@@ -322,3 +328,9 @@ def test_fused_line_loss_backward_hands_on_the_dual_and_checks_inputs():
         ot_loss(pred, bad_t, M)
     with pytest.raises(ValueError, match="logits have non-finite"):
         ot_loss(bad_p, tgt, M, from_logits=True)
+    # a logit range too wide for one shift (exp would underflow): torch.softmax first, same loss
+    z = torch.log(pred)
+    z[0, 0] = -2000.0
+    with torch.no_grad():
+        ref = _old_path(z, tgt, M, "mean", from_logits=True)
+        assert torch.allclose(ot_loss(z, tgt, M, from_logits=True), ref, atol=1e-12)
