@@ -199,7 +199,7 @@ def _w1_blocks(a, b, perm, inv, gaps, duals: bool, *, per_row: bool = True, scal
         ones = a.new_ones(L)
         rs = a.new_empty(2, rows)  # row sums of a, b
         lows, sums = [], []
-    splits = [t.split(rows) for t in (a, b, value if per_row else None, f) if t is not None]
+    splits = [t.split(rows) for t in (a, b, value if per_row else None, f) if t is not None] if B else []
     for blk in zip(*splits):
         ab, bb = blk[0], blk[1]
         n = ab.shape[0]

@@ -328,6 +328,12 @@ def test_fused_line_loss_backward_hands_on_the_dual_and_checks_inputs():
         ot_loss(pred, bad_t, M)
     with pytest.raises(ValueError, match="logits have non-finite"):
         ot_loss(bad_p, tgt, M, from_logits=True)
+    # an empty batch: as the unfused path (sum 0, mean NaN), with an empty gradient
+    for reduction, expect in (("sum", 0.0), ("mean", float("nan"))):
+        e = torch.empty(0, 6, dtype=F64, requires_grad=True)
+        v = ot_loss(e, torch.empty(0, 6, dtype=F64), M, reduction=reduction)
+        v.backward()
+        assert (math.isnan(float(v)) if math.isnan(expect) else float(v) == expect) and e.grad.shape == (0, 6)
     # a logit range too wide for one shift (exp would underflow): torch.softmax first, same loss
     z = torch.log(pred)
     z[0, 0] = -2000.0
