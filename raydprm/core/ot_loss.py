@@ -20,8 +20,11 @@ ignores the label geometry: CE([0.9, 0.1, 0, ...]) = CE([0.9, 0, ..., 0.1]) agai
 one-hot target on label 0, while OT charges the mass by how far it sits.
 
 Every OT method returns per-row values whose gradient in pred comes from the optimal
-dual potentials (envelope theorem), through one `torch.autograd.Function`; the solver
-iterations are never back-propagated through. The cost matrix gets no gradient.
+dual potentials (envelope theorem), through `DualOT`; the solver iterations are never
+back-propagated through. The cost matrix gets no gradient. W1 on a line (reward_gap,
+ordinal, wasserstein: any cost |x_i - x_j|) takes `LineW1Loss` instead: input checks,
+softmax of logits, value, reduction and the gradient computed in one blocked pass, with
+backward a single multiply (bench/RESULTS.md, "Forward + backward fused into one pass").
 """
 
 from __future__ import annotations
