@@ -111,7 +111,7 @@ def floor_section(B, repeat, scale, threads):
         "ot_loss fwd+bwd": lambda: on_tape().backward(),
         "ot_loss fwd+bwd, mean": lambda: on_tape("mean").backward(),
         "ot_loss fwd+bwd, logits": lambda: on_tape("mean", z, True).backward(),
-        "unfused fwd+bwd (before)": unfused,
+        "unfused fwd+bwd (DualOT)": unfused,
     }
     for fn in fns.values():
         fn()  # warm caches (line embedding, block layout, dual table)
@@ -303,11 +303,11 @@ def main():
               f"{'MET' if max(k, kc) <= 2 else 'MISSED'}")
         r, rc = ratios["ot_loss fwd+bwd"]
         k, kc = ratios["kernel fwd+bwd, no checks"]
-        u, uc = ratios["unfused fwd+bwd (before)"]
+        u, uc = ratios["unfused fwd+bwd (DualOT)"]
         print(f"closed form forward + backward within 4x: ot_loss (checks on, 'sum') {r:.2f}x ({rc:.2f}x) -> "
               f"{'MET' if max(r, rc) <= 4 else 'MISSED'}; 'mean' {ratios['ot_loss fwd+bwd, mean'][0]:.2f}x; "
               f"kernel without checks {k:.2f}x ({kc:.2f}x) -> {'MET' if max(k, kc) <= 4 else 'MISSED'}; "
-              f"unfused path before {u:.2f}x ({uc:.2f}x)")
+              f"unfused DualOT path {u:.2f}x ({uc:.2f}x)")
     hi = sizes[-1] if sizes else 0
     lo = hi // 10
     for cname in COSTS if sizes else ():
