@@ -226,6 +226,7 @@ class Pipeline:
         self.restarts: dict[str, int] = {}  # per role, since the last stage was recorded
         self._pools: list[tuple[str, Any]] = []
         self._stage_t0 = time.time()
+        self._stage_name = ""  # the stage running now (restart events name it)
 
     def _say(self, msg: str) -> None:
         from tqdm.auto import tqdm
@@ -295,6 +296,7 @@ class Pipeline:
             self._say(f"{name}: inputs unchanged, done before (record {name}/record.json)")
             return self.state.record(name)["outputs"]
         self.state.invalidate(name)
+        self._stage_name = name
         self._say(f"{name}: running")
         t0 = self._stage_t0 = time.time()
         outputs = body()
@@ -627,8 +629,28 @@ class Pipeline:
         return int(progress["step"]), list(progress["history"])
 
     def _track(self, pool: Any, role: str) -> Any:
+        """Keep ``pool`` for shutdown and restart counting; log each of its restarts as it happens."""
+        group, inner = pool.group, pool.group.on_restart
+
+        def on_restart(g: Any, ranks: list[int]) -> None:
+            self._log_restart(role, g, ranks)
+            if inner is not None:  # the pool's own catch-up (weights, rejoin + last checkpoint)
+                inner(g, ranks)
+
+        group.on_restart = on_restart
         self._pools.append((role, pool))
         return pool
+
+    def _log_restart(self, role: str, group: Any, ranks: list[int]) -> None:
+        """One line in ``restarts.jsonl`` (the run's fault log) and on the console per restart."""
+        event = {"time": time.time(), "stage": self._stage_name, "role": role, "ranks": list(ranks),
+                 "mode": group.restart_mode, "restart": group.restarts, "max_restarts": group.max_restarts,
+                 "after_ppo_step": int(self.last_record.get("step", 0))}
+        with open(self.run_dir / "restarts.jsonl", "a") as f:
+            f.write(json.dumps(event) + "\n")
+        what = "the whole group" if group.restart_mode == "group" else f"rank(s) {list(ranks)}"
+        self._say(f"  {role}: restarted {what} during {self._stage_name} (restart {group.restarts}/"
+                  f"{group.max_restarts}, after PPO step {event['after_ppo_step']})")
 
     def _untrack(self, pool: Any, role: str) -> None:
         """Shut a pool down and count its restarts for report.json."""
