@@ -1,0 +1,163 @@
+"""Where the time and memory of one `raydprm run` go.
+
+    python bench/pipeline.py --quick --json out.json   # SMOKE_OVERRIDES (`raydprm run --smoke`), ~1-2 min
+    python bench/pipeline.py                           # the embedded default (`raydprm run`), ~4-6 min on 2 cores
+
+Runs the pipeline once into a temporary run directory (deleted unless ``--keep``) and prints:
+
+1. **Wall time** of the whole run (``Pipeline.fit``, Ray start-up included) and of each stage
+   (``state.json``; the rest of the run is Ray start/stop and the driver's own work), each as a
+   share of the whole run.
+2. **PPO step split**: per step the wall time of generate / score / learn / sync (the loop's
+   ``time/*_s``) and the in-actor compute of each phase, measured where it runs: generator
+   ``busy_s`` (seconds inside ``engine.generate``), reward replica ``busy_s`` (inside
+   ``DPRM.score``), learner ``ppo/update_time_s`` (inside ``PPOLearner.update`` on rank 0); with
+   several replicas the slowest one's (the step waits for it). Baseline: the step's wall time.
+   ``outside compute = 1 - (generate + score + learn compute) / step``: Ray calls,
+   (de)serialisation, object-store transfers, waits and the driver's own work; the weight sync
+   (learner publishes, generators pull, verify, load, probe) is a transfer and counts as outside,
+   and is also shown on its own. The PPO stage's wall time against the sum of its steps gives
+   what the stage spends outside the steps (starting the actors, checkpoints, export).
+3. **Peak RSS** (MiB) of the driver (this process) and of each PPO role's actors (the largest
+   rank), read after the last PPO step. The SFT/reward-training tasks, the store actor and
+   evaluate's pools are not measured.
+
+``--json PATH`` writes every figure (per-step records included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PHASES = ("generate", "score", "learn")
+
+
+class StepProbe:
+    """``Pipeline(on_step=...)``: after each PPO step, the in-actor compute of that step (deltas of the
+    actors' cumulative busy seconds) and, at the last step, every PPO role's peak RSS."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps, self.records, self.rss = steps, [], {}
+        self._busy: dict[str, list[float]] = {}
+
+    def _delta(self, role: str, infos: list[dict]) -> float:
+        now = [i["busy_s"] for i in infos]
+        before = self._busy.get(role, [0.0] * len(now))  # fresh actors start at 0
+        self._busy[role] = now
+        return max(a - b for a, b in zip(now, before))  # the slowest replica is on the step's critical path
+
+    def __call__(self, pipe, step: int) -> None:
+        from raydprm.cluster.rollout_actor import RolloutGenerator
+
+        rec = dict(pipe.last_record)
+        gen, rew = pipe.rollout.group.all(RolloutGenerator.info), pipe.reward.info()
+        rec["compute/generate_s"] = self._delta("rollout", gen)
+        rec["compute/score_s"] = self._delta("reward", rew)
+        rec["compute/learn_s"] = rec["ppo/update_time_s"]
+        compute = sum(rec[f"compute/{p}_s"] for p in PHASES)
+        rec["outside_compute_s"] = max(0.0, rec["time/step_s"] - compute)
+        rec["outside_compute_share"] = rec["outside_compute_s"] / rec["time/step_s"]
+        self.records.append(rec)
+        if step == self.steps:
+            self.rss = {"rollout": max(i["peak_rss_mb"] for i in gen), "reward": max(i["peak_rss_mb"] for i in rew),
+                        "learner": max(i["peak_rss_mb"] for i in pipe.learner.info())}
+
+
+def summarise(records: list[dict]) -> dict:
+    """Medians over the steps after the first (which warms caches up), and the totals."""
+    timed = records[1:] or records
+    keys = ["time/step_s", *(f"time/{p}_s" for p in (*PHASES, "sync")), *(f"compute/{p}_s" for p in PHASES),
+            "outside_compute_s", "outside_compute_share"]
+    med = {k: statistics.median(r[k] for r in timed) for k in keys}
+    step_total = sum(r["time/step_s"] for r in records)
+    outside_total = sum(r["outside_compute_s"] for r in records)
+    sync_total = sum(r["time/sync_s"] for r in records)
+    return {"median": med, "steps": len(records), "step_total_s": step_total,
+            "outside_compute_share_total": outside_total / step_total,
+            "sync_share_total": sync_total / step_total,
+            "other_outside_share_total": max(0.0, outside_total - sync_total) / step_total}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="SMOKE_OVERRIDES (the sizes of `raydprm run --smoke`)")
+    ap.add_argument("--json", default=None, help="write the figures here")
+    ap.add_argument("--keep", action="store_true", help="keep the run directory (printed)")
+    ap.add_argument("overrides", nargs="*", help="config overrides (key=value) after the defaults / --quick")
+    args = ap.parse_args(argv)
+
+    from raydprm.cluster.group import peak_rss_mb
+    from raydprm.cluster.pipeline import SMOKE_OVERRIDES, Pipeline
+    from raydprm.config import load_config
+
+    out_root = Path(tempfile.mkdtemp(prefix="raydprm-bench-pipeline-"))
+    overrides = [*(SMOKE_OVERRIDES if args.quick else []), *args.overrides, f"run.output_dir={out_root}",
+                 "run.name=bench"]
+    cfg = load_config(None, overrides)
+    run_dir = cfg.run.run_dir.resolve()
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    out: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M"),
+                 "load_at_start": os.getloadavg()[0], "uptime_at_start": uptime, "python": sys.version.split()[0],
+                 "mode": "quick (SMOKE_OVERRIDES)" if args.quick else "default", "overrides": overrides,
+                 "ppo_steps": cfg.ppo.steps, "rollout_batch": cfg.ppo.rollout_batch,
+                 "max_new_tokens": cfg.rollout.max_new_tokens}
+    probe = StepProbe(cfg.ppo.steps)
+    try:
+        t0 = time.perf_counter()
+        report = Pipeline(cfg, run_dir, progress=False, on_step=probe).fit()
+        wall = time.perf_counter() - t0
+        state = json.loads((run_dir / "state.json").read_text())
+        stages = {s: v["seconds"] for s, v in state["stages"].items()}
+        out.update(wall_s=wall, stages_s=stages, outside_stages_s=wall - sum(stages.values()),
+                   load_at_end=os.getloadavg()[0], restarts=report["restarts"],
+                   peak_rss_mb={"driver": peak_rss_mb(), **probe.rss}, ppo=summarise(probe.records),
+                   ppo_steps_records=probe.records,
+                   expected_reward={k: v["expected_reward"] for k, v in report["policies"].items()})
+        out["ppo"]["stage_over_steps"] = stages["ppo"] / out["ppo"]["step_total_s"]
+    finally:
+        if args.keep:
+            print(f"run directory kept: {run_dir}")
+        else:
+            shutil.rmtree(out_root, ignore_errors=True)
+
+    print(f"# raydprm run, {out['mode']}: {cfg.ppo.steps} PPO steps of {cfg.ppo.rollout_batch} rollouts x "
+          f"{cfg.rollout.max_new_tokens} new tokens ({out['machine']}, load {out['load_at_start']:.1f} -> "
+          f"{out['load_at_end']:.1f})")
+    print(f"whole run {wall:7.1f} s   (baseline for the shares below)")
+    for s, sec in stages.items():
+        print(f"  {s:<10} {sec:7.1f} s  {100 * sec / wall:5.1f}%")
+    print(f"  {'(Ray, driver)':<10} {out['outside_stages_s']:7.1f} s  {100 * out['outside_stages_s'] / wall:5.1f}%")
+    p, m = out["ppo"], out["ppo"]["median"]
+    print(f"\n# PPO step (median of steps 2..{p['steps']}; baseline = the step's wall time)")
+    print(f"{'phase':<9} {'wall s':>7} {'compute s':>10}")
+    for ph in PHASES:
+        print(f"{ph:<9} {m[f'time/{ph}_s']:>7.3f} {m[f'compute/{ph}_s']:>10.3f}")
+    print(f"{'sync':<9} {m['time/sync_s']:>7.3f} {'-':>10}")
+    print(f"{'step':<9} {m['time/step_s']:>7.3f} {sum(m[f'compute/{ph}_s'] for ph in PHASES):>10.3f}")
+    print(f"outside compute: {100 * m['outside_compute_share']:.0f}% of the step (median); over all steps "
+          f"{100 * p['outside_compute_share_total']:.0f}% = weight sync {100 * p['sync_share_total']:.0f}% + "
+          f"Ray calls/transfers/waits/driver {100 * p['other_outside_share_total']:.0f}%")
+    print(f"PPO stage / sum of its steps = {p['stage_over_steps']:.2f}x (actor start-up, checkpoints, export)")
+    print("\n# peak RSS (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in out["peak_rss_mb"].items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
