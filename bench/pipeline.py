@@ -64,7 +64,7 @@ class StepProbe:
     def __call__(self, pipe, step: int) -> None:
         from raydprm.cluster.rollout_actor import RolloutGenerator
 
-        rec = dict(pipe.last_record)
+        rec = dict(pipe.last_record, at=time.time())
         gen, rew = pipe.rollout.group.all(RolloutGenerator.info), pipe.reward.info()
         rec["compute/generate_s"] = self._delta("rollout", gen)
         rec["compute/score_s"] = self._delta("reward", rew)
@@ -129,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
                    ppo_steps_records=probe.records,
                    expected_reward={k: v["expected_reward"] for k, v in report["policies"].items()})
         out["ppo"]["stage_over_steps"] = stages["ppo"] / out["ppo"]["step_total_s"]
+        ppo_rec = json.loads((run_dir / "ppo" / "record.json").read_text())
+        first, last = probe.records[0], probe.records[-1]
+        before = first["at"] - first["time/step_s"] - ppo_rec["started"]  # starting the PPO actors, step 0 sync
+        after = ppo_rec["started"] + ppo_rec["seconds"] - last["at"]  # export, shutdown
+        out["ppo"]["split_s"] = {"before_first_step": before, "steps": out["ppo"]["step_total_s"],
+                                 "between_steps": stages["ppo"] - before - after - out["ppo"]["step_total_s"],
+                                 "after_last_step": after}
     finally:
         if args.keep:
             print(f"run directory kept: {run_dir}")
@@ -152,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"outside compute: {100 * m['outside_compute_share']:.0f}% of the step (median); over all steps "
           f"{100 * p['outside_compute_share_total']:.0f}% = weight sync {100 * p['sync_share_total']:.0f}% + "
           f"Ray calls/transfers/waits/driver {100 * p['other_outside_share_total']:.0f}%")
-    print(f"PPO stage / sum of its steps = {p['stage_over_steps']:.2f}x (actor start-up, checkpoints, export)")
+    sp = p["split_s"]
+    print(f"PPO stage / sum of its steps = {p['stage_over_steps']:.2f}x: before the first step (actor start-up) "
+          f"{sp['before_first_step']:.1f} s, steps {sp['steps']:.1f} s, between steps (checkpoints, this probe) "
+          f"{sp['between_steps']:.1f} s, after the last (export, shutdown) {sp['after_last_step']:.1f} s")
     print("\n# peak RSS (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in out["peak_rss_mb"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
