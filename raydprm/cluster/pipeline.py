@@ -296,7 +296,7 @@ class Pipeline:
             self._say(f"{name}: inputs unchanged, done before (record {name}/record.json)")
             return self.state.record(name)["outputs"]
         self.state.invalidate(name)
-        self._stage_name = name
+        self._stage_name, self.last_record = name, {}  # a restart event names this stage and its PPO step
         self._say(f"{name}: running")
         t0 = self._stage_t0 = time.time()
         outputs = body()
