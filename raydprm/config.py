@@ -515,6 +515,13 @@ class PipelineConfig(Section):
     eval_seeds: int = opt(2, doc="Sampling seeds per held-out prompt (the bootstrap resamples prompts and seeds).", ge=1)
     bootstrap: int = opt(1000, doc="Bootstrap resamples of the 95% intervals.", ge=100)
     tie_margin: float = opt(0.05, doc="Head to head: a difference of expected reward within this margin is a tie.", ge=0)
+    layout: str = opt("split", doc="Placement of the PPO roles (docs/pipeline.md, Layouts): split = generators, reward "
+                      "actors, learner, reference and store each on bundles of their own; colocate = generator i and "
+                      "learner rank i share one bundle (one GPU) and take turns, each side offloading what it can "
+                      "while the other works.", choices=("split", "colocate"))
+    placement_timeout_s: float = opt(300.0, doc="How long a role's placement group may wait for its bundles before "
+                                     "the run fails naming the role and what the cluster has free.", gt=0)
+    store_num_cpus: float = opt(0.1, doc="CPUs reserved for the preference-store actor's bundle.", gt=0)
 
     def validate(self) -> None:
         bad = [p for p in self.policies if p not in POLICIES]
@@ -555,6 +562,28 @@ class Config:
                               "needs rollout.engine = 'vllm'")
         if self.ppo.critic_model and self.ppo.critic != "separate":
             raise ConfigError("config key 'ppo.critic_model' is set but ppo.critic is not 'separate'")
+        if self.pipeline.layout == "colocate":
+            self._check_colocate()
+
+    def _check_colocate(self) -> None:
+        """Colocate puts generator i and learner rank i on one bundle (one GPU) that they take turns on."""
+        ro, pp = self.rollout, self.ppo
+        why = "config key 'pipeline.layout' = 'colocate' "
+        if ro.num_replicas != pp.num_workers:
+            raise ConfigError(why + f"pairs each generator with one learner rank: rollout.num_replicas = "
+                              f"{ro.num_replicas} must equal ppo.num_workers = {pp.num_workers}")
+        if ro.tensor_parallel_size != 1:
+            raise ConfigError(why + "shares one GPU per pair: rollout.tensor_parallel_size must be 1, got "
+                              f"{ro.tensor_parallel_size}")
+        if ro.num_gpus + pp.num_gpus_per_worker > 1:
+            raise ConfigError(why + "shares one GPU per pair: rollout.num_gpus + ppo.num_gpus_per_worker must be "
+                              f"<= 1 (e.g. 0.5 each), got {ro.num_gpus:g} + {pp.num_gpus_per_worker:g}")
+        if pp.async_rollout:
+            raise ConfigError(why + "takes turns on the shared GPU, so generation cannot overlap learning: "
+                              "set ppo.async_rollout = false")
+        if ro.weight_sync == "nccl":
+            raise ConfigError(why + "puts sender and receiver on one GPU, which NCCL refuses (duplicate GPU): "
+                              "use rollout.weight_sync = object_store or vllm_rpc")
 
     def to_dict(self, mask_secrets: bool = False) -> dict[str, Any]:
         """The config as nested plain data; ``mask_secrets``: secrets written as ``<redacted>``

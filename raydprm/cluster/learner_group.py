@@ -59,6 +59,7 @@ class LearnerActor:
             torch.set_num_threads(num_threads)
         self._build, self._args = build, dict(learner_kwargs)
         self._learner = None
+        self._offloaded: set[str] = set()  # parts offload() moved that no call has needed since
         self._nccl: NcclSender | None = None
         self._pending_broadcast: dict[str, Any] | None = None
 
@@ -73,17 +74,34 @@ class LearnerActor:
         self._learner = self._build(master_addr=master_addr, master_port=master_port, **self._args)
         return os.getpid()
 
+    def _use(self, needs: Sequence[str] = ("optimizer", "params")) -> Any:
+        """The learner, with what a call ``needs`` back on its device (every call that computes
+        uses this; publishing needs the parameters only, so the optimizer state stays away)."""
+        if self._offloaded.intersection(needs):
+            self._learner.reload()
+            self._offloaded.clear()
+        return self._learner
+
+    def offload(self, parts: Sequence[str] = ("optimizer", "params")) -> list[str]:
+        """Colocated layout: give the GPU to the rollout engine (what moved; nothing on the CPU or
+        for a learner without offload, e.g. the direct-alignment one)."""
+        off = getattr(self._learner, "offload", None)
+        if off is None:
+            return []
+        self._offloaded.update(parts)
+        return off(tuple(parts))
+
     def update(self, batch: RolloutBatch | Any) -> dict[str, float]:
-        return self._learner.update(batch)
+        return self._use().update(batch)
 
     def evaluate(self, batch: Any) -> dict[str, float]:
-        return self._learner.evaluate(batch)
+        return self._use().evaluate(batch)
 
     def publish_weights(self, version: int, probe_ids: Sequence[int], bucket_mb: int,
                         raw: bool = True) -> WeightUpdate | None:
         """Gather the policy (collective under ZeRO-3: every rank calls this) and, on rank 0,
         put it into the object store as a verified update; other ranks return None."""
-        state = self._learner.policy_state_dict()
+        state = self._use(("params",)).policy_state_dict()
         probe = self._learner.score([list(probe_ids)])[0]
         if self._learner.rank != 0:
             return None
@@ -102,7 +120,7 @@ class LearnerActor:
 
     def prepare_broadcast(self, version: int, probe_ids: Sequence[int]) -> tuple[WeightManifest, list[float]] | None:
         """Gather the policy (every rank) and keep it on rank 0 for :meth:`broadcast_weights`."""
-        state = self._learner.policy_state_dict()
+        state = self._use(("params",)).policy_state_dict()
         probe = self._learner.score([list(probe_ids)])[0]
         if self._learner.rank != 0:
             return None
@@ -115,22 +133,22 @@ class LearnerActor:
             self._nccl.send(state)
 
     def policy_state_dict(self) -> dict[str, Any]:
-        return self._learner.policy_state_dict()
+        return self._use(("params",)).policy_state_dict()
 
     def full_state_dict(self) -> dict[str, Any]:
-        return self._learner.full_state_dict()
+        return self._use(("params",)).full_state_dict()
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
-        return self._learner.score(sequences)
+        return self._use(("params",)).score(sequences)
 
     def save(self, ckpt_dir: str) -> str:
-        return str(self._learner.save(ckpt_dir))
+        return str(self._use().save(ckpt_dir))
 
     def load(self, ckpt_dir: str) -> None:
-        self._learner.load(ckpt_dir)
+        self._use().load(ckpt_dir)
 
     def export_hf(self, out_dir: str) -> str | None:
-        out = self._learner.export_hf(out_dir)
+        out = self._use().export_hf(out_dir)
         return None if out is None else str(out)
 
     def info(self) -> dict[str, Any]:
@@ -138,7 +156,7 @@ class LearnerActor:
         lr = self._learner
         return {"rank": lr.rank, "world_size": lr.world_size, "engine": lr.engine.name, "step": lr.step,
                 "kl_coef": getattr(lr, "kl_coef", None), "device": str(getattr(lr, "device", "")), "pid": os.getpid(),
-                "peak_rss_mb": peak_rss_mb()}
+                "peak_rss_mb": peak_rss_mb(), "offloaded": sorted(self._offloaded)}
 
     def shutdown(self) -> None:
         from raydprm.train.ds_engine import destroy_process_group
@@ -268,6 +286,11 @@ class LearnerGroup:
     def export_hf(self, out_dir: str | os.PathLike[str]) -> str:
         d = str(Path(out_dir).resolve())
         return self.group.all(LearnerActor.export_hf, d)[0]
+
+    def offload(self, parts: Sequence[str] = ("optimizer", "params")) -> list[str]:
+        """Every rank moves ``parts`` to host memory (colocated layout); the next call that computes
+        brings them back. Returns what rank 0 moved (nothing on the CPU)."""
+        return self.group.all(LearnerActor.offload, tuple(parts))[0]
 
     def info(self) -> list[dict[str, Any]]:
         return self.group.all(LearnerActor.info)

@@ -24,6 +24,9 @@ position is the step, the sampling seed of step t is a function of (run.seed, t)
 Placement: a caller that holds a placement group for the run (a Tune trial, whose bundles
 :func:`bundle_layout` lists) passes ``placement={role: Placement(pg, offset)}``; every actor
 and task of that role then lives on its bundles (never in a placement group of its own).
+Without one, the run places each role on a placement group of its own for the stages that
+use it (:class:`~raydprm.cluster.placement.RolePlacements`); ``pipeline.layout = colocate``
+puts generators and learner on shared bundles, where they take turns (docs/pipeline.md).
 ``ppo_start`` is a PPO checkpoint directory to continue from instead of the run's own
 (a Tune trial restored or cloned by PBT from another trial's checkpoint).
 """
@@ -44,6 +47,7 @@ from typing import Any
 import ray
 
 from raydprm.cluster.group import GroupRestarted, Placement
+from raydprm.cluster.placement import RolePlacements, layout_groups, peak_resources
 from raydprm.cluster.run_state import RunState, dir_digest, stage_key, write_json
 from raydprm.cluster.runtime import Resources, connect, in_ray_job
 from raydprm.config import PPO_POLICY_LOSS, Config, apply_overrides, from_dict, save_config
@@ -130,11 +134,9 @@ def resolve_run_dir(cfg: Config, resume: str | None = None) -> Path:
 
 
 def required_resources(cfg: Config) -> Resources:
-    """Logical CPUs/GPUs reserved at once (the PPO stage is the peak; + 0.1 for the store actor)."""
-    cpu = (cfg.rollout.num_replicas * cfg.rollout.num_cpus + cfg.reward.num_replicas * cfg.reward.actor_num_cpus
-           + cfg.ppo.num_workers * cfg.ppo.num_cpus_per_worker + 0.1)
-    gpu = cfg.rollout.num_replicas * cfg.rollout.num_gpus + cfg.ppo.num_workers * cfg.ppo.num_gpus_per_worker
-    return Resources(cpu=cpu, gpu=gpu)
+    """Logical CPUs/GPUs reserved at once: the largest stage's placement groups under
+    ``pipeline.layout`` (:func:`~raydprm.cluster.placement.peak_resources`)."""
+    return peak_resources(cfg)
 
 
 # Roles that own bundles of a run's placement group (bundle_layout), in bundle order. "driver" is
@@ -143,7 +145,6 @@ def required_resources(cfg: Config) -> Resources:
 # bundles hold the PPO policy's pool then).
 ROLES = ("driver", "rollout", "reward", "learner", "store", "reference")
 DRIVER_CPU = 1.0
-STORE_CPU = 0.1
 
 
 def bundle_layout(cfg: Config) -> tuple[list[dict[str, float]], dict[str, int]]:
@@ -152,7 +153,8 @@ def bundle_layout(cfg: Config) -> tuple[list[dict[str, float]], dict[str, int]]:
 
     ``[{"CPU": 1}, rollout x R, reward x Q, learner x W, store, reference x R]``; a bundle's
     GPUs are the actor's. Evaluate's two pools (SFT and PPO policy) sample side by side, so
-    the reference pool has bundles of its own."""
+    the reference pool has bundles of its own. ``pipeline.layout = colocate``: the rollout
+    and learner entries are one list of shared bundles, and both roles start at its offset."""
     def one(cpu: float, gpu: float = 0.0) -> dict[str, float]:
         return {"CPU": float(cpu), **({"GPU": float(gpu)} if gpu > 0 else {})}
 
@@ -161,13 +163,17 @@ def bundle_layout(cfg: Config) -> tuple[list[dict[str, float]], dict[str, int]]:
                 "rollout": [one(ro.num_cpus, ro.num_gpus)] * ro.num_replicas,
                 "reward": [one(rw.actor_num_cpus)] * rw.num_replicas,
                 "learner": [one(pp.num_cpus_per_worker, pp.num_gpus_per_worker)] * pp.num_workers,
-                "store": [one(STORE_CPU)],
+                "store": [one(cfg.pipeline.store_num_cpus)],
                 "reference": [one(ro.num_cpus, ro.num_gpus)] * ro.num_replicas}
+    if cfg.pipeline.layout == "colocate":
+        per_role["rollout"], per_role["learner"] = [], layout_groups(cfg)["policy"]
     bundles: list[dict[str, float]] = []
     offsets: dict[str, int] = {}
     for role in ROLES:
         offsets[role] = len(bundles)
         bundles += [dict(b) for b in per_role[role]]
+    if cfg.pipeline.layout == "colocate":
+        offsets["rollout"] = offsets["learner"]
     return bundles, offsets
 
 
@@ -217,7 +223,10 @@ class Pipeline:
         if until == "ppo" and cfg.pipeline.policies:
             raise RaydprmError("a comparison (pipeline.policies) runs until 'evaluate': its answer is the evaluation")
         self.cfg, self.run_dir, self.progress, self.on_step = cfg, Path(run_dir).resolve(), progress, on_step
-        self.placement, self.ppo_start, self.until = dict(placement or {}), ppo_start, until
+        # a caller's placement (Tune) is used as given; otherwise fit() places each role itself
+        self.own_placement = None if placement is not None else RolePlacements(cfg)
+        self.placement: Any = dict(placement) if placement is not None else self.own_placement
+        self.ppo_start, self.until = ppo_start, until
         self.arms = arms(cfg)
         self.arm = self.arms[0]  # the policy being trained now
         self.state = RunState(self.run_dir)
@@ -264,6 +273,7 @@ class Pipeline:
         finally:
             self._stages_bar.close()
             self.shutdown_workers()
+            self._release_placement()
             runtime.close()
         return json.loads((self.run_dir / "report.json").read_text())
 
@@ -300,6 +310,7 @@ class Pipeline:
         self._say(f"{name}: running")
         t0 = self._stage_t0 = time.time()
         outputs = body()
+        self._release_placement()  # the stage's actors are gone: the next stage places what it uses
         self.state.add_restarts(self.restarts)
         self.restarts = {}
         rec = self.state.complete(name, key, inputs=inputs, config=config, outputs=outputs, started=t0)
@@ -337,7 +348,7 @@ class Pipeline:
         items = simulated_items(cfg.crowd.n_items - n_policy, seed=cfg.run.seed)
         items += [(crowd_prompts[r.prompt_index], r.text) for r in sampled if r.text.strip()]
         votes = Population.from_config(cfg.crowd).simulate_votes(items, cfg.crowd.votes_per_item, seed=cfg.run.seed)
-        store = StoreClient.create(cfg.store, cfg.labels, default_path=store_path, num_cpus=STORE_CPU,
+        store = StoreClient.create(cfg.store, cfg.labels, default_path=store_path, num_cpus=cfg.pipeline.store_num_cpus,
                                    placement=self.placement.get("store"))
         try:
             bar = self._bar(total=len(votes), desc="collect: votes", unit="vote")
@@ -582,14 +593,18 @@ class Pipeline:
 
         cfg = cfg or self.cfg
         r, at = cfg.ray.max_restarts, self.placement.get
+        colocate = cfg.pipeline.layout == "colocate"
         self.rollout = self._track(RolloutPool.create(cfg.rollout, policy_dir, dtype=cfg.models.dtype,
-                                                      placement=at("rollout"), max_restarts=r), "rollout")
+                                                      placement=at("rollout"), max_restarts=r,
+                                                      sleep_mode=colocate), "rollout")
         self.reward = self._track(RewardPool.create(reward_dir, label_scale_from_config(cfg.labels), cfg.reward,
                                                     placement=at("reward"), max_restarts=r), "reward")
         self.learner = self._track(LearnerGroup.create(cfg.ppo, policy_dir, seed=cfg.run.seed, dtype=cfg.models.dtype,
                                                        placement=at("learner"), max_restarts=r), "learner")
+        if colocate:  # the generators go first on the shared GPUs
+            self.learner.offload()
         self.loop = PPOLoop(self.rollout, self.reward, self.learner, cfg.rollout, seed=cfg.run.seed,
-                            async_rollout=cfg.ppo.async_rollout)
+                            async_rollout=cfg.ppo.async_rollout, colocate=colocate)
 
     def _sync(self) -> None:
         from raydprm.cluster.weight_sync import sync_policy
@@ -627,6 +642,11 @@ class Pipeline:
         what = "PPO" if self.arm.kind == "ppo" else self.arm.cfg.align.algo
         self._say(f"  {what} resumes after step {progress['step']} ({self._rel(d)})")
         return int(progress["step"]), list(progress["history"])
+
+    def _release_placement(self) -> None:
+        """Remove the run's own placement groups (never a caller's)."""
+        if self.own_placement is not None:
+            self.own_placement.release()
 
     def _track(self, pool: Any, role: str) -> Any:
         """Keep ``pool`` for shutdown and restart counting; log each of its restarts as it happens."""

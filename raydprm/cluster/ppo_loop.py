@@ -16,6 +16,17 @@ returned) as the old logprobs, and clipping bounds the step, which is the standa
 treatment of one-step staleness. The sync of update t waits until generation of step t+1
 has finished (a generator never loads weights in the middle of a batch).
 
+Colocated mode (``pipeline.layout = colocate``: generator i and learner rank i share one
+GPU) takes turns within the step, the way hybrid engines share a GPU::
+
+    generate | generators sleep (KV cache freed, weights to host) | score | learn (the learner
+    brings its states back) | learner offloads its optimizer state | generators take their
+    weights back and load the new ones | learner offloads its parameters
+
+so the device holds at most max(generator, learner + activations, learner parameters +
+generator weights) at a time. ``time/swap_s`` is the time spent in these calls (0 when
+split). The order of computation is unchanged, so both layouts give the same numbers.
+
 Each record carries the wall time of each phase (``time/generate_s``, ``time/score_s``,
 ``time/learn_s``, ``time/sync_s``) and of the whole step (``time/step_s``); in async mode
 ``time/generate_s`` is the time spent *waiting* for rollouts after learning, i.e. what the
@@ -40,10 +51,11 @@ class PPOLoop:
     """Drives one PPO run over a RolloutPool, a RewardPool and a LearnerGroup."""
 
     def __init__(self, rollout: Any, reward: Any, learner: Any, rollout_cfg: Any, *, seed: int = 0,
-                 async_rollout: bool = False, pad_id: int = 0, version: int = 0) -> None:
+                 async_rollout: bool = False, pad_id: int = 0, version: int = 0, colocate: bool = False) -> None:
         self.rollout, self.reward, self.learner = rollout, reward, learner
         self.rollout_cfg, self.seed, self.async_rollout, self.pad_id = rollout_cfg, seed, async_rollout, pad_id
         self.version = version  # the policy version the generators hold
+        self.colocate = colocate
         self._inflight: tuple[int, list[str], list[Any]] | None = None  # (step, prompts, refs)
         self._ready: tuple[int, list[str], list[Any]] | None = None  # (step, prompts, responses)
         self.last_samples: tuple[list[str], list[str]] = ([], [])  # (prompt, response text) of the last step
@@ -84,6 +96,11 @@ class PPOLoop:
         t0 = time.perf_counter()
         prompts, resp = self._responses(step, prompts)
         t_gen = time.perf_counter() - t0
+        t_swap = 0.0
+        if self.colocate:
+            c0 = time.perf_counter()
+            self.rollout.sleep()  # the learner's turn on the shared GPUs
+            t_swap += time.perf_counter() - c0
         s0 = time.perf_counter()
         scored = self.reward.score([prompts[r.prompt_index] for r in resp], [r.text for r in resp])
         t_score = time.perf_counter() - s0
@@ -98,17 +115,25 @@ class PPOLoop:
         w0 = time.perf_counter()
         self._collect()  # never load weights into a generator in the middle of a batch
         t_gen += time.perf_counter() - w0
+        if self.colocate:
+            c0 = time.perf_counter()
+            self.learner.offload(("optimizer",))  # the parameters stay: the learner publishes them next
+            t_swap += time.perf_counter() - c0
         y0 = time.perf_counter()
         behaviour = min(r.weight_version for r in resp)
         lag = self.version - behaviour
         self.version += 1
-        sync_policy(self.learner, self.rollout, self.version)
+        sync_policy(self.learner, self.rollout, self.version)  # each generator wakes its weights to load
         t_sync = time.perf_counter() - y0
+        if self.colocate:
+            c0 = time.perf_counter()
+            self.learner.offload(("params",))  # the generators' turn; their KV cache wakes at the next generate
+            t_swap += time.perf_counter() - c0
         return {"step": step + 1, "reward/mean": float(scored["reward"].mean()),
                 "reward/expected": float(scored["expected"].mean()), "rollout/policy_lag": float(lag),
                 **{k: float(v) for k, v in metrics.items() if k.startswith("ppo/")},
                 "time/generate_s": t_gen, "time/score_s": t_score, "time/learn_s": t_learn, "time/sync_s": t_sync,
-                "time/step_s": time.perf_counter() - t0}
+                "time/swap_s": t_swap, "time/step_s": time.perf_counter() - t0}
 
     def finish(self) -> None:
         """Wait for and drop rollouts still in flight (async mode)."""

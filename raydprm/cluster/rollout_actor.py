@@ -16,6 +16,11 @@ handle)::
 A replica that dies is restarted (``ray.max_restarts``) and given the last verified
 update before it serves again.
 
+Colocated with a learner rank (``pipeline.layout = colocate``) the pool sleeps while the
+learner trains (:meth:`RolloutPool.sleep`: the engine gives its device memory back) and
+each replica wakes what a call needs on its own (weights to load an update; weights and
+KV cache to generate or score).
+
 A replica whose last sync loaded weights that then failed the probe refuses to generate
 (:class:`~raydprm.rollout.sync.WeightSyncError`) until a sync succeeds: stale or wrong
 weights are never served silently.
@@ -48,11 +53,34 @@ class RolloutGenerator:
         self.engine = make_engine(engine, model, **dict(engine_kwargs))
         self.probe_ids = probe_sequence(self.engine.vocab_size, probe_length)
         self.busy_s = 0.0  # seconds spent generating (for the share of a step spent outside compute)
+        self.asleep: set[str] = set()  # what sleep() released and no call has woken yet
+        self.swap_s = 0.0  # seconds spent sleeping and waking (colocated layout)
 
     def info(self) -> dict[str, Any]:
         return {"replica": self.replica, "engine": self.engine.name, "pid": os.getpid(),
                 "weight_version": self.engine.weight_version, "vocab_size": self.engine.vocab_size,
-                "probe_ids": self.probe_ids, "busy_s": self.busy_s, "peak_rss_mb": peak_rss_mb()}
+                "probe_ids": self.probe_ids, "busy_s": self.busy_s, "peak_rss_mb": peak_rss_mb(),
+                "asleep": sorted(self.asleep), "swap_s": self.swap_s}
+
+    def sleep(self) -> bool:
+        """Give the device to a colocated learner: the engine drops its KV cache and moves its
+        weights to host memory (a no-op on the CPU)."""
+        if not self.asleep:
+            t0 = time.perf_counter()
+            self.engine.sleep()
+            self.asleep = {"weights", "kv_cache"}
+            self.swap_s += time.perf_counter() - t0
+        return True
+
+    def wake(self, tags: Sequence[str] = ("weights", "kv_cache")) -> bool:
+        """Take back what :meth:`sleep` released, for ``tags`` (every call below wakes what it needs)."""
+        todo = [t for t in tags if t in self.asleep]
+        if todo:
+            t0 = time.perf_counter()
+            self.engine.wake_up(todo)
+            self.asleep.difference_update(todo)
+            self.swap_s += time.perf_counter() - t0
+        return True
 
     def _check_verified(self) -> None:
         if self.engine.weight_version < 0:
@@ -61,6 +89,7 @@ class RolloutGenerator:
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams, first_index: int = 0) -> list[Response]:
         self._check_verified()
+        self.wake()
         t0 = time.perf_counter()
         try:
             return self.engine.generate(prompts, sampling, first_index)
@@ -68,6 +97,7 @@ class RolloutGenerator:
             self.busy_s += time.perf_counter() - t0
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        self.wake()
         return self.engine.score(sequences)
 
     def load_checkpoint(self, model_dir: str) -> int:
@@ -90,6 +120,7 @@ class RolloutGenerator:
         Bounded by ``timeout_s``."""
         manifest = update.manifest
         deadline = time.monotonic() + timeout_s
+        self.wake(("weights",))  # the KV cache stays released until the next generate
 
         def payloads():
             for ref in update.bucket_refs:
@@ -157,12 +188,13 @@ class RolloutPool:
 
     @classmethod
     def create(cls, cfg: Any, model: str, *, dtype: str = "float32", placement: Placement | None = None,
-               max_restarts: int = 0, startup_timeout_s: float = 600.0) -> RolloutPool:
-        """Start the generators (rank ``i`` on bundle ``i`` of ``placement``) and wait until they are up."""
+               max_restarts: int = 0, startup_timeout_s: float = 600.0, sleep_mode: bool = False) -> RolloutPool:
+        """Start the generators (rank ``i`` on bundle ``i`` of ``placement``) and wait until they are up.
+        ``sleep_mode``: the engines can give their GPU memory back (:meth:`sleep`; vLLM's sleep mode)."""
         from raydprm.rollout.engine import engine_kwargs
 
         check_transport(cfg.weight_sync)
-        kw = engine_kwargs(cfg, dtype)
+        kw = engine_kwargs(cfg, dtype) | ({"sleep_mode": True} if sleep_mode else {})
         group = ActorGroup(RolloutGenerator, cfg.num_replicas, role=f"rollout ({cfg.engine})",
                            init=lambda rank: ((cfg.engine, model, kw, rank, cfg.probe_length), {}),
                            resources={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}, placement=placement,
@@ -269,6 +301,13 @@ class RolloutPool:
                                   timeout_s=(timeout_s or self.cfg.sync_timeout_s) + 5.0)
         self.version = version
         return reports
+
+    def sleep(self) -> None:
+        """Every replica gives its device memory back (colocated learner's turn)."""
+        self.group.all(RolloutGenerator.sleep)
+
+    def wake(self, tags: Sequence[str] = ("weights", "kv_cache")) -> None:
+        self.group.all(RolloutGenerator.wake, tuple(tags))
 
     def versions(self) -> list[int]:
         return [i["weight_version"] for i in self.group.all(RolloutGenerator.info, timeout_s=60)]

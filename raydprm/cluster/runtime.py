@@ -63,6 +63,7 @@ class Resources:
     gpu: float = 0.0
     memory: float = 0.0
     bundles: tuple[Mapping[str, float], ...] = field(default=())
+    detail: str = ""  # what reserves it (e.g. the layout and the largest stage's groups), named in a shortfall
 
     def as_dict(self) -> dict[str, float]:
         out = {"CPU": self.cpu, "GPU": self.gpu, "memory": self.memory}
@@ -279,4 +280,5 @@ def preflight(need: Resources, *, what: str = "the run", timeout_s: float = 300.
     tail = (f" (waited {waited:.0f} s for the autoscaler)" if waited else
             " (a local Ray instance cannot grow: lower the replicas/workers or their GPUs, or attach to a cluster "
             "with ray.address)" if not can_scale else "")
-    raise InsufficientResources(f"not enough Ray resources for {what}: " + "; ".join(parts) + tail)
+    detail = f" [{need.detail}]" if need.detail else ""
+    raise InsufficientResources(f"not enough Ray resources for {what}: " + "; ".join(parts) + tail + detail)

@@ -89,6 +89,15 @@ class RolloutEngine(ABC):
         weights under both names); returns how many tensors were loaded. Prefix caches
         are reset so no later request is served from old weights."""
 
+    def sleep(self) -> None:  # noqa: B027 - an engine on the CPU has no device memory to give back
+        """Give back device memory while another process (a colocated learner) uses the device:
+        drop the KV cache and move the weights to host memory. The next :meth:`wake_up` restores
+        them; nothing may be generated, scored or loaded in between."""
+
+    def wake_up(self, tags: Sequence[str] = ("weights", "kv_cache")) -> None:  # noqa: B027 - see sleep
+        """Undo :meth:`sleep` for ``tags``: ``weights`` (needed to load new weights), ``kv_cache``
+        (needed to generate)."""
+
     def shutdown(self) -> None:  # noqa: B027 - engines without processes have nothing to release
         """Release the engine's memory and processes (idempotent)."""
 

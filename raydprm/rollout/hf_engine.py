@@ -205,6 +205,17 @@ class HFEngine(RolloutEngine):
     def score(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         return teacher_forced_logprobs(self.model, [list(s) for s in sequences], self.pad_id, self.batch_size)
 
+    def sleep(self) -> None:
+        """On a GPU: weights to host memory and the allocator's cache back to the driver (this
+        engine keeps no KV cache between calls). On the CPU there is nothing to give back."""
+        if self.device.type == "cuda":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+
+    def wake_up(self, tags: Sequence[str] = ("weights", "kv_cache")) -> None:
+        if self.device.type == "cuda" and "weights" in tags:
+            self.model.to(self.device)
+
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> int:
         own = self.model.state_dict()

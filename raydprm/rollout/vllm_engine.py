@@ -179,7 +179,7 @@ class VLLMEngine(RolloutEngine):
     def __init__(self, model: str, *, dtype: str = "float32", max_prompt_tokens: int = 192, batch_size: int = 64,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5, kv_cache_memory_mb: int = 64,
                  multiprocessing: bool = False, max_model_len: int | None = None, seed: int = 0,
-                 **unused: Any) -> None:
+                 sleep_mode: bool = False, **unused: Any) -> None:
         super().__init__()
         from raydprm.models.tiny import resolve_model
 
@@ -205,6 +205,10 @@ class VLLMEngine(RolloutEngine):
             kw["kv_cache_memory_bytes"] = kv_cache_memory_mb * 2**20
         else:
             kw["gpu_memory_utilization"] = gpu_memory_utilization
+        # vLLM's sleep mode (CUDA only): sleep(level=1) moves weights to host and frees the KV cache
+        self.sleep_mode = bool(sleep_mode) and not self.on_cpu
+        if self.sleep_mode:
+            kw["enable_sleep_mode"] = True
         threads = torch.get_num_threads()
         t0 = time.perf_counter()
         try:
@@ -284,6 +288,21 @@ class VLLMEngine(RolloutEngine):
             runner.reload_weights(weights_iterator=iter(items))
             self.llm.reset_prefix_cache()
         return len(items)
+
+    def sleep(self) -> None:
+        """With sleep mode (GPU): ``llm.sleep(level=1)``, weights to host, KV cache freed. On the
+        CPU (no sleep mode) only the prefix cache is reset: its blocks are free for reuse, but
+        the KV cache stays allocated."""
+        if self.sleep_mode:
+            self.llm.sleep(level=1)
+        else:
+            self.llm.reset_prefix_cache()
+
+    def wake_up(self, tags: Sequence[str] = ("weights", "kv_cache")) -> None:
+        if self.sleep_mode and tags:
+            self.llm.wake_up(tags=list(tags))
+            if "kv_cache" in tags:
+                self.llm.reset_prefix_cache()  # a woken cache holds garbage, never a valid prefix
 
     def rpc_begin(self, manifest: WeightManifest, timeout: float | None = None) -> None:
         self.llm.collective_rpc("raydprm_begin", timeout=timeout, args=(manifest.to_dict(),))

@@ -18,6 +18,15 @@ Semantics shared by both (the learner relies on them): :meth:`Engine.backward` i
 once per micro-batch; the gradient applied at an optimizer step is the *mean* over ranks
 and accumulated micro-batches of the micro-batch losses' gradients.
 
+Offload between updates (``pipeline.layout = colocate``: a rollout engine uses the GPU while
+the learner waits): :meth:`Engine.offload` moves ``"optimizer"`` (Adam moments, fp32
+master weights, gradient buffers) and/or ``"params"`` to host memory, :meth:`Engine.reload`
+brings everything back. The torch engine and DeepSpeed ZeRO-0 with torch's AdamW in fp32
+move the module and the optimizer's state tensors; ZeRO-1/2/3 use DeepSpeed's own
+``offload_states`` / ``reload_states``. Not offloaded (documented, a no-op): ZeRO-0 with
+bf16 or DeepSpeed's Adam (DeepSpeed offers no call for it), ``ppo.offload_params`` (the
+parameters and optimizer already live on the CPU), and anything on the CPU.
+
 DeepSpeed on CPU: its CPU accelerator uses gloo when oneCCL is absent. Its optional
 shared-memory all-reduce op is JIT-compiled on first use (~2.5 min on 2 cores); it only
 serves inference all-reduce, so it is disabled unless ``ppo.ds_jit_ops`` is set.
@@ -107,11 +116,59 @@ def _forget_deepspeed_groups() -> None:
             getattr(groups, name).clear()
 
 
+OFFLOAD_PARTS = ("optimizer", "params")
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device | str) -> None:
+    # AdamW's "step" counters stay where torch keeps them (on the CPU unless capturable)
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if torch.is_tensor(v) and k != "step":
+                state[k] = v.to(device)
+
+
 class Engine(ABC):
     """Common interface of the training engines (see the module docstring for semantics)."""
 
     name = "base"
     module: nn.Module
+    home: torch.device = torch.device("cpu")  # where the engine's states live when not offloaded
+    offloaded: frozenset[str] = frozenset()
+
+    def offload(self, parts: tuple[str, ...] = OFFLOAD_PARTS) -> list[str]:
+        """Move ``parts`` (``optimizer``, ``params``) to host memory; returns what moved.
+        On the CPU nothing moves (there is no device memory to give back)."""
+        todo = [p for p in parts if p not in self.offloaded]
+        if self.home.type != "cuda" or not todo:
+            return []
+        done = self._offload(todo)
+        self.offloaded = self.offloaded | set(done)
+        torch.cuda.empty_cache()
+        return done
+
+    def reload(self) -> None:
+        """Bring back everything :meth:`offload` moved (before the next forward or step)."""
+        if self.offloaded:
+            self._reload()
+            self.offloaded = frozenset()
+
+    def _offload(self, parts: list[str]) -> list[str]:
+        return []
+
+    def _reload(self) -> None:  # noqa: B027 - engines whose _offload moves nothing have nothing to bring back
+        """Undo :meth:`_offload`."""
+
+    def _offload_torch(self, optimizer: torch.optim.Optimizer, parts: list[str]) -> list[str]:
+        """A plain module + torch optimizer: parameters (with their grads) and optimizer state to host."""
+        if "optimizer" in parts:
+            _move_optimizer_state(optimizer, "cpu")
+        if "params" in parts:
+            self.module.to("cpu")  # in place: the optimizer keeps the same Parameter objects
+        return list(parts)
+
+    def _reload_torch(self, optimizer: torch.optim.Optimizer) -> None:
+        self.module.to(self.home)
+        _move_optimizer_state(optimizer, self.home)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The wrapped module's forward."""
@@ -160,6 +217,13 @@ class TorchEngine(Engine):
         self.micro_steps = 0
         self._grad_norm: float | None = None
         self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.home = next(model.parameters()).device
+
+    def _offload(self, parts: list[str]) -> list[str]:
+        return self._offload_torch(self.optimizer, parts)
+
+    def _reload(self) -> None:
+        self._reload_torch(self.optimizer)
 
     def autocast(self):
         if self.ppo.precision == "bf16":
@@ -265,6 +329,38 @@ class DeepSpeedEngine(Engine):
         self.module = self.engine.module
         self._deepspeed = deepspeed
         self._grad_norm: float | None = None
+        self.home = next(model.parameters()).device
+
+    def _plain_optimizer(self) -> torch.optim.Optimizer | None:
+        """ZeRO-0 in fp32 steps the client torch optimizer itself; other ZeRO-0 set-ups wrap it."""
+        opt = self.engine.optimizer
+        return opt if self.ppo.zero_stage == 0 and isinstance(opt, torch.optim.Optimizer) else None
+
+    def _offload(self, parts: list[str]) -> list[str]:
+        if self.ppo.offload_params:
+            return []  # parameters and optimizer already live on the CPU
+        if self.ppo.zero_stage == 0:
+            opt = self._plain_optimizer()
+            if opt is None:
+                log.info("DeepSpeed ZeRO-0 with %s keeps its states on the GPU (no offload call for it)",
+                         type(self.engine.optimizer).__name__)
+                return []
+            return self._offload_torch(opt, parts)
+        from deepspeed.runtime.zero.offload_config import OffloadStateTypeEnum as S
+
+        include = []
+        if "optimizer" in parts:
+            include += [S.optim_states, S.hp_params, S.lp_grads, S.contiguous_grad_buffer]
+        if "params" in parts:
+            include.append(S.lp_params)
+        self.engine.offload_states(include=include)
+        return list(parts)
+
+    def _reload(self) -> None:
+        if self.ppo.zero_stage == 0:
+            self._reload_torch(self._plain_optimizer())
+        else:
+            self.engine.reload_states()
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.engine(*args, **kwargs)  # DeepSpeed's forward (ZeRO-3 fetches partitions)

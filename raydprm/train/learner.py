@@ -329,6 +329,24 @@ class PPOLearner:
             "ppo/step": float(self.step),
         }
 
+    # ------------------------------------------------------------------ offload (colocated layout)
+
+    def offload(self, parts: tuple[str, ...] = ("optimizer", "params")) -> list[str]:
+        """Give the GPU to a colocated rollout engine: ``optimizer`` (moments, master weights,
+        gradients) and/or ``params`` (policy, critic and the frozen reference) to host memory
+        (:meth:`Engine.offload`; a no-op on the CPU). :meth:`reload` undoes it."""
+        done = self.engine.offload(tuple(parts))
+        if "params" in parts and self.device.type == "cuda":
+            self.ref.to("cpu")
+            torch.cuda.empty_cache()
+            done = sorted({*done, "reference"})
+        return done
+
+    def reload(self) -> None:
+        self.engine.reload()
+        if self.device.type == "cuda":
+            self.ref.to(self.device)
+
     # ------------------------------------------------------------------ weights
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
