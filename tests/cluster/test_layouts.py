@@ -71,12 +71,6 @@ def test_preflight_names_the_layout_and_what_it_places(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- the two layouts on Ray
 
-def _where(actor):
-    import ray
-
-    return ray.get_runtime_context().get_placement_group_id()
-
-
 def _check_placement(pipe, step, layout, seen):
     """During PPO: which group each role's actors are in, and the turn-taking state after a step."""
     import ray
@@ -88,7 +82,9 @@ def _check_placement(pipe, step, layout, seen):
         return
     groups = {role: g for role, g in (("rollout", pipe.rollout.group), ("learner", pipe.learner.group),
                                       ("reward", pipe.reward.group))}
-    pg = {role: ray.get(g.actors[0].__ray_call__.remote(_where)) for role, g in groups.items()}
+    # a lambda travels by value (a function of this test module would be imported by the actor)
+    where = lambda actor: __import__("ray").get_runtime_context().get_placement_group_id()  # noqa: E731
+    pg = {role: ray.get(g.actors[0].__ray_call__.remote(where)) for role, g in groups.items()}
     own = {role: g.placement.placement_group.id.hex() for role, g in groups.items()}
     assert pg == own  # each actor really runs in the group its ActorGroup was given
     assert all(g.placement.bundle_offset == 0 for g in groups.values())

@@ -182,7 +182,8 @@ def test_preflight_names_missing_gpus_and_writes_nothing(tmp_path, capsys):
     lines = err.splitlines()
     errors = [ln for ln in lines if ln.startswith("raydprm: error:")]
     assert rc == 2 and len(errors) == 1 and lines[-1] == errors[0], err
-    assert "GPU needs 1, the cluster has 0" in err
+    # evaluate's two pools (SFT and tuned policy) sample side by side: 2 x rollout.num_gpus at the peak
+    assert "GPU needs 2, the cluster has 0" in err and "pipeline.layout = split" in err
     assert not (tmp_path / "gpu").exists() or not any((tmp_path / "gpu").iterdir())
 
 
