@@ -601,8 +601,6 @@ class Pipeline:
                                                     placement=at("reward"), max_restarts=r), "reward")
         self.learner = self._track(LearnerGroup.create(cfg.ppo, policy_dir, seed=cfg.run.seed, dtype=cfg.models.dtype,
                                                        placement=at("learner"), max_restarts=r), "learner")
-        if colocate:  # the generators go first on the shared GPUs
-            self.learner.offload()
         self.loop = PPOLoop(self.rollout, self.reward, self.learner, cfg.rollout, seed=cfg.run.seed,
                             async_rollout=cfg.ppo.async_rollout, colocate=colocate)
 

@@ -19,7 +19,7 @@ has finished (a generator never loads weights in the middle of a batch).
 Colocated mode (``pipeline.layout = colocate``: generator i and learner rank i share one
 GPU) takes turns within the step, the way hybrid engines share a GPU::
 
-    generate | generators sleep (KV cache freed, weights to host) | score | learn (the learner
+    learner offloaded | generate | generators sleep (KV cache freed, weights to host) | score | learn (the learner
     brings its states back) | learner offloads its optimizer state | generators take their
     weights back and load the new ones | learner offloads its parameters
 
@@ -94,9 +94,13 @@ class PPOLoop:
         """One PPO step on ``prompts``. In async mode pass ``next_prompts`` (those of step + 1)
         so their generation overlaps this step's update."""
         t0 = time.perf_counter()
-        prompts, resp = self._responses(step, prompts)
-        t_gen = time.perf_counter() - t0
         t_swap = 0.0
+        if self.colocate:  # the generators' turn (a checkpoint save or load since the last step woke the learner)
+            self.learner.offload()
+            t_swap += time.perf_counter() - t0
+        g0 = time.perf_counter()
+        prompts, resp = self._responses(step, prompts)
+        t_gen = time.perf_counter() - g0
         if self.colocate:
             c0 = time.perf_counter()
             self.rollout.sleep()  # the learner's turn on the shared GPUs
