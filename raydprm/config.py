@@ -522,8 +522,29 @@ class PipelineConfig(Section):
     placement_timeout_s: float = opt(300.0, doc="How long a role's placement group may wait for its bundles before "
                                      "the run fails naming the role and what the cluster has free.", gt=0)
     store_num_cpus: float = opt(0.1, doc="CPUs reserved for the preference-store actor's bundle.", gt=0)
+    live_votes: int = opt(0, doc="Live preference shift (docs/pipeline.md): votes the crowd casts on each of the policy's samples after every PPO step, into the store (the run's copy ppo/store.db); 0 = none.", ge=0)
+    drift_step: int = opt(0, doc="PPO step (1-based, as in the step records) from which the crowd votes with pipeline.drift_mixture instead of crowd.mixture; 0 = the crowd never changes.", ge=0)
+    drift_mixture: dict[str, float] = opt(factory=dict, doc="Persona weights of the crowd from pipeline.drift_step on (personas of crowd.personas_file).")
+    refresh_every: int = opt(0, doc="PPO steps between refreshes of the reward model from the store (a fine-tune of the served model on the store's export, then loaded by every reward replica); 0 = never.", ge=0)
+    refresh_epochs: int = opt(2, doc="Epochs of each refresh's fine-tune (reward.lr, reward.batch_size; no early stopping).", ge=1)
+    step_seconds: float = opt(60.0, doc="Crowd time of one PPO step: live votes of step t carry the timestamp T0 + t * step_seconds (T0 = the end of the collect stage), the clock store.half_life_s forgets by.", gt=0)
 
     def validate(self) -> None:
+        for k, w in self.drift_mixture.items():
+            if not (w >= 0):
+                raise ConfigError(f"config key 'pipeline.drift_mixture.{k}' = {w!r} must be >= 0")
+        if self.drift_mixture and sum(self.drift_mixture.values()) <= 0:
+            raise ConfigError("config key 'pipeline.drift_mixture' must have a positive total weight")
+        if self.drift_step > 0 and not self.drift_mixture:
+            raise ConfigError(f"config key 'pipeline.drift_step' = {self.drift_step} needs pipeline.drift_mixture "
+                              "(the persona weights of the crowd after the shift)")
+        if self.drift_mixture and self.drift_step == 0:
+            raise ConfigError("config key 'pipeline.drift_mixture' is set but pipeline.drift_step = 0 (the crowd "
+                              "never changes); set the PPO step of the shift")
+        for key in ("drift_step", "refresh_every"):
+            if getattr(self, key) > 0 and self.live_votes == 0:
+                raise ConfigError(f"config key 'pipeline.{key}' = {getattr(self, key)} needs pipeline.live_votes >= 1 "
+                                  "(without votes during PPO the store never sees the policy's samples)")
         bad = [p for p in self.policies if p not in POLICIES]
         if bad:
             raise ConfigError(f"config key 'pipeline.policies': unknown polic{'ies' if len(bad) > 1 else 'y'} "
@@ -564,6 +585,9 @@ class Config:
             raise ConfigError("config key 'ppo.critic_model' is set but ppo.critic is not 'separate'")
         if self.pipeline.layout == "colocate":
             self._check_colocate()
+        if self.pipeline.drift_step > self.ppo.steps:
+            raise ConfigError(f"config key 'pipeline.drift_step' = {self.pipeline.drift_step} is after the last PPO step "
+                              f"(ppo.steps = {self.ppo.steps}): the crowd would never change")
 
     def _check_colocate(self) -> None:
         """Colocate puts generator i and learner rank i on one bundle (one GPU) that they take turns on."""

@@ -46,6 +46,7 @@ from typing import Any
 
 import ray
 
+from raydprm.cluster.drift import Drift, drift_stage_config
 from raydprm.cluster.group import GroupRestarted, Placement
 from raydprm.cluster.placement import RolePlacements, layout_groups, peak_resources
 from raydprm.cluster.run_state import RunState, dir_digest, stage_key, write_json
@@ -230,7 +231,7 @@ class Pipeline:
         self.arms = arms(cfg)
         self.arm = self.arms[0]  # the policy being trained now
         self.state = RunState(self.run_dir)
-        self.rollout = self.reward = self.learner = self.loop = None
+        self.rollout = self.reward = self.learner = self.loop = self.drift = None
         self.last_record: dict[str, Any] = {}
         self.restarts: dict[str, int] = {}  # per role, since the last stage was recorded
         self._pools: list[tuple[str, Any]] = []
@@ -291,7 +292,8 @@ class Pipeline:
         rew = self._stage(arm.stage("reward"), {"reward": ac["reward"], "labels": ac["labels"], "seed": seed,
                                                 "backbone": arm.cfg.models.reward_backbone},
                           {"data": col["digest"]}, lambda: self._reward(arm, self._abs(col["data"])))
-        ppo_cfg = {"ppo": ac["ppo"], "rollout": ac["rollout"], "reward": ac["reward"], "seed": seed}
+        ppo_cfg = {"ppo": ac["ppo"], "rollout": ac["rollout"], "reward": ac["reward"], "seed": seed} | \
+            drift_stage_config(arm.cfg)
         ppo_in = {"sft": sft["digest"], "reward": rew["digest"]}
         key = stage_key(arm.stage("ppo"), ppo_cfg, ppo_in)
         return self._stage(arm.stage("ppo"), ppo_cfg, ppo_in,
@@ -384,6 +386,7 @@ class Pipeline:
         cfg, n = arm.cfg, arm.cfg.ppo.rollout_batch
         out_dir = self.run_dir / arm.stage("ppo")
         self.init_workers(policy_dir, reward_dir, cfg)
+        self.drift = Drift.create(self, arm, reward_dir, cfg.pipeline.store_num_cpus)  # None without live votes
         if self.ppo_start is not None:  # a given checkpoint (Tune restore / PBT clone) outranks the run's own
             shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
             step, history = self._load_dir(Path(self.ppo_start))
@@ -409,6 +412,8 @@ class Pipeline:
                 bar.reset(total=cfg.ppo.steps)
                 bar.update(step)
                 continue
+            if self.drift is not None:  # the crowd votes on this step's samples; a refresh when due
+                rec.update(self.drift.after_step(step + 1, *self.loop.last_samples))
             step += 1
             history.append(rec)
             self.last_record = rec  # what on_step callers (a Tune trial) report
@@ -618,7 +623,8 @@ class Pipeline:
         ckpt_root = self.run_dir / self.arm.stage(self.arm.kind) / "ckpt"
         d = ckpt_root / f"step_{step:06d}"
         self.learner.save(d)
-        write_json(d / "progress.json", {"key": key, "step": step, "history": history})
+        write_json(d / "progress.json", {"key": key, "step": step, "history": history}
+                   | ({"drift": self.drift.save(d)} if self.drift is not None else {}))
         self.state.set_ppo(step, str(d.relative_to(self.run_dir)), key)
         for old in sorted(ckpt_root.glob("step_*"))[:-self.cfg.pipeline.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
@@ -628,6 +634,8 @@ class Pipeline:
         generators; (0, []) when there is none."""
         ppo = self.state.data.get("ppo", {})
         if ppo.get("key") != key or not ppo.get("checkpoint"):
+            if self.drift is not None:
+                self.drift.restore(None)
             return 0, []
         return self._load_dir(self.run_dir / ppo["checkpoint"])
 
@@ -637,6 +645,8 @@ class Pipeline:
         self.learner.load(d)
         if self.rollout is not None:
             self._sync()
+        if self.drift is not None:
+            self.drift.restore(progress.get("drift"), d)
         what = "PPO" if self.arm.kind == "ppo" else self.arm.cfg.align.algo
         self._say(f"  {what} resumes after step {progress['step']} ({self._rel(d)})")
         return int(progress["step"]), list(progress["history"])
@@ -677,9 +687,11 @@ class Pipeline:
         pool.shutdown()
 
     def shutdown_workers(self) -> None:
+        if self.drift is not None:
+            self.drift.close()
         for role, pool in reversed(self._pools):
             try:
                 self._untrack(pool, role)
             except Exception as e:  # noqa: BLE001 - best effort cleanup
                 log.warning("shutdown of %s failed: %s", role, e)
-        self.rollout = self.reward = self.learner = self.loop = None
+        self.rollout = self.reward = self.learner = self.loop = self.drift = None

@@ -9,6 +9,7 @@ over several replicas and concatenates their answers in order.
     pool = RewardPool.create(model_dir, scale, reward_cfg)        # reward.num_replicas actors
     out = pool.score(prompts, responses)     # {"distribution": (B, L), "reward": (B,), ...}
     pool.load_weights(new_dir)               # every replica, returns their versions
+    pool.refresh(store_export, out_dir, reward_cfg, seed)   # fine-tune on replica 0, every replica loads it
 """
 
 from __future__ import annotations
@@ -87,6 +88,19 @@ class RewardActor:
         self._version += 1
         return self._version
 
+    def fine_tune(self, data, out_dir: str, reward_cfg, seed: int) -> dict[str, Any]:
+        """Train a copy of the served model on ``data`` (a store export) with ``reward_cfg`` and
+        write it under ``out_dir`` (``best``: the copy that scored best on the held-out split);
+        the served model is unchanged until :meth:`load_weights`. Runs on this actor's own
+        CPUs, so a refresh needs no resources beyond the reward role's."""
+        from raydprm.train.reward import train_reward
+
+        res = train_reward(data, scale=self._model.scale, reward_cfg=reward_cfg, backbone="", out_dir=out_dir,
+                           seed=seed, device=self._device, dtype=self._dtype, init=self._model, tb_dir=None,
+                           progress=False)
+        return {"best_dir": str(res.best_dir), "best_metrics": res.best_metrics, "steps": res.steps,
+                "epochs": res.epochs, "items": len(data), "seconds": res.seconds}
+
     def info(self) -> dict[str, Any]:
         return {"version": self._version, "source": self._source, "labels": list(self._model.scale.names),
                 "scalar": self._cfg.scalar, "busy_s": self._busy_s, "peak_rss_mb": peak_rss_mb()}
@@ -140,6 +154,21 @@ class RewardPool:
         """Every replica loads the checkpoint in ``model_dir`` (a refresh of the DPRM)."""
         self._source = ("dir", str(model_dir))
         return self.group.all(RewardActor.load_weights, str(model_dir), timeout_s=timeout_s)
+
+    def refresh(self, data, out_dir: str, reward_cfg, seed: int, timeout_s: float | None = None) -> dict[str, Any]:
+        """Fine-tune the served model on ``data`` (replica 0 trains, see :meth:`RewardActor.fine_tune`),
+        then every replica loads the result. Returns the training summary and ``versions`` (one
+        per replica); a RuntimeError unless every replica now serves the new model at a newer version."""
+        before = [i["version"] for i in self.info()]
+        out = self.group.rank0(RewardActor.fine_tune, data, str(out_dir), reward_cfg, seed, timeout_s=timeout_s)
+        self.load_weights(out["best_dir"], timeout_s=timeout_s)
+        after = self.info()
+        versions = [i["version"] for i in after]
+        # a restarted replica counts its versions from 0 again: what must agree is the source
+        if any(i["source"] != out["best_dir"] for i in after) or any(a <= b for a, b in zip(versions, before)):
+            raise RuntimeError(f"reward refresh: replicas hold {[i['source'] for i in after]} at versions {versions} "
+                               f"(before: {before}) after loading {out['best_dir']}")
+        return {**out, "versions": versions}
 
     def load_state_dict(self, state_dict: dict[str, Any], timeout_s: float | None = None) -> list[int]:
         ref = ray.put(state_dict)  # one copy in the object store for every replica

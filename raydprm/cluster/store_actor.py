@@ -63,8 +63,11 @@ class PreferenceStoreActor:
         return self._store.items_needing_votes(k, persona_weights)
 
     def export(self, persona_weights: Mapping[str, float] | None = None, smoothing: float = 0.0,
-               min_votes: int = 1):
-        return self._store.export(persona_weights, smoothing, min_votes)
+               min_votes: int = 1, at: float | None = None):
+        return self._store.export(persona_weights, smoothing, min_votes, at)
+
+    def backup(self, dest: str) -> str:
+        return str(self._store.backup(dest))
 
     def stats(self) -> dict[str, Any]:
         return self._store.stats()
@@ -115,8 +118,13 @@ class StoreClient:
         return self._call(PreferenceStoreActor.count_votes, persona)
 
     def export(self, persona_weights: Mapping[str, float] | None = None, smoothing: float = 0.0,
-               min_votes: int = 1):
-        return self._call(PreferenceStoreActor.export, persona_weights, smoothing, min_votes)
+               min_votes: int = 1, at: float | None = None):
+        """The store's training export; ``at``: the read-out time of forgetting (default: now)."""
+        return self._call(PreferenceStoreActor.export, persona_weights, smoothing, min_votes, at)
+
+    def backup(self, dest: str) -> str:
+        """A consistent copy of the store in ``dest`` (written by the actor, which holds the connection)."""
+        return self._call(PreferenceStoreActor.backup, str(dest))
 
     def stats(self) -> dict[str, Any]:
         return self._call(PreferenceStoreActor.stats)

@@ -537,6 +537,24 @@ class PreferenceStore:
             if self._db is not None:
                 self._db.close()
 
+    def backup(self, dest: str | os.PathLike[str]) -> Path:
+        """Write a consistent copy of the store to ``dest`` (one self-contained file; an existing
+        file there and its -wal/-shm are replaced) with SQLite's online backup, which copies a
+        snapshot of the pages while other connections may keep reading and writing."""
+        d = Path(dest)
+        if d.resolve() == self.path.resolve():
+            raise StoreError(f"cannot back up the store '{self.path}' onto itself")
+        d.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(d) + suffix).unlink(missing_ok=True)
+        with self._lock, self._sql_errors("cannot back up"):
+            target = sqlite3.connect(str(d))
+            try:
+                self._db.backup(target)
+            finally:
+                target.close()
+        return d
+
     def __enter__(self) -> PreferenceStore:
         return self
 

@@ -32,6 +32,7 @@ and rank 0 writes checkpoints and logs. This module imports no Ray.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -399,7 +400,7 @@ def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir:
                  trust_remote_code: bool = False, eval_data: RewardExamples | None = None,
                  pairs: PairExamples | None = None, tb_dir: str | os.PathLike[str] | None = "default",
                  on_eval: Callable[[dict[str, Any]], None] | None = None,
-                 progress: bool = True) -> RewardTrainResult:
+                 progress: bool = True, init: Any = None) -> RewardTrainResult:
     """Train a reward model on ``data`` (a store export ``datasets.Dataset`` or
     :class:`RewardExamples`) with ``reward_cfg`` (a ``RewardConfig``).
 
@@ -407,7 +408,9 @@ def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir:
     ``pairs``: explicit pairs for a pairwise loss (default: drawn from the crowd's label
     distributions of the training items, ``reward.bt_pairs_per_item`` per item).
     ``on_eval(record)`` is called on every rank after each evaluation (Ray Train reports
-    from it). Returns a :class:`RewardTrainResult`; ``best_dir`` holds the best model.
+    from it). ``init``: fine-tune this reward model (a saved model's directory, or a model,
+    which is copied) instead of a fresh one on ``backbone`` (the pipeline's refresh of the
+    DPRM from the store). Returns a :class:`RewardTrainResult`; ``best_dir`` holds the best model.
     """
     t0 = time.perf_counter()
     rank, world = _dist_info()
@@ -427,8 +430,15 @@ def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir:
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", torch.cuda.current_device())
     _seed_all(seed)
-    model = REWARD_MODELS[objective.kind].from_backbone(backbone, scale, reward_cfg.max_length, cache_dir, dtype,
-                                                        trust_remote_code, seed=seed)
+    if init is None:
+        model = REWARD_MODELS[objective.kind].from_backbone(backbone, scale, reward_cfg.max_length, cache_dir, dtype,
+                                                            trust_remote_code, seed=seed)
+    else:
+        model = load_reward_model(init, scale, dtype=dtype) if isinstance(init, (str, os.PathLike)) \
+            else copy.deepcopy(init)
+        if model.kind != objective.kind:
+            raise RaydprmError(f"reward.loss = {reward_cfg.loss!r} trains a '{objective.kind}' reward model; the model "
+                               f"to fine-tune is a '{model.kind}' one")
     model.to(dev)
     train_module: torch.nn.Module = model
     if world > 1:
