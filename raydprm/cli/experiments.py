@@ -1,4 +1,5 @@
-"""`raydprm experiments pbde|length-bias`: the density-estimation papers' toy experiments."""
+"""`raydprm experiments pbde|length-bias|drift`: the density-estimation papers' toy experiments, and
+the live-preference-shift experiment of the pipeline (reward-model refresh on vs off)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = esub.add_parser("length-bias", help="Tiny LMs as short/long annotators: Luce vs length-normalised rule, "
                         "annotator vs density mixtures.",
                         description="Table 2 and Figure 6 of the paper at toy scale.")
-    for q, handler in ((a, _pbde), (b, _length_bias)):
+    c = esub.add_parser("drift", help="Live preference shift: the crowd changes mid-PPO; PPO with the reward model "
+                        "refreshed from the store vs never refreshed, judged by the new crowd.",
+                        description="Runs SFT -> collect -> reward once and PPO twice on Ray (pipeline.refresh_every "
+                        "as configured vs 0), with the crowd voting on the policy's samples and switching to "
+                        "pipeline.drift_mixture at pipeline.drift_step; the population judges the SFT and both tuned "
+                        "policies under the new and the old mixture. Writes refresh_on/, refresh_off/, "
+                        "drift_report.json, drift_report.md and drift_reward.png under --out (docs/pipeline.md).")
+    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="Config overrides on top of the experiment's settings (e.g. pipeline.drift_step=5).")
+    c.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    for q, handler in ((a, _pbde), (b, _length_bias), (c, _drift)):
         q.add_argument("--out", required=True, metavar="DIR", help="Output directory (metrics.json, *.png).")
-        q.add_argument("--quick", action="store_true", help="Small sizes for tests (well under a minute of CPU).")
+        q.add_argument("--quick", action="store_true", help="Small sizes for tests (well under a minute of CPU)."
+                       if q is not c else "Tiny sizes (a few minutes of CPU).")
         q.add_argument("--seed", type=int, default=0, help="Seed (default 0).")
         q.set_defaults(handler=handler)
 
@@ -47,4 +59,16 @@ def _length_bias(args: argparse.Namespace) -> int:
 
     _threads()
     length_bias.run(args.out, quick=args.quick, seed=args.seed)
+    return 0
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from raydprm.experiments import drift
+
+    rep = drift.run(args.out, quick=args.quick, seed=args.seed, overrides=args.overrides,
+                    progress=not args.no_progress)
+    for key in ("new_mixture", "old_mixture"):
+        pol = rep[key]["policies"]
+        print(f"{key}: E[r] " + ", ".join(f"{n} {pol[n]['expected_reward']:.3f}" for n in pol))
+    print(args.out)
     return 0

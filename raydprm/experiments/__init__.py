@@ -9,4 +9,6 @@ writes its plots and ``metrics.json`` under ``out_dir``.
   the mixture-model fix, SLiC-HF and IPO sweeps.
 * :mod:`raydprm.experiments.length_bias` — tiny LMs as short/long annotators: the Luce
   rule's length bias, the length-normalised rule, annotator vs density mixtures.
+* :mod:`raydprm.experiments.drift` — live preference shift: the crowd changes during PPO; the
+  reward model refreshed from the store every K steps vs never, judged by the new crowd.
 """

@@ -202,10 +202,10 @@ def test_refresh_off_leaves_the_reward_model_unchanged(on_run, tmp_path):
     from raydprm.cluster.run_state import copy_stages
 
     cfg, run_dir, hist_on, _ = on_run
-    off = tmp_path / "off"
+    off = tmp_path / "arm_off"
     assert copy_stages(run_dir, off, ("sft", "collect", "reward")) == ["sft", "collect", "reward"]
     seen = {}
-    hist = _run(cfg.override([f"run.output_dir={tmp_path}", "run.name=off", "pipeline.refresh_every=0"]), off,
+    hist = _run(cfg.override([f"run.output_dir={tmp_path}", "run.name=arm_off", "pipeline.refresh_every=0"]), off,
                 _watch(seen))
     assert all(r["drift/refreshed"] == 0 and r["drift/refreshes"] == 0 for r in hist)
     assert all([i["version"] for i in seen[t]["info"]] == [0, 0] for t in seen)
