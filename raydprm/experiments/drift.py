@@ -151,7 +151,7 @@ def _report(cfg, ev: Mapping[str, Any], histories: Mapping[str, list[dict[str, A
     for key, pop in crowds.items():
         judged = {name: judge_samples(pop, cfg.labels.rewards, ev["prompts"], ev["texts"][name], kl=ev["kl"][name])
                   for name in ("vanilla", "refresh_off", "refresh_on")}
-        report[key] = build_report(judged, cfg.labels.rewards, refs=("refresh_off", "vanilla"), margin=pc.tie_margin,
+        report[key] = build_report(judged, cfg.labels.rewards, refs=("vanilla", "refresh_off"), margin=pc.tie_margin,
                                    n_boot=pc.bootstrap, seed=cfg.run.seed)
     keys = ("reward/mean", "drift/judged_new", "drift/judged_old", "drift/refreshed", "drift/store_votes")
     report["curves"] = {arm: [{"step": r["step"], **{k: r[k] for k in keys if k in r}} for r in h]
@@ -175,8 +175,10 @@ def _write(report: Mapping[str, Any], out: Path) -> None:
         return f"{p['expected_reward']:.3f} [{lo:.3f}, {hi:.3f}]"
 
     def h2h(rep: Mapping[str, Any], key: str) -> str:
-        o = rep["head_to_head"][key]["overall"]
-        return f"{o['win']:.1f} / {o['tie']:.1f} / {o['loss']:.1f}"
+        h = rep["head_to_head"][key]
+        o, d = h["overall"], h["expected_reward_diff"]
+        return (f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]; "
+                f"{o['win']:.1f} / {o['tie']:.1f} / {o['loss']:.1f}")
 
     lines = ["# Live preference shift: reward-model refresh on vs off", "",
              f"The crowd changes from {_fmt_mix(s['old_mixture'])} to {_fmt_mix(s['drift_mixture'])} at PPO step "
@@ -190,7 +192,8 @@ def _write(report: Mapping[str, Any], out: Path) -> None:
              "| policy | E[r], new crowd (95% CI) | E[r], old crowd (95% CI) | KL to SFT |", "|---|---|---|---|"]
     for name in ("vanilla", "refresh_off", "refresh_on"):
         lines.append(f"| {name} | {er(new, name)} | {er(old, name)} | {new['policies'][name]['kl']:.2f} |")
-    lines += ["", "Head to head (win / tie / loss %, per prompt and seed, tie within the margin):", "",
+    lines += ["", "Head to head: difference of E[r] (95% CI); win / tie / loss % per (prompt, sampling seed), a tie "
+              "within the margin:", "",
               "| pair | new crowd | old crowd |", "|---|---|---|"]
     for key in ("refresh_on_vs_refresh_off", "refresh_on_vs_vanilla", "refresh_off_vs_vanilla"):
         lines.append(f"| {key} | {h2h(new, key)} | {h2h(old, key)} |")

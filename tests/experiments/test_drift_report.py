@@ -31,7 +31,11 @@ def test_report_judges_under_both_crowds_and_writes_its_files(tmp_path):
         assert abs(rep["new_mixture"]["policies"][name]["expected_reward"] - want) < 1e-9
     assert rep["new_mixture"]["policies"]["refresh_on"]["expected_reward"] != \
         rep["old_mixture"]["policies"]["refresh_on"]["expected_reward"]
-    assert set(rep["new_mixture"]["head_to_head"]) >= {"refresh_on_vs_refresh_off", "refresh_on_vs_vanilla"}
+    assert set(rep["new_mixture"]["head_to_head"]) == {"refresh_on_vs_refresh_off", "refresh_on_vs_vanilla",
+                                                       "refresh_off_vs_vanilla"}
+    d = rep["new_mixture"]["head_to_head"]["refresh_on_vs_refresh_off"]["expected_reward_diff"]["mean"]
+    pol = rep["new_mixture"]["policies"]
+    assert abs(d - (pol["refresh_on"]["expected_reward"] - pol["refresh_off"]["expected_reward"])) < 1e-9
     assert rep["setup"]["drift_step"] == 3 and rep["setup"]["drift_mixture"] == {"scientist": 1.0, "artist": 1.0}
     assert [r["step"] for r in rep["curves"]["refresh_on"]] == list(range(1, 7))
     assert json.loads((tmp_path / "drift_report.json").read_text())["setup"] == rep["setup"]
