@@ -15,6 +15,10 @@ evaluate      two RolloutPools (SFT, PPO policy) sample held-out prompts     rep
               under several seeds; the population judges (raydprm.evaluate)
 ============  ===========================================================  ====================
 
+With ``pipeline.live_votes`` the crowd also votes on the policy's samples during PPO, can change
+at ``pipeline.drift_step``, and the reward replicas are refreshed from the store every
+``pipeline.refresh_every`` steps (:mod:`raydprm.cluster.drift`).
+
 Every stage writes ``<stage>/record.json`` (key = hash of its config keys and inputs) and
 ``state.json`` (:mod:`raydprm.cluster.run_state`); a stage whose key is unchanged is skipped,
 so ``--resume`` continues at the first stage not done and PPO at its last checkpoint
