@@ -222,6 +222,15 @@ class LabelsConfig(Section):
             raise ConfigError(f"config key 'labels.grid' has {len(self.grid)} entries but labels.names has {len(self.names)}")
 
 
+def check_mixture(key: str, mixture: Mapping[str, float]) -> None:
+    """Persona weights: each >= 0 and a positive total (empty = the caller's default)."""
+    for k, w in mixture.items():
+        if not (w >= 0):
+            raise ConfigError(f"config key '{key}.{k}' = {w!r} must be >= 0")
+    if mixture and sum(mixture.values()) <= 0:
+        raise ConfigError(f"config key '{key}' must have a positive total weight")
+
+
 @dataclass(frozen=True)
 class CrowdConfig(Section):
     section: ClassVar[str] = "crowd"
@@ -231,11 +240,7 @@ class CrowdConfig(Section):
     votes_per_item: int = opt(12, doc="Votes cast on each item (spread over personas by the mixture).", ge=1)
 
     def validate(self) -> None:
-        for k, w in self.mixture.items():
-            if not (w >= 0):
-                raise ConfigError(f"config key 'crowd.mixture.{k}' = {w!r} must be >= 0")
-        if self.mixture and sum(self.mixture.values()) <= 0:
-            raise ConfigError("config key 'crowd.mixture' must have a positive total weight")
+        check_mixture("crowd.mixture", self.mixture)
 
 
 @dataclass(frozen=True)
@@ -530,11 +535,7 @@ class PipelineConfig(Section):
     step_seconds: float = opt(60.0, doc="Crowd time of one PPO step: live votes of step t carry the timestamp T0 + t * step_seconds (T0 = the end of the collect stage), the clock store.half_life_s forgets by.", gt=0)
 
     def validate(self) -> None:
-        for k, w in self.drift_mixture.items():
-            if not (w >= 0):
-                raise ConfigError(f"config key 'pipeline.drift_mixture.{k}' = {w!r} must be >= 0")
-        if self.drift_mixture and sum(self.drift_mixture.values()) <= 0:
-            raise ConfigError("config key 'pipeline.drift_mixture' must have a positive total weight")
+        check_mixture("pipeline.drift_mixture", self.drift_mixture)
         if self.drift_step > 0 and not self.drift_mixture:
             raise ConfigError(f"config key 'pipeline.drift_step' = {self.drift_step} needs pipeline.drift_mixture "
                               "(the persona weights of the crowd after the shift)")

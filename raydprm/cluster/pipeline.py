@@ -270,9 +270,11 @@ class Pipeline:
             trained = [(arm, self._train(arm, sft, col)) for arm in self.arms]
             if self.until == "ppo":
                 return {"ppo": trained[0][1]["history"]}
+            # a comparison's policies and seeds shape its evaluation; a single run's key ignores them
+            ev_keys = ("eval_prompts", "eval_seeds", "bootstrap", "tie_margin") + (
+                ("policies", "seeds") if cfg.pipeline.policies else ())
             ev_cfg = {k: c[k] for k in ("crowd", "labels", "rollout")} | {"seed": seed} | {
-                k: v for k, v in c["pipeline"].items()
-                if k in ("eval_prompts", "eval_seeds", "bootstrap", "tie_margin", "policies", "seeds")}
+                k: v for k, v in c["pipeline"].items() if k in ev_keys}
             ev_in = {"sft": sft["digest"]} | {arm.prefix + "policy": out["digest"] for arm, out in trained}
             self._stage("evaluate", ev_cfg, ev_in, lambda: self._evaluate(sft_dir, trained))
         finally:

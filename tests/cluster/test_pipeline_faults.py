@@ -25,14 +25,19 @@ def _events(run_dir):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+def _rerun_ppo(reference, dst, on_step):
+    """The reference run's directory as it was before PPO, run on from there with ``on_step``."""
+    from raydprm.cluster.pipeline import Pipeline
+
+    _copy_before_ppo(reference[0], dst)
+    return Pipeline(load_config(dst / "config.yaml"), dst, progress=False, on_step=on_step).fit()
+
+
 def test_killed_reward_replica_is_restarted_reloads_its_model_and_the_run_completes(reference, tmp_path, capsys):
     import ray
 
-    from raydprm.cluster.pipeline import Pipeline
-
-    run_dir, report, _ = reference
+    report = reference[1]
     dst = tmp_path / "reward_killed"
-    _copy_before_ppo(run_dir, dst)
     seen = {}
 
     def kill_reward(pipe, step):
@@ -42,7 +47,7 @@ def test_killed_reward_replica_is_restarted_reloads_its_model_and_the_run_comple
         if step == 2:
             seen["after"] = pipe.reward.info()[0]
 
-    got = Pipeline(load_config(dst / "config.yaml"), dst, progress=False, on_step=kill_reward).fit()
+    got = _rerun_ppo(reference, dst, kill_reward)
     assert got["restarts"]["reward"] >= 1 and got["restarts"]["learner"] == 0
     assert json.loads((dst / "state.json").read_text())["restarts"]["reward"] == got["restarts"]["reward"]
     # the new replica loaded the run's reward model itself, from the checkpoint the lost one had
@@ -59,11 +64,8 @@ def test_killed_reward_replica_is_restarted_reloads_its_model_and_the_run_comple
 def test_killed_learner_restarts_the_group_from_its_checkpoint_and_the_run_completes(reference, tmp_path, capsys):
     import ray
 
-    from raydprm.cluster.pipeline import Pipeline
-
-    run_dir, report, _ = reference
+    report = reference[1]
     dst = tmp_path / "learner_killed"
-    _copy_before_ppo(run_dir, dst)
     pids = {}
 
     def kill_learner(pipe, step):
@@ -73,7 +75,7 @@ def test_killed_learner_restarts_the_group_from_its_checkpoint_and_the_run_compl
         if step == 2:
             pids["after"] = [i["pid"] for i in pipe.learner.info()]
 
-    got = Pipeline(load_config(dst / "config.yaml"), dst, progress=False, on_step=kill_learner).fit()
+    got = _rerun_ppo(reference, dst, kill_learner)
     out = capsys.readouterr().out
     assert got["restarts"]["learner"] >= 1 and got["restarts"]["reward"] == 0
     assert not set(pids["before"]) & set(pids["after"])  # every rank is a new process
