@@ -1,5 +1,9 @@
 """Helpers shared by tests in several folders (tests/ is on sys.path through its conftest)."""
 
+import os
+import pathlib
+import time
+
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
@@ -46,3 +50,29 @@ def toy_records(n=96, seed=0):
         recs.append({"prompt": f"Q: item {i} ?\nA:", "response": f" {words} {k} .", "target": kinds[k],
                      "persona_counts": {"scientist": [c * 4 for c in kinds[k]]}})
     return recs
+
+
+def _alive(pid: int) -> bool:
+    stat = pathlib.Path(f"/proc/{pid}/stat")
+    try:
+        os.kill(pid, 0)
+        return stat.read_text().split(") ", 1)[1][0] != "Z"  # a zombie has exited
+    except (ProcessLookupError, FileNotFoundError, IndexError):
+        return False
+
+
+def kill_actor(actor, timeout_s: float = 60.0) -> int:
+    """``ray.kill(actor, no_restart=True)`` and wait until its process has exited.
+
+    ``ray.kill`` only asks the GCS to kill the actor: a call sent right after it can still
+    run on the old process and succeed, which makes a fault test flaky. Returns the pid."""
+    import ray
+
+    pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=timeout_s)
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"actor process {pid} still alive {timeout_s:.0f} s after ray.kill")
+        time.sleep(0.05)
+    return pid

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from helpers import make_batch
+from helpers import kill_actor, make_batch
 
 from raydprm.config import PPOConfig
 from raydprm.rollout.sync import tensor_digest
@@ -113,7 +113,7 @@ def test_dead_rank_restarts_the_whole_group_from_its_checkpoint(ray_local, tiny_
         at_ckpt = group.full_state_dict()
         group.update(make_batch(seed=2))
         pids = [i["pid"] for i in group.info()]
-        ray_local.kill(group.group.actors[1], no_restart=True)
+        kill_actor(group.group.actors[1])
         with pytest.raises(GroupRestarted, match="restarted from its last checkpoint"):
             group.update(make_batch(seed=3))
         info = group.info()
@@ -122,7 +122,7 @@ def test_dead_rank_restarts_the_whole_group_from_its_checkpoint(ray_local, tiny_
         now = group.full_state_dict()
         assert all(torch.equal(at_ckpt[k], now[k]) for k in at_ckpt)
         group.update(make_batch(seed=2))  # the redone step trains again
-        ray_local.kill(group.group.actors[0], no_restart=True)
+        kill_actor(group.group.actors[0])
         with pytest.raises(Exception, match="restart budget"):
             group.group.all(LearnerActor.info)
     finally:

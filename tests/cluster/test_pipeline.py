@@ -10,10 +10,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import kill_actor
 
 from raydprm.cli import main
 from raydprm.config import load_config
@@ -126,27 +126,32 @@ def _env():
     return env
 
 
+# The CLI run, SIGKILLed by itself right after PPO step 1 is recorded: polling state.json from
+# outside raced the steps (tiny ones take well under the polling interval on an idle machine).
+_KILLED_AFTER_STEP_1 = """
+import os, signal, sys
+from raydprm.cluster import pipeline
+init = pipeline.Pipeline.__init__
+def killed_after_step_1(self, *a, **k):
+    init(self, *a, **k)
+    self.on_step = lambda pipe, step: os.kill(os.getpid(), signal.SIGKILL) if step == 1 else None
+pipeline.Pipeline.__init__ = killed_after_step_1
+from raydprm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_sigkill_mid_ppo_then_resume_gives_the_same_final_metrics(reference, tmp_path):
     run_dir, report, _ = reference
     dst = tmp_path / "killed"
     _copy_before_ppo(run_dir, dst)
-    cmd = [sys.executable, "-m", "raydprm.cli", "run", "--no-progress", "--resume", str(dst)]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 600
-    step = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            step = json.loads((dst / "state.json").read_text())["ppo"]["step"]
-        except (OSError, ValueError):
-            step = 0
-        if step >= 1:
-            break
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    out = proc.communicate()[0]
-    assert step >= 1, out
+    args = ["run", "--no-progress", "--resume", str(dst)]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_STEP_1, *args], env=_env(),
+                            capture_output=True, text=True, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
     state = json.loads((dst / "state.json").read_text())
-    assert "ppo" not in state["stages"] and state["ppo"]["step"] < 3, "killed too late to test a resume"
+    assert "ppo" not in state["stages"] and state["ppo"]["step"] == 1, state
+    cmd = [sys.executable, "-m", "raydprm.cli", *args]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == str(dst)
@@ -156,7 +161,6 @@ def test_sigkill_mid_ppo_then_resume_gives_the_same_final_metrics(reference, tmp
 
 
 def test_killed_generator_is_restarted_with_current_weights_and_the_run_completes(reference, tmp_path):
-    import ray
 
     from raydprm.cluster.pipeline import Pipeline
 
@@ -166,7 +170,7 @@ def test_killed_generator_is_restarted_with_current_weights_and_the_run_complete
 
     def kill_generator(pipe, step):
         if step == 1:
-            ray.kill(pipe.rollout.group.actors[0], no_restart=True)
+            kill_actor(pipe.rollout.group.actors[0])
 
     got = Pipeline(load_config(dst / "config.yaml"), dst, progress=False, on_step=kill_generator).fit()
     assert got["restarts"]["rollout"] == 1

@@ -11,6 +11,7 @@ import json
 
 import pytest
 import test_pipeline
+from helpers import kill_actor
 from test_pipeline import _copy_before_ppo, _final
 
 from raydprm.config import load_config
@@ -34,7 +35,6 @@ def _rerun_ppo(reference, dst, on_step):
 
 
 def test_killed_reward_replica_is_restarted_reloads_its_model_and_the_run_completes(reference, tmp_path, capsys):
-    import ray
 
     report = reference[1]
     dst = tmp_path / "reward_killed"
@@ -43,7 +43,7 @@ def test_killed_reward_replica_is_restarted_reloads_its_model_and_the_run_comple
     def kill_reward(pipe, step):
         if step == 1:
             seen["before"] = pipe.reward.info()[0]
-            ray.kill(pipe.reward.group.actors[0], no_restart=True)
+            kill_actor(pipe.reward.group.actors[0])
         if step == 2:
             seen["after"] = pipe.reward.info()[0]
 
@@ -62,7 +62,6 @@ def test_killed_reward_replica_is_restarted_reloads_its_model_and_the_run_comple
 
 
 def test_killed_learner_restarts_the_group_from_its_checkpoint_and_the_run_completes(reference, tmp_path, capsys):
-    import ray
 
     report = reference[1]
     dst = tmp_path / "learner_killed"
@@ -71,7 +70,7 @@ def test_killed_learner_restarts_the_group_from_its_checkpoint_and_the_run_compl
     def kill_learner(pipe, step):
         if step == 1:
             pids["before"] = [i["pid"] for i in pipe.learner.info()]
-            ray.kill(pipe.learner.group.actors[-1], no_restart=True)
+            kill_actor(pipe.learner.group.actors[-1])
         if step == 2:
             pids["after"] = [i["pid"] for i in pipe.learner.info()]
 

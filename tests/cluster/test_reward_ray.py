@@ -8,6 +8,7 @@ import socket
 import numpy as np
 import pytest
 import torch
+from helpers import kill_actor
 
 from raydprm.config import Config
 from raydprm.core.label_scale import LabelScale
@@ -69,9 +70,8 @@ def test_reward_actor_pool_matches_in_process_and_reloads(ray_session, model_dir
         np.testing.assert_allclose(out_b["reward"], b.score(PROMPTS, RESPONSES).expected.numpy(), atol=1e-5)
         assert out_b["version"] == 1
         # a replica that dies is replaced and loads what the pool last loaded (model b)
-        import ray
 
-        ray.kill(pool.group.actors[1], no_restart=True)
+        kill_actor(pool.group.actors[1])
         np.testing.assert_allclose(pool.score(PROMPTS, RESPONSES)["reward"], out_b["reward"], atol=1e-5)
         assert pool.restarts == 1
         # or a state dict through the object store

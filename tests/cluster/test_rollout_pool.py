@@ -5,7 +5,7 @@ import time
 
 import pytest
 import torch
-from helpers import perturbed
+from helpers import kill_actor, perturbed
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from raydprm.config import RolloutConfig
@@ -98,7 +98,7 @@ def test_rollout_ray_dead_replica_is_restarted_with_the_current_weights(pool, ti
     pool.sync_weights(_update(learner, v, pool))
     want = [r.token_ids for r in _reference(learner, tiny_policy, PROMPTS, GREEDY)]
     pid = pool.group.all(RolloutGenerator.info)[1]["pid"]
-    ray.kill(pool.group.actors[1], no_restart=True)
+    kill_actor(pool.group.actors[1])
     restarts = pool.restarts
     out = pool.generate(PROMPTS, GREEDY)
     assert pool.restarts == restarts + 1
