@@ -237,7 +237,6 @@ class Pipeline:
         self.state = RunState(self.run_dir)
         self.rollout = self.reward = self.learner = self.loop = self.drift = None
         self.last_record: dict[str, Any] = {}
-        self.restarts: dict[str, int] = {}  # per role, since the last stage was recorded
         self._pools: list[tuple[str, Any]] = []
         self._stage_t0 = time.time()
         self._stage_name = ""  # the stage running now (restart events name it)
@@ -319,8 +318,6 @@ class Pipeline:
         t0 = self._stage_t0 = time.time()
         outputs = body()
         self._release_placement()  # the stage's actors are gone: the next stage places what it uses
-        self.state.add_restarts(self.restarts)
-        self.restarts = {}
         rec = self.state.complete(name, key, inputs=inputs, config=config, outputs=outputs, started=t0)
         self._say(f"{name}: done in {rec['seconds']:.1f} s")
         self._stages_bar.update(1)
@@ -554,8 +551,6 @@ class Pipeline:
             judged[name] = judge_samples(pop, cfg.labels.rewards, prompts, texts[name], kl=np.asarray(kl[name]))
         report = build_report(judged, cfg.labels.rewards, margin=pc.tie_margin, n_boot=pc.bootstrap, seed=cfg.run.seed,
                               seed_groups=[k for k, _ in rows])
-        self.state.add_restarts(self.restarts)
-        self.restarts = {}
         stages = {k: {"seconds": v["seconds"]} for k, v in self.state.data["stages"].items()}
         stages["evaluate"] = {"seconds": time.time() - self._stage_t0}
         totals: dict[str, float] = {}  # per kind of stage (a comparison has one reward/ppo/align per policy and seed)
@@ -682,13 +677,13 @@ class Pipeline:
                  "after_ppo_step": int(self.last_record.get("step", 0))}
         with open(self.run_dir / "restarts.jsonl", "a") as f:
             f.write(json.dumps(event) + "\n")
+        self.state.add_restarts({role: 1})  # counted now: a run killed later in the stage keeps it
         what = "the whole group" if group.restart_mode == "group" else f"rank(s) {list(ranks)}"
         self._say(f"  {role}: restarted {what} during {self._stage_name} (restart {group.restarts}/"
                   f"{group.max_restarts}, after PPO step {event['after_ppo_step']})")
 
     def _untrack(self, pool: Any, role: str) -> None:
-        """Shut a pool down and count its restarts for report.json."""
-        self.restarts[role] = self.restarts.get(role, 0) + pool.restarts
+        """Shut a pool down (its restarts were counted as they happened)."""
         self._pools = [(r, p) for r, p in self._pools if p is not pool]
         pool.shutdown()
 

@@ -46,10 +46,12 @@ def test_killed_reward_replica_is_restarted_reloads_its_model_and_the_run_comple
             kill_actor(pipe.reward.group.actors[0])
         if step == 2:
             seen["after"] = pipe.reward.info()[0]
+            seen["counted"] = json.loads((dst / "state.json").read_text())["restarts"]
 
     got = _rerun_ppo(reference, dst, kill_reward)
     assert got["restarts"]["reward"] >= 1 and got["restarts"]["learner"] == 0
     assert json.loads((dst / "state.json").read_text())["restarts"]["reward"] == got["restarts"]["reward"]
+    assert seen["counted"] == {"reward": 1}  # in state.json as it happened: a run killed mid-stage keeps it
     # the new replica loaded the run's reward model itself, from the checkpoint the lost one had
     assert seen["after"]["source"] == seen["before"]["source"] and seen["after"]["version"] == 0
     assert seen["after"]["source"].startswith(str(dst / "reward"))
