@@ -1,6 +1,5 @@
 """The synthetic world: deterministic generators, observable quality, short responses."""
 
-import time
 
 import pytest
 
@@ -15,10 +14,8 @@ def test_vocabularies_are_disjoint_and_harm_phrases_use_no_topic_words():
         assert not (set(phrase.split()) & vocab), phrase
 
 
-def test_tokenizer_corpus_is_deterministic_fast_and_sized():
-    t = time.perf_counter()
+def test_tokenizer_corpus_is_deterministic_and_sized():
     a = world.tokenizer_corpus()
-    assert time.perf_counter() - t < 1.0
     assert a == world.tokenizer_corpus()
     assert 2000 <= len(a) <= 10000
     assert all(isinstance(x, str) and x for x in a)
