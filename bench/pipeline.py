@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from raydprm.cluster.group import peak_rss_mb
-    from raydprm.cluster.pipeline import SMOKE_OVERRIDES, Pipeline
+    from raydprm.cluster.pipeline import Pipeline
+    from raydprm.cluster.run_plan import SMOKE_OVERRIDES
     from raydprm.config import load_config
 
     out_root = Path(tempfile.mkdtemp(prefix="raydprm-bench-pipeline-"))

@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from raydprm.cluster.pipeline import SMOKE_OVERRIDES, Pipeline, resolve_run_dir, resume_dir
+    from raydprm.cluster.pipeline import Pipeline
+    from raydprm.cluster.run_plan import SMOKE_OVERRIDES, resolve_run_dir, resume_dir
     from raydprm.config import load_config
 
     if args.resume and args.config:

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from raydprm.cluster.pipeline import SMOKE_OVERRIDES
+    from raydprm.cluster.run_plan import SMOKE_OVERRIDES
     from raydprm.cluster.runtime import in_ray_job
     from raydprm.config import load_config
     from raydprm.errors import ConfigError

@@ -135,7 +135,7 @@ class Drift:
 
     @classmethod
     def create(cls, pipeline: Any, arm: Any, reward_dir: str, store_cpu: float) -> Drift | None:
-        """The drift of the PPO stage of ``arm`` (a :class:`raydprm.cluster.pipeline.Arm`: its config
+        """The drift of the PPO stage of ``arm`` (a :class:`raydprm.cluster.run_plan.Arm`: its config
         and stage directory), or None when ``pipeline.live_votes`` is 0; the store actor takes
         ``store_cpu`` CPUs on the run's store bundle."""
         cfg = arm.cfg

@@ -26,7 +26,7 @@ so ``--resume`` continues at the first stage not done and PPO at its last checkp
 position is the step, the sampling seed of step t is a function of (run.seed, t)).
 
 Placement: a caller that holds a placement group for the run (a Tune trial, whose bundles
-:func:`bundle_layout` lists) passes ``placement={role: Placement(pg, offset)}``; every actor
+:func:`~raydprm.cluster.run_plan.bundle_layout` lists) passes ``placement={role: Placement(pg, offset)}``; every actor
 and task of that role then lives on its bundles (never in a placement group of its own).
 Without one, the run places each role on a placement group of its own for the stages that
 use it (:class:`~raydprm.cluster.placement.RolePlacements`); ``pipeline.layout = colocate``
@@ -44,7 +44,6 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,134 +51,16 @@ import ray
 
 from raydprm.cluster.drift import Drift, drift_stage_config
 from raydprm.cluster.group import GroupRestarted, Placement
-from raydprm.cluster.placement import RolePlacements, layout_groups, peak_resources
+from raydprm.cluster.placement import RolePlacements
+from raydprm.cluster.run_plan import Arm, arms, required_resources
 from raydprm.cluster.run_state import RunState, dir_digest, stage_key, write_json
-from raydprm.cluster.runtime import Resources, connect, in_ray_job
-from raydprm.config import PPO_POLICY_LOSS, Config, apply_overrides, from_dict, save_config
+from raydprm.cluster.runtime import connect
+from raydprm.config import Config, save_config
 from raydprm.errors import RaydprmError
 
-__all__ = ["Arm", "Pipeline", "SMOKE_OVERRIDES", "ROLES", "arms", "bundle_layout", "resolve_run_dir",
-           "required_resources"]
+__all__ = ["Pipeline"]
 
 log = logging.getLogger(__name__)
-
-SMOKE_OVERRIDES = [
-    "sft.n_examples=256", "sft.epochs=1", "crowd.n_items=64", "crowd.votes_per_item=6", "reward.epochs=1",
-    "ppo.steps=2", "ppo.rollout_batch=8", "ppo.minibatch=8", "ppo.micro_batch=4", "ppo.epochs=1",
-    "rollout.max_new_tokens=16", "pipeline.eval_prompts=16", "pipeline.bootstrap=200", "align.steps=2",
-    "align.batch=8",
-]
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One policy a run trains: ``name`` (a policy of :data:`raydprm.config.POLICIES` other than
-    vanilla), the index of its seed, the prefix of its stages' names and directories (``""``
-    for a single run, ``"<name>/seed<k>/"`` in a comparison) and its own config (``run.seed``
-    and ``reward.loss`` or ``align.algo`` set for it)."""
-
-    name: str
-    seed_index: int
-    prefix: str
-    cfg: Config
-
-    @property
-    def kind(self) -> str:
-        """``ppo`` (reward model, then PPO against it) or ``align`` (direct alignment on the store's pairs)."""
-        return "ppo" if self.name in PPO_POLICY_LOSS else "align"
-
-    def stage(self, stage: str) -> str:
-        return self.prefix + stage
-
-
-def arms(cfg: Config) -> list[Arm]:
-    """The policies a run trains, seed-major (every policy of seed 0 first, so a comparison has a
-    complete first seed early). A single run (``pipeline.policies`` empty) trains the PPO policy
-    of ``reward.loss`` under ``run.seed``; a comparison each of ``pipeline.policies`` (vanilla is
-    the SFT policy: nothing to train) under seeds ``run.seed + k``, k < ``pipeline.seeds``."""
-    from raydprm.evaluate.report import policy_name
-
-    pc = cfg.pipeline
-    if not pc.policies:
-        return [Arm(policy_name(cfg.reward.loss), 0, "", cfg)]
-    out = []
-    for k in range(pc.seeds):
-        for name in pc.policies:
-            if name == "vanilla":
-                continue
-            algo = f"reward.loss={PPO_POLICY_LOSS[name]}" if name in PPO_POLICY_LOSS else f"align.algo={name}"
-            out.append(Arm(name, k, f"{name}/seed{k}/",
-                           from_dict(apply_overrides(cfg.to_dict(), [f"run.seed={cfg.run.seed + k}", algo]))))
-    return out
-
-
-class RelativeOutputInJob(RaydprmError):
-    """Inside a Ray job a relative run.output_dir would land in Ray's temporary working_dir copy."""
-
-
-def resume_dir(path: str | Path) -> Path:
-    d = Path(path).resolve()
-    if not (d / "config.yaml").is_file():
-        raise RaydprmError(f"--resume {path}: no config.yaml there, so it is not a raydprm run directory")
-    return d
-
-
-def resolve_run_dir(cfg: Config, resume: str | None = None) -> Path:
-    """The run directory: ``resume`` as given, else ``run.output_dir/run.name``, which must be empty."""
-    if resume:
-        return resume_dir(resume)
-    if in_ray_job() and not Path(cfg.run.output_dir).is_absolute():
-        raise RelativeOutputInJob(
-            f"run.output_dir = '{cfg.run.output_dir}' is relative: inside a Ray job the working directory is a "
-            "temporary copy that Ray deletes and other nodes cannot see; give an absolute path every node can "
-            "write, e.g. run.output_dir=/shared/raydprm")
-    d = cfg.run.run_dir.resolve()
-    RunState.check_fresh(d)
-    return d
-
-
-def required_resources(cfg: Config) -> Resources:
-    """Logical CPUs/GPUs reserved at once: the largest stage's placement groups under
-    ``pipeline.layout`` (:func:`~raydprm.cluster.placement.peak_resources`)."""
-    return peak_resources(cfg)
-
-
-# Roles that own bundles of a run's placement group (bundle_layout), in bundle order. "driver" is
-# the caller's own process (a Tune trial); "learner" also hosts the SFT and reward-training tasks,
-# which finish before the learner starts; "reference" is evaluate's SFT pool (the "rollout"
-# bundles hold the PPO policy's pool then).
-ROLES = ("driver", "rollout", "reward", "learner", "store", "reference")
-DRIVER_CPU = 1.0
-
-
-def bundle_layout(cfg: Config) -> tuple[list[dict[str, float]], dict[str, int]]:
-    """The bundles one run reserves in a placement group someone else creates, and the
-    offset of each role's first bundle: one bundle for the driver, then one per actor.
-
-    ``[{"CPU": 1}, rollout x R, reward x Q, learner x W, store, reference x R]``; a bundle's
-    GPUs are the actor's. Evaluate's two pools (SFT and PPO policy) sample side by side, so
-    the reference pool has bundles of its own. ``pipeline.layout = colocate``: the rollout
-    and learner entries are one list of shared bundles, and both roles start at its offset."""
-    def one(cpu: float, gpu: float = 0.0) -> dict[str, float]:
-        return {"CPU": float(cpu), **({"GPU": float(gpu)} if gpu > 0 else {})}
-
-    ro, rw, pp = cfg.rollout, cfg.reward, cfg.ppo
-    per_role = {"driver": [one(DRIVER_CPU)],
-                "rollout": [one(ro.num_cpus, ro.num_gpus)] * ro.num_replicas,
-                "reward": [one(rw.actor_num_cpus)] * rw.num_replicas,
-                "learner": [one(pp.num_cpus_per_worker, pp.num_gpus_per_worker)] * pp.num_workers,
-                "store": [one(cfg.pipeline.store_num_cpus)],
-                "reference": [one(ro.num_cpus, ro.num_gpus)] * ro.num_replicas}
-    if cfg.pipeline.layout == "colocate":
-        per_role["rollout"], per_role["learner"] = [], layout_groups(cfg)["policy"]
-    bundles: list[dict[str, float]] = []
-    offsets: dict[str, int] = {}
-    for role in ROLES:
-        offsets[role] = len(bundles)
-        bundles += [dict(b) for b in per_role[role]]
-    if cfg.pipeline.layout == "colocate":
-        offsets["rollout"] = offsets["learner"]
-    return bundles, offsets
 
 
 @ray.remote(num_cpus=1)

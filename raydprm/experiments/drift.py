@@ -60,7 +60,8 @@ ARMS = ("refresh_on", "refresh_off")
 def run(out_dir: str | Path, *, quick: bool = False, seed: int = 0, overrides: Sequence[str] = (),
         progress: bool = True) -> dict[str, Any]:
     """Both PPO runs, the evaluation under both mixtures, and the report files; returns drift_report.json's dict."""
-    from raydprm.cluster.pipeline import Pipeline, required_resources
+    from raydprm.cluster.pipeline import Pipeline
+    from raydprm.cluster.run_plan import required_resources
     from raydprm.cluster.run_state import copy_stages
     from raydprm.cluster.runtime import ray_session
     from raydprm.config import load_config

@@ -9,7 +9,7 @@ base config with the trial's dotted keys applied, in ``<sweep_dir>/runs/<trial i
 Resources (the Tune traps, and what this does about each):
 
 - Every actor a trial creates is reserved up front by its ``PlacementGroupFactory``:
-  :func:`~raydprm.cluster.pipeline.bundle_layout` lists one small bundle for the trial's
+  :func:`~raydprm.cluster.run_plan.bundle_layout` lists one small bundle for the trial's
   own process, then one bundle per actor (generators, reward replicas, learner ranks, store,
   evaluate's reference generators). The trial never creates a placement group: the pipeline
   puts each role on its bundles of the trial's group (``Placement(pg, offset)``), so nothing
@@ -56,7 +56,8 @@ import ray
 from ray import tune
 
 from raydprm.cluster.group import Placement
-from raydprm.cluster.pipeline import Pipeline, bundle_layout
+from raydprm.cluster.pipeline import Pipeline
+from raydprm.cluster.run_plan import bundle_layout
 from raydprm.cluster.run_state import copy_stages, write_json
 from raydprm.cluster.runtime import InsufficientResources, Resources, connect
 from raydprm.config import Config, save_config

@@ -17,7 +17,8 @@ TINY = ["sft.n_examples=48", "sft.epochs=1", "sft.batch_size=16", "crowd.n_items
 
 
 def test_compare_trains_each_policy_per_seed_and_judges_them_on_the_same_prompts(tmp_path):
-    from raydprm.cluster.pipeline import Pipeline, resolve_run_dir
+    from raydprm.cluster.pipeline import Pipeline
+    from raydprm.cluster.run_plan import resolve_run_dir
 
     cfg = load_config(None, [*TINY, f"run.output_dir={tmp_path}", "run.name=cmp"])
     run_dir = resolve_run_dir(cfg)

@@ -1,6 +1,6 @@
 """A comparison's arms: which policies are trained, under which seeds, with which configs."""
 
-from raydprm.cluster.pipeline import arms
+from raydprm.cluster.run_plan import arms
 from raydprm.config import load_config
 
 

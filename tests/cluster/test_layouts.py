@@ -11,8 +11,8 @@ offloaded)."""
 
 import pytest
 
-from raydprm.cluster.pipeline import SMOKE_OVERRIDES, bundle_layout, required_resources
 from raydprm.cluster.placement import layout_groups, peak_resources
+from raydprm.cluster.run_plan import SMOKE_OVERRIDES, bundle_layout, required_resources
 from raydprm.config import load_config
 from raydprm.errors import ConfigError
 
@@ -100,7 +100,8 @@ def _check_placement(pipe, step, layout, seen):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from raydprm.cluster.pipeline import Pipeline, resolve_run_dir
+    from raydprm.cluster.pipeline import Pipeline
+    from raydprm.cluster.run_plan import resolve_run_dir
 
     out = tmp_path_factory.mktemp("layouts")
     got = {}

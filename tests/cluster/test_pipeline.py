@@ -55,7 +55,8 @@ def reference(tmp_path_factory):
     """A full tiny run in this process, every driver-side ray.get watched."""
     import ray
 
-    from raydprm.cluster.pipeline import Pipeline, resolve_run_dir
+    from raydprm.cluster.pipeline import Pipeline
+    from raydprm.cluster.run_plan import resolve_run_dir
 
     out = tmp_path_factory.mktemp("runs")
     cfg = load_config(None, [*TINY, f"run.output_dir={out}", "run.name=ref"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raydprm.cluster.pipeline import bundle_layout, required_resources
+from raydprm.cluster.run_plan import bundle_layout, required_resources
 from raydprm.config import Config, load_config
 from raydprm.tune.capacity import demand, max_concurrent, shortfall
 from raydprm.tune.results import pareto_front, read_results, result_row, write_results

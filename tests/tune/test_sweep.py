@@ -64,7 +64,7 @@ def test_small_sweep_beta_x_cost_writes_table_and_plots(tmp_path, capsys):
              for r in rows]
     assert max(sum(a <= t < b for a, b in spans) for t, _ in spans) == 2, spans
     # every actor of a trial sat on its role's bundle of the trial's own placement group
-    from raydprm.cluster.pipeline import bundle_layout
+    from raydprm.cluster.run_plan import bundle_layout
     from raydprm.config import load_config
 
     _, offsets = bundle_layout(load_config(sweep_dir / "base_config.yaml"))
