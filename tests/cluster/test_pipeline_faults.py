@@ -1,4 +1,4 @@
-"""Faults inside a `raydprm run`: a reward replica or the learner killed mid-PPO.
+"""Faults inside a `raydprm run`: a reward replica or a learner rank killed mid-PPO.
 
 Both runs continue from the reference run's directory as it was after the reward stage
 (test_pipeline's fixture and helpers, run again in this module) and must end with exactly
@@ -87,3 +87,32 @@ def test_killed_learner_restarts_the_group_from_its_checkpoint_and_the_run_compl
     assert "learner: restarted the whole group during ppo" in out
     assert "the group restarted from its last checkpoint" in out and "PPO resumes after step 1" in out
     assert _final(got) == _final(report)  # the redone step 2 is the uninterrupted run's step 2
+
+
+def test_one_rank_of_a_two_rank_learner_killed_mid_ppo_restarts_the_group_and_ends_as_uninterrupted(
+        reference, tmp_path):
+    """Two learner ranks share a process group: killing one mid-PPO restarts both from the last
+    checkpoint, and the run ends with exactly the metrics of the same two-rank run left alone."""
+    from raydprm.cluster.pipeline import Pipeline
+
+    two = ["ppo.num_workers=2", "ppo.num_cpus_per_worker=0.5"]
+    runs, pids = {}, {}
+
+    def kill_rank_1(pipe, step):
+        if step == 1:
+            pids["before"] = [i["pid"] for i in pipe.learner.info()]
+            kill_actor(pipe.learner.group.actors[1])
+        if step == 2:
+            pids["after"] = [i["pid"] for i in pipe.learner.info()]
+
+    for name, on_step in (("alone", None), ("killed", kill_rank_1)):
+        dst = tmp_path / name
+        _copy_before_ppo(reference[0], dst)
+        cfg = load_config(dst / "config.yaml", two)
+        runs[name] = Pipeline(cfg, dst, progress=False, on_step=on_step).fit()
+    assert runs["alone"]["restarts"]["learner"] == 0 and runs["killed"]["restarts"]["learner"] == 1
+    assert len(pids["before"]) == 2 and not set(pids["before"]) & set(pids["after"])  # both ranks are new
+    events = _events(tmp_path / "killed")
+    assert [(e["role"], e["mode"], e["ranks"], e["after_ppo_step"]) for e in events] == [
+        ("learner", "group", [0, 1], 1)]
+    assert _final(runs["killed"]) == _final(runs["alone"])
