@@ -47,6 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 
 from raydprm.cluster.drift import Drift, drift_stage_config
@@ -265,9 +266,11 @@ class Pipeline:
     def _ppo(self, arm: Arm, key: str, policy_dir: str, reward_dir: str) -> dict[str, Any]:
         from torch.utils.tensorboard import SummaryWriter
 
+        from raydprm.sim.personas import Population
         from raydprm.sim.world import prompts as world_prompts
 
         cfg, n = arm.cfg, arm.cfg.ppo.rollout_batch
+        judge, rewards = Population.from_config(cfg.crowd), np.asarray(cfg.labels.rewards, dtype=np.float64)
         out_dir = self.run_dir / arm.stage("ppo")
         self.init_workers(policy_dir, reward_dir, cfg)
         self.drift = Drift.create(self, arm, reward_dir, cfg.pipeline.store_num_cpus)  # None without live votes
@@ -296,8 +299,13 @@ class Pipeline:
                 bar.reset(total=cfg.ppo.steps)
                 bar.update(step)
                 continue
+            prompts, texts = self.loop.last_samples
+            # the population's E[r] of the step's samples, sum_l p_pop(l | x, y) r_l averaged: one scale for
+            # every policy (a reward model's own score is not: BT-RM's is a logit)
+            rec["population/expected_reward"] = float(np.mean(judge.true_distributions(prompts, texts) @ rewards)) \
+                if texts else float("nan")
             if self.drift is not None:  # the crowd votes on this step's samples; a refresh when due
-                rec.update(self.drift.after_step(step + 1, *self.loop.last_samples))
+                rec.update(self.drift.after_step(step + 1, prompts, texts))
             step += 1
             history.append(rec)
             self.last_record = rec  # what on_step callers (a Tune trial) report
@@ -305,7 +313,7 @@ class Pipeline:
                 if k != "step":
                     tb.add_scalar(k, v, step)
             bar.update(1)
-            bar.set_postfix(reward=f"{rec['reward/mean']:.3f}")
+            bar.set_postfix(reward=f"{rec['reward/mean']:.3f}", pop=f"{rec['population/expected_reward']:.3f}")
             if step % self.cfg.pipeline.checkpoint_every == 0 or step == cfg.ppo.steps:
                 self.save_checkpoint(key, step, history)
             if self.on_step is not None:
@@ -381,8 +389,6 @@ class Pipeline:
         per training seed, the SFT policy (vanilla) under the same ones, so samples pair up by
         (seed, prompt); the population judges; KL(policy || SFT) per sample =
         sum_t log pi(y_t) - log pi_sft(y_t)."""
-        import numpy as np
-
         from raydprm.cluster.rollout_actor import RolloutPool
         from raydprm.evaluate.judge import judge_samples
         from raydprm.evaluate.report import build_report, curves, write_report

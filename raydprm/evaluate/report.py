@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 # reward.loss -> the name of the policy PPO trains against that reward model (the paper's Table 2)
 POLICY_NAMES = {loss: name for name, loss in PPO_POLICY_LOSS.items()}
 # training-curve metrics a comparison averages over seeds (PPO's and direct alignment's)
-CURVE_KEYS = ("reward/mean", "ppo/kl", "align/loss", "align/margin")
+CURVE_KEYS = ("population/expected_reward", "reward/mean", "ppo/kl", "align/loss", "align/margin")
+POP = "population/expected_reward"  # the population's E[r] of a PPO step's samples: one scale for every policy
 
 
 def policy_name(reward_loss: str) -> str:
@@ -148,6 +149,9 @@ def write_report(report: Mapping[str, Any], run_dir: str | os.PathLike[str], lab
     if ppo:
         lines += ["", "## PPO", "", f"mean reward-model score of the rollouts: step 1 {ppo[0]['reward/mean']:.3f} -> "
                   f"step {ppo[-1]['step']} {ppo[-1]['reward/mean']:.3f}."]
+        if POP in ppo[0]:
+            lines[-1] += (f" The population's expected reward of the same rollouts: {ppo[0][POP]:.3f} -> "
+                          f"{ppo[-1][POP]:.3f}.")
     lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v['seconds']:.1f} |" for k, v in report.get("stages", {}).items()]
     lines += ["", "Restarts per role: " + (", ".join(f"{k} {v}" for k, v in report.get("restarts", {}).items())
@@ -173,9 +177,8 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
 
     pol, ppo = report["policies"], report.get("ppo", [])
     h2h = {k: h for k, h in report.get("head_to_head", {}).items() if k.endswith("_vs_vanilla")}
-    cur = report.get("curves") or ({"policy": {"step": [r["step"] for r in ppo],
-                                               "reward/mean": [r["reward/mean"] for r in ppo],
-                                               "ppo/kl": [r.get("ppo/kl", 0.0) for r in ppo]}} if ppo else {})
+    cur = report.get("curves") or ({"policy": {k: [r[k] for r in ppo] for k in ("step", POP, "reward/mean", "ppo/kl")
+                                               if k in ppo[0]}} if ppo else {})
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     x = np.arange(len(label_names))
     w = 0.8 / max(1, len(pol))
@@ -187,15 +190,19 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
     axes[0].set_title("population's labels of each policy")
     axes[0].legend(fontsize=8)
     ppo_curves = {n: c for n, c in cur.items() if "reward/mean" in c}
+    # the population's E[r] when every curve has it (one scale for BT-RM and the DPRMs), else the
+    # reward model's own score (a report written before the population was judged every step)
+    key = POP if ppo_curves and all(POP in c for c in ppo_curves.values()) else "reward/mean"
     if ppo_curves:
         kl_ax = axes[1].twinx()
         for i, (name, c) in enumerate(ppo_curves.items()):
             color = f"C{i}"
-            axes[1].plot(c["step"], c["reward/mean"], color=color, label=f"{name} reward")
+            axes[1].plot(c["step"], c[key], color=color, label=name)
             if "ppo/kl" in c:
                 kl_ax.plot(c["step"], c["ppo/kl"], color=color, ls="--", alpha=0.7)
         axes[1].set_xlabel("PPO step")
-        axes[1].set_ylabel("reward model's score (solid)")
+        axes[1].set_ylabel("population's E[r] of the rollouts (solid)" if key == POP
+                           else "reward model's score (solid)")
         kl_ax.set_ylabel("KL to the reference (dashed)")
         axes[1].legend(fontsize=7)
         axes[1].set_title("PPO: reward and KL" + (" (mean over seeds)" if report.get("curves") else ""))

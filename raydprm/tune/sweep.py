@@ -24,8 +24,8 @@ Resources (the Tune traps, and what this does about each):
   it, so an autoscaling cluster sees every pending trial's demand at once (ray#43451).
 
 Metrics, reported every PPO step (namespaced): ``population/expected_reward`` (the
-simulated population's E[r] of the step's samples), ``reward/mean`` (the DPRM's reward),
-``ppo/kl``, ``ppo/kl_coef``, ``reward/ot_distance`` (the DPRM's held-out OT distance); the
+simulated population's E[r] of the step's samples, from the pipeline's step record),
+``reward/mean`` (the DPRM's reward), ``ppo/kl``, ``ppo/kl_coef``, ``reward/ot_distance`` (the DPRM's held-out OT distance); the
 last report adds the held-out evaluation: ``eval/expected_reward``, ``eval/kl``,
 ``eval/win_rate`` (vs the SFT policy, "Vanilla"), ``eval/vanilla_expected_reward``.
 A Tune checkpoint (the pipeline's PPO checkpoint: learner state + position) goes with every
@@ -183,13 +183,7 @@ class _Reporter:
     """Reports one trial's metrics to Tune every PPO step, with a checkpoint when the pipeline saved one."""
 
     def __init__(self, cfg: Config, run_dir: Path, trial_id: str) -> None:
-        import numpy as np
-
-        from raydprm.sim.personas import Population
-
         self.cfg, self.run_dir, self.trial_id = cfg, run_dir, trial_id
-        self.population = Population.from_config(cfg.crowd)
-        self.rewards = np.asarray(cfg.labels.rewards, dtype=np.float64)
         self.last: dict[str, float] = {}
 
     def _ot(self, pipe: Pipeline) -> float:
@@ -197,15 +191,12 @@ class _Reporter:
         return float(rec.get("outputs", {}).get("best_metrics", {}).get("ot_distance", math.nan))
 
     def on_step(self, pipe: Pipeline, step: int) -> None:
-        import numpy as np
 
         if not self.last:  # the first step of this (re)start
             record_placement(pipe, self.run_dir / "placement.json")
         rec = pipe.last_record
-        prompts, texts = pipe.loop.last_samples
-        # E_pop[r] = mean_n sum_l p_pop(l | x_n, y_n) r_l over this step's samples
-        pop = float(np.mean(self.population.true_distributions(prompts, texts) @ self.rewards)) if texts else math.nan
-        self.last = {"step": step, "population/expected_reward": pop, "reward/mean": rec["reward/mean"],
+        self.last = {"step": step, "population/expected_reward": rec["population/expected_reward"],
+                     "reward/mean": rec["reward/mean"],
                      "reward/expected": rec["reward/expected"], "ppo/kl": rec.get("ppo/kl", math.nan),
                      "ppo/kl_coef": rec.get("ppo/kl_coef", math.nan), "reward/ot_distance": self._ot(pipe)}
         if step % self.cfg.pipeline.checkpoint_every == 0 or step == self.cfg.ppo.steps:
@@ -221,7 +212,8 @@ class _Reporter:
         m: dict[str, Any] = dict(self.last)
         if not m and out.get("ppo"):  # PPO was done before this (re)start: its last record
             rec = out["ppo"][-1]
-            m = {"step": rec["step"], "population/expected_reward": math.nan, "reward/mean": rec["reward/mean"],
+            m = {"step": rec["step"], "population/expected_reward": rec.get("population/expected_reward", math.nan),
+                 "reward/mean": rec["reward/mean"],
                  "reward/expected": rec["reward/expected"], "ppo/kl": rec.get("ppo/kl", math.nan),
                  "ppo/kl_coef": rec.get("ppo/kl_coef", math.nan), "reward/ot_distance": math.nan}
         if "policies" in out:

@@ -114,6 +114,10 @@ def test_reference_run_writes_records_report_and_never_pulls_weights(reference):
     assert set(report["stages"]) == {"sft", "collect", "reward", "ppo", "evaluate"}
     assert report["restarts"] == {"rollout": 0, "reward": 0, "learner": 0}
     assert len(report["ppo"]) == 3 and (run_dir / "report.md").is_file() and (run_dir / "report.png").is_file()
+    # every PPO step is judged by the population too: an E[r] on the reward table's own scale
+    pop = [r["population/expected_reward"] for r in report["ppo"]]
+    assert all(min(rewards) <= p <= max(rewards) for p in pop) and len(set(pop)) > 1
+    assert "The population's expected reward of the same rollouts" in (run_dir / "report.md").read_text()
     assert any((run_dir / "tb").iterdir())
     # the driver never received the policy's weights: the learner publishes, generators pull
     policy_bytes = sum(f.stat().st_size for f in (run_dir / "ppo" / "policy").glob("*.safetensors"))
