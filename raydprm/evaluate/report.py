@@ -177,29 +177,33 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
 
     pol, ppo = report["policies"], report.get("ppo", [])
     h2h = {k: h for k, h in report.get("head_to_head", {}).items() if k.endswith("_vs_vanilla")}
-    cur = report.get("curves") or ({"policy": {k: [r[k] for r in ppo] for k in ("step", POP, "reward/mean", "ppo/kl")
-                                               if k in ppo[0]}} if ppo else {})
+    trained = [n for n in pol if n != "vanilla"]
+    one = {k: [r[k] for r in ppo] for k in ("step", POP, "reward/mean", "ppo/kl") if ppo and k in ppo[0]}
+    cur = report.get("curves") or ({trained[0] if len(trained) == 1 else "policy": one} if ppo else {})
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    # one colour per policy in every panel (vanilla's only appears in the first)
+    names = list(dict.fromkeys([*pol, *cur, *(k.replace("_vs_vanilla", "") for k in h2h)]))
+    colour = {n: f"C{i % 10}" for i, n in enumerate(names)}
     x = np.arange(len(label_names))
     w = 0.8 / max(1, len(pol))
     for i, (name, p) in enumerate(pol.items()):
-        axes[0].bar(x + (i - (len(pol) - 1) / 2) * w, p["label_pct"], width=w,
+        axes[0].bar(x + (i - (len(pol) - 1) / 2) * w, p["label_pct"], width=w, color=colour[name],
                     label=f"{name} (E[r]={p['expected_reward']:.2f})")
     axes[0].set_xticks(x, [n.replace("_", "\n") for n in label_names], fontsize=7)
     axes[0].set_ylabel("% of responses")
+    axes[0].set_ylim(0, 1.5 * max([max(p["label_pct"]) for p in pol.values()], default=100))  # room for the legend
     axes[0].set_title("population's labels of each policy")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7, ncol=2, loc="upper right")
     ppo_curves = {n: c for n, c in cur.items() if "reward/mean" in c}
     # the population's E[r] when every curve has it (one scale for BT-RM and the DPRMs), else the
     # reward model's own score (a report written before the population was judged every step)
     key = POP if ppo_curves and all(POP in c for c in ppo_curves.values()) else "reward/mean"
     if ppo_curves:
         kl_ax = axes[1].twinx()
-        for i, (name, c) in enumerate(ppo_curves.items()):
-            color = f"C{i}"
-            axes[1].plot(c["step"], c[key], color=color, label=name)
+        for name, c in ppo_curves.items():
+            axes[1].plot(c["step"], c[key], color=colour[name], label=name)
             if "ppo/kl" in c:
-                kl_ax.plot(c["step"], c["ppo/kl"], color=color, ls="--", alpha=0.7)
+                kl_ax.plot(c["step"], c["ppo/kl"], color=colour[name], ls="--", alpha=0.7)
         axes[1].set_xlabel("PPO step")
         axes[1].set_ylabel("population's E[r] of the rollouts (solid)" if key == POP
                            else "reward model's score (solid)")
@@ -209,13 +213,15 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
     w2 = 0.8 / max(1, len(h2h))
     for i, (key, h) in enumerate(h2h.items()):
         personas = list(h["per_persona"])
+        name = key.replace("_vs_vanilla", "")
         axes[2].bar(np.arange(len(personas)) + (i - (len(h2h) - 1) / 2) * w2,
-                    [h["per_persona"][p]["win"] for p in personas], width=w2, label=key.replace("_vs_vanilla", ""))
+                    [h["per_persona"][p]["win"] for p in personas], width=w2, color=colour[name], label=name)
         axes[2].set_xticks(np.arange(len(personas)), personas, fontsize=7, rotation=30)
     axes[2].set_ylabel("win % vs vanilla")
+    axes[2].set_ylim(0, 100)  # room above the bars for the legend
     axes[2].set_title("head to head vs vanilla, per persona")
     if h2h:
-        axes[2].legend(fontsize=8)
+        axes[2].legend(fontsize=7, ncol=min(4, len(h2h)), loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
