@@ -26,8 +26,8 @@ so ``--resume`` continues at the first stage not done and PPO at its last checkp
 position is the step, the sampling seed of step t is a function of (run.seed, t)).
 
 Placement: a caller that holds a placement group for the run (a Tune trial, whose bundles
-:func:`~raydprm.cluster.run_plan.bundle_layout` lists) passes ``placement={role: Placement(pg, offset)}``; every actor
-and task of that role then lives on its bundles (never in a placement group of its own).
+:func:`~raydprm.cluster.run_plan.bundle_layout` lists) passes
+``placement={role: Placement(pg, offset)}``; every actor and task of that role then lives on its bundles (never in a placement group of its own).
 Without one, the run places each role on a placement group of its own for the stages that
 use it (:class:`~raydprm.cluster.placement.RolePlacements`); ``pipeline.layout = colocate``
 puts generators and learner on shared bundles, where they take turns (docs/pipeline.md).
