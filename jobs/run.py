@@ -8,7 +8,9 @@
 Inside a job raydprm attaches to the job's cluster and passes no runtime env of its own (the
 job's applies to every worker). Outputs go to ``run.output_dir/run.name``, which must be an
 absolute path every node can write: a relative one is refused, since the job's working
-directory is a temporary copy Ray deletes. ``--resume <run dir>`` continues a killed run.
+directory is a temporary copy Ray deletes. Object storage: mount the bucket at the same path
+on every node (mountpoint-s3, gcsfuse, s3fs); a URI (``s3://...``) is refused, since every
+role writes its outputs as files from its own node. ``--resume <run dir>`` continues a killed run.
 Arguments are those of `raydprm run`.
 """
 

@@ -184,6 +184,16 @@ class RunConfig(Section):
     device: str = opt("auto", doc="Device for single-process work.", choices=("auto", "cpu", "cuda"))
     log_level: str = opt("INFO", doc="Python logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
+    def validate(self) -> None:
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", self.output_dir):
+            # every role writes its own outputs as files on its own node (the SFT and reward tasks, the
+            # learner's checkpoints and export, the SQLite store): the run directory is a file path
+            raise ConfigError(
+                f"config key 'run.output_dir' = '{self.output_dir}' is a storage URI; raydprm's roles write the "
+                "run directory as files (checkpoints, models, a SQLite store) from their own nodes, so give a "
+                "path every node can write: a shared disk (NFS, a PersistentVolumeClaim), or the bucket mounted "
+                "at the same path on every node (mountpoint-s3, gcsfuse, s3fs)")
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name

@@ -119,6 +119,7 @@ CASES = {
         (["--smoke", "models.policy=/nonexistent/model"], "'models.policy' = '/nonexistent/model'"),
         (["--smoke", "run.output_dir={file}"], "cannot create the run directory"),
         (["--smoke", "store.path={store}", "store.half_life_s=0"], "store.half_life_s = 60.0"),
+        (["--smoke", "run.output_dir=s3://bucket/runs"], "'run.output_dir' = 's3://bucket/runs' is a storage URI"),
     ],
     "learner toy": [
         (["--smoke", "run.output_dir={file}"], "cannot create the run directory"),
