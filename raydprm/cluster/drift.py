@@ -195,8 +195,11 @@ class Drift:
         pc = self.cfg.pipeline
         return self.new if self.new is not None and step >= pc.drift_step else self.old
 
-    def after_step(self, step: int, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, float]:
-        """Votes on step ``step``'s samples (1-based step) and, when due, a refresh of the DPRM."""
+    def after_step(self, step: int, prompts: Sequence[str], responses: Sequence[str],
+                   judged_old: float) -> dict[str, float]:
+        """Votes on step ``step``'s samples (1-based step) and, when due, a refresh of the DPRM.
+        ``judged_old``: crowd.mixture's E[r] of the samples (the step record's
+        ``population/expected_reward``, judged once by the pipeline)."""
         t0 = time.perf_counter()
         cfg, pc = self.cfg, self.cfg.pipeline
         pop = self.population(step)
@@ -208,12 +211,11 @@ class Drift:
                "drift/shifted": float(pop is self.new)}
         if prompts:
             # E_mu[r] under the crowd's exact distribution, Eq. (P1)
-            rec["drift/judged"] = float(np.mean(pop.true_distributions(list(prompts), list(responses)) @ self.rewards))
-            rec["drift/judged_old"] = float(np.mean(self.old.true_distributions(list(prompts), list(responses))
-                                                    @ self.rewards))
+            rec["drift/judged_old"] = float(judged_old)
             if self.new is not None:
                 rec["drift/judged_new"] = float(np.mean(self.new.true_distributions(list(prompts), list(responses))
                                                         @ self.rewards))
+            rec["drift/judged"] = rec["drift/judged_new"] if pop is self.new else rec["drift/judged_old"]
         rec["drift/refreshed"] = 0.0
         if pc.refresh_every and step % pc.refresh_every == 0:
             rec.update(self._refresh(step, ts, prompts, responses))

@@ -231,7 +231,7 @@ class Pipeline:
         n_policy = cfg.crowd.n_items // 2
         crowd_prompts = world_prompts(n_policy, seed=cfg.run.seed + 7)
         sampled = pool.generate(crowd_prompts, SamplingParams.from_config(cfg.rollout, n=1, seed=cfg.run.seed))
-        self._untrack(pool, "rollout")
+        self._untrack(pool)
         items = simulated_items(cfg.crowd.n_items - n_policy, seed=cfg.run.seed)
         items += [(crowd_prompts[r.prompt_index], r.text) for r in sampled if r.text.strip()]
         votes = Population.from_config(cfg.crowd).simulate_votes(items, cfg.crowd.votes_per_item, seed=cfg.run.seed)
@@ -305,7 +305,7 @@ class Pipeline:
             rec["population/expected_reward"] = float(np.mean(judge.true_distributions(prompts, texts) @ rewards)) \
                 if texts else float("nan")
             if self.drift is not None:  # the crowd votes on this step's samples; a refresh when due
-                rec.update(self.drift.after_step(step + 1, prompts, texts))
+                rec.update(self.drift.after_step(step + 1, prompts, texts, rec["population/expected_reward"]))
             step += 1
             history.append(rec)
             self.last_record = rec  # what on_step callers (a Tune trial) report
@@ -430,8 +430,8 @@ class Pipeline:
                 bar.update(1)
         bar.close()
         if pol is not None:
-            self._untrack(pol, "rollout")
-        self._untrack(ref, "rollout")
+            self._untrack(pol)
+        self._untrack(ref)
         pop = Population.from_config(cfg.crowd)
         judged = {"vanilla": judge_samples(pop, cfg.labels.rewards, prompts, texts["vanilla"])}
         for name in names:
@@ -569,7 +569,7 @@ class Pipeline:
         self._say(f"  {role}: restarted {what} during {self._stage_name} (restart {group.restarts}/"
                   f"{group.max_restarts}, after PPO step {event['after_ppo_step']})")
 
-    def _untrack(self, pool: Any, role: str) -> None:
+    def _untrack(self, pool: Any) -> None:
         """Shut a pool down (its restarts were counted as they happened)."""
         self._pools = [(r, p) for r, p in self._pools if p is not pool]
         pool.shutdown()
@@ -579,7 +579,7 @@ class Pipeline:
             self.drift.close()
         for role, pool in reversed(self._pools):
             try:
-                self._untrack(pool, role)
+                self._untrack(pool)
             except Exception as e:  # noqa: BLE001 - best effort cleanup
                 log.warning("shutdown of %s failed: %s", role, e)
         self.rollout = self.reward = self.learner = self.loop = self.drift = None

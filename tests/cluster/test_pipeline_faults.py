@@ -26,35 +26,40 @@ def _events(run_dir):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def _rerun_ppo(reference, dst, on_step):
+def _rerun_ppo(reference, dst, on_step, overrides=()):
     """The reference run's directory as it was before PPO, run on from there with ``on_step``."""
     from raydprm.cluster.pipeline import Pipeline
 
     _copy_before_ppo(reference[0], dst)
-    return Pipeline(load_config(dst / "config.yaml"), dst, progress=False, on_step=on_step).fit()
+    return Pipeline(load_config(dst / "config.yaml", list(overrides)), dst, progress=False, on_step=on_step).fit()
+
+
+def _kill_after_step_1(role, rank, seen, dst):
+    """An ``on_step`` that kills rank ``rank`` of pool ``role`` after PPO step 1 and records the
+    pool's info before and after, and the restart counts in ``dst/state.json`` after step 2."""
+    def on_step(pipe, step):
+        pool = getattr(pipe, role)
+        if step == 1:
+            seen["before"] = pool.info()
+            kill_actor(pool.group.actors[rank])
+        if step == 2:
+            seen["after"] = pool.info()
+            seen["counted"] = json.loads((dst / "state.json").read_text())["restarts"]
+    return on_step
 
 
 def test_killed_reward_replica_is_restarted_reloads_its_model_and_the_run_completes(reference, tmp_path, capsys):
-
     report = reference[1]
     dst = tmp_path / "reward_killed"
     seen = {}
-
-    def kill_reward(pipe, step):
-        if step == 1:
-            seen["before"] = pipe.reward.info()[0]
-            kill_actor(pipe.reward.group.actors[0])
-        if step == 2:
-            seen["after"] = pipe.reward.info()[0]
-            seen["counted"] = json.loads((dst / "state.json").read_text())["restarts"]
-
-    got = _rerun_ppo(reference, dst, kill_reward)
+    got = _rerun_ppo(reference, dst, _kill_after_step_1("reward", 0, seen, dst))
     assert got["restarts"]["reward"] >= 1 and got["restarts"]["learner"] == 0
     assert json.loads((dst / "state.json").read_text())["restarts"]["reward"] == got["restarts"]["reward"]
     assert seen["counted"] == {"reward": 1}  # in state.json as it happened: a run killed mid-stage keeps it
     # the new replica loaded the run's reward model itself, from the checkpoint the lost one had
-    assert seen["after"]["source"] == seen["before"]["source"] and seen["after"]["version"] == 0
-    assert seen["after"]["source"].startswith(str(dst / "reward"))
+    before, after = seen["before"][0], seen["after"][0]
+    assert after["source"] == before["source"] and after["version"] == 0
+    assert after["source"].startswith(str(dst / "reward"))
     events = _events(dst)
     assert [(e["role"], e["stage"], e["mode"], e["after_ppo_step"]) for e in events] == [
         ("reward", "ppo", "actor", 1)]
@@ -63,23 +68,18 @@ def test_killed_reward_replica_is_restarted_reloads_its_model_and_the_run_comple
     assert _final(got) == _final(report)  # a deterministic replica scores exactly as the lost one did
 
 
-def test_killed_learner_restarts_the_group_from_its_checkpoint_and_the_run_completes(reference, tmp_path, capsys):
+def _pids(infos):
+    return {i["pid"] for i in infos}
 
+
+def test_killed_learner_restarts_the_group_from_its_checkpoint_and_the_run_completes(reference, tmp_path, capsys):
     report = reference[1]
     dst = tmp_path / "learner_killed"
-    pids = {}
-
-    def kill_learner(pipe, step):
-        if step == 1:
-            pids["before"] = [i["pid"] for i in pipe.learner.info()]
-            kill_actor(pipe.learner.group.actors[-1])
-        if step == 2:
-            pids["after"] = [i["pid"] for i in pipe.learner.info()]
-
-    got = _rerun_ppo(reference, dst, kill_learner)
+    seen = {}
+    got = _rerun_ppo(reference, dst, _kill_after_step_1("learner", -1, seen, dst))
     out = capsys.readouterr().out
     assert got["restarts"]["learner"] >= 1 and got["restarts"]["reward"] == 0
-    assert not set(pids["before"]) & set(pids["after"])  # every rank is a new process
+    assert not _pids(seen["before"]) & _pids(seen["after"])  # every rank is a new process
     events = _events(dst)
     assert [(e["role"], e["stage"], e["mode"], e["after_ppo_step"]) for e in events] == [
         ("learner", "ppo", "group", 1)]
@@ -93,25 +93,13 @@ def test_one_rank_of_a_two_rank_learner_killed_mid_ppo_restarts_the_group_and_en
         reference, tmp_path):
     """Two learner ranks share a process group: killing one mid-PPO restarts both from the last
     checkpoint, and the run ends with exactly the metrics of the same two-rank run left alone."""
-    from raydprm.cluster.pipeline import Pipeline
-
     two = ["ppo.num_workers=2", "ppo.num_cpus_per_worker=0.5"]
-    runs, pids = {}, {}
-
-    def kill_rank_1(pipe, step):
-        if step == 1:
-            pids["before"] = [i["pid"] for i in pipe.learner.info()]
-            kill_actor(pipe.learner.group.actors[1])
-        if step == 2:
-            pids["after"] = [i["pid"] for i in pipe.learner.info()]
-
-    for name, on_step in (("alone", None), ("killed", kill_rank_1)):
-        dst = tmp_path / name
-        _copy_before_ppo(reference[0], dst)
-        cfg = load_config(dst / "config.yaml", two)
-        runs[name] = Pipeline(cfg, dst, progress=False, on_step=on_step).fit()
+    seen = {}
+    runs = {"alone": _rerun_ppo(reference, tmp_path / "alone", None, two),
+            "killed": _rerun_ppo(reference, tmp_path / "killed",
+                                 _kill_after_step_1("learner", 1, seen, tmp_path / "killed"), two)}
     assert runs["alone"]["restarts"]["learner"] == 0 and runs["killed"]["restarts"]["learner"] == 1
-    assert len(pids["before"]) == 2 and not set(pids["before"]) & set(pids["after"])  # both ranks are new
+    assert len(seen["before"]) == 2 and not _pids(seen["before"]) & _pids(seen["after"])  # both ranks are new
     events = _events(tmp_path / "killed")
     assert [(e["role"], e["mode"], e["ranks"], e["after_ppo_step"]) for e in events] == [
         ("learner", "group", [0, 1], 1)]
