@@ -53,7 +53,7 @@ import ray
 from raydprm.cluster.drift import Drift, drift_stage_config
 from raydprm.cluster.group import GroupRestarted, Placement
 from raydprm.cluster.placement import RolePlacements
-from raydprm.cluster.run_plan import Arm, arms, required_resources
+from raydprm.cluster.run_plan import Arm, arms, eval_prompts, eval_sampling, required_resources
 from raydprm.cluster.run_state import RunState, dir_digest, stage_key, write_json
 from raydprm.cluster.runtime import connect
 from raydprm.config import Config, save_config
@@ -389,19 +389,16 @@ class Pipeline:
         per training seed, the SFT policy (vanilla) under the same ones, so samples pair up by
         (seed, prompt); the population judges; KL(policy || SFT) per sample =
         sum_t log pi(y_t) - log pi_sft(y_t)."""
-        from raydprm.cluster.rollout_actor import RolloutPool
+        from raydprm.cluster.rollout_actor import RolloutPool, sample_with_kl
         from raydprm.evaluate.judge import judge_samples
         from raydprm.evaluate.report import build_report, curves, write_report
-        from raydprm.rollout.sampling import SamplingParams
         from raydprm.sim.personas import Population
-        from raydprm.sim.world import prompts as world_prompts
 
         cfg, pc = self.cfg, self.cfg.pipeline
-        prompts = world_prompts(pc.eval_prompts, seed=cfg.run.seed + 999)
+        prompts = eval_prompts(cfg)
         n_seeds = pc.seeds if pc.policies else 1
         # row r = (training seed k, sampling seed e); k = 0, e < eval_seeds are a single run's rows
-        rows = [(k, SamplingParams.from_config(cfg.rollout, n=1, seed=(cfg.run.seed + k) * 7919 + 500 + e))
-                for k in range(n_seeds) for e in range(pc.eval_seeds)]
+        rows = [(k, eval_sampling(cfg, k, e)) for k in range(n_seeds) for e in range(pc.eval_seeds)]
         mk = dict(dtype=cfg.models.dtype, max_restarts=cfg.ray.max_restarts)
         ref = self._track(RolloutPool.create(cfg.rollout, sft_dir, placement=self.placement.get("reference"), **mk),
                           "rollout")
@@ -421,12 +418,7 @@ class Pipeline:
                 for i, (k, sp) in enumerate(rows):
                     if k != arm.seed_index:
                         continue
-                    gen = pol.generate(prompts, sp)
-                    seqs = [r.prompt_ids + r.token_ids for r in gen]
-                    lp, lp_ref = pol.score(seqs), ref.score(seqs)
-                    texts[name][i] = [r.text for r in gen]
-                    kl[name][i] = [float(np.sum(np.asarray(x[-len(r.token_ids):]) - np.asarray(y[-len(r.token_ids):])))
-                                   if r.token_ids else 0.0 for x, y, r in zip(lp, lp_ref, gen)]
+                    texts[name][i], kl[name][i] = sample_with_kl(pol, ref, prompts, sp)
                 bar.update(1)
         bar.close()
         if pol is not None:

@@ -315,3 +315,17 @@ class RolloutPool:
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Shut engines down (frees vLLM's /dev/shm files), then kill the actors."""
         self.group.shutdown(RolloutGenerator.shutdown, timeout_s)
+
+
+def sample_with_kl(pool: RolloutPool, ref: RolloutPool, prompts: Sequence[Prompt],
+                   sampling: SamplingParams) -> tuple[list[str], list[float]]:
+    """One sample per prompt from ``pool`` and its KL estimate to ``ref`` on the policy's own
+    sample: sum_t log pi(y_t) - log pi_ref(y_t) over the response tokens (0 for an empty one)."""
+    import numpy as np
+
+    gen = pool.generate(prompts, sampling)
+    seqs = [r.prompt_ids + r.token_ids for r in gen]
+    lp, lp_ref = pool.score(seqs), ref.score(seqs)
+    kl = [float(np.sum(np.asarray(x[-len(r.token_ids):]) - np.asarray(y[-len(r.token_ids):]))) if r.token_ids else 0.0
+          for x, y, r in zip(lp, lp_ref, gen)]
+    return [r.text for r in gen], kl

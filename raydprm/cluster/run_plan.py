@@ -14,7 +14,7 @@ from raydprm.config import PPO_POLICY_LOSS, Config, apply_overrides, from_dict
 from raydprm.errors import RaydprmError
 
 __all__ = ["Arm", "DRIVER_CPU", "ROLES", "RelativeOutputInJob", "SMOKE_OVERRIDES", "arms", "bundle_layout",
-           "required_resources", "resolve_run_dir", "resume_dir"]
+           "eval_prompts", "eval_sampling", "required_resources", "resolve_run_dir", "resume_dir"]
 
 # The --smoke sizes: every stage runs, in seconds (tests, `ray job submit ... --smoke`).
 SMOKE_OVERRIDES = [
@@ -134,3 +134,20 @@ def bundle_layout(cfg: Config) -> tuple[list[dict[str, float]], dict[str, int]]:
     if cfg.pipeline.layout == "colocate":
         offsets["rollout"] = offsets["learner"]
     return bundles, offsets
+
+
+def eval_prompts(cfg: Config) -> list[str]:
+    """The held-out prompts every evaluation samples (``pipeline.eval_prompts`` of them; no
+    training step sees them: those are drawn with ``run.seed + 1``)."""
+    from raydprm.sim.world import prompts as world_prompts
+
+    return world_prompts(cfg.pipeline.eval_prompts, seed=cfg.run.seed + 999)
+
+
+def eval_sampling(cfg: Config, train_seed: int, eval_seed: int):
+    """The sampling parameters of evaluation sample ``eval_seed`` (< ``pipeline.eval_seeds``) of the
+    policy trained under seed index ``train_seed``; the SFT policy samples with the same ones, so
+    samples pair up by (seed, prompt)."""
+    from raydprm.rollout.sampling import SamplingParams
+
+    return SamplingParams.from_config(cfg.rollout, n=1, seed=(cfg.run.seed + train_seed) * 7919 + 500 + eval_seed)

@@ -98,12 +98,11 @@ def run(out_dir: str | Path, *, quick: bool = False, seed: int = 0, overrides: S
 def _evaluate(cfg, policies: Mapping[str, Path]) -> dict[str, Any]:
     """Samples of every policy on the held-out prompts (``pipeline.eval_seeds`` seeds) and the
     KL estimate to the SFT policy: sum_t log pi(y_t) - log pi_SFT(y_t) on the policy's own samples."""
-    from raydprm.cluster.rollout_actor import RolloutPool
-    from raydprm.rollout.sampling import SamplingParams
-    from raydprm.sim.world import prompts as world_prompts
+    from raydprm.cluster.rollout_actor import RolloutPool, sample_with_kl
+    from raydprm.cluster.run_plan import eval_prompts, eval_sampling
 
     pc = cfg.pipeline
-    prompts = world_prompts(pc.eval_prompts, seed=cfg.run.seed + 999)  # the pipeline's held-out prompts
+    prompts = eval_prompts(cfg)  # the pipeline's held-out prompts
     mk = dict(dtype=cfg.models.dtype, max_restarts=cfg.ray.max_restarts)
     ref = RolloutPool.create(cfg.rollout, str(policies["vanilla"]), **mk)
     texts: dict[str, list[list[str]]] = {}
@@ -114,16 +113,14 @@ def _evaluate(cfg, policies: Mapping[str, Path]) -> dict[str, Any]:
             try:
                 texts[name], rows = [], []
                 for s in range(pc.eval_seeds):
-                    sp = SamplingParams.from_config(cfg.rollout, n=1, seed=cfg.run.seed * 7919 + 500 + s)
-                    res = pool.generate(prompts, sp)
-                    texts[name].append([r.text for r in res])
                     if pool is ref:
+                        res = pool.generate(prompts, eval_sampling(cfg, 0, s))
+                        texts[name].append([r.text for r in res])
                         rows.append([0.0] * len(res))
                         continue
-                    seqs = [r.prompt_ids + r.token_ids for r in res]
-                    lp, lp_ref = pool.score(seqs), ref.score(seqs)
-                    rows.append([float(np.sum(np.asarray(a[-len(r.token_ids):]) - np.asarray(b[-len(r.token_ids):])))
-                                 if r.token_ids else 0.0 for a, b, r in zip(lp, lp_ref, res)])
+                    t, k = sample_with_kl(pool, ref, prompts, eval_sampling(cfg, 0, s))
+                    texts[name].append(t)
+                    rows.append(k)
                 kl[name] = np.asarray(rows)
             finally:
                 if pool is not ref:

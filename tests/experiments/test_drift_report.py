@@ -1,9 +1,11 @@
 """`raydprm experiments drift`: the report judges every policy under the new and the old crowd
-(no Ray here: the samples are given; the runs themselves are tests/cluster/test_drift.py)."""
+(the first test without Ray, from given samples; the last runs the quick experiment on Ray;
+the drift mechanics themselves are tests/cluster/test_drift.py)."""
 
 import json
 
 import numpy as np
+import pytest
 
 from raydprm.config import load_config
 from raydprm.experiments import drift
@@ -41,3 +43,25 @@ def test_report_judges_under_both_crowds_and_writes_its_files(tmp_path):
     assert json.loads((tmp_path / "drift_report.json").read_text())["setup"] == rep["setup"]
     md = (tmp_path / "drift_report.md").read_text()
     assert "refresh_on_vs_refresh_off" in md and (tmp_path / "drift_reward.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_quick_experiment_runs_both_arms_on_ray_and_judges_them_under_both_crowds(tmp_path, capsys):
+    """The whole experiment at --quick sizes: one SFT/store/reward model, PPO with and without
+    refresh, held-out samples of the three policies judged by the new and the old crowd."""
+    from raydprm.cli import main
+
+    out = tmp_path / "drift"
+    assert main(["experiments", "drift", "--quick", "--no-progress", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)
+    rep = json.loads((out / "drift_report.json").read_text())
+    for crowd in ("new_mixture", "old_mixture"):
+        assert set(rep[crowd]["policies"]) == {"vanilla", "refresh_on", "refresh_off"}
+        assert rep[crowd]["policies"]["vanilla"]["kl"] == 0.0
+        assert rep[crowd]["policies"]["refresh_on"]["kl"] != 0.0  # the tuned policies' KL to the SFT one
+    on, off = rep["curves"]["refresh_on"], rep["curves"]["refresh_off"]
+    assert sum(r["drift/refreshed"] for r in on) == len(rep["refreshes"]) >= 1
+    assert sum(r["drift/refreshed"] for r in off) == 0
+    assert on[0] == off[0]  # the same start: the arms differ from the first refresh on
+    assert all((out / f).is_file() for f in ("drift_report.md", "drift_reward.png"))
