@@ -14,7 +14,8 @@ import cycles between modules (``tests/test_layering.py`` checks both over the w
 * ``models``: the tiny kit, the reward models, the policy; the LLM judge (it loads one).
 * ``rollout`` | ``train`` | ``evaluate``: generation engines and weight sync | trainers (reward,
   SFT, PPO) | judging policies' samples, bootstrap intervals, run reports.
-* ``cluster`` | ``serve``: the Ray layer (actors and the pipeline, HTTP serving).
+* ``cluster`` | ``serve``: the Ray layer (actors and the pipeline, HTTP serving); ``doctor``, their
+  peer without Ray: the GPU acceptance check (rollout + train paths on one machine).
 * ``tune`` | ``experiments``: runs that compose the Ray layer (a Tune trial runs the
   pipeline of ``cluster``, so tuning sits above it).
 * ``cli``: the ``raydprm`` command (imports anything below it).
@@ -38,7 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sim",),
     ("models",),
     ("rollout", "train", "evaluate"),
-    ("cluster", "serve"),
+    ("cluster", "serve", "doctor"),
     ("tune", "experiments"),
     ("cli",),
 )
