@@ -26,7 +26,7 @@ def dry_run(tiny_kit, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--cpu-dry-run", "--out", str(out)],
-                          cwd=out, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=out, env=env, capture_output=True, text=True, timeout=900)
     report = json.loads((out / "gpu_check.json").read_text())
     return proc, report, (out / "gpu_check.md").read_text(), out
 
