@@ -15,7 +15,8 @@ line); an item that raises does not stop the next one. The checks, on ``plan.dev
   ``plan.ot_sizes`` (fp32): values equal to 1e-5 when both run the same iterations (the
   kernel's reference, ``newton=False``, ``tol=0``), then the time ratio at tol 1e-5 against
   the torch default (Sinkhorn-Newton) and the plain iterations; the exact solvers
-  (closed form, dual vertices) on the device against the CPU, values and gradients; and
+  (closed form, dual vertices) on the device against the CPU: values to 1e-5, gradients to
+  1e-5 on all rows but at most ``EXACT_TIE_ROWS`` of them (ties have several optimal duals); and
   0 <= OT_eps - OT <= eps log L between the torch Sinkhorn and the exact value.
 * ``learner``: one PPO update of :class:`~raydprm.train.learner.PPOLearner` (one rank, no
   Ray): fp32 on the device against the CPU learner's first update on the same batch
@@ -50,6 +51,7 @@ CHECKS = ("kit", "ot", "learner", "rollout", "sync", "nccl")
 
 OT_EQ_ATOL = 1e-5  # fused kernel vs torch, same iterations, fp32
 EXACT_ATOL = 1e-5  # exact OT on the device vs the CPU, fp32 values and gradients
+EXACT_TIE_ROWS = 1e-4  # share of rows whose gradient may differ (a tie: several optimal duals)
 LEARNER_ATOL, LEARNER_RTOL = 1e-4, 1e-4  # fp32 learner on the device vs the CPU, first update
 ROLLOUT_FP32_ATOL = 1e-3  # engine (KV cache) vs learner (teacher forced) logprobs, fp32
 SYNC_PROBE_TOL = 1e-4  # probe after a verified fp32 update
@@ -357,16 +359,23 @@ def check_ot(plan: Plan, rec: Recorder) -> None:
                 v.sum().backward()
                 return v.detach(), zz.grad
 
+            run("cpu")  # warm-up (the dual-vertex table of this cost is built once and cached)
             (v_c, g_c), t_cpu = _timed(lambda: run("cpu"), "cpu")
-            run(dev)  # warm-up (caches, kernels)
+            run(dev)  # warm-up (kernels)
             (v_d, g_d), t_dev = _timed(lambda: run(dev), dev, plan.ot_repeats)
             dv = float((v_d.cpu() - v_c).abs().max())
-            dg = float((g_d.cpu() - g_c).abs().max())
-            it["figures"] = {"B": B, "solver": solver, "max_abs_diff_value": _sig(dv), "max_abs_diff_grad": _sig(dg),
-                             "tolerance": EXACT_ATOL, "device_s": _sig(t_dev), "cpu_s": _sig(t_cpu),
-                             "speedup_vs_cpu": _sig(t_cpu / t_dev, 3)}
-            expect(it, dv <= EXACT_ATOL and dg <= EXACT_ATOL,
-                   f"device and CPU differ by {dv:.3g} (values), {dg:.3g} (gradients) > {EXACT_ATOL:g}")
+            row_dg = (g_d.cpu() - g_c).abs().amax(1)  # (B,)
+            # a row at a tie (A_k = B_k in the closed form, two vertices with equal scores) has
+            # several optimal duals, and float rounding on another device may pick another one:
+            # the gradients must agree on all but such rare rows
+            off = float((row_dg > EXACT_ATOL).double().mean())
+            it["figures"] = {"B": B, "solver": solver, "max_abs_diff_value": _sig(dv),
+                             "max_abs_diff_grad": _sig(float(row_dg.max())), "rows_grad_differ": _sig(off),
+                             "tolerance": EXACT_ATOL, "rows_tolerance": EXACT_TIE_ROWS, "device_s": _sig(t_dev),
+                             "cpu_s": _sig(t_cpu), "speedup_vs_cpu": _sig(t_cpu / t_dev, 3)}
+            expect(it, dv <= EXACT_ATOL, f"device and CPU values differ by {dv:.3g} > {EXACT_ATOL:g}")
+            expect(it, off <= EXACT_TIE_ROWS, f"gradients differ by > {EXACT_ATOL:g} on {off:.3g} of the rows "
+                                              f"(> {EXACT_TIE_ROWS:g}: more than ties explain)")
     with rec.item("sinkhorn_vs_exact_bound") as it:
         n = min(B, 100_000)
         a, b = _simplex_rows(n, L, 5).to(dev), _simplex_rows(n, L, 6).to(dev)

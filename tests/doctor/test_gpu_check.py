@@ -75,7 +75,7 @@ def test_dry_run_figures_state_facts(dry_run):
         assert tri["status"] == "skip" and "triton" in tri["reason"]
     for cost in ("reward_gap", "grid_l1"):  # the same solver on the same device: bit-identical
         f = ot[f"exact_{cost}_device_vs_cpu"]["figures"]
-        assert f["max_abs_diff_value"] == 0 and f["max_abs_diff_grad"] == 0
+        assert f["max_abs_diff_value"] == 0 and f["max_abs_diff_grad"] == 0 and f["rows_grad_differ"] == 0
     bound = ot["sinkhorn_vs_exact_bound"]["figures"]
     assert -1e-4 <= bound["min_gap"] <= bound["max_gap"] <= bound["bound_eps_log_L"] + 1e-4
 
