@@ -645,8 +645,8 @@ def ipc_handover(nbytes: int, device: str, repeats: int, chunk_bytes: int = 64 <
 
     n = max(1, nbytes // 4)
     step = max(1, chunk_bytes // 4)
-    g = torch.Generator().manual_seed(11)
-    tensors = [torch.randn(min(step, n - s), generator=g).to(device) for s in range(0, n, step)]
+    g = torch.Generator(device=device).manual_seed(11)  # drawn where they live (GBs: not through the host)
+    tensors = [torch.randn(min(step, n - s), generator=g, device=device) for s in range(0, n, step)]
     if device == "cpu":
         for t in tensors:
             t.share_memory_()  # weights that live in shared memory already; the hand-over passes fds
