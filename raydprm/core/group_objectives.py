@@ -195,7 +195,8 @@ def mean_minus_std(J: torch.Tensor, weights: torch.Tensor, kappa: float = 1.0
 
 
 def scalarise(group_rewards: torch.Tensor, weights: torch.Tensor, name: str = "population",
-              normalise: bool = False, **params: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              normalise: bool = False, J: torch.Tensor | None = None,
+              **params: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-sample policy-gradient rewards (B,) for the group objective ``name`` (Eq. G1).
 
     ``group_rewards`` (B, G) holds r_g(x_b), each group's expected reward for sample b.
@@ -204,10 +205,15 @@ def scalarise(group_rewards: torch.Tensor, weights: torch.Tensor, name: str = "p
 
         R(x_b) = sum_g c_g r_g(x_b).
 
+    ``J`` (G,) replaces the batch estimate, e.g. with the mean over the whole global batch
+    when it is split over data-parallel ranks. Where the objective has a kink at the optimum
+    (``cvar_groups``, ``mean_minus_std`` and, as tau -> 0, ``worst_group`` when the groups
+    are level) the noisy estimate blurs the kink and a learner settles within about J's
+    standard error of the optimum (tests/core/test_group_bandit.py).
     ``normalise=True`` divides c by its sum (1 already except for ``nash``). For
     ``population`` R equals the mixture's expected reward exactly. ``params`` go to the
     objective (``tau``, ``alpha``, ``r_min``, ``kappa``). Returns ``(R (B,), stats)`` with
-    detached stats ``objective/value`` (f at the batch's J), ``objective/J`` (G,) and
+    detached stats ``objective/value`` (f at J), ``objective/J`` (G,) and
     ``objective/coef`` (G,).
     """
     if group_rewards.dim() != 2:
@@ -216,7 +222,11 @@ def scalarise(group_rewards: torch.Tensor, weights: torch.Tensor, name: str = "p
         raise ValueError("group_rewards is empty (B = 0)")
     fn = group_objective(name)
     x = group_rewards.detach()
-    J = x.mean(0)  # (G,) batch estimate of each group's expected reward
+    if J is None:
+        J = x.mean(0)  # (G,) batch estimate of each group's expected reward
+    elif J.shape != (x.shape[1],):
+        raise ValueError(f"J must have shape (G,) = ({x.shape[1]},), got {tuple(J.shape)}")
+    J = J.detach().to(x.dtype)
     value, coef = fn(J, weights.to(x.dtype), **params)
     if normalise:
         coef = coef / coef.sum()
