@@ -90,7 +90,7 @@ def check_group_inputs(J: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Te
 
 @register_group_objective("population")
 def population(J: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Population expected reward, the mixture's E[r] (today's PPO objective; DPRM paper Eq. 8):
+    """Population expected reward, the mixture's E[r] (today's PPO objective; DPRM paper Sec. 3.4):
 
         f(J) = sum_g w_g J_g,        df/dJ_g = w_g.
     """
@@ -102,7 +102,7 @@ def population(J: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, to
 def worst_group(J: torch.Tensor, weights: torch.Tensor, tau: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft minimum over the groups' expected rewards (the entropic risk measure of J under w;
     Foellmer & Schied 2002), whose limit tau -> 0 is MaxMin-RLHF's egalitarian objective
-    ``min_g J_g`` (Chakraborty et al. 2024, "MaxMin-RLHF", Eq. 6):
+    ``min_g J_g`` (Chakraborty et al. 2024, "MaxMin-RLHF: alignment with diverse human preferences"):
 
         f(J) = -tau log sum_g w_g exp(-J_g / tau),
         df/dJ_g = w_g exp(-J_g / tau) / sum_h w_h exp(-J_h / tau)      (a softmax of -J/tau + log w).
