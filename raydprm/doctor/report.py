@@ -222,8 +222,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         "", "| check | status | seconds (budget) | reason |", "|---|---|---|---|",
     ]
     for c in r["checks"]:
-        lines.append(f"| {c['name']}: {c['title']} | {c['status']} | {c.get('seconds', 0):.1f} "
-                     f"({c.get('budget_s', 0):.0f}) | {c.get('reason') or ''} |")
+        took = f"{c.get('seconds', 0):.1f} ({c['budget_s']:.0f})" if "budget_s" in c else "-"
+        lines.append(f"| {c['name']}: {c['title']} | {c['status']} | {took} | {c.get('reason') or ''} |")
     for c in r["checks"]:
         lines += ["", f"## {c['name']}: {c['status']}", ""]
         if c.get("reason"):
