@@ -68,8 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "{group: share} of a target population (post-stratification); default: pooled.")
     exp.add_argument("--split", default=None, choices=("train", "heldout"), help="Only one side of the "
                      "deterministic split of items by item id.")
-    exp.add_argument("--heldout-fraction", type=float, default=0.2, help="Held-out share of items for --split.")
-    exp.add_argument("--split-seed", type=_nonnegative_int, default=0, help="Seed of the split by item id.")
+    exp.add_argument("--heldout-fraction", type=float, default=None, help="Held-out share of items for --split "
+                     "(default store.heldout_fraction).")
+    exp.add_argument("--split-seed", type=_nonnegative_int, default=None, help="Seed of the split by item id "
+                     "(default store.split_seed).")
     bak = action("backup", "Write a consistent, self-contained copy of a (possibly live) store with SQLite's online "
                  "backup: the documented way to copy a store.", _backup)
     bak.add_argument("--out", required=True, help="Destination file (replaced).")
@@ -284,7 +286,9 @@ def _export(args: argparse.Namespace) -> int:
                 except ValueError as e:
                     raise RaydprmError(f"--mixture {args.mixture}: {e}") from None
             ds = store.export(mixture, smoothing=smoothing, min_votes=args.min_votes, split=args.split,
-                              heldout_fraction=args.heldout_fraction, split_seed=args.split_seed)
+                              heldout_fraction=(cfg.store.heldout_fraction if args.heldout_fraction is None
+                                                else args.heldout_fraction),
+                              split_seed=cfg.store.split_seed if args.split_seed is None else args.split_seed)
     try:
         if args.out.endswith(".jsonl"):
             ds.to_json(args.out, lines=True)

@@ -3,7 +3,7 @@
 The file is read in chunks of ``chunk_rows`` rows by pandas (CSV, JSON lines), pyarrow (Parquet)
 or ``datasets`` (a ``save_to_disk`` directory), so memory stays bounded whatever the file's size.
 Each row is one rater's label of one item: it becomes one vote of the rater's *group* (a persona
-of the store), with vote id ``<source>:<rater>:<item id>``, so re-importing a file adds nothing
+of the store), with vote id ``<source>:<item id>:<rater>``, so re-importing a file adds nothing
 and a rater who labels the same item twice with different labels is refused. The rater's group
 is recorded (table ``raters``); a rater whose group changes between rows is refused.
 
@@ -16,7 +16,9 @@ transaction never reaches the database under WAL.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import string
 import time
 from collections.abc import Iterator
@@ -310,13 +312,15 @@ class _Importer:
         self._check_groups(rater, group, rows, gcol)
         # items and votes
         prompt, response = text[m.prompt], text[m.response]
-        codes, uniq = pd.factorize(pd.MultiIndex.from_arrays([prompt.to_numpy(dtype=object),
-                                                              response.to_numpy(dtype=object)]))
-        texts = list(uniq)  # (prompt, response) of each distinct item of the chunk
+        pc, pu = pd.factorize(prompt)
+        rc, ru = pd.factorize(response)
+        codes, pairs = pd.factorize(pc.astype(np.int64) * len(ru) + rc)  # (N,) distinct (prompt, response)
+        texts = [(pu[k // len(ru)], ru[k % len(ru)]) for k in pairs.tolist()]  # of each distinct item
         iids = np.array([item_id(a, b) for a, b in texts], dtype=object)
         vote_items = iids[codes]
         items = [(i, a, b) for i, (a, b) in zip(iids.tolist(), texts)]
-        vid = (m.source + ":" + rater + ":" + pd.Series(vote_items, index=rater.index)).to_numpy(dtype=object)
+        # item id first: the votes of an item sit together in the vote-id index (fewer pages touched)
+        vid = np.array([f"{m.source}:{i}:{r}" for i, r in zip(vote_items.tolist(), rater.tolist())], dtype=object)
         long = np.array([len(v) > MAX_ID_CHARS for v in vid]) if len(vid) else np.zeros(0, bool)
         if long.any():
             k = int(np.flatnonzero(long)[0])
@@ -476,15 +480,21 @@ def import_file(store: PreferenceStore, path: str | os.PathLike[str], mapping: M
     imp = _Importer(store, p, m, chunk_rows)
     from tqdm.auto import tqdm
 
-    with store.atomic():
-        join_cols = imp.load_join()
-        r0 = 0
-        bar = tqdm(desc=f"import {p.name}", unit="row", disable=None if progress else True)
-        for df in read_chunks(p, fmt, m.columns(join_cols), chunk_rows, m.split):
-            imp.chunk(df, r0)
-            r0 += len(df)
-            bar.update(len(df))
-        bar.close()
+    # a bigger page cache while the one transaction runs: fewer pages spilled to the WAL twice
+    store._db.execute("PRAGMA cache_size=-262144")
+    try:
+        with store.atomic():
+            join_cols = imp.load_join()
+            r0 = 0
+            bar = tqdm(desc=f"import {p.name}", unit="row", disable=None if progress else True)
+            for df in read_chunks(p, fmt, m.columns(join_cols), chunk_rows, m.split):
+                imp.chunk(df, r0)
+                r0 += len(df)
+                bar.update(len(df))
+            bar.close()
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            store._db.execute("PRAGMA cache_size=-65536")
     out = dict(imp.counts)
     out.update(groups=len({g for g, _ in imp.rater_group.values()}), raters=len(imp.rater_group))
     return out
