@@ -407,3 +407,24 @@ def test_backup_copies_a_live_store(tmp_path, capsys):
     live.close()
     with PreferenceStore(tmp_path / "b" / "copy.db", readonly=True) as c:
         assert c.count_votes() == 50
+
+
+def test_dices_990_layout_with_rater_locale_groups(tmp_path, capsys):
+    # the 990 file: the same rater/item/text columns and Q_overall, plus rater_locale (and rater_race_raw)
+    rows = dices_rows(n_raters=8, n_items=3, seed=5)
+    df = pd.DataFrame(rows).rename(columns={"rater_raw_race": "rater_race_raw"})
+    df.insert(3, "rater_locale", ["US" if int(r) % 2 else "IN" for r in df.rater_id])
+    df = df[["id", "rater_id", "rater_gender", "rater_locale", "rater_race", "rater_race_raw", "rater_age",
+             "rater_education", "item_id", "context", "response", "Q_overall"]]
+    f = tmp_path / "diverse_safety_adversarial_dialog_990.csv"
+    df.to_csv(f, index=False)
+    db = tmp_path / "s.db"
+    assert main(["store", "import", "--db", str(db), "--file", str(f), "--preset", "dices",
+                 "--group", "rater_locale"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["groups"] == 2
+    with PreferenceStore(db, readonly=True) as s:
+        gp = s.group_posteriors()
+        want = _independent_counts(rows, lambda r: "US" if int(r["rater_id"]) % 2 else "IN")
+        for i, iid in enumerate(gp.item_ids):
+            for p, g in enumerate(gp.groups):
+                np.testing.assert_array_equal(gp.counts[i, p], want[(iid, g)])
