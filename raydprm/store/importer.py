@@ -34,6 +34,7 @@ from raydprm.store.votes import MAX_ID_CHARS, item_id
 __all__ = ["import_file", "ImportRowError", "read_chunks", "detect_format", "CHUNK_ROWS"]
 
 CHUNK_ROWS = 50_000
+IMPORT_CACHE_KIB = 262_144  # SQLite page cache while an import's one transaction runs (256 MiB)
 
 
 class ImportRowError(StoreError):
@@ -481,7 +482,7 @@ def import_file(store: PreferenceStore, path: str | os.PathLike[str], mapping: M
     from tqdm.auto import tqdm
 
     # a bigger page cache while the one transaction runs: fewer pages spilled to the WAL twice
-    store._db.execute("PRAGMA cache_size=-262144")
+    store._db.execute(f"PRAGMA cache_size=-{int(IMPORT_CACHE_KIB)}")
     try:
         with store.atomic():
             join_cols = imp.load_join()

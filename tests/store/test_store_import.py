@@ -356,7 +356,11 @@ def test_an_import_killed_midway_leaves_the_store_as_before(tmp_path):
     args = ["store", "import", "--db", str(db), "--mapping", str(tmp_path / "m.yaml")]
     assert main(args + ["--file", str(tmp_path / "small.csv")]) == 0
     before = _content(db)
-    proc = subprocess.Popen([sys.executable, "-m", "raydprm.cli", *args, "--file", str(f), "--chunk-rows", "5000"],
+    # a 1 MiB page cache in the child, so that the uncommitted transaction's pages spill into the WAL
+    # file (on disk) well before the end: the kill then lands on a half-written transaction
+    child = ("import sys, raydprm.store.importer as im; im.IMPORT_CACHE_KIB = 1024; from raydprm.cli import main; "
+             "sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", child, *args, "--file", str(f), "--chunk-rows", "5000"],
                             env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wal = tmp_path / "s.db-wal"
     deadline = time.monotonic() + 120
@@ -365,6 +369,7 @@ def test_an_import_killed_midway_leaves_the_store_as_before(tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the import finished before it could be killed; make the file bigger"
+    assert wal.stat().st_size > 2_000_000  # killed with a half-written transaction in the WAL
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert _content(db) == before
