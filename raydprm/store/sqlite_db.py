@@ -250,15 +250,24 @@ class SQLiteFile:
         d = Path(dest)
         if d.resolve() == self.path.resolve():
             raise StoreError(f"cannot back up the store '{self.path}' onto itself")
-        d.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(d) + suffix).unlink(missing_ok=True)
-        with self._lock, self._sql_errors("cannot back up"):
-            target = sqlite3.connect(str(d))
-            try:
-                self._db.backup(target)
-            finally:
-                target.close()
+        tmp = d.with_name(f".{d.name}.partial")
+        try:
+            d.parent.mkdir(parents=True, exist_ok=True)
+            tmp.unlink(missing_ok=True)
+            with self._lock, self._sql_errors(f"cannot back up to '{d}':"):
+                target = sqlite3.connect(str(tmp))
+                try:
+                    self._db.backup(target)
+                finally:
+                    target.close()
+            for suffix in ("-wal", "-shm"):  # stale companions of an old file at dest
+                Path(str(d) + suffix).unlink(missing_ok=True)
+            os.replace(tmp, d)  # all or nothing: a failed backup leaves no partial file at dest
+        except OSError as e:
+            raise StoreError(f"cannot back up the store '{self.path}' to '{d}': {e.strerror or e}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         return d
 
     def __enter__(self) -> Any:

@@ -412,6 +412,10 @@ def test_backup_copies_a_live_store(tmp_path, capsys):
     live.close()
     with PreferenceStore(tmp_path / "b" / "copy.db", readonly=True) as c:
         assert c.count_votes() == 50
+    (tmp_path / "afile").write_text("x")
+    assert main(["store", "backup", "--db", str(db), "--out", str(tmp_path / "afile" / "copy.db")]) == 2
+    assert "cannot back up" in _one_error_line(capsys)
+    assert not [p for p in tmp_path.rglob("*.partial")]  # no partial file left behind
 
 
 def test_dices_990_layout_with_rater_locale_groups(tmp_path, capsys):
