@@ -336,17 +336,17 @@ class _Importer:
         import pandas as pd
 
         s = text[self.m.ts]
-        num = pd.to_numeric(s, errors="coerce")
-        t = num.to_numpy(dtype=np.float64)
-        if np.isnan(t).any():  # not numbers: timestamps
-            dt = pd.to_datetime(s, errors="coerce", utc=True)
+        t = np.array(pd.to_numeric(s, errors="coerce"), dtype=np.float64)  # epoch seconds (or ms), a copy
+        dates = np.isnan(t)
+        if dates.any():  # the others: dates
+            dt = pd.to_datetime(s[dates], errors="coerce", utc=True, format="mixed")
             bad = dt.isna().to_numpy()
             if bad.any():
-                k = int(np.flatnonzero(bad)[0])
+                k = int(np.flatnonzero(dates)[np.flatnonzero(bad)[0]])
                 raise _bad(self.path, "not a time (seconds or a date)", row=int(rows[k]), column=self.m.ts,
                            value=s.iloc[k], has_value=True)
-            t = (dt.astype("int64") / 1e9).to_numpy(dtype=np.float64)
-        if t[np.isfinite(t)].size and (t.max() / 1e3 > 1e10):  # milliseconds
+            t[dates] = (dt - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
+        if len(t) and np.nanmax(t) > 1e11:  # epoch milliseconds (seconds reach 1e11 only in the year 5138)
             t = t / 1e3
         return t
 

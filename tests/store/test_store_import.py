@@ -437,3 +437,26 @@ def test_dices_990_layout_with_rater_locale_groups(tmp_path, capsys):
         for i, iid in enumerate(gp.item_ids):
             for p, g in enumerate(gp.groups):
                 np.testing.assert_array_equal(gp.counts[i, p], want[(iid, g)])
+
+
+@pytest.mark.parametrize("times,expect", [
+    (["1700000000", "1700000100"], [1700000000.0, 1700000100.0]),
+    (["1700000000000", "1700000100000"], [1700000000.0, 1700000100.0]),  # milliseconds
+    (["2023-11-14T22:13:20Z", "2023-11-14 22:15:00+00:00"], [1700000000.0, 1700000100.0]),
+])
+def test_a_ts_column_gives_the_vote_times(tmp_path, times, expect):
+    df = pd.DataFrame({"rater": ["a", "b"], "g": ["G", "G"], "p": ["q", "q"], "r": ["x", "x"], "y": ["a", "b"],
+                       "when": times})
+    df.to_csv(tmp_path / "t.csv", index=False)
+    from raydprm.core.label_scale import LabelScale
+
+    with PreferenceStore(tmp_path / "s.db", label_scale=LabelScale(("good", "bad"), (1.0, -1.0))) as s:
+        import_file(s, tmp_path / "t.csv", parse_mapping(dict(MAPPING, ts="when"), "t"))
+        with s._read() as cur:
+            got = [r[0] for r in cur.execute("SELECT ts FROM votes ORDER BY vote_id")]
+    assert sorted(got) == expect
+    df["when"] = ["1700000000", "yesterday"]
+    df.to_csv(tmp_path / "t.csv", index=False)
+    with PreferenceStore(tmp_path / "s2.db", label_scale=LabelScale(("good", "bad"), (1.0, -1.0))) as s:
+        with pytest.raises(Exception, match=r"row 2, column 'when', value 'yesterday': not a time"):
+            import_file(s, tmp_path / "t.csv", parse_mapping(dict(MAPPING, ts="when"), "t"))
