@@ -1,4 +1,4 @@
-"""bench/store.py runs in smoke mode and reports a ratio for both synchronous modes and the per-rater import."""
+"""bench/store.py runs in smoke mode and reports a ratio for both synchronous modes."""
 
 import importlib.util
 from pathlib import Path
@@ -14,7 +14,4 @@ def test_store_bench_smoke(capsys):
         m = summary["modes"][sync]
         assert m["raw_votes_per_s"] > 0 and m["store_votes_per_s"] > 0 and m["ratio"] > 0
     assert summary["distribution_queries_per_s"]["pooled"] > 0
-    im = summary["import"]
-    assert im["rows"] == 20_000 and im["importer_rows_per_s"] > 0 and im["baseline_rows_per_s"] > 0
-    assert 0 < im["importer_peak_rss_mib"] < 1024
     assert "ratio" in capsys.readouterr().out
