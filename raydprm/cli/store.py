@@ -202,6 +202,22 @@ def _import_mapped(args: argparse.Namespace) -> int:
         m = m.with_group(args.group)
     if args.join:
         m = m.with_join_file(args.join)
+    if m.format == "hh":  # the HH options given on the command line win over the mapping's
+        import dataclasses
+
+        def label(x: str) -> int | str:
+            return int(x) if x.isdigit() else x
+
+        given = {"persona": args.persona, "chosen_label": label(args.chosen_label),
+                 "rejected_label": label(args.rejected_label)}
+        defaults = {"persona": "hh", "chosen_label": "helpful_harmless", "rejected_label": "unhelpful_harmless"}
+        hh = dict(m.hh) | {k: v for k, v in given.items() if v != defaults[k]}
+        if args.limit is not None:
+            hh["limit"] = args.limit
+        m = dataclasses.replace(m, hh=hh)
+    elif args.limit is not None or args.persona != "hh":
+        raise RaydprmError("--limit and --persona apply to HH imports only (a per-rater mapping names its raters "
+                           "and groups)")
     if not Path(args.file).exists():  # before a store is created for nothing
         raise RaydprmError(f"file '{args.file}' does not exist")
     cfg = config_from_args(args)

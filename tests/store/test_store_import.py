@@ -210,6 +210,10 @@ def test_hh_preset_is_todays_importer(tmp_path, capsys):
     assert outs[0] == outs[1] and outs[0]["votes"] == 2
     with PreferenceStore(tmp_path / "a.db", readonly=True) as a:
         assert a.count_votes("hh") == 2 and len(a.export_pairs()) == 1
+    assert main(["store", "import", "--db", str(tmp_path / "c.db"), "--file", str(f), "--preset", "hh",
+                 "--persona", "annot7", "--chosen-label", "0"]) == 0
+    with PreferenceStore(tmp_path / "c.db", readonly=True) as c:
+        assert c.count_votes("annot7") == 2
 
 
 MAPPING = {"source": "t", "item": {"prompt": "p", "response": "r"}, "rater": "rater", "group": "g",
