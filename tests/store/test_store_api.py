@@ -15,6 +15,7 @@ from raydprm.store import (
     check_labels_config,
     heldout_mask,
     item_id,
+    labels_config_for,
     split_items,
     store_label_scale,
 )
@@ -49,6 +50,11 @@ def test_label_scale_is_recorded_and_checked(tmp_path):
     assert check_labels_config(same, SAFETY, db) == SAFETY
     with pytest.raises(LabelScaleConflict) as e:
         check_labels_config(dataclasses.replace(same, rewards=(1.0, 0.2, -1.0)), SAFETY, db)
+    lc = labels_config_for(SAFETY)
+    lc.validate()
+    assert lc.grid is None and LabelScale.from_config(lc).same_labels(SAFETY)  # a 1-D grid has no config form
+    assert check_labels_config(lc, SAFETY, db) == SAFETY
+    assert labels_config_for(LabelScale.hh()) == LabelsConfig()
     msg = str(e.value)
     assert "\n" not in msg and "[1.0, 0.2, -1.0]" in msg and "[1.0, 0.0, -1.0]" in msg and str(db) in msg
 
