@@ -30,10 +30,26 @@ class UsageError(RaydprmError):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one ``raydprm: error:`` line (not usage + message)."""
+    """argparse, but a usage error is one ``raydprm: error:`` line (not usage + message), and every
+    leaf command (one without subcommands) parses its options and positionals intermixed: options
+    and ``key=value`` overrides in any order (``sweep SPACE.yaml --smoke run.name=x``). Plain
+    argparse stops filling a ``nargs='*'`` positional at the first option, so the overrides after
+    it were "unrecognized arguments". The subcommand action hands the rest of the line to the leaf's
+    ``parse_known_args``, which is where the intermixed parse goes in."""
+
+    _intermixing = False  # set while parse_known_intermixed_args calls back into parse_known_args
 
     def error(self, message: str):
         raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def build_parser() -> argparse.ArgumentParser:
