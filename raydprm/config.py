@@ -759,7 +759,7 @@ def _check_scalars(loader: _StrictLoader, node: yaml.Node, key: str) -> None:
             except ValueError:
                 value = None
             if value is None or not INT_MIN <= value <= INT_MAX:
-                shown = value if value is not None and digits < 30 else f"an integer of {digits} digits"
+                shown = value if value is not None and abs(value) < 10 ** 30 else f"an integer of {digits} digits"
                 raise ConfigError(f"line {node.start_mark.line + 1}: config key '{key or '?'}' = {shown} is out of "
                                   f"range; integers must fit in 64 bits ({INT_MIN}..{INT_MAX})")
 
