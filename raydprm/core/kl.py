@@ -73,27 +73,29 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
     return kl
 
 
-def kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+def kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor,
+                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Exact KL(softmax(logits) || softmax(ref_logits)) over the last (vocabulary) axis: (..., V) -> (...).
 
-    Computed in float64 from log-softmaxes (no exp of raw logits), clamped at 0 against rounding.
+    Computed in ``dtype`` from log-softmaxes (no exp of raw logits), clamped at 0 against rounding.
     Naive twin (``tests/core/test_kl_exact.py``)::
 
         p, q = softmax(z), softmax(z_ref);  sum(p[v] * log(p[v] / q[v]) for v in range(V))
     """
     if logits.shape != ref_logits.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ in shape")
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    logq = torch.log_softmax(ref_logits.double(), dim=-1)
+    logp = torch.log_softmax(logits.to(dtype), dim=-1)
+    logq = torch.log_softmax(ref_logits.to(dtype), dim=-1)
     kl = (logp.exp() * (logp - logq)).sum(-1)  # KL_t = sum_v p_v (log p_v - log q_v)
     return kl.clamp_min(0.0)
 
 
-def sequence_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sequence_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor,
+                dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Exact KL of each sampled response: sum_t mask[b, t] * KL_t, (B, T, V) x 2 + (B, T) -> (B,)."""
     if mask.shape != logits.shape[:-1]:
         raise ValueError(f"mask {tuple(mask.shape)} does not match logits {tuple(logits.shape)} (B, T, V)")
-    return (kl_from_logits(logits, ref_logits) * mask.double()).sum(-1)  # (B,)
+    return (kl_from_logits(logits, ref_logits, dtype) * mask.to(dtype)).sum(-1)  # (B,)
 
 
 def _last_index(mask: torch.Tensor) -> torch.Tensor:

@@ -210,7 +210,7 @@ class PPOLearner:
             ref_logits = self._ref_logits(mb)  # (mu, T, V)
             ref_lp.append(token_logprobs(ref_logits, mb.response_ids))
             # the exact vocabulary KL of each response, for reports (ppo/kl_exact); the penalty keeps ppo.kl_estimator
-            exact_kl.append(sequence_kl(logits, ref_logits, mb.response_mask).float())  # (mu,)
+            exact_kl.append(sequence_kl(logits, ref_logits, mb.response_mask, torch.float32))  # (mu,)
         mask = local.response_mask
         m = mask.float()
         logp = torch.cat(old_lp) * m  # (B_w, T)

@@ -64,3 +64,10 @@ def test_exact_kl_is_the_mean_of_the_one_sample_estimate_with_less_variance():
     assert float(k1.mean()) == pytest.approx(exact, abs=4 * float(k1.std()) / math.sqrt(len(y)))
     assert bool((k1 < 0).any()) and exact > 0
     assert float(np.var(k1.numpy())) > 0  # the exact KL has no sampling variance at a fixed prefix
+
+
+def test_float32_agrees_with_float64():
+    g = torch.Generator().manual_seed(4)
+    z, zr = torch.randn(2, 3, 50, generator=g), torch.randn(2, 3, 50, generator=g)
+    mask = torch.ones(2, 3)
+    assert torch.allclose(sequence_kl(z, zr, mask, torch.float32).double(), sequence_kl(z, zr, mask), rtol=1e-5)
