@@ -127,6 +127,23 @@ class RolloutGenerator:
             model = self._hf_copy[1]
         return teacher_forced_vocab_logprobs(model, sequences, starts, getattr(self.engine, "pad_id", 0) or 0)
 
+    def vocab_logprobs_stored(self, sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> list[Any]:
+        """:meth:`vocab_logprobs`, each sequence's rows put into the object store: one ref per sequence
+        (T x V floats each stay out of the driver, which passes the refs on to :meth:`kl_of`)."""
+        return [ray.put(rows) for rows in self.vocab_logprobs(sequences, starts)]
+
+    def kl_of(self, sequences: Sequence[Sequence[int]], starts: Sequence[int], policy_rows: Sequence[Any]) -> list[float]:
+        """Exact KL(policy || this model) of each response ``seq_i[starts[i]:]``: sum_t KL_t over the
+        vocabulary, from the policy's rows (``policy_rows``: refs from :meth:`vocab_logprobs_stored`)
+        and this model's own."""
+        import torch
+
+        from raydprm.core.kl import kl_from_logits
+
+        mine = self.vocab_logprobs(sequences, starts)
+        theirs = ray.get(list(policy_rows))
+        return [float(kl_from_logits(torch.tensor(p), torch.tensor(q)).sum()) for p, q in zip(theirs, mine)]
+
     def load_checkpoint(self, model_dir: str) -> int:
         """Load the weights of an HF directory written by ``export_hf`` (same architecture) from
         disk into the engine, in this process (they never pass through the driver). Returns the
@@ -270,6 +287,24 @@ class RolloutPool:
                                 timeout_s=timeout_s)
         return [row for part in parts for row in part]
 
+    def vocab_logprobs_stored(self, sequences: Sequence[Sequence[int]], starts: Sequence[int],
+                              timeout_s: float | None = None) -> list[Any]:
+        """One object-store ref per sequence to its full-vocabulary rows (they never reach the driver)."""
+        seqs, starts = [list(s) for s in sequences], list(starts)
+        slices = [s for s in split_evenly(len(seqs), self.num_replicas) if s[1] > s[0]]
+        parts = self.group.each(RolloutGenerator.vocab_logprobs_stored,
+                                [((seqs[a:b], starts[a:b]), {}) for a, b in slices], timeout_s=timeout_s)
+        return [ref for part in parts for ref in part]
+
+    def kl_of(self, sequences: Sequence[Sequence[int]], starts: Sequence[int], policy_rows: Sequence[Any],
+              timeout_s: float | None = None) -> list[float]:
+        """Exact KL(policy || this pool's model) per response (:meth:`RolloutGenerator.kl_of`), in order."""
+        seqs, starts, rows = [list(s) for s in sequences], list(starts), list(policy_rows)
+        slices = [s for s in split_evenly(len(seqs), self.num_replicas) if s[1] > s[0]]
+        parts = self.group.each(RolloutGenerator.kl_of, [((seqs[a:b], starts[a:b], rows[a:b]), {}) for a, b in slices],
+                                timeout_s=timeout_s)
+        return [k for part in parts for k in part]
+
     def sync_weights(self, update: WeightUpdate, timeout_s: float | None = None) -> list[StageReport]:
         """Every replica pulls ``update`` from the object store, verifies and loads it.
 
@@ -369,12 +404,9 @@ def sample_with_kl(pool: RolloutPool, ref: RolloutPool, prompts: Sequence[Prompt
         KL(x, y) = sum_t sum_v pi(v | x, y_<t) (log pi(v | x, y_<t) - log pi_ref(v | x, y_<t))
 
     (0 for an empty response). Unlike the one-sample estimate sum_t log pi(y_t) - log pi_ref(y_t),
-    it is never negative and carries no sampling noise of the tokens y_t themselves. Both pools
-    give full-vocabulary rows for ``chunk`` sequences at a time (T x V floats each)."""
-    import torch
-
-    from raydprm.core.kl import kl_from_logits
-
+    it is never negative and carries no sampling noise of the tokens y_t themselves. The policy's
+    full-vocabulary rows (T x V floats per response) go from its generators to the reference's
+    through the object store, ``chunk`` responses at a time; the driver gets the KLs only."""
     gen = pool.generate(prompts, sampling)
     kl = [0.0] * len(gen)
     todo = [i for i, r in enumerate(gen) if r.token_ids]
@@ -382,6 +414,6 @@ def sample_with_kl(pool: RolloutPool, ref: RolloutPool, prompts: Sequence[Prompt
         idx = todo[a:a + chunk]
         seqs = [gen[i].prompt_ids + gen[i].token_ids for i in idx]
         starts = [len(gen[i].prompt_ids) for i in idx]
-        for i, p, q in zip(idx, pool.vocab_logprobs(seqs, starts), ref.vocab_logprobs(seqs, starts)):
-            kl[i] = float(kl_from_logits(torch.tensor(p), torch.tensor(q)).sum())  # sum_t KL_t
+        for i, k in zip(idx, ref.kl_of(seqs, starts, pool.vocab_logprobs_stored(seqs, starts))):
+            kl[i] = k  # sum_t KL_t
     return [r.text for r in gen], kl
