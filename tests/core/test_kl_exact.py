@@ -71,3 +71,15 @@ def test_float32_agrees_with_float64():
     z, zr = torch.randn(2, 3, 50, generator=g), torch.randn(2, 3, 50, generator=g)
     mask = torch.ones(2, 3)
     assert torch.allclose(sequence_kl(z, zr, mask, torch.float32).double(), sequence_kl(z, zr, mask), rtol=1e-5)
+
+
+def test_gradient_flows_and_inputs_are_untouched():
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(2, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    zr = torch.randn(2, 7, generator=g, dtype=torch.float64)
+    before = z.detach().clone()
+    kl_from_logits(z, zr).sum().backward()
+    assert torch.equal(z.detach(), before) and z.grad is not None and bool(torch.isfinite(z.grad).all())
+    zz = z.detach()
+    kl_from_logits(zz, zr)  # no grad: the in-place path
+    assert torch.equal(zz, before)
