@@ -262,6 +262,10 @@ def check_mixture(key: str, mixture: Mapping[str, float]) -> None:
         raise ConfigError(f"config key '{key}' must have a positive total weight")
 
 
+# crowd.preset -> the persona file shipped in raydprm/sim/ (raydprm.sim.personas reads this table)
+CROWD_PRESETS: dict[str, str] = {"default": "personas.yaml", "polarized": "personas_polarized.yaml"}
+
+
 @dataclass(frozen=True)
 class CrowdConfig(Section):
     section: ClassVar[str] = "crowd"
@@ -269,9 +273,23 @@ class CrowdConfig(Section):
     mixture: dict[str, float] = opt(factory=dict, doc="Persona weights of the population; empty = uniform over all personas.")
     n_items: int = opt(384, doc="Number of generated (prompt, response) items the crowd votes on.", ge=1)
     votes_per_item: int = opt(12, doc="Votes cast on each item (spread over personas by the mixture).", ge=1)
+    preset: str = opt("default", doc="Shipped persona set: 'default' (raydprm/sim/personas.yaml, personas that differ "
+                      "mostly in strictness) or 'polarized' (raydprm/sim/personas_polarized.yaml, groups that "
+                      "disagree in direction; docs/pluralism.md); crowd.personas_file overrides both.",
+                      choices=tuple(CROWD_PRESETS))
 
     def validate(self) -> None:
         check_mixture("crowd.mixture", self.mixture)
+
+    @property
+    def personas_source(self) -> str:
+        """The personas file this crowd reads: crowd.personas_file if set, else the preset's shipped
+        file ("" = the default personas.yaml, what ``load_personas`` reads for an empty path)."""
+        if self.personas_file:
+            return self.personas_file
+        if self.preset == "default":
+            return ""
+        return str(Path(__file__).resolve().parent / "sim" / CROWD_PRESETS[self.preset])  # shipped beside personas.yaml
 
 
 @dataclass(frozen=True)
@@ -297,6 +315,10 @@ class StoreConfig(Section):
     synchronous: str = opt("FULL", doc="SQLite synchronous mode under WAL.", choices=("NORMAL", "FULL"))
     smoothing: float = opt(0.0, doc="Targeted label smoothing mass applied to exported targets.", ge=0, lt=1)
     max_text_chars: int = opt(16384, doc="Longest prompt or response accepted.", ge=1)
+    heldout_fraction: float = opt(0.2, doc="Share of items held out by the deterministic split by item id "
+                                  "(raydprm.store.heldout_mask; `store export --split`, the gold judge of "
+                                  "pipeline.crowd=store).", ge=0, le=1)
+    split_seed: int = opt(0, doc="Seed of the split of items by item id (hash of seed:item_id).", ge=0)
 
 
 @dataclass(frozen=True)
