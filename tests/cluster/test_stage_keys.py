@@ -62,6 +62,22 @@ def test_the_issue_s_cases_and_what_each_stage_must_read():
     assert read_fields("dprm_ot/seed1/ppo", c) == read_fields("ppo", c)
 
 
+def test_a_finished_stage_is_skipped_when_only_fields_it_does_not_read_change(tmp_path):
+    """RunState.done (the pipeline's skip) under the keys of a --resume with other overrides."""
+    base = Config().to_dict()
+    state = RunState(tmp_path)
+    for stage in ("sft", "collect"):
+        key, config = key_of(stage, base, INPUTS[stage])
+        state.complete(stage, key, inputs=INPUTS[stage], config=config, outputs={}, started=0.0)
+    resumed = from_dict(apply_overrides(base, ["models.reward_backbone=tiny-gpt2", "rollout.num_replicas=3",
+                                               "rollout.sync_timeout_s=5", "ray.max_restarts=0"])).to_dict()
+    assert state.done("sft", key_of("sft", resumed, {})[0])
+    assert state.done("collect", key_of("collect", resumed, INPUTS["collect"])[0])
+    hotter = from_dict(apply_overrides(base, ["rollout.temperature=0.7"])).to_dict()
+    assert state.done("sft", key_of("sft", hotter, {})[0])
+    assert not state.done("collect", key_of("collect", hotter, INPUTS["collect"])[0])
+
+
 def test_a_new_field_of_a_read_section_counts_as_read():
     c = Config().to_dict()
     c["ppo"]["some_future_key"] = 1
