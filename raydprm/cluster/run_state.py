@@ -54,9 +54,9 @@ def stage_key(stage: str, config: Mapping[str, Any], inputs: Mapping[str, str]) 
 def dir_digest(path: str | os.PathLike[str]) -> str:
     """``xxh3_128:<hex>`` over the relative names and bytes of every file under ``path`` (sorted).
 
-    xxh3 reads at several GB/s (SHA-256: ~0.5 GB/s), the hash weight sync already uses: a 7B
-    policy's 14 GB costs the driver seconds, not minutes. It guards against a changed or
-    truncated file between stages, not against an adversary."""
+    xxh3 (the hash weight sync already uses) runs at ~9 GB/s here, 6.8x SHA-256 (bench/RESULTS.md,
+    issue 24). It guards against a changed or truncated file between stages, not against an
+    adversary."""
     import xxhash  # comes with the `datasets` dependency
 
     root = Path(path)
