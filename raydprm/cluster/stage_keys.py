@@ -50,11 +50,13 @@ _ROLLOUT = ("rollout.*", "models.dtype")  # a pool of generators samples: what a
 @dataclass(frozen=True)
 class Reads:
     """The config fields (``section.*`` or ``section.field``) and the named inputs a stage reads;
-    ``gated``: (gate field, fields read only when the gate's value is truthy)."""
+    ``gated``: (gate field, fields read only when the gate's value is truthy); ``unread``: fields
+    of a section read that this stage does not read (besides :data:`OPERATIONAL`)."""
 
     fields: tuple[str, ...]
     inputs: tuple[str, ...]
     gated: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    unread: tuple[str, ...] = ()
 
 
 READS: dict[str, Reads] = {
@@ -62,14 +64,15 @@ READS: dict[str, Reads] = {
     "sft": Reads(("run.seed", "models.policy", "sft.*"), ()),
     # the SFT policy samples, the crowd votes, the store exports
     "collect": Reads(("run.seed", *_ROLLOUT, "crowd.*", "store.*", "labels.*"), ("sft",)),
-    # the reward model trains on the export
-    "reward": Reads(("run.seed", "models.reward_backbone", "reward.*", "labels.*"), ("data",)),
+    # the reward model trains on the export (the scalar readout is PPO's, not training's)
+    "reward": Reads(("run.seed", "models.reward_backbone", "reward.*", "labels.*"), ("data",),
+                    unread=("reward.scalar", "reward.cvar_alpha", "reward.kappa")),
     # PPO: the generators sample, the reward replicas score (reward.* of the readout; the model is an
     # input), the learner trains, the population's E[r] of every step is recorded
     "ppo": Reads(("run.seed", *_ROLLOUT, "ppo.*", "reward.*", "labels.*", "crowd.*", "pipeline.live_votes"),
                  ("sft", "reward"),
                  (("pipeline.live_votes", tuple(f"pipeline.{k}" for k in DRIFT_KEYS) + ("store.*",)),)),
-    "align": Reads(("run.seed", "models.dtype", "align.*", "labels.*"), ("sft", "data")),
+    "align": Reads(("run.seed", "align.*", "labels.*"), ("sft", "data")),
     # every policy and the SFT policy sample the held-out prompts; the population judges
     "evaluate": Reads(("run.seed", *_ROLLOUT, "crowd.*", "labels.*", "pipeline.eval_prompts", "pipeline.eval_seeds",
                        "pipeline.bootstrap", "pipeline.tie_margin", "pipeline.policies"), ("sft", "policy"),
@@ -93,7 +96,8 @@ def read_fields(stage: str, c: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     for spec in specs:
         sec, name = spec.split(".", 1)
-        names = [f"{sec}.{k}" for k in c[sec] if f"{sec}.{k}" not in OPERATIONAL] if name == "*" else [spec]
+        names = [f"{sec}.{k}" for k in c[sec] if f"{sec}.{k}" not in OPERATIONAL and f"{sec}.{k}" not in
+                 reads.unread] if name == "*" else [spec]
         out += [n for n in names if n not in out]
     return sorted(out)
 

@@ -54,6 +54,7 @@ def test_the_issue_s_cases_and_what_each_stage_must_read():
     assert {"models.policy", "sft.lr", "run.seed"} <= set(read_fields("sft", c))
     assert {"rollout.temperature", "rollout.max_new_tokens", "crowd.mixture", "store.prior"} <= \
         set(read_fields("collect", c))
+    assert "reward.scalar" not in read_fields("reward", c) and "reward.scalar" in read_fields("ppo", c)
     assert "pipeline.drift_step" not in read_fields("ppo", c)  # drift keys only with live votes
     assert "pipeline.drift_step" in read_fields("ppo", CONFIGS["drift"])
     assert "pipeline.seeds" in read_fields("evaluate", CONFIGS["compare"])
