@@ -32,8 +32,9 @@ __all__ = ["KEY_VERSION", "OPERATIONAL", "READS", "Reads", "check_key_version", 
 KEY_VERSION = 2
 
 # Fields that change where, with how many processes or how long a stage runs, never its numbers:
-# sampling is seeded per (prompt, sample) whatever the replicas and batch layout (rollout.sampling.
-# request_seed); a weight sync is probed against the learner's logprobs whatever its transport.
+# sampling is seeded per (prompt, sample), so the tokens are the same whatever the replicas and batch
+# layout (rollout.sampling.request_seed; their logprobs are not bit for bit, so PPO reads the layout
+# when it trains on them); a weight sync is probed against the learner's logprobs whatever its transport.
 OPERATIONAL = frozenset({
     "rollout.num_replicas", "rollout.num_cpus", "rollout.batch_size", "rollout.vllm_multiprocessing",
     "rollout.gpu_memory_utilization", "rollout.kv_cache_memory_mb", "rollout.weight_sync", "rollout.sync_timeout_s",
@@ -71,7 +72,9 @@ READS: dict[str, Reads] = {
     # input), the learner trains, the population's E[r] of every step is recorded
     "ppo": Reads(("run.seed", *_ROLLOUT, "ppo.*", "reward.*", "labels.*", "crowd.*", "pipeline.live_votes"),
                  ("sft", "reward"),
-                 (("pipeline.live_votes", tuple(f"pipeline.{k}" for k in DRIFT_KEYS) + ("store.*",)),)),
+                 (("pipeline.live_votes", tuple(f"pipeline.{k}" for k in DRIFT_KEYS) + ("store.*",)),
+                  # the engines' logprobs (equal tokens, float rounding of the batch layout) become PPO's
+                  ("ppo.use_rollout_logprobs", ("rollout.num_replicas", "rollout.batch_size")))),
     "align": Reads(("run.seed", "align.*", "labels.*"), ("sft", "data")),
     # every policy and the SFT policy sample the held-out prompts; the population judges
     "evaluate": Reads(("run.seed", *_ROLLOUT, "crowd.*", "labels.*", "pipeline.eval_prompts", "pipeline.eval_seeds",

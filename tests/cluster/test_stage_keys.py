@@ -27,6 +27,7 @@ def _changed(c, sec, name):
 CONFIGS = {  # the gates open and shut: a single run, live votes (drift keys), a comparison (policies, seeds)
     "single": Config().to_dict(),
     "drift": from_dict(apply_overrides(Config().to_dict(), ["pipeline.live_votes=2"])).to_dict(),
+    "rollout_logprobs": from_dict(apply_overrides(Config().to_dict(), ["ppo.use_rollout_logprobs=true"])).to_dict(),
     "compare": from_dict(apply_overrides(Config().to_dict(), ["pipeline.policies=[vanilla,dprm_ot,dpo]"])).to_dict(),
 }
 
