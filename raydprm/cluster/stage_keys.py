@@ -46,12 +46,16 @@ OPERATIONAL = frozenset({
 })
 
 _ROLLOUT = ("rollout.*", "models.dtype")  # a pool of generators samples: what and with which weights' dtype
+# vLLM batches requests as its scheduler and KV cache allow: no promise of the same tokens across layouts
+_VLLM_LAYOUT = ("rollout.engine=vllm", ("rollout.num_replicas", "rollout.batch_size", "rollout.gpu_memory_utilization",
+                                        "rollout.kv_cache_memory_mb", "rollout.vllm_multiprocessing"))
 
 
 @dataclass(frozen=True)
 class Reads:
     """The config fields (``section.*`` or ``section.field``) and the named inputs a stage reads;
-    ``gated``: (gate field, fields read only when the gate's value is truthy); ``unread``: fields
+    ``gated``: (gate, fields read only when the gate holds: ``section.field`` is truthy, or
+    ``section.field=value`` equals ``value``); ``unread``: fields
     of a section read that this stage does not read (besides :data:`OPERATIONAL`)."""
 
     fields: tuple[str, ...]
@@ -64,7 +68,7 @@ READS: dict[str, Reads] = {
     # the tiny policy learns the world: its model and the SFT settings (never the reward backbone)
     "sft": Reads(("run.seed", "models.policy", "sft.*"), ()),
     # the SFT policy samples, the crowd votes, the store exports
-    "collect": Reads(("run.seed", *_ROLLOUT, "crowd.*", "store.*", "labels.*"), ("sft",)),
+    "collect": Reads(("run.seed", *_ROLLOUT, "crowd.*", "store.*", "labels.*"), ("sft",), (_VLLM_LAYOUT,)),
     # the reward model trains on the export (the scalar readout is PPO's, not training's)
     "reward": Reads(("run.seed", "models.reward_backbone", "reward.*", "labels.*"), ("data",),
                     unread=("reward.scalar", "reward.cvar_alpha", "reward.kappa")),
@@ -74,12 +78,12 @@ READS: dict[str, Reads] = {
                  ("sft", "reward"),
                  (("pipeline.live_votes", tuple(f"pipeline.{k}" for k in DRIFT_KEYS) + ("store.*",)),
                   # the engines' logprobs (equal tokens, float rounding of the batch layout) become PPO's
-                  ("ppo.use_rollout_logprobs", ("rollout.num_replicas", "rollout.batch_size")))),
+                  ("ppo.use_rollout_logprobs", ("rollout.num_replicas", "rollout.batch_size")), _VLLM_LAYOUT)),
     "align": Reads(("run.seed", "align.*", "labels.*"), ("sft", "data")),
     # every policy and the SFT policy sample the held-out prompts; the population judges
     "evaluate": Reads(("run.seed", *_ROLLOUT, "crowd.*", "labels.*", "pipeline.eval_prompts", "pipeline.eval_seeds",
                        "pipeline.bootstrap", "pipeline.tie_margin", "pipeline.policies"), ("sft", "policy"),
-                      (("pipeline.policies", ("pipeline.seeds", "ppo.steps", "align.steps")),)),
+                      (("pipeline.policies", ("pipeline.seeds", "ppo.steps", "align.steps")), _VLLM_LAYOUT)),
 }
 
 
@@ -93,8 +97,9 @@ def read_fields(stage: str, c: Mapping[str, Any]) -> list[str]:
     reads = READS[_kind(stage)]
     specs = list(reads.fields)
     for gate, more in reads.gated:
-        sec, name = gate.split(".", 1)
-        if c[sec][name]:
+        field, _, want = gate.partition("=")
+        sec, name = field.split(".", 1)
+        if (str(c[sec][name]) == want) if want else c[sec][name]:
             specs += more
     out: list[str] = []
     for spec in specs:

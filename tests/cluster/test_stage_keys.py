@@ -27,6 +27,7 @@ def _changed(c, sec, name):
 CONFIGS = {  # the gates open and shut: a single run, live votes (drift keys), a comparison (policies, seeds)
     "single": Config().to_dict(),
     "drift": from_dict(apply_overrides(Config().to_dict(), ["pipeline.live_votes=2"])).to_dict(),
+    "vllm": from_dict(apply_overrides(Config().to_dict(), ["rollout.engine=vllm"])).to_dict(),
     "rollout_logprobs": from_dict(apply_overrides(Config().to_dict(), ["ppo.use_rollout_logprobs=true"])).to_dict(),
     "compare": from_dict(apply_overrides(Config().to_dict(), ["pipeline.policies=[vanilla,dprm_ot,dpo]"])).to_dict(),
 }
@@ -55,6 +56,8 @@ def test_the_issue_s_cases_and_what_each_stage_must_read():
     assert {"models.policy", "sft.lr", "run.seed"} <= set(read_fields("sft", c))
     assert {"rollout.temperature", "rollout.max_new_tokens", "crowd.mixture", "store.prior"} <= \
         set(read_fields("collect", c))
+    assert "rollout.kv_cache_memory_mb" not in read_fields("collect", c)
+    assert "rollout.kv_cache_memory_mb" in read_fields("collect", CONFIGS["vllm"])  # vLLM's batching may change tokens
     assert "reward.scalar" not in read_fields("reward", c) and "reward.scalar" in read_fields("ppo", c)
     assert "pipeline.drift_step" not in read_fields("ppo", c)  # drift keys only with live votes
     assert "pipeline.drift_step" in read_fields("ppo", CONFIGS["drift"])
