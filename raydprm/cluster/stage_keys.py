@@ -26,7 +26,7 @@ from raydprm.cluster.drift import DRIFT_KEYS
 from raydprm.cluster.run_state import stage_key
 from raydprm.errors import RaydprmError
 
-__all__ = ["KEY_VERSION", "OPERATIONAL", "READS", "Reads", "check_key_version", "key_of", "read_fields",
+__all__ = ["KEY_VERSION", "NOT_READ", "OPERATIONAL", "READS", "Reads", "check_key_version", "key_of", "read_fields",
            "stage_config"]
 
 KEY_VERSION = 2
@@ -43,6 +43,15 @@ OPERATIONAL = frozenset({
     "ppo.num_cpus_per_worker", "ppo.dist_timeout_s", "ppo.ds_jit_ops",
     "align.num_cpus_per_worker", "align.dist_timeout_s", "align.ds_jit_ops",
     "store.synchronous", "store.max_text_chars",
+})
+
+# Fields no stage reads, beyond OPERATIONAL: where the run lives and logs, where tiny models are cached,
+# checkpoint cadence (a resume is exact), placement, and the sections of other commands. A test fails
+# when a field is in neither a stage's reads nor here, so a new field gets declared where it belongs.
+NOT_READ = frozenset({
+    "serve.*", "ray.*", "run.name", "run.output_dir", "run.device", "run.log_level", "models.cache_dir",
+    "models.tokenizer", "models.trust_remote_code", "pipeline.checkpoint_every", "pipeline.keep_checkpoints",
+    "pipeline.layout", "pipeline.placement_timeout_s", "pipeline.store_num_cpus",
 })
 
 _ROLLOUT = ("rollout.*", "models.dtype")  # a pool of generators samples: what and with which weights' dtype

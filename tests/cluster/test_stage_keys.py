@@ -6,7 +6,15 @@ import json
 import pytest
 
 from raydprm.cluster.run_state import RunState, dir_digest
-from raydprm.cluster.stage_keys import KEY_VERSION, READS, check_key_version, key_of, read_fields
+from raydprm.cluster.stage_keys import (
+    KEY_VERSION,
+    NOT_READ,
+    OPERATIONAL,
+    READS,
+    check_key_version,
+    key_of,
+    read_fields,
+)
 from raydprm.config import Config, apply_overrides, from_dict
 from raydprm.errors import RaydprmError
 
@@ -81,6 +89,17 @@ def test_a_finished_stage_is_skipped_when_only_fields_it_does_not_read_change(tm
     hotter = from_dict(apply_overrides(base, ["rollout.temperature=0.7"])).to_dict()
     assert state.done("sft", key_of("sft", hotter, {})[0])
     assert not state.done("collect", key_of("collect", hotter, INPUTS["collect"])[0])
+
+
+def test_every_config_field_is_read_by_a_stage_or_declared_unread():
+    """A field added to a section no stage reads whole (run, models, pipeline) must be declared: read
+    by the stages whose result it changes (READS) or unread (NOT_READ / OPERATIONAL)."""
+    c = Config().to_dict()
+    read = {f for which in CONFIGS.values() for stage in READS for f in read_fields(stage, which)}
+    unread = {f"{sec}.{name}" for sec, name in _leaves(c)} - read
+    declared = {f"{sec}.{name}" for sec, name in _leaves(c) if f"{sec}.*" in NOT_READ} | (NOT_READ | OPERATIONAL)
+    assert unread <= declared, f"declare in raydprm/cluster/stage_keys.py: {sorted(unread - declared)}"
+    assert not {f for f in NOT_READ if not f.endswith(".*")} & read
 
 
 def test_a_new_field_of_a_read_section_counts_as_read():
