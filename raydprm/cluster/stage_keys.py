@@ -52,9 +52,12 @@ NOT_READ = frozenset({
     "serve.*", "ray.*", "run.name", "run.output_dir", "run.device", "run.log_level", "models.cache_dir",
     "models.tokenizer", "models.trust_remote_code", "pipeline.checkpoint_every", "pipeline.keep_checkpoints",
     "pipeline.layout", "pipeline.placement_timeout_s", "pipeline.store_num_cpus",
+    "run.loggers", "run.tracking_uri", "run.experiment",  # where metrics are logged (declared before they land)
 })
 
 _ROLLOUT = ("rollout.*", "models.dtype")  # a pool of generators samples: what and with which weights' dtype
+# where the crowd's votes come from (simulated or a store's) and the gold judge's share: every stage after SFT
+_CROWD_SOURCE = ("pipeline.crowd", "pipeline.gold_fraction")
 # vLLM batches requests as its scheduler and KV cache allow: no promise of the same tokens across layouts
 _VLLM_LAYOUT = ("rollout.engine=vllm", ("rollout.num_replicas", "rollout.batch_size", "rollout.gpu_memory_utilization",
                                         "rollout.kv_cache_memory_mb", "rollout.vllm_multiprocessing"))
@@ -77,13 +80,15 @@ READS: dict[str, Reads] = {
     # the tiny policy learns the world: its model and the SFT settings (never the reward backbone)
     "sft": Reads(("run.seed", "models.policy", "sft.*"), ()),
     # the SFT policy samples, the crowd votes, the store exports
-    "collect": Reads(("run.seed", *_ROLLOUT, "crowd.*", "store.*", "labels.*"), ("sft",), (_VLLM_LAYOUT,)),
+    "collect": Reads(("run.seed", *_ROLLOUT, "crowd.*", "store.*", "labels.*", *_CROWD_SOURCE), ("sft",),
+                     (_VLLM_LAYOUT,)),
     # the reward model trains on the export (the scalar readout is PPO's, not training's)
-    "reward": Reads(("run.seed", "models.reward_backbone", "reward.*", "labels.*"), ("data",),
+    "reward": Reads(("run.seed", "models.reward_backbone", "reward.*", "labels.*", *_CROWD_SOURCE), ("data",),
                     unread=("reward.scalar", "reward.cvar_alpha", "reward.kappa")),
     # PPO: the generators sample, the reward replicas score (reward.* of the readout; the model is an
     # input), the learner trains, the population's E[r] of every step is recorded
-    "ppo": Reads(("run.seed", *_ROLLOUT, "ppo.*", "reward.*", "labels.*", "crowd.*", "pipeline.live_votes"),
+    "ppo": Reads(("run.seed", *_ROLLOUT, "ppo.*", "reward.*", "labels.*", "crowd.*", "pipeline.live_votes",
+                  *_CROWD_SOURCE),
                  ("sft", "reward"),
                  (("pipeline.live_votes", tuple(f"pipeline.{k}" for k in DRIFT_KEYS) + ("store.*",)),
                   # the engines' logprobs (equal tokens, float rounding of the batch layout) become PPO's
@@ -91,7 +96,8 @@ READS: dict[str, Reads] = {
     "align": Reads(("run.seed", "align.*", "labels.*"), ("sft", "data")),
     # every policy and the SFT policy sample the held-out prompts; the population judges
     "evaluate": Reads(("run.seed", *_ROLLOUT, "crowd.*", "labels.*", "pipeline.eval_prompts", "pipeline.eval_seeds",
-                       "pipeline.bootstrap", "pipeline.tie_margin", "pipeline.policies"), ("sft", "policy"),
+                       "pipeline.bootstrap", "pipeline.tie_margin", "pipeline.policies", *_CROWD_SOURCE),
+                      ("sft", "policy"),
                       (("pipeline.policies", ("pipeline.seeds", "ppo.steps", "align.steps")), _VLLM_LAYOUT)),
 }
 
@@ -102,19 +108,23 @@ def _kind(stage: str) -> str:
 
 
 def read_fields(stage: str, c: Mapping[str, Any]) -> list[str]:
-    """The dotted config fields ``stage`` reads under the config dict ``c`` (``Config.to_dict()``)."""
+    """The dotted config fields ``stage`` reads under the config dict ``c`` (``Config.to_dict()``); a
+    declared field this config does not have (an older or newer raydprm's) is left out."""
     reads = READS[_kind(stage)]
     specs = list(reads.fields)
     for gate, more in reads.gated:
         field, _, want = gate.partition("=")
         sec, name = field.split(".", 1)
-        if (str(c[sec][name]) == want) if want else c[sec][name]:
+        value = c[sec].get(name)
+        if (str(value) == want) if want else value:
             specs += more
     out: list[str] = []
     for spec in specs:
         sec, name = spec.split(".", 1)
-        names = [f"{sec}.{k}" for k in c[sec] if f"{sec}.{k}" not in OPERATIONAL and f"{sec}.{k}" not in
-                 reads.unread] if name == "*" else [spec]
+        if name == "*":
+            names = [f"{sec}.{k}" for k in c[sec] if f"{sec}.{k}" not in OPERATIONAL | set(reads.unread)]
+        else:
+            names = [spec] if name in c[sec] else []
         out += [n for n in names if n not in out]
     return sorted(out)
 

@@ -108,6 +108,15 @@ def test_a_new_field_of_a_read_section_counts_as_read():
     assert "ppo.some_future_key" in read_fields("ppo", c)
 
 
+def test_a_declared_field_counts_once_the_config_has_it():
+    c = Config().to_dict()
+    c["pipeline"].pop("crowd", None)
+    assert "pipeline.crowd" not in read_fields("collect", c)  # a config without it (another raydprm)
+    key_of("collect", c, INPUTS["collect"])
+    c["pipeline"]["crowd"] = "store"
+    assert "pipeline.crowd" in read_fields("collect", c) and "pipeline.crowd" not in read_fields("sft", c)
+
+
 def test_undeclared_inputs_are_refused():
     with pytest.raises(ValueError, match="declares inputs"):
         key_of("reward", Config().to_dict(), {"data": "d", "sft": "d0"})
