@@ -155,7 +155,9 @@ def run_raydprm(policy: str, rm_dir: str, prompts: list[list[str]], batch: int, 
         reward.shutdown()
         learner.shutdown()
     return {"side": "raydprm", "algo": "grpo" if grpo else "ppo", "startup_s": startup, "startup_load": startup_load,
-            "step_s": [r["time/step_s"] for r in recs], "step_load": loads, "tokens_per_step": sampled,
+            "step_s": [r["time/step_s"] for r in recs], "step_load": loads,
+            # one generate call a step in sync mode; if the loop samples some other way, say so (nan)
+            "tokens_per_step": sampled if len(sampled) == len(recs) else [float("nan")],
             "reward": [r["reward/mean"] for r in recs],
             "split_s": {k: statistics.median(r[f"time/{k}_s"] for r in recs[1:] or recs)
                         for k in ("generate", "score", "learn", "sync")}}
