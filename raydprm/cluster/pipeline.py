@@ -50,12 +50,13 @@ from typing import Any
 import numpy as np
 import ray
 
-from raydprm.cluster.drift import Drift, drift_stage_config
+from raydprm.cluster.drift import Drift
 from raydprm.cluster.group import GroupRestarted, Placement
 from raydprm.cluster.placement import RolePlacements
 from raydprm.cluster.run_plan import Arm, arms, eval_prompts, eval_sampling, required_resources
-from raydprm.cluster.run_state import RunState, dir_digest, stage_key, write_json
+from raydprm.cluster.run_state import RunState, dir_digest, write_json
 from raydprm.cluster.runtime import connect
+from raydprm.cluster.stage_keys import check_key_version, key_of
 from raydprm.cluster.step_log import StepLog, TensorBoardLog
 from raydprm.config import Config, save_config
 from raydprm.errors import RaydprmError
@@ -137,6 +138,7 @@ class Pipeline:
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
+        check_key_version(self.run_dir)  # a run keyed by an older scheme is refused before any file
         runtime = connect(cfg.ray, required_resources(cfg), what="raydprm run")  # pre-flight before any file
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir)
@@ -144,21 +146,14 @@ class Pipeline:
         self._stages_bar = self._bar(total=n_stages, desc="stages", unit="stage", leave=True)
         try:
             c = cfg.to_dict()
-            seed = cfg.run.seed
-            sft = self._stage("sft", {"models": c["models"], "sft": c["sft"], "seed": seed}, {}, self._sft)
+            sft = self._stage("sft", c, {}, self._sft)
             sft_dir = self._abs(sft["path"])
-            col = self._stage("collect", {k: c[k] for k in ("crowd", "store", "labels", "rollout")} | {"seed": seed},
-                              {"sft": sft["digest"]}, lambda: self._collect(sft_dir))
+            col = self._stage("collect", c, {"sft": sft["digest"]}, lambda: self._collect(sft_dir))
             trained = [(arm, self._train(arm, sft, col)) for arm in self.arms]
             if self.until == "ppo":
                 return {"ppo": trained[0][1]["history"]}
-            # a comparison's policies and seeds shape its evaluation; a single run's key ignores them
-            ev_keys = ("eval_prompts", "eval_seeds", "bootstrap", "tie_margin") + (
-                ("policies", "seeds") if cfg.pipeline.policies else ())
-            ev_cfg = {k: c[k] for k in ("crowd", "labels", "rollout")} | {"seed": seed} | {
-                k: v for k, v in c["pipeline"].items() if k in ev_keys}
             ev_in = {"sft": sft["digest"]} | {arm.prefix + "policy": out["digest"] for arm, out in trained}
-            self._stage("evaluate", ev_cfg, ev_in, lambda: self._evaluate(sft_dir, trained))
+            self._stage("evaluate", c, ev_in, lambda: self._evaluate(sft_dir, trained))
         finally:
             self._stages_bar.close()
             self.shutdown_workers()
@@ -170,26 +165,24 @@ class Pipeline:
         """The stages of one policy: reward[loss] -> ppo[reward], or align; their outputs hold
         ``policy`` (the exported HF directory), its ``digest`` and the training ``history``."""
         self.arm = arm
-        ac, seed, sft_dir = arm.cfg.to_dict(), arm.cfg.run.seed, self._abs(sft["path"])
+        ac, sft_dir = arm.cfg.to_dict(), self._abs(sft["path"])
         if arm.kind == "align":
-            al_cfg = {"align": ac["align"], "labels": ac["labels"], "seed": seed}
             al_in = {"sft": sft["digest"], "data": col["digest"]}
-            key = stage_key(arm.stage("align"), al_cfg, al_in)
-            return self._stage(arm.stage("align"), al_cfg, al_in,
+            key = key_of(arm.stage("align"), ac, al_in)[0]
+            return self._stage(arm.stage("align"), ac, al_in,
                                lambda: self._align(arm, key, sft_dir, self._abs(col["data"])))
-        rew = self._stage(arm.stage("reward"), {"reward": ac["reward"], "labels": ac["labels"], "seed": seed,
-                                                "backbone": arm.cfg.models.reward_backbone},
-                          {"data": col["digest"]}, lambda: self._reward(arm, self._abs(col["data"])))
-        ppo_cfg = {"ppo": ac["ppo"], "rollout": ac["rollout"], "reward": ac["reward"], "seed": seed} | \
-            drift_stage_config(arm.cfg)
+        rew = self._stage(arm.stage("reward"), ac, {"data": col["digest"]},
+                          lambda: self._reward(arm, self._abs(col["data"])))
         ppo_in = {"sft": sft["digest"], "reward": rew["digest"]}
-        key = stage_key(arm.stage("ppo"), ppo_cfg, ppo_in)
-        return self._stage(arm.stage("ppo"), ppo_cfg, ppo_in,
+        key = key_of(arm.stage("ppo"), ac, ppo_in)[0]
+        return self._stage(arm.stage("ppo"), ac, ppo_in,
                            lambda: self._ppo(arm, key, sft_dir, self._abs(rew["best_dir"])))
 
-    def _stage(self, name: str, config: dict[str, Any], inputs: dict[str, str],
+    def _stage(self, name: str, c: dict[str, Any], inputs: dict[str, str],
                body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        key = stage_key(name, config, inputs)
+        """Run ``body`` unless the stage is done under the key of what it reads of the config dict
+        ``c`` and of its ``inputs`` (:mod:`raydprm.cluster.stage_keys`)."""
+        key, config = key_of(name, c, inputs)
         self._stages_bar.set_description(f"stage {name}")
         if self.state.done(name, key):
             self._stages_bar.update(1)
