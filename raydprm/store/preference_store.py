@@ -221,7 +221,10 @@ class PreferenceStore(SQLiteFile):
             recorded in it (:meth:`label_scale` reads it back); an existing store refuses
             other names or rewards. Default: the HH scale, or ``labels`` with rewards spread
             evenly from 1 (first label) to 0 (last).
-        personas: extra persona / annotator ids to register (the defaults are always there).
+        personas: extra persona / annotator ids to register.
+        default_personas: register :data:`DEFAULT_STORE_PERSONAS` (the simulated crowd's six
+            personas and ``anonymous``) when the store is created; an import creates its store
+            without them, so that its groups are the groups of its data.
         prior: Dirichlet prior concentration per label (None: the store's).
         half_life_s: forgetting half-life in seconds, 0 = none (None: the store's).
         synchronous: "FULL" (durable on power loss) or "NORMAL" (durable on process crash).
@@ -239,7 +242,7 @@ class PreferenceStore(SQLiteFile):
                  personas: Iterable[str] = (), prior: float | None = None, half_life_s: float | None = None,
                  synchronous: str = "FULL", max_text_chars: int = 16384, busy_timeout_s: float = 60.0,
                  readonly: bool = False, create: bool = True, check: bool | None = None,
-                 label_scale: LabelScale | None = None) -> None:
+                 label_scale: LabelScale | None = None, default_personas: bool = True) -> None:
         _check_prior(prior)
         if label_scale is not None:
             if not isinstance(label_scale, LabelScale):
@@ -258,6 +261,7 @@ class PreferenceStore(SQLiteFile):
         self.max_text_chars = int(max_text_chars)
         self._params_version = ""
         self._asked_prior = prior
+        self._default_personas = bool(default_personas)
         self._open_file(path, readonly=readonly, create=create, check=check, busy_timeout_s=busy_timeout_s)
         try:
             with self._sql_errors():
@@ -343,7 +347,9 @@ class PreferenceStore(SQLiteFile):
                 ("half_life_s", repr(float(half_life_s or 0.0))), ("prior", repr(float(prior or 1.0))),
                 ("params_version", "1"), ("created", repr(time.time()))])
             cur.executemany("INSERT INTO labels VALUES (?, ?)", list(enumerate(names)))
-            cur.executemany("INSERT OR IGNORE INTO personas(name) VALUES (?)", [(p,) for p in DEFAULT_STORE_PERSONAS])
+            if self._default_personas:
+                cur.executemany("INSERT OR IGNORE INTO personas(name) VALUES (?)",
+                                [(p,) for p in DEFAULT_STORE_PERSONAS])
         else:
             if "labels" not in meta or "half_life_s" not in meta:
                 raise StoreError(f"'{self.path}' is an SQLite file but not a preference store (no labels recorded)")
