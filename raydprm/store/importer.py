@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from raydprm.store import schema, vote_log
 from raydprm.store.mapping import Mapping, MappingError, _value_key
-from raydprm.store.preference_store import PreferenceStore, StoreError, _chunks
+from raydprm.store.preference_store import PreferenceStore, StoreError
+from raydprm.store.reads import chunks as _chunks
 from raydprm.store.votes import MAX_ID_CHARS, item_id
 
 __all__ = ["import_file", "ImportRowError", "read_chunks", "detect_format", "CHUNK_ROWS"]
@@ -453,12 +455,11 @@ class _Importer:
             # groups are personas; raters keep their group (also against earlier imports)
             new_groups = sorted(set(group.tolist()) - set(s._personas))
             for g in new_groups:
-                s._check_persona_name(g)
+                schema.check_persona_name(g)
             cur.executemany("INSERT OR IGNORE INTO personas(name, description) VALUES (?, ?)",
                             [(g, f"rater group of {m.source}") for g in new_groups])
             if new_groups:
-                s._personas = dict(cur.execute("SELECT name, pid FROM personas ORDER BY pid").fetchall())
-                s._pid_name = {pid: name for name, pid in s._personas.items()}
+                s._set_personas(schema.read_personas(cur))
             rk = pd.unique(pd.Series(rater))
             gk = dict(zip(rater.tolist(), group.tolist()))
             cur.executemany("INSERT OR IGNORE INTO raters(rater, grp, source) VALUES (?, ?, ?)",
@@ -501,7 +502,7 @@ class _Importer:
                 probs = np.zeros((len(labels), L))  # (N, L) one-hot votes
                 probs[np.arange(len(labels)), labels] = 1.0
                 vp = np.array([s._personas[g] for g in group.tolist()], dtype=np.int64)
-                s._fold(cur, vote_items.tolist(), vp, probs, np.ones(len(labels)), ts.astype(np.float64))
+                vote_log.fold(s, cur, vote_items.tolist(), vp, probs, np.ones(len(labels)), ts.astype(np.float64))
             self.counts["votes"] += int(len(labels))
 
 
