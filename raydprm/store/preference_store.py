@@ -1,30 +1,14 @@
 """The durable Bayesian preference store (SQLite in WAL mode, one file): its public front.
 
-:class:`PreferenceStore` is a thin front over the modules that do the work, each named after
-what it is:
-
-* :mod:`raydprm.store.sqlite_db` — the file, transactions and SQLite errors (the front holds
-  one :class:`~raydprm.store.sqlite_db.SQLiteFile`);
-* :mod:`raydprm.store.schema` — the tables and the recorded parameters (labels and their
-  scale, prior, half-life) and their checks;
-* :mod:`raydprm.store.votes` — vote validation; :mod:`raydprm.store.vote_log` — appending
-  votes, items and pairs, with the posteriors folded in by :mod:`raydprm.store.posterior`
-  (pure numpy) in the same transaction;
-* :mod:`raydprm.store.reads` — posteriors out (pooled, mixtures, forgetting, the naive
-  recount); :mod:`raydprm.store.group_queries` — rater groups as arrays;
-* :mod:`raydprm.store.importer` / :mod:`raydprm.store.export` — datasets in and out.
-
-Per (item, persona) the store keeps the Dirichlet *evidence* of Eq. (D1) of
-:mod:`raydprm.core.dirichlet` (the posterior without its prior),
-
-    evidence(t_ref) = sum_k w_k * 0.5 ** ((t_ref - ts_k) / half_life) * v_k,   t_ref = newest vote of the item
-
-and the undecayed weighted counts. One row per item holds all its personas' state, keyed by
-the item's insertion number. The state is always recomputable from the vote log
-(:meth:`PreferenceStore.rebuild_posteriors`; :meth:`PreferenceStore.recount` is the naive twin
-for one item). A query at time ``at`` reads ``alpha = prior + evidence * 0.5 ** ((at - t_ref) /
-half_life)`` (no decay when ``half_life_s = 0``); forgetting is by vote *time*, so the result
-does not depend on the order in which votes arrived.
+:class:`PreferenceStore` is a thin front; the work is done by modules named after what they are:
+:mod:`~raydprm.store.sqlite_db` (the file, transactions, errors; the front holds one
+``SQLiteFile``), :mod:`~raydprm.store.schema` (tables, recorded parameters),
+:mod:`~raydprm.store.votes` (validation), :mod:`~raydprm.store.vote_log` (writes, with the
+posteriors folded in by the pure-numpy :mod:`~raydprm.store.posterior`),
+:mod:`~raydprm.store.reads` (posteriors out), :mod:`~raydprm.store.group_queries` (rater
+groups), :mod:`~raydprm.store.importer` / :mod:`~raydprm.store.export` (datasets in and out).
+The vote log is the source of truth: every posterior is recomputable from it
+(:meth:`PreferenceStore.rebuild_posteriors`; :meth:`PreferenceStore.recount` is the naive twin).
 
 Guarantees: a batch is validated completely before anything is written and is written in
 one ``BEGIN IMMEDIATE`` transaction (all or nothing); a vote id already in the log is a
@@ -39,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,11 +30,9 @@ from typing import Any
 from raydprm.core.label_scale import LabelScale
 from raydprm.store import group_queries, reads, schema, vote_log
 from raydprm.store.group_queries import GroupPosteriors
-from raydprm.store.posterior import state_width
 from raydprm.store.reads import ItemPosterior, LogRow, PersonaState, UnknownItemError
 from raydprm.store.schema import DEFAULT_STORE_PERSONAS, SCHEMA_VERSION, default_scale
 from raydprm.store.sqlite_db import SQLiteFile, StoreError
-from raydprm.store.votes import VoteError, dedupe, validate_votes
 
 __all__ = ["PreferenceStore", "StoreError", "UnknownItemError", "DEFAULT_STORE_PERSONAS", "SCHEMA_VERSION",
            "PersonaState", "ItemPosterior", "LogRow", "GroupPosteriors", "default_scale"]
@@ -99,19 +80,7 @@ class PreferenceStore:
                  synchronous: str = "FULL", max_text_chars: int = 16384, busy_timeout_s: float = 60.0,
                  readonly: bool = False, create: bool = True, check: bool | None = None,
                  label_scale: LabelScale | None = None, default_personas: bool = True) -> None:
-        schema.check_prior(prior)
-        if label_scale is not None:
-            if not isinstance(label_scale, LabelScale):
-                raise StoreError(f"label_scale must be a LabelScale, got {type(label_scale).__name__}")
-            if labels is not None and list(labels) != list(label_scale.names):
-                raise StoreError(f"labels {list(labels)} differ from the names of label_scale "
-                                 f"{list(label_scale.names)}")
-            labels = list(label_scale.names)
-        schema.check_half_life(half_life_s)
-        if not isinstance(synchronous, str) or synchronous.upper() not in ("NORMAL", "FULL"):
-            raise StoreError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
-        if not isinstance(max_text_chars, int) or max_text_chars < 1:
-            raise StoreError(f"max_text_chars must be an integer >= 1, got {max_text_chars!r}")
+        labels = schema.check_open_args(labels, label_scale, prior, half_life_s, synchronous, max_text_chars)
         self.max_text_chars = int(max_text_chars)
         self._params_version = ""
         self._asked_prior = prior
@@ -139,16 +108,11 @@ class PreferenceStore:
     @classmethod
     def from_config(cls, store_cfg, labels_cfg=None, default_path: str | os.PathLike[str] | None = None,
                     **overrides: Any) -> PreferenceStore:
-        """Open the store of a :class:`raydprm.config.StoreConfig` (+ optional LabelsConfig).
-
-        The one conversion from config to store: ``store.path`` (else ``default_path``),
-        ``store.prior`` and ``store.half_life_s`` (None = the store's own; a value that
-        differs from the store's is an error), ``store.synchronous`` and
-        ``store.max_text_chars``; ``labels_cfg`` (names, rewards, grid) shapes a new store;
-        an existing one must have the same names (its rewards are checked by
-        :func:`raydprm.store.scale.check_labels_config`, not here). ``overrides`` are passed on
-        as keyword arguments (``readonly=True``, ``personas=...``, ``create=False``, ``path=...``).
-        """
+        """Open the store of a :class:`raydprm.config.StoreConfig` (+ optional LabelsConfig): the one
+        conversion from config to store. ``store.path`` (else ``default_path``); ``store.prior`` and
+        ``store.half_life_s`` (None = the store's own; another value is an error); ``labels_cfg``
+        shapes a new store, an existing one must have the same names (its rewards are checked by
+        :func:`raydprm.store.scale.check_labels_config`). ``overrides``: keyword arguments."""
         path = overrides.pop("path", None) or store_cfg.path or default_path
         if not path:
             raise StoreError("store.path is empty and no default path was given")
@@ -205,8 +169,7 @@ class PreferenceStore:
         """Follow a :meth:`reconfigure` done by another connection since we last looked."""
         if not self._params_version:  # still opening: nothing loaded to compare with
             return
-        row = cur.execute("SELECT value FROM meta WHERE key = 'params_version'").fetchone()
-        if (row[0] if row else "0") != self._params_version:
+        if schema.params_version(cur) != self._params_version:
             self._load_meta(cur)
 
     def _load_meta(self, cur: sqlite3.Cursor | None = None) -> None:
@@ -238,24 +201,7 @@ class PreferenceStore:
         that re-derives every posterior from the vote log under the new half-life. The prior
         is added at read time, so changing only the prior replays nothing. Other connections
         to the file follow the change on their next call."""
-        schema.check_prior(prior)
-        schema.check_half_life(half_life_s)
-        old = (self.prior, self.half_life_s)
-        new_prior = old[0] if prior is None else float(prior)
-        new_hl = old[1] if half_life_s is None else float(half_life_s)
-        replayed = 0
-        with self._write() as cur:
-            row = cur.execute("SELECT value FROM meta WHERE key = 'params_version'").fetchone()
-            version = str(int(row[0]) + 1 if row else 1)
-            cur.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
-                ("prior", repr(new_prior)), ("half_life_s", repr(new_hl)), ("params_version", version)])
-            self.prior, self.half_life_s = new_prior, new_hl
-            if new_hl != old[1]:
-                replayed = vote_log.rebuild(self, cur)  # the log is the truth: re-derive under the new half-life
-            self._params_version = version
-        return {"path": str(self.path), "prior": new_prior, "half_life_s": new_hl,
-                "changed": {k: [a, b] for k, a, b in (("prior", old[0], new_prior), ("half_life_s", old[1], new_hl))
-                            if a != b}, "votes_replayed": replayed}
+        return vote_log.reconfigure(self, prior, half_life_s)
 
     @property
     def num_labels(self) -> int:
@@ -271,11 +217,6 @@ class PreferenceStore:
     def _half_life(self) -> float | None:
         return self.half_life_s if self.half_life_s > 0 else None
 
-    @property
-    def _state_width(self) -> int:
-        """Columns of a persona's row in an item state (see :mod:`raydprm.store.posterior`)."""
-        return state_width(self.num_labels, self._half_life is not None)
-
     def __repr__(self) -> str:
         return (f"PreferenceStore('{self.path}', labels={len(self.labels)}, prior={self.prior}, "
                 f"half_life_s={self.half_life_s}{', readonly' if self.readonly else ''})")
@@ -284,11 +225,8 @@ class PreferenceStore:
 
     def add_persona(self, name: str, description: str = "") -> None:
         """Register a persona or annotator id (idempotent)."""
-        schema.check_persona_name(name)
         with self._write() as cur:
-            cur.execute("INSERT INTO personas(name, description) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
-                        "description = CASE WHEN excluded.description != '' THEN excluded.description "
-                        "ELSE description END", (name, description))
+            schema.add_persona(cur, name, description)
         self._refresh_personas()
 
     def add_items(self, items: Iterable[tuple[str, str]]) -> list[str]:
@@ -303,27 +241,7 @@ class PreferenceStore:
         Vote ids already in the log (or repeated in the batch) are skipped, unless the
         content differs, which is refused.
         """
-        if isinstance(votes, (Mapping, str, bytes)):
-            raise StoreError("add_votes takes a list of vote dicts, not a single vote")
-        if not isinstance(votes, (list, tuple)):
-            try:
-                votes = list(votes)
-            except TypeError:
-                raise StoreError(f"add_votes takes a list of vote dicts, got {type(votes).__name__}") from None
-        if not votes:
-            return {"added": 0, "duplicates": 0}
-        now = time.time()
-        for attempt in range(2):
-            try:
-                vs = validate_votes(votes, labels=self.labels, label_index=self._label_index,
-                                    personas=self._personas, max_text_chars=self.max_text_chars, now=now)
-                break
-            except VoteError as e:
-                if e.rule != "known persona" or attempt:
-                    raise
-            self._refresh_personas()  # another process may have registered it since we looked
-        batch, dup = dedupe(vs)
-        return vote_log.append_votes(self, vs, batch, dup)
+        return vote_log.add_votes(self, votes)
 
     def rebuild_posteriors(self) -> int:
         """Re-derive every posterior from the vote log; returns the number of votes replayed."""
@@ -376,14 +294,10 @@ class PreferenceStore:
 
     def count_votes(self, persona: str | None = None) -> int:
         """Number of distinct votes in the log (optionally of one persona)."""
-        with self._read() as cur:
-            if persona is None:
-                return int(cur.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
-            return int(cur.execute("SELECT COUNT(*) FROM votes WHERE persona = ?", (persona,)).fetchone()[0])
+        return reads.count_votes(self, persona)
 
     def count_items(self) -> int:
-        with self._read() as cur:
-            return int(cur.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+        return reads.count_items(self)
 
     def items_needing_votes(self, k: int = 10, persona_weights: Mapping[str, float] | None = None,
                             at: float | None = None) -> list[dict[str, Any]]:
@@ -454,16 +368,4 @@ class PreferenceStore:
 
     def stats(self) -> dict[str, Any]:
         """Counts and settings of the store."""
-        with self._read() as cur:
-            per = dict(cur.execute("SELECT persona, COUNT(*) FROM votes GROUP BY persona").fetchall())
-            n_items = cur.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-            voted = cur.execute("SELECT COUNT(*) FROM posterior").fetchone()[0]
-            n_pairs = cur.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
-            sync = cur.execute("PRAGMA synchronous").fetchone()[0]
-        self._refresh_personas()
-        return {"path": str(self.path), "votes": sum(per.values()), "items": n_items, "items_with_votes": voted,
-                "pairs": n_pairs, "votes_per_persona": {p: per.get(p, 0) for p in self._personas},
-                "groups": self.group_counts(), "rewards": list(self._scale.rewards),
-                "labels": list(self.labels), "prior": self.prior, "half_life_s": self.half_life_s,
-                "readonly": self.readonly, "journal_mode": "wal",
-                "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sync, sync)}
+        return reads.stats(self)

@@ -25,7 +25,8 @@ from raydprm.store.votes import item_id
 
 __all__ = ["UnknownItemError", "PersonaState", "ItemPosterior", "LogRow", "LOG_COLUMNS", "chunks", "decode",
            "item_states", "lookup", "lookup_many", "decayed", "weights", "alphas", "smooth", "distributions",
-           "posterior", "variance", "recount", "all_posteriors", "items_needing_votes"]
+           "posterior", "variance", "recount", "all_posteriors", "items_needing_votes", "count_votes",
+           "count_items", "stats"]
 
 CHUNK = 500  # host parameters per IN (...) query
 LOG_COLUMNS = "vote_id, item_id, persona, label, dist, weight, ts, source"
@@ -274,3 +275,32 @@ def items_needing_votes(store, k: int, persona_weights: Mapping[str, float] | No
               for it in all_posteriors(store, persona_weights, at)]
     scored.sort(key=lambda d: (-d["variance"], d["item_id"]))
     return scored[:k]
+
+
+def count_votes(store, persona: str | None = None) -> int:
+    with store._read() as cur:
+        if persona is None:
+            return int(cur.execute("SELECT COUNT(*) FROM votes").fetchone()[0])
+        return int(cur.execute("SELECT COUNT(*) FROM votes WHERE persona = ?", (persona,)).fetchone()[0])
+
+
+def count_items(store) -> int:
+    with store._read() as cur:
+        return int(cur.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+
+def stats(store) -> dict[str, Any]:
+    """Counts and settings of the store (``raydprm store stats``)."""
+    with store._read() as cur:
+        per = dict(cur.execute("SELECT persona, COUNT(*) FROM votes GROUP BY persona").fetchall())
+        n_items = cur.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        voted = cur.execute("SELECT COUNT(*) FROM posterior").fetchone()[0]
+        n_pairs = cur.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
+        sync = cur.execute("PRAGMA synchronous").fetchone()[0]
+    store._refresh_personas()
+    return {"path": str(store.path), "votes": sum(per.values()), "items": n_items, "items_with_votes": voted,
+            "pairs": n_pairs, "votes_per_persona": {p: per.get(p, 0) for p in store._personas},
+            "groups": store.group_counts(), "rewards": list(store._scale.rewards),
+            "labels": list(store.labels), "prior": store.prior, "half_life_s": store.half_life_s,
+            "readonly": store.readonly, "journal_mode": "wal",
+            "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sync, sync)}

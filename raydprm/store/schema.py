@@ -28,7 +28,8 @@ from raydprm.store.sqlite_db import StoreError
 
 __all__ = ["SCHEMA_VERSION", "DEFAULT_STORE_PERSONAS", "StoreParams", "create_tables", "init_meta", "read_meta",
            "read_personas", "default_scale", "config_scale", "check_prior", "check_half_life", "check_same",
-           "check_scale", "check_persona_name"]
+           "check_scale", "check_persona_name", "add_persona", "record_params", "params_version",
+           "check_open_args"]
 
 SCHEMA_VERSION = 1
 # The paper's six personas plus an id for votes that name no persona (e.g. HTTP votes).
@@ -80,6 +81,25 @@ def check_prior(prior: Any) -> None:
 def check_half_life(half_life_s: Any) -> None:
     if half_life_s is not None and not (_positive(half_life_s) and half_life_s >= 0):
         raise StoreError(f"half_life_s must be a finite number >= 0, got {half_life_s!r}")
+
+
+def check_open_args(labels: Sequence[str] | None, label_scale: LabelScale | None, prior: Any, half_life_s: Any,
+                    synchronous: Any, max_text_chars: Any) -> list[str] | None:
+    """Check the arguments of :class:`PreferenceStore`; returns the label names asked for."""
+    check_prior(prior)
+    if label_scale is not None:
+        if not isinstance(label_scale, LabelScale):
+            raise StoreError(f"label_scale must be a LabelScale, got {type(label_scale).__name__}")
+        if labels is not None and list(labels) != list(label_scale.names):
+            raise StoreError(f"labels {list(labels)} differ from the names of label_scale "
+                             f"{list(label_scale.names)}")
+        labels = list(label_scale.names)
+    check_half_life(half_life_s)
+    if not isinstance(synchronous, str) or synchronous.upper() not in ("NORMAL", "FULL"):
+        raise StoreError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
+    if not isinstance(max_text_chars, int) or max_text_chars < 1:
+        raise StoreError(f"max_text_chars must be an integer >= 1, got {max_text_chars!r}")
+    return labels
 
 
 def check_persona_name(name: Any) -> None:
@@ -197,3 +217,25 @@ def read_meta(db: sqlite3.Cursor | sqlite3.Connection, path: Any, asked_prior: f
 def read_personas(db: sqlite3.Cursor | sqlite3.Connection) -> dict[str, int]:
     """{persona name: pid} in registration order."""
     return dict(db.execute("SELECT name, pid FROM personas ORDER BY pid").fetchall())
+
+
+def add_persona(cur: sqlite3.Cursor, name: str, description: str = "") -> None:
+    """Register a persona (idempotent; a non-empty description replaces the old one)."""
+    check_persona_name(name)
+    cur.execute("INSERT INTO personas(name, description) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "description = CASE WHEN excluded.description != '' THEN excluded.description "
+                "ELSE description END", (name, description))
+
+
+def params_version(cur: sqlite3.Cursor) -> str:
+    row = cur.execute("SELECT value FROM meta WHERE key = 'params_version'").fetchone()
+    return row[0] if row else "0"
+
+
+def record_params(cur: sqlite3.Cursor, prior: float, half_life_s: float) -> str:
+    """Record a new prior and half-life and bump ``params_version`` (returned), so that other
+    connections reload them."""
+    version = str(int(params_version(cur)) + 1)
+    cur.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+        ("prior", repr(prior)), ("half_life_s", repr(half_life_s)), ("params_version", version)])
+    return version

@@ -19,14 +19,35 @@ from typing import Any
 
 import numpy as np
 
+from raydprm.store import schema
 from raydprm.store.posterior import fold_votes
 from raydprm.store.reads import LOG_COLUMNS, LogRow, chunks, decode
 from raydprm.store.sqlite_db import StoreError
-from raydprm.store.votes import Vote, item_id, same_or_raise
+from raydprm.store.votes import Vote, VoteError, dedupe, item_id, same_or_raise, validate_votes
 
-__all__ = ["add_items", "append_votes", "fold", "fold_votes_of", "rebuild", "add_pairs"]
+__all__ = ["reconfigure", "add_items", "add_votes", "append_votes", "fold", "fold_votes_of", "rebuild", "add_pairs"]
 
 _ITEM_INSERT = "INSERT OR IGNORE INTO items(item_id, prompt, response, created) VALUES (?, ?, ?, ?)"
+
+
+def reconfigure(store, prior: float | None, half_life_s: float | None) -> dict[str, Any]:
+    """Record a new prior and/or half-life (None: keep) and, when the half-life changes, re-derive
+    every posterior from the log under it, in one transaction (see :meth:`PreferenceStore.reconfigure`)."""
+    schema.check_prior(prior)
+    schema.check_half_life(half_life_s)
+    old = (store.prior, store.half_life_s)
+    new_prior = old[0] if prior is None else float(prior)
+    new_hl = old[1] if half_life_s is None else float(half_life_s)
+    replayed = 0
+    with store._write() as cur:
+        version = schema.record_params(cur, new_prior, new_hl)
+        store.prior, store.half_life_s = new_prior, new_hl
+        if new_hl != old[1]:
+            replayed = rebuild(store, cur)  # the log is the truth: re-derive under the new half-life
+        store._params_version = version
+    return {"path": str(store.path), "prior": new_prior, "half_life_s": new_hl,
+            "changed": {k: [a, b] for k, a, b in (("prior", old[0], new_prior), ("half_life_s", old[1], new_hl))
+                        if a != b}, "votes_replayed": replayed}
 
 
 def add_items(store, items: Iterable[tuple[str, str]]) -> list[str]:
@@ -40,6 +61,32 @@ def add_items(store, items: Iterable[tuple[str, str]]) -> list[str]:
     with store._write() as cur:
         cur.executemany(_ITEM_INSERT, rows)
     return [r[0] for r in rows]
+
+
+def add_votes(store, votes: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Validate a batch (:func:`raydprm.store.votes.validate_votes`), then append it (see
+    :meth:`PreferenceStore.add_votes`)."""
+    if isinstance(votes, (Mapping, str, bytes)):
+        raise StoreError("add_votes takes a list of vote dicts, not a single vote")
+    if not isinstance(votes, (list, tuple)):
+        try:
+            votes = list(votes)
+        except TypeError:
+            raise StoreError(f"add_votes takes a list of vote dicts, got {type(votes).__name__}") from None
+    if not votes:
+        return {"added": 0, "duplicates": 0}
+    now = time.time()
+    for attempt in range(2):
+        try:
+            vs = validate_votes(votes, labels=store.labels, label_index=store._label_index,
+                                personas=store._personas, max_text_chars=store.max_text_chars, now=now)
+            break
+        except VoteError as e:
+            if e.rule != "known persona" or attempt:
+                raise
+        store._refresh_personas()  # another process may have registered it since we looked
+    batch, dup = dedupe(vs)
+    return append_votes(store, vs, batch, dup)
 
 
 def append_votes(store, vs: Sequence[Vote], batch: dict[str, Vote], dup: int) -> dict[str, int]:
