@@ -173,6 +173,26 @@ class Section:
         """Cross-field checks; override in a section. Raise ConfigError naming the key."""
 
 
+def check_path_component(key: str, value: str) -> None:
+    """Refuse a value that is not exactly one path component (a name joined under a directory):
+    empty, ``.``/``..``, a separator (so an absolute path too) or a NUL would put what is written
+    under it somewhere else (``run.name=../x`` wrote beside the output directory)."""
+    why = None
+    if not value.strip():
+        why = "is empty"
+    elif value in (".", ".."):
+        why = "is a relative directory reference"
+    elif os.path.isabs(value):
+        why = "is an absolute path"
+    elif "/" in value or "\\" in value or (os.altsep and os.altsep in value):
+        why = "contains a path separator"
+    elif "\0" in value:
+        why = "contains a NUL character"
+    if why:
+        raise ConfigError(f"config key '{key}' = {value!r} {why}; it must be one directory name under "
+                          "run.output_dir (e.g. run.name=demo2)")
+
+
 # --------------------------------------------------------------------------- sections
 
 @dataclass(frozen=True)
@@ -185,6 +205,7 @@ class RunConfig(Section):
     log_level: str = opt("INFO", doc="Python logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     def validate(self) -> None:
+        check_path_component("run.name", self.name)
         if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", self.output_dir):
             # every role writes its own outputs as files on its own node (the SFT and reward tasks, the
             # learner's checkpoints and export, the SQLite store): the run directory is a file path
@@ -731,9 +752,53 @@ class _StrictLoader(yaml.SafeLoader):
 _StrictLoader.add_constructor("tag:yaml.org,2002:map", _StrictLoader.construct_yaml_map)
 
 
-def yaml_load(text: str) -> Any:
-    """Parse YAML like ``yaml.safe_load``, but a duplicate key in a mapping is a ConfigError."""
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_scalars(loader: _StrictLoader, node: yaml.Node, key: str) -> None:
+    """Walk the composed YAML before it is constructed: an integer beyond 64 bits (of any length:
+    Python's int() refuses more than 4300 digits with a ValueError) and a lone surrogate (``"\\ud800"``
+    is valid YAML but no valid text: writing it as UTF-8 fails later) are refused naming the key and
+    the line."""
+    where = f"line {node.start_mark.line + 1}" + (f", key '{key}'" if key else "")
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            _check_scalars(loader, k, key)
+            name = k.value if isinstance(k, yaml.ScalarNode) else "?"
+            _check_scalars(loader, v, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _check_scalars(loader, v, f"{key}[{i}]")
+    elif isinstance(node, yaml.ScalarNode):
+        if _SURROGATE.search(node.value):
+            shown = node.value.encode("utf-8", "backslashreplace").decode()
+            raise ConfigError(f"{where}: '{shown[:80]}' holds a lone "
+                              "surrogate (an escape such as \\ud800 that is no character); give valid text")
+        if node.tag == "tag:yaml.org,2002:int":
+            digits = sum(c.isdigit() for c in node.value)
+            try:
+                value = loader.construct_object(node) if digits <= 64 else None
+            except ValueError:
+                value = None
+            if value is None or not INT_MIN <= value <= INT_MAX:
+                shown = value if value is not None and abs(value) < 10 ** 30 else f"an integer of {digits} digits"
+                raise ConfigError(f"line {node.start_mark.line + 1}: config key '{key or '?'}' = {shown} is out of "
+                                  f"range; integers must fit in 64 bits ({INT_MIN}..{INT_MAX})")
+
+
+def yaml_load(text: str, key: str = "") -> Any:
+    """Parse YAML like ``yaml.safe_load``, but a duplicate key in a mapping, an integer beyond 64 bits
+    and a lone surrogate are ConfigErrors naming the line (and the key; ``key``: the dotted key the
+    whole text is the value of, as in an override)."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_scalars(loader, node, key)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -743,12 +808,13 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"override '{item}' has an empty key")
+    shown = item if len(item) <= 200 else f"{key}=<{len(raw)} characters>"
     try:
-        value = yaml_load(raw) if raw.strip() != "" else ""
+        value = yaml_load(raw, key) if raw.strip() != "" else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override '{item}': value is not valid YAML ({e.__class__.__name__})") from None
+        raise ConfigError(f"override '{shown}': value is not valid YAML ({e.__class__.__name__})") from None
     except ConfigError as e:
-        raise ConfigError(f"override '{item}': {e}") from None
+        raise ConfigError(f"override '{shown}': {e}") from None
     return key.split("."), value
 
 
