@@ -20,7 +20,7 @@ import torch
 from raydprm.errors import RaydprmError
 
 __all__ = ["RewardExamples", "PairExamples", "examples_from_dataset", "examples_from_records", "split_examples",
-           "pairs_from_targets", "pairs_from_records"]
+           "pairs_from_targets", "pairs_from_records", "heldout_by_item_id"]
 
 TARGET_COLUMNS = ("target", "distribution", "mu")
 
@@ -43,6 +43,25 @@ class RewardExamples:
         pc = self.persona_counts[:, idx] if self.persona_counts is not None else None
         return RewardExamples([self.prompts[i] for i in idx], [self.responses[i] for i in idx],
                               self.targets[idx], list(self.persona_names), pc)
+
+    def group_targets(self, prior: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each rater group's (persona's) posterior mean label distribution per item and which
+        (item, group) cells have votes: ``(t (N, G, L), voted (N, G) bool)``, with
+        t_ngl = (c_ngl + a) / (n_ng + L a) (a Dirichlet(a) prior; the store's default a = 1)."""
+        if self.persona_counts is None or not self.persona_names:
+            raise RaydprmError("the preference data has no per-group vote counts (persona_counts): a "
+                               "group-conditioned reward model (reward.conditioning = group) needs them")
+        c = self.persona_counts.double().permute(1, 0, 2)  # (N, G, L)
+        n = c.sum(-1)  # (N, G)
+        L = c.shape[-1]
+        return (c + prior) / (n[..., None] + L * prior), n > 0
+
+    def group_shares(self) -> list[float]:
+        """Each group's share of the votes (G,) (the population's default group weights)."""
+        if self.persona_counts is None:
+            return []
+        v = self.persona_counts.double().sum((1, 2))  # (G,)
+        return (v / v.sum()).tolist() if float(v.sum()) > 0 else [1.0 / len(v)] * len(v)
 
 
 @dataclass
@@ -124,6 +143,18 @@ def split_examples(ex: RewardExamples, eval_fraction: float, seed: int = 0) -> t
     perm = np.random.default_rng(seed).permutation(n)
     n_eval = min(max(1, int(round(eval_fraction * n))), n - 1)
     return ex.subset(sorted(perm[n_eval:])), ex.subset(sorted(perm[:n_eval]))
+
+
+def heldout_by_item_id(item_ids: Sequence[str], fraction: float, salt: str = "raydprm") -> np.ndarray:
+    """Deterministic split of items by id: True for the held-out ones. An item is held out when
+    sha256(salt : item_id), read as a number in [0, 1), is below ``fraction``, so an item keeps its
+    side whatever else is in the store and in whatever order it is read."""
+    import hashlib
+
+    if not 0 < fraction < 1:
+        raise RaydprmError(f"the held-out fraction must lie in (0, 1), got {fraction}")
+    u = [int.from_bytes(hashlib.sha256(f"{salt}:{i}".encode()).digest()[:8], "big") / 2.0 ** 64 for i in item_ids]
+    return np.asarray(u, dtype=np.float64) < fraction
 
 
 def pairs_from_targets(ex: RewardExamples, rewards: Sequence[float], pairs_per_item: int = 4,
