@@ -12,16 +12,24 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-__all__ = ["Schemas", "make_schemas", "ScoredItem", "LabelsResponse", "HealthResponse", "VotesResponse"]
+__all__ = ["Schemas", "make_schemas", "ScoredItem", "GroupScore", "LabelsResponse", "HealthResponse", "VotesResponse"]
+
+
+class GroupScore(BaseModel):
+    """One rater group's label distribution and expected reward (a group-conditioned DPRM)."""
+
+    distribution: dict[str, float]
+    expected_reward: float
 
 
 class ScoredItem(BaseModel):
-    """The DPRM's answer for one (prompt, response)."""
+    """The DPRM's answer for one (prompt, response); a group-conditioned DPRM adds each group's."""
 
-    distribution: dict[str, float]  # label name -> probability
+    distribution: dict[str, float]  # label name -> probability (the population: a mixture of the groups)
     expected_reward: float
     reward: float  # the configured scalar readout (expected | cvar | mean_std)
     entropy: float  # uncertainty of the crowd, nats
+    groups: dict[str, GroupScore] | None = None  # group -> its distribution and E[r]
 
 
 class ScoreResponse(BaseModel):

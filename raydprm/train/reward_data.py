@@ -221,3 +221,50 @@ def simulate_store_export(store_path, *, crowd_cfg, store_cfg, labels_cfg, seed:
     with PreferenceStore.from_config(store_cfg, labels_cfg, path=str(store_path), personas=pop.names) as store:
         store.add_votes(votes)
         return store.export(pop.mixture() if crowd_cfg.mixture else None, smoothing=store_cfg.smoothing)
+
+
+def store_label_scale(store) -> tuple[list[str], list[float] | None, list[list[float]] | None]:
+    """(names, rewards, grid) a store records; rewards/grid are None where the store keeps only
+    names (stores written before label scales travelled with the store)."""
+    ls = getattr(store, "label_scale", None)
+    if callable(ls):
+        ls = ls()
+    if ls is not None and getattr(ls, "rewards", None) is not None:
+        grid = getattr(ls, "grid", None)
+        return list(ls.names), [float(r) for r in ls.rewards], [list(map(float, g)) for g in grid] if grid else None
+    return list(store.labels), None, None
+
+
+def config_with_store_labels(cfg, path=None):
+    """``cfg`` with ``labels`` taken from the existing store at ``path`` (default ``store.path``), when there is one.
+
+    The store's label scale wins over the default labels; ``labels.*`` given explicitly must equal
+    the store's, else one ConfigError names both. A store that records only label names keeps
+    ``labels.rewards`` from the config where the names agree, and needs ``labels.*`` given where
+    they differ (there would be no rewards otherwise)."""
+    from pathlib import Path
+
+    from raydprm.config import ConfigError, LabelsConfig, from_dict
+    from raydprm.store import PreferenceStore
+
+    path = str(path or cfg.store.path)
+    if not path or not Path(path).is_file():
+        return cfg
+    with PreferenceStore(path, readonly=True) as store:
+        names, rewards, grid = store_label_scale(store)
+    given = cfg.labels != LabelsConfig()  # labels.* set by the user (anything but the default)
+    if rewards is None:
+        if list(cfg.labels.names) == names:
+            return cfg
+        raise ConfigError(f"store '{path}' has labels {names} but records no rewards, and labels.names = "
+                          f"{list(cfg.labels.names)}: give labels.names={names} with labels.rewards (one per label)")
+    have = {"names": list(cfg.labels.names), "rewards": [float(r) for r in cfg.labels.rewards]}
+    want = {"names": names, "rewards": rewards}
+    if given and have != want:
+        raise ConfigError(f"labels {have} conflict with the label scale of store '{path}' {want}: drop labels.* "
+                          "(the store's scale is used) or use another store")
+    if have == want and (grid is None or cfg.labels.grid is not None and [list(g) for g in cfg.labels.grid] == grid):
+        return cfg
+    data = cfg.to_dict()
+    data["labels"] = {"names": names, "rewards": rewards, "grid": grid}
+    return from_dict(data)
