@@ -6,7 +6,7 @@ label distribution is known).
 
 ``pipeline.crowd = store``: the votes already in the store at ``store.path`` (e.g. an imported
 real crowd, its rater groups as personas) are the crowd. Items are split by item id
-(:func:`~raydprm.train.reward_data.heldout_by_item_id`, ``pipeline.gold_fraction`` held out):
+(:func:`raydprm.store.heldout_mask`, ``pipeline.gold_fraction`` held out):
 the reward model trains on the training part; a **gold judge** -- a second reward model of the
 same kind (a DPRM with the run's reward settings, group-conditioned so that every rater group
 judges), trained on the held-out part -- evaluates the policies, as in the proxy/gold setup of
@@ -31,10 +31,10 @@ import ray
 from raydprm.config import Config
 from raydprm.errors import RaydprmError
 
-__all__ = ["GOLD_SALT", "store_collect", "group_labels", "gold_reward_config", "train_gold", "reward_fit",
+__all__ = ["GOLD_SPLIT_SEED", "store_collect", "group_labels", "gold_reward_config", "train_gold", "reward_fit",
            "gold_verdict", "JUDGE_DESCRIPTION"]
 
-GOLD_SALT = "raydprm-gold"  # the item-id split does not depend on the run's seed: every run holds out the same items
+GOLD_SPLIT_SEED = 0  # the item-id split does not depend on the run's seed: every run holds out the same items
 JUDGE_DESCRIPTION = ("a gold reward model (a group-conditioned DPRM of the same kind as the run's reward model) trained "
                      "on {items} held-out items of the store '{store}' that no policy's reward model saw; its verdicts "
                      "are a learned model's predictions of what the rater groups would say, not the raters' votes.")
@@ -64,15 +64,14 @@ def _digest(data) -> str:
 def store_collect(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """The collect stage of a store crowd: export the store (read-only), split its items by id,
     save ``collect/data`` (training part) and ``collect/heldout`` (the gold judge's part)."""
-    from raydprm.store import PreferenceStore
-    from raydprm.train.reward_data import heldout_by_item_id
+    from raydprm.store import PreferenceStore, heldout_mask
 
     with PreferenceStore.from_config(cfg.store, cfg.labels, readonly=True) as store:
         data, n_votes = store.export(None, cfg.store.smoothing), store.count_votes()
     if len(data) < 4:
         raise RaydprmError(f"store '{cfg.store.path}' has {len(data)} items with votes; a run on a store needs at "
                            "least 4 (some to train the reward model on, some for the gold judge)")
-    held = heldout_by_item_id(data["item_id"], cfg.pipeline.gold_fraction, GOLD_SALT)
+    held = heldout_mask(data["item_id"], cfg.pipeline.gold_fraction, GOLD_SPLIT_SEED)
     if held.all() or not held.any():  # a tiny store: move one item across so that both parts exist
         held[0] = not held[0]
     train, heldout = data.select(np.flatnonzero(~held)), data.select(np.flatnonzero(held))

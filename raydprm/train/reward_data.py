@@ -20,7 +20,7 @@ import torch
 from raydprm.errors import RaydprmError
 
 __all__ = ["RewardExamples", "PairExamples", "examples_from_dataset", "examples_from_records", "split_examples",
-           "pairs_from_targets", "pairs_from_records", "heldout_by_item_id"]
+           "pairs_from_targets", "pairs_from_records", "config_with_store_labels"]
 
 TARGET_COLUMNS = ("target", "distribution", "mu")
 
@@ -145,18 +145,6 @@ def split_examples(ex: RewardExamples, eval_fraction: float, seed: int = 0) -> t
     return ex.subset(sorted(perm[n_eval:])), ex.subset(sorted(perm[:n_eval]))
 
 
-def heldout_by_item_id(item_ids: Sequence[str], fraction: float, salt: str = "raydprm") -> np.ndarray:
-    """Deterministic split of items by id: True for the held-out ones. An item is held out when
-    sha256(salt : item_id), read as a number in [0, 1), is below ``fraction``, so an item keeps its
-    side whatever else is in the store and in whatever order it is read."""
-    import hashlib
-
-    if not 0 < fraction < 1:
-        raise RaydprmError(f"the held-out fraction must lie in (0, 1), got {fraction}")
-    u = [int.from_bytes(hashlib.sha256(f"{salt}:{i}".encode()).digest()[:8], "big") / 2.0 ** 64 for i in item_ids]
-    return np.asarray(u, dtype=np.float64) < fraction
-
-
 def pairs_from_targets(ex: RewardExamples, rewards: Sequence[float], pairs_per_item: int = 4,
                        seed: int = 0) -> PairExamples:
     """Bradley-Terry pairs from the crowd's label distributions.
@@ -223,48 +211,25 @@ def simulate_store_export(store_path, *, crowd_cfg, store_cfg, labels_cfg, seed:
         return store.export(pop.mixture() if crowd_cfg.mixture else None, smoothing=store_cfg.smoothing)
 
 
-def store_label_scale(store) -> tuple[list[str], list[float] | None, list[list[float]] | None]:
-    """(names, rewards, grid) a store records; rewards/grid are None where the store keeps only
-    names (stores written before label scales travelled with the store)."""
-    ls = getattr(store, "label_scale", None)
-    if callable(ls):
-        ls = ls()
-    if ls is not None and getattr(ls, "rewards", None) is not None:
-        grid = getattr(ls, "grid", None)
-        return list(ls.names), [float(r) for r in ls.rewards], [list(map(float, g)) for g in grid] if grid else None
-    return list(store.labels), None, None
-
-
 def config_with_store_labels(cfg, path=None):
     """``cfg`` with ``labels`` taken from the existing store at ``path`` (default ``store.path``), when there is one.
 
-    The store's label scale wins over the default labels; ``labels.*`` given explicitly must equal
-    the store's, else one ConfigError names both. A store that records only label names keeps
-    ``labels.rewards`` from the config where the names agree, and needs ``labels.*`` given where
-    they differ (there would be no rewards otherwise)."""
+    The store's recorded label scale wins over the default labels; ``labels.*`` given explicitly must
+    equal the store's, else one error names both (:func:`raydprm.store.check_labels_config`). Costs,
+    rewards and report label names then follow the store's scale."""
     from pathlib import Path
 
-    from raydprm.config import ConfigError, LabelsConfig, from_dict
-    from raydprm.store import PreferenceStore
+    from raydprm.config import from_dict
+    from raydprm.store import check_labels_config, store_label_scale
 
     path = str(path or cfg.store.path)
     if not path or not Path(path).is_file():
         return cfg
-    with PreferenceStore(path, readonly=True) as store:
-        names, rewards, grid = store_label_scale(store)
-    given = cfg.labels != LabelsConfig()  # labels.* set by the user (anything but the default)
-    if rewards is None:
-        if list(cfg.labels.names) == names:
-            return cfg
-        raise ConfigError(f"store '{path}' has labels {names} but records no rewards, and labels.names = "
-                          f"{list(cfg.labels.names)}: give labels.names={names} with labels.rewards (one per label)")
-    have = {"names": list(cfg.labels.names), "rewards": [float(r) for r in cfg.labels.rewards]}
-    want = {"names": names, "rewards": rewards}
-    if given and have != want:
-        raise ConfigError(f"labels {have} conflict with the label scale of store '{path}' {want}: drop labels.* "
-                          "(the store's scale is used) or use another store")
-    if have == want and (grid is None or cfg.labels.grid is not None and [list(g) for g in cfg.labels.grid] == grid):
-        return cfg
+    scale = check_labels_config(cfg.labels, store_label_scale(path), path)
+    grid = [list(g) for g in scale.grid] if scale.grid is not None else None
+    want = {"names": list(scale.names), "rewards": [float(r) for r in scale.rewards], "grid": grid}
     data = cfg.to_dict()
-    data["labels"] = {"names": names, "rewards": rewards, "grid": grid}
+    if data["labels"] == want:
+        return cfg
+    data["labels"] = want
     return from_dict(data)

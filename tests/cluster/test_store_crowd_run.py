@@ -23,7 +23,9 @@ TINY = ["sft.n_examples=48", "sft.epochs=1", "sft.batch_size=16", "reward.epochs
 def dices_like_store(path, n_items=40, raters_per_group=3, seed=0):
     """Votes in the DICES-350 layout (a conversation's context and the bot's last response, per rater
     a Q_overall safety answer No/Unsure/Yes -> safe/unsure/unsafe, raters grouped by rater_race),
-    written with the store's own API: the groups disagree about 'edgy' responses."""
+    written with the store's own API (the store records its 3-label scale): the groups disagree about
+    'edgy' responses."""
+    from raydprm.core.label_scale import LabelScale
     from raydprm.store import PreferenceStore
 
     rng = np.random.default_rng(seed)
@@ -38,7 +40,8 @@ def dices_like_store(path, n_items=40, raters_per_group=3, seed=0):
             for k in range(raters_per_group):
                 votes.append({"vote_id": f"dices-{i}-{g}-{k}", "prompt": context, "response": response,
                               "persona": g, "label": int(rng.choice(3, p=p)), "source": "dices"})
-    with PreferenceStore(path, labels=LABELS, personas=GROUPS) as s:
+    scale = LabelScale(tuple(LABELS), (1.0, 0.0, -1.0))
+    with PreferenceStore(path, labels=LABELS, personas=GROUPS, label_scale=scale) as s:
         s.add_votes(votes)
     return len(votes)
 
@@ -46,8 +49,7 @@ def dices_like_store(path, n_items=40, raters_per_group=3, seed=0):
 def test_run_on_a_store_crowd_with_group_dprm_and_gold_judge(tmp_path, capsys):
     store = tmp_path / "dices.db"
     n_votes = dices_like_store(store)
-    over = [*TINY, "pipeline.crowd=store", f"store.path={store}", "labels.names=[safe,unsure,unsafe]",
-            "labels.rewards=[1.0,0.0,-1.0]", "labels.grid=null", "reward.conditioning=group",
+    over = [*TINY, "pipeline.crowd=store", f"store.path={store}", "reward.conditioning=group",  # labels: the store's
             "reward.objective=worst_group", f"run.output_dir={tmp_path}", "run.name=real"]
     assert main(["run", "--no-progress", *over]) == 0
     run = tmp_path / "real"
@@ -75,6 +77,7 @@ def test_run_on_a_store_crowd_with_group_dprm_and_gold_judge(tmp_path, capsys):
     assert set(fit) == set(GROUPS) and all({"ot_distance", "w1", "ce", "ece"} <= set(m) for m in fit.values())
     meta = json.loads((run / "reward" / "best" / "reward_model.json").read_text())
     assert meta["kind"] == "group_dprm" and meta["labels"]["names"] == LABELS
+    assert meta["labels"]["rewards"] == [1.0, 0.0, -1.0]  # costs and rewards from the store's scale
     md = (run / "report.md").read_text()
     assert "The judge is a learned model, not people" in md and "## The gold judge's verdict" in md
     assert "| safe | unsure | unsafe |" in md and "worst group E[r]" in md and "Held-out fit" in md

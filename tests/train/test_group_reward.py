@@ -10,7 +10,7 @@ from raydprm.config import RewardConfig
 from raydprm.core.label_scale import LabelScale
 from raydprm.errors import ConfigError, RaydprmError
 from raydprm.train.reward import GroupObjective, objective_for, train_reward
-from raydprm.train.reward_data import examples_from_records, heldout_by_item_id
+from raydprm.train.reward_data import examples_from_records
 from raydprm.train.reward_metrics import group_fit
 
 SCALE = LabelScale(("safe", "unsure", "unsafe"), (1.0, 0.0, -1.0))
@@ -80,12 +80,3 @@ def test_group_objective_refusals():
     with pytest.raises(RaydprmError, match="per-group vote counts"):
         train_reward(examples_from_records(recs, 3), scale=SCALE, reward_cfg=RewardConfig(conditioning="group"),
                      backbone="tiny-opt", out_dir=None, progress=False)
-
-
-def test_heldout_by_item_id_is_deterministic_and_order_free():
-    ids = [f"item-{i}" for i in range(400)]
-    held = heldout_by_item_id(ids, 0.3)
-    assert 0.22 < held.mean() < 0.38
-    again = heldout_by_item_id(ids[::-1], 0.3)[::-1]
-    assert (held == again).all()  # an item keeps its side in any order
-    assert (heldout_by_item_id(ids[:50], 0.3) == held[:50]).all()  # and whatever else is there
