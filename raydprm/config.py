@@ -309,7 +309,7 @@ class RewardConfig(Section):
     objective_tau: float = opt(0.1, doc="Temperature of the worst_group soft minimum (-> 0: MaxMin).", ge=0)
     objective_alpha: float = opt(0.25, doc="Share of the population (worst groups first) averaged by cvar_groups.", gt=0, le=1)
     objective_kappa: float = opt(1.0, doc="Weight of the spread across groups in mean_minus_std.", ge=0)
-    group_weights: dict[str, float] = opt(factory=dict, doc="Group weights of the population at scoring time (a group-conditioned DPRM; groups not named get 0); empty = the groups' vote shares in the training data.")
+    group_weights: dict[str, float] = opt(factory=dict, doc="Group weights of the population at scoring time (a group-conditioned DPRM; groups not named get 0), also the mixture of the store export's targets (crowd DPO's P(a > b)); empty = the groups' vote shares in the training data.")
 
     def validate(self) -> None:
         check_mixture("reward.group_weights", self.group_weights)

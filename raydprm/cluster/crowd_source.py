@@ -67,7 +67,7 @@ def store_collect(cfg: Config, run_dir: Path) -> dict[str, Any]:
     from raydprm.store import PreferenceStore, heldout_mask
 
     with PreferenceStore.from_config(cfg.store, cfg.labels, readonly=True) as store:
-        data, n_votes = store.export(None, cfg.store.smoothing), store.count_votes()
+        data, n_votes = store.export(dict(cfg.reward.group_weights) or None, cfg.store.smoothing), store.count_votes()
     if len(data) < 4:
         raise RaydprmError(f"store '{cfg.store.path}' has {len(data)} items with votes; a run on a store needs at "
                            "least 4 (some to train the reward model on, some for the gold judge)")

@@ -146,8 +146,9 @@ class Pipeline:
             seed = cfg.run.seed
             sft = self._stage("sft", {"models": c["models"], "sft": c["sft"], "seed": seed}, {}, self._sft)
             sft_dir = self._abs(sft["path"])
-            crowd_src = {"crowd_source": {k: c["pipeline"][k] for k in ("crowd", "gold_fraction")}} \
-                if cfg.pipeline.crowd != "sim" else {}
+            crowd_src = ({"crowd_source": {k: c["pipeline"][k] for k in ("crowd", "gold_fraction")}}
+                         if cfg.pipeline.crowd != "sim" else {}) | (
+                {"group_weights": c["reward"]["group_weights"]} if cfg.reward.group_weights else {})
             col = self._stage("collect", {k: c[k] for k in ("crowd", "store", "labels", "rollout")} | {"seed": seed}
                               | crowd_src,
                               {"sft": sft["digest"]}, lambda: self._collect(sft_dir))
@@ -256,7 +257,9 @@ class Pipeline:
                 store.add_votes(votes[i:i + 1000])
                 bar.update(len(votes[i:i + 1000]))
             bar.close()
-            data, n_votes = store.export(None, cfg.store.smoothing), store.count_votes()
+            # targets under reward.group_weights when given (the population crowd DPO and the metrics see)
+            data, n_votes = store.export(dict(cfg.reward.group_weights) or None, cfg.store.smoothing), \
+                store.count_votes()
         finally:
             store.shutdown()
         data_dir = self.run_dir / "collect" / "data"
