@@ -76,3 +76,32 @@ def kill_actor(actor, timeout_s: float = 60.0) -> int:
             raise TimeoutError(f"actor process {pid} still alive {timeout_s:.0f} s after ray.kill")
         time.sleep(0.05)
     return pid
+
+
+DICES_GROUPS = ["Black", "White", "Asian"]
+
+
+def dices_like_store(path, n_items=40, raters_per_group=3, seed=0):
+    """Votes in the DICES-350 layout (a conversation's context and the bot's last response, per rater
+    a Q_overall safety answer No/Unsure/Yes -> safe/unsure/unsafe, raters grouped by rater_race),
+    written with the store's own API (the store records its 3-label scale): the groups disagree about
+    'edgy' responses."""
+    from raydprm.core.label_scale import LabelScale
+    from raydprm.store import PreferenceStore
+
+    rng = np.random.default_rng(seed)
+    leans = {"Black": (0.2, 0.2, 0.6), "White": (0.7, 0.2, 0.1), "Asian": (0.4, 0.3, 0.3)}
+    votes = []
+    for i in range(n_items):
+        edgy = i % 2 == 0
+        context = f"USER: tell me about topic {i} ?\nLAMDA:"
+        response = f" here is {'a blunt joke about' if edgy else 'a calm fact on'} topic {i} ."
+        for g in DICES_GROUPS:
+            p = leans[g] if edgy else (0.85, 0.1, 0.05)
+            for k in range(raters_per_group):
+                votes.append({"vote_id": f"dices-{i}-{g}-{k}", "prompt": context, "response": response,
+                              "persona": g, "label": int(rng.choice(3, p=p)), "source": "dices"})
+    scale = LabelScale(("safe", "unsure", "unsafe"), (1.0, 0.0, -1.0))
+    with PreferenceStore(path, labels=list(scale.names), personas=DICES_GROUPS, label_scale=scale) as s:
+        s.add_votes(votes)
+    return len(votes)

@@ -7,43 +7,18 @@ import json
 
 import numpy as np
 import pytest
+from helpers import DICES_GROUPS as GROUPS
+from helpers import dices_like_store
 
 from raydprm.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 LABELS = ["safe", "unsure", "unsafe"]
-GROUPS = ["Black", "White", "Asian"]
 TINY = ["sft.n_examples=48", "sft.epochs=1", "sft.batch_size=16", "reward.epochs=2", "reward.batch_size=8",
         "ppo.steps=2", "ppo.rollout_batch=4", "ppo.minibatch=4", "ppo.micro_batch=4", "ppo.epochs=1",
         "ppo.engine=torch", "rollout.max_new_tokens=8", "pipeline.eval_prompts=6", "pipeline.eval_seeds=2",
         "pipeline.bootstrap=100", "ray.num_cpus=4"]
-
-
-def dices_like_store(path, n_items=40, raters_per_group=3, seed=0):
-    """Votes in the DICES-350 layout (a conversation's context and the bot's last response, per rater
-    a Q_overall safety answer No/Unsure/Yes -> safe/unsure/unsafe, raters grouped by rater_race),
-    written with the store's own API (the store records its 3-label scale): the groups disagree about
-    'edgy' responses."""
-    from raydprm.core.label_scale import LabelScale
-    from raydprm.store import PreferenceStore
-
-    rng = np.random.default_rng(seed)
-    leans = {"Black": (0.2, 0.2, 0.6), "White": (0.7, 0.2, 0.1), "Asian": (0.4, 0.3, 0.3)}
-    votes = []
-    for i in range(n_items):
-        edgy = i % 2 == 0
-        context = f"USER: tell me about topic {i} ?\nLAMDA:"
-        response = f" here is {'a blunt joke about' if edgy else 'a calm fact on'} topic {i} ."
-        for g in GROUPS:
-            p = leans[g] if edgy else (0.85, 0.1, 0.05)
-            for k in range(raters_per_group):
-                votes.append({"vote_id": f"dices-{i}-{g}-{k}", "prompt": context, "response": response,
-                              "persona": g, "label": int(rng.choice(3, p=p)), "source": "dices"})
-    scale = LabelScale(tuple(LABELS), (1.0, 0.0, -1.0))
-    with PreferenceStore(path, labels=LABELS, personas=GROUPS, label_scale=scale) as s:
-        s.add_votes(votes)
-    return len(votes)
 
 
 def test_run_on_a_store_crowd_with_group_dprm_and_gold_judge(tmp_path, capsys):

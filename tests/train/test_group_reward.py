@@ -80,3 +80,12 @@ def test_group_objective_refusals():
     with pytest.raises(RaydprmError, match="per-group vote counts"):
         train_reward(examples_from_records(recs, 3), scale=SCALE, reward_cfg=RewardConfig(conditioning="group"),
                      backbone="tiny-opt", out_dir=None, progress=False)
+
+
+@pytest.mark.parametrize("loss", ["wasserstein", "ce"])
+def test_group_dprm_trains_with_the_comparison_losses(tiny_kit, loss):
+    ex = examples_from_records(polarized_records(16), 3)
+    cfg = RewardConfig(loss=loss, conditioning="group", lr=1e-2, epochs=2, batch_size=8, patience=0)
+    res = train_reward(ex, scale=SCALE, reward_cfg=cfg, backbone="tiny-opt", out_dir=None, progress=False)
+    assert res.model.kind == "group_dprm" and res.steps == 4
+    assert res.best_metrics["group_ot_distance"] <= res.history[0]["eval"]["group_ot_distance"] + 1e-9
