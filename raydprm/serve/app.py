@@ -123,8 +123,18 @@ class RewardDeployment:
                                       len(items), **kw)
         return out.to_items(self._names, with_groups=True)
 
-    async def score(self, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*[self._score_batch(it) for it in items]))
+    async def score(self, items: list[tuple[str, str]], weights: dict[str, float] | None = None
+                    ) -> list[dict[str, Any]]:
+        if weights is None:
+            return list(await asyncio.gather(*[self._score_batch(it) for it in items]))
+        # a request's own group weights: scored on its own (a batch shares one set of weights)
+        if self._model.kind != "group_dprm":
+            raise RaydprmError("'weights' re-weights rater groups: the served reward model is not group-conditioned "
+                               "(train it with reward.conditioning = group)")
+        c = self._reward_cfg
+        out = await asyncio.to_thread(self._model.score, [p for p, _ in items], [r for _, r in items], c.scalar,
+                                      c.cvar_alpha, c.kappa, len(items), weights=dict(weights))
+        return out.to_items(self._names, with_groups=True)
 
     # --- votes ------------------------------------------------------------------------
     def _store_handle(self):

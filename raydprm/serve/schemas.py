@@ -77,9 +77,14 @@ def make_schemas(max_items: int, max_text_chars: int, label_names: tuple[str, ..
         prompt: Text
         response: Text
 
+    GroupName = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
     class ScoreRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         items: Annotated[list[ScoreItem], Field(min_length=1, max_length=max_items)]
+        # a group-conditioned DPRM: the population's group weights for this request (default: the served ones)
+        weights: Annotated[dict[GroupName, Weight], Field(min_length=1, max_length=1024)] | None = None
 
     class Vote(BaseModel):
         model_config = ConfigDict(extra="forbid")

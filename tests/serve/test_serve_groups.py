@@ -15,8 +15,9 @@ NAMES = tuple(SCALE.names)
 
 
 def _client(model):
-    async def score(items):
-        out = model.score([p for p, _ in items], [r for _, r in items])
+    async def score(items, weights=None):  # what RewardDeployment.score does, in-process
+        kw = {"weights": weights} if weights is not None else {}
+        out = model.score([p for p, _ in items], [r for _, r in items], **kw)
         return out.to_items(NAMES, with_groups=True)
 
     return TestClient(build_http_app(make_schemas(4, 50, NAMES), NAMES, SCALE.rewards, "expected", "m", score, None,
@@ -39,3 +40,17 @@ def test_serve_score_returns_per_group_distributions(tiny_kit):
     assert [res["distribution"][n] for n in NAMES] == pytest.approx(mix, abs=1e-6)
     plain = _client(DPRM.from_backbone("tiny-opt", SCALE, max_length=64)).post("/score", json={"items": items})
     assert "groups" not in plain.json()["results"][0]
+
+
+def test_serve_score_reweights_groups_per_request(tiny_kit):
+    torch.manual_seed(0)
+    m = GroupDPRM.from_backbone("tiny-opt", SCALE, max_length=64, groups=["Black", "White"], group_weights=[1, 3])
+    c = _client(m)
+    items = [{"prompt": "Q: a ?\nA:", "response": " yes ."}]
+    res = c.post("/score", json={"items": items, "weights": {"Black": 1.0}}).json()["results"][0]
+    assert [res["distribution"][n] for n in NAMES] == pytest.approx(
+        [res["groups"]["Black"]["distribution"][n] for n in NAMES], abs=1e-6)  # the population = that group alone
+    bad = c.post("/score", json={"items": items, "weights": {"Martian": 1.0}})
+    assert bad.status_code == 400 and "unknown groups" in bad.json()["error"]
+    neg = c.post("/score", json={"items": items, "weights": {"Black": -1.0}})
+    assert neg.status_code == 422 and "weights" in neg.json()["error"]
