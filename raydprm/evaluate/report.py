@@ -248,7 +248,7 @@ def write_report(report: Mapping[str, Any], run_dir: str | os.PathLike[str], lab
     if ppo:
         lines += ["", "## PPO", "", f"mean reward-model score of the rollouts: step 1 {ppo[0]['reward/mean']:.3f} -> "
                   f"step {ppo[-1]['step']} {ppo[-1]['reward/mean']:.3f}."]
-        if POP in ppo[0]:
+        if POP in ppo[0] and np.isfinite(ppo[0][POP]):  # NaN: no simulated population (a store crowd)
             lines[-1] += (f" The population's expected reward of the same rollouts: {ppo[0][POP]:.3f} -> "
                           f"{ppo[-1][POP]:.3f}.")
     lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
@@ -297,7 +297,8 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
     ppo_curves = {n: c for n, c in cur.items() if "reward/mean" in c}
     # the population's E[r] when every curve has it (one scale for BT-RM and the DPRMs), else the
     # reward model's own score (a report written before the population was judged every step)
-    key = POP if ppo_curves and all(POP in c for c in ppo_curves.values()) else "reward/mean"
+    key = POP if ppo_curves and all(POP in c and np.isfinite(c[POP]).any() for c in ppo_curves.values()) \
+        else "reward/mean"
     if ppo_curves:
         kl_ax = axes[1].twinx()
         for name, c in ppo_curves.items():
@@ -319,7 +320,7 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
         axes[2].set_xticks(np.arange(len(personas)), personas, fontsize=7, rotation=30)
     axes[2].set_ylabel("win % vs vanilla")
     axes[2].set_ylim(0, 100)  # room above the bars for the legend
-    axes[2].set_title("head to head vs vanilla, per persona")
+    axes[2].set_title("head to head vs vanilla, per rater group (persona)")
     if h2h:
         axes[2].legend(fontsize=7, ncol=min(4, len(h2h)), loc="upper center")
     if has_groups:  # each group's E[r] of each policy, with its 95% interval
@@ -331,8 +332,8 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
             ys = [gs[g]["expected_reward"] for g in gnames if g in gs]
             err = [[y - gs[g]["ci"][0] for g, y in zip([g for g in gnames if g in gs], ys)],
                    [gs[g]["ci"][1] - y for g, y in zip([g for g in gnames if g in gs], ys)]]
-            axes[3].bar(xs, ys, width=w3, color=colour[name], yerr=np.clip(err, 0, None), capsize=2,
-                        label=f"{name} (worst {p['worst_group']['group']})")
+            axes[3].errorbar(xs, ys, yerr=np.clip(err, 0, None), fmt="o", color=colour[name], capsize=3,
+                             label=f"{name} (worst {p['worst_group']['group']})")
         axes[3].set_xticks(np.arange(len(gnames)), gnames, fontsize=7, rotation=30)
         axes[3].set_ylabel("group's E[r] (95% CI)")
         axes[3].set_title("per rater group")
