@@ -47,8 +47,11 @@ def objective_rewards(group_expected: np.ndarray, group_weights: Sequence[float]
     params = {"worst_group": {"tau": reward_cfg.objective_tau}, "cvar_groups": {"alpha": reward_cfg.objective_alpha},
               "nash": {"r_min": r_min}, "mean_minus_std": {"kappa": reward_cfg.objective_kappa}
               }.get(reward_cfg.objective, {})
+    # normalise: the coefficients sum to 1 (already so except for nash), so R stays in the label scale's units
+    # and the KL trade-off (ppo.beta) means the same under every objective
     R, _ = scalarise(torch.as_tensor(np.asarray(group_expected, dtype=np.float64)),
-                     torch.as_tensor(np.asarray(group_weights, dtype=np.float64)), reward_cfg.objective, **params)
+                     torch.as_tensor(np.asarray(group_weights, dtype=np.float64)), reward_cfg.objective,
+                     normalise=True, **params)
     return R.numpy().astype(np.float32)
 
 
