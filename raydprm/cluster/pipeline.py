@@ -248,7 +248,12 @@ class Pipeline:
         self._untrack(pool)
         items = simulated_items(cfg.crowd.n_items - n_policy, seed=cfg.run.seed)
         items += [(crowd_prompts[r.prompt_index], r.text) for r in sampled if r.text.strip()]
-        votes = Population.from_config(cfg.crowd).simulate_votes(items, cfg.crowd.votes_per_item, seed=cfg.run.seed)
+        crowd = Population.from_config(cfg.crowd)
+        votes = crowd.simulate_votes(items, cfg.crowd.votes_per_item, seed=cfg.run.seed)
+        from raydprm.store import PreferenceStore
+
+        # the crowd's personas are the store's rater groups: registered before the store actor opens it
+        PreferenceStore.from_config(cfg.store, cfg.labels, default_path=store_path, personas=crowd.names).close()
         store = StoreClient.create(cfg.store, cfg.labels, default_path=store_path, num_cpus=cfg.pipeline.store_num_cpus,
                                    placement=self.placement.get("store"))
         try:
