@@ -241,6 +241,10 @@ def check_mixture(key: str, mixture: Mapping[str, float]) -> None:
         raise ConfigError(f"config key '{key}' must have a positive total weight")
 
 
+# crowd.preset -> the persona file shipped in raydprm/sim/ (raydprm.sim.personas reads this table)
+CROWD_PRESETS: dict[str, str] = {"default": "personas.yaml", "polarized": "personas_polarized.yaml"}
+
+
 @dataclass(frozen=True)
 class CrowdConfig(Section):
     section: ClassVar[str] = "crowd"
@@ -248,9 +252,23 @@ class CrowdConfig(Section):
     mixture: dict[str, float] = opt(factory=dict, doc="Persona weights of the population; empty = uniform over all personas.")
     n_items: int = opt(384, doc="Number of generated (prompt, response) items the crowd votes on.", ge=1)
     votes_per_item: int = opt(12, doc="Votes cast on each item (spread over personas by the mixture).", ge=1)
+    preset: str = opt("default", doc="Shipped persona set: 'default' (raydprm/sim/personas.yaml, personas that differ "
+                      "mostly in strictness) or 'polarized' (raydprm/sim/personas_polarized.yaml, groups that "
+                      "disagree in direction; docs/pluralism.md); crowd.personas_file overrides both.",
+                      choices=tuple(CROWD_PRESETS))
 
     def validate(self) -> None:
         check_mixture("crowd.mixture", self.mixture)
+
+    @property
+    def personas_source(self) -> str:
+        """The personas file this crowd reads: crowd.personas_file if set, else the preset's shipped
+        file ("" = the default personas.yaml, what ``load_personas`` reads for an empty path)."""
+        if self.personas_file:
+            return self.personas_file
+        if self.preset == "default":
+            return ""
+        return str(Path(__file__).resolve().parent / "sim" / CROWD_PRESETS[self.preset])  # shipped beside personas.yaml
 
 
 @dataclass(frozen=True)

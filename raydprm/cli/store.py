@@ -189,7 +189,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if n < 1 or k < 1 or args.batch_size < 1:
         raise RaydprmError("--n, --votes-per-item and --batch-size must be >= 1")
     seed = cfg.run.seed if args.seed is None else args.seed
-    pop = Population(load_personas(cfg.crowd.personas_file or None),
+    pop = Population(load_personas(cfg.crowd.personas_source or None),
                      _parse_mixture(args.mixture) or cfg.crowd.mixture or None)  # checked before the store opens
     _, store = _open(args)
     with store:
