@@ -294,6 +294,10 @@ class StoreConfig(Section):
     synchronous: str = opt("FULL", doc="SQLite synchronous mode under WAL.", choices=("NORMAL", "FULL"))
     smoothing: float = opt(0.0, doc="Targeted label smoothing mass applied to exported targets.", ge=0, lt=1)
     max_text_chars: int = opt(16384, doc="Longest prompt or response accepted.", ge=1)
+    heldout_fraction: float = opt(0.2, doc="Share of items held out by the deterministic split by item id "
+                                  "(raydprm.store.heldout_mask; `store export --split`, the gold judge of "
+                                  "pipeline.crowd=store).", ge=0, le=1)
+    split_seed: int = opt(0, doc="Seed of the split of items by item id (hash of seed:item_id).", ge=0)
 
 
 @dataclass(frozen=True)
