@@ -217,19 +217,13 @@ def config_with_store_labels(cfg, path=None):
     The store's recorded label scale wins over the default labels; ``labels.*`` given explicitly must
     equal the store's, else one error names both (:func:`raydprm.store.check_labels_config`). Costs,
     rewards and report label names then follow the store's scale."""
+    import dataclasses
     from pathlib import Path
 
-    from raydprm.config import from_dict
-    from raydprm.store import check_labels_config, store_label_scale
+    from raydprm.store import check_labels_config, labels_config_for, store_label_scale
 
     path = str(path or cfg.store.path)
     if not path or not Path(path).is_file():
         return cfg
-    scale = check_labels_config(cfg.labels, store_label_scale(path), path)
-    grid = [list(g) for g in scale.grid] if scale.grid is not None else None
-    want = {"names": list(scale.names), "rewards": [float(r) for r in scale.rewards], "grid": grid}
-    data = cfg.to_dict()
-    if data["labels"] == want:
-        return cfg
-    data["labels"] = want
-    return from_dict(data)
+    labels = labels_config_for(check_labels_config(cfg.labels, store_label_scale(path), path))
+    return cfg if labels == cfg.labels else dataclasses.replace(cfg, labels=labels)

@@ -15,13 +15,15 @@ from raydprm.cluster.crowd_source import (
 )
 from raydprm.config import load_config
 from raydprm.store import heldout_mask
+from raydprm.train.reward_data import config_with_store_labels
 
 
 def test_store_collect_splits_by_item_id_and_keeps_group_labels(tmp_path):
     store = tmp_path / "d.db"
     dices_like_store(store, n_items=30)
-    cfg = load_config(None, ["pipeline.crowd=store", f"store.path={store}", "pipeline.gold_fraction=0.3",
-                             "labels.names=[safe,unsure,unsafe]", "labels.rewards=[1,0,-1]", "labels.grid=null"])
+    cfg = config_with_store_labels(load_config(None, ["pipeline.crowd=store", f"store.path={store}",
+                                                      "pipeline.gold_fraction=0.3"]))
+    assert list(cfg.labels.names) == ["safe", "unsure", "unsafe"] and cfg.labels.grid is None  # 1-D grid: store only
     out = store_collect(cfg, tmp_path)
     train, held = datasets.load_from_disk(out["paths"]["data"]), datasets.load_from_disk(out["paths"]["heldout"])
     assert len(train) + len(held) == 30 and out["votes"] == 30 * 3 * 3
