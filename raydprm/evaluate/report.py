@@ -183,8 +183,10 @@ def write_report(report: Mapping[str, Any], run_dir: str | os.PathLike[str], lab
              ["SFT -> crowd votes into the store -> reward model -> PPO -> the simulated population judges each",
               "policy's samples on held-out prompts (intervals: bootstrap over prompts and seeds, 95%)."])
     judge = report.get("judge")
-    if judge:
-        intro += ["", f"**The judge is a learned model, not people**: {judge['description']}"]
+    if judge:  # a store crowd: the store's votes and a learned gold judge, not the simulated population
+        intro = ["SFT -> the store's votes (training items) -> reward model -> PPO -> a learned gold judge scores "
+                 "each policy's samples on the held-out items' prompts (intervals: bootstrap over prompts and seeds, "
+                 "95%).", "", f"**The judge is a learned model, not people**: {judge['description']}"]
     has_groups = any("worst_group" in p for p in pol.values())
     lines = ["# raydprm run report", "", *intro, "",
              f"## Labels of each policy's responses as judged by the {'judge' if judge else 'population'} (%)", "",
