@@ -25,7 +25,7 @@ import argparse
 import json
 import math
 
-from raydprm.cli.common import add_config_args, config_from_args
+from raydprm.cli.common import add_config_args, applies, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     action("init", "Create an empty store (idempotent) and print its stats; store.prior, store.half_life_s and "
            "labels.names are recorded in it.", _init)
-    action("stats", "Print the store's counts and settings as JSON (read-only).", _stats)
+    # a read-only command reads the store's own settings: any other key is refused, not ignored
+    applies(action("stats", "Print the store's counts and settings as JSON (read-only).", _stats), *_READ_KEYS)
     action("reconfigure", "Change the store's recorded store.prior and/or store.half_life_s (given as overrides, "
            "e.g. store.half_life_s=3600), rebuilding every posterior from the vote log in one transaction.",
            _reconfigure)
@@ -63,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--rejected-label", default="unhelpful_harmless", help="Label of rejected responses.")
     imp.add_argument("--limit", type=_positive_int, default=None, help="Import at most this many rows (>= 1).")
     exp = action("export", "Export items with their target distributions (a datasets.Dataset; read-only).", _export)
+    applies(exp, *_READ_KEYS)
     exp.add_argument("--out", required=True, help="Output: a directory (save_to_disk) or a .jsonl file.")
     exp.add_argument("--mixture", default="", help="Persona/group weights, e.g. scientist=2,artist=1, or a YAML file "
                      "{group: share} of a target population (post-stratification); default: pooled.")
@@ -87,6 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--batch-size", type=_positive_int, default=1000, help="Votes per durable batch.")
 
 
+# what the read-only commands apply: where the store is, and store.* (checked against the store's own)
+_READ_KEYS = ("store", "run.output_dir", "run.name")
 _MAX_INT = (1 << 31) - 1
 
 
