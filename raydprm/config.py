@@ -644,8 +644,11 @@ PPO_POLICY_LOSS = {"bt": "bt", "dprm_c": "ce", "dprm_w": "wasserstein", "dprm_ot
 # (4 unless set >= 2), the same number of responses per step (ppo.rollout_batch) as PPO.
 GROUP_POLICIES = {"bt_grpo": ("bt", "grpo"), "bt_rloo": ("bt", "rloo"), "dprm_ot_grpo": ("ot", "grpo"),
                   "dprm_ot_rloo": ("ot", "rloo")}
+# The pluralistic policies (docs/pluralism.md): PPO, with PPO's budget, against a group-conditioned DPRM, each
+# made by these reward.* fields (checked against RewardConfig when a comparison names it).
+PLURAL_POLICIES = {"dprm_ot_wg": {"loss": "ot", "conditioning": "group", "objective": "worst_group"}}
 # What `raydprm run` can train and evaluate: the SFT policy, the PPO policies, the direct-alignment ones.
-POLICIES = ("vanilla", *PPO_POLICY_LOSS, *GROUP_POLICIES, *ALIGN_ALGOS)
+POLICIES = ("vanilla", *PPO_POLICY_LOSS, *GROUP_POLICIES, *PLURAL_POLICIES, *ALIGN_ALGOS)
 COMPARE_POLICIES = ("vanilla", "bt", "dprm_c", "dprm_w", "dprm_ot")
 
 

@@ -10,8 +10,15 @@ from pathlib import Path
 from raydprm.cluster.placement import layout_groups, peak_resources
 from raydprm.cluster.run_state import RunState
 from raydprm.cluster.runtime import Resources, in_ray_job
-from raydprm.config import GROUP_POLICIES, PPO_POLICY_LOSS, Config, apply_overrides, from_dict
-from raydprm.errors import RaydprmError
+from raydprm.config import (
+    GROUP_POLICIES,
+    PLURAL_POLICIES,
+    PPO_POLICY_LOSS,
+    Config,
+    apply_overrides,
+    from_dict,
+)
+from raydprm.errors import ConfigError, RaydprmError
 
 __all__ = ["Arm", "DRIVER_CPU", "ROLES", "RelativeOutputInJob", "SMOKE_OVERRIDES", "arms", "bundle_layout",
            "eval_prompts", "eval_sampling", "required_resources", "resolve_run_dir", "resume_dir"]
@@ -30,7 +37,8 @@ class Arm:
     """One policy a run trains: ``name`` (a policy of :data:`raydprm.config.POLICIES` other than
     vanilla), the index of its seed, the prefix of its stages' names and directories (``""``
     for a single run, ``"<name>/seed<k>/"`` in a comparison) and its own config (``run.seed``
-    and ``reward.loss`` or ``align.algo`` set for it)."""
+    and ``reward.loss`` (and, for a pluralistic policy, ``reward.conditioning`` and ``reward.objective``)
+    or ``align.algo`` set for it)."""
 
     name: str
     seed_index: int
@@ -40,7 +48,8 @@ class Arm:
     @property
     def kind(self) -> str:
         """``ppo`` (reward model, then PPO against it) or ``align`` (direct alignment on the store's pairs)."""
-        return "ppo" if self.name in PPO_POLICY_LOSS or self.name in GROUP_POLICIES else "align"
+        return "ppo" if self.name in PPO_POLICY_LOSS or self.name in GROUP_POLICIES or self.name in PLURAL_POLICIES \
+            else "align"
 
     def stage(self, stage: str) -> str:
         return self.prefix + stage
@@ -61,9 +70,18 @@ def arms(cfg: Config) -> list[Arm]:
         for name in pc.policies:
             if name == "vanilla":
                 continue
-            out.append(Arm(name, k, f"{name}/seed{k}/", from_dict(apply_overrides(
-                cfg.to_dict(), [f"run.seed={cfg.run.seed + k}", *_policy_overrides(cfg, name)]))))
+            out.append(Arm(name, k, f"{name}/seed{k}/", _arm_config(cfg, name, k)))
     return out
+
+
+def _arm_config(cfg: Config, name: str, k: int) -> Config:
+    """The run's config with the seed and the fields that make policy ``name``; one line naming the
+    policy when they do not fit the run's config (e.g. ``reward.group_weights`` set for a BT policy)."""
+    try:
+        return from_dict(apply_overrides(cfg.to_dict(), [f"run.seed={cfg.run.seed + k}",
+                                                         *_policy_overrides(cfg, name)]))
+    except ConfigError as e:
+        raise ConfigError(f"policy {name!r} of pipeline.policies: {e}") from None
 
 
 def _policy_overrides(cfg: Config, name: str) -> list[str]:
@@ -74,6 +92,8 @@ def _policy_overrides(cfg: Config, name: str) -> list[str]:
         loss, advantage = GROUP_POLICIES[name]
         n = cfg.rollout.n_per_prompt if cfg.rollout.n_per_prompt >= 2 else 4
         return [f"reward.loss={loss}", f"ppo.advantage={advantage}", f"rollout.n_per_prompt={n}"]
+    if name in PLURAL_POLICIES:  # PPO with PPO's budget against a group-conditioned reward model
+        return [f"reward.{key}={value}" for key, value in PLURAL_POLICIES[name].items()]
     return [f"align.algo={name}"]
 
 

@@ -1,5 +1,7 @@
 """A comparison's arms: which policies are trained, under which seeds, with which configs."""
 
+import dataclasses
+
 from raydprm.cluster.run_plan import arms
 from raydprm.config import load_config
 
@@ -47,3 +49,28 @@ def test_group_estimators_refuse_a_group_of_one_in_one_line():
     with pytest.raises(ConfigError, match=r"'rollout.n_per_prompt' = 3 must divide ppo.rollout_batch = 32"):
         load_config(None, ["ppo.advantage=grpo", "rollout.n_per_prompt=3"])
     assert load_config(None, ["ppo.advantage=reinforce_pp"]).ppo.advantage == "reinforce_pp"  # no group needed
+
+
+def test_the_pluralistic_policy_is_ppo_against_a_group_conditioned_dprm_with_the_worst_group_objective():
+    from raydprm.config import PLURAL_POLICIES, POLICIES, RewardConfig
+
+    cfg = load_config(None, ["pipeline.policies=[vanilla,dprm_ot,dprm_ot_wg,crowd_dpo]", "pipeline.seeds=2",
+                             "run.seed=3"])
+    by = {(a.name, a.seed_index): a for a in arms(cfg)}
+    wg, ot = by["dprm_ot_wg", 1], by["dprm_ot", 1]
+    assert (wg.kind, wg.prefix, wg.cfg.run.seed) == ("ppo", "dprm_ot_wg/seed1/", 4)
+    assert (wg.cfg.reward.loss, wg.cfg.reward.conditioning, wg.cfg.reward.objective) == ("ot", "group", "worst_group")
+    assert (ot.cfg.reward.conditioning, ot.cfg.reward.objective) == ("none", "population")  # unchanged by the table
+    assert wg.cfg.ppo == ot.cfg.ppo == cfg.ppo and wg.cfg.rollout == cfg.rollout  # the same PPO budget
+    fields = {f.name for f in dataclasses.fields(RewardConfig)}
+    assert all(set(v) <= fields for v in PLURAL_POLICIES.values()) and set(PLURAL_POLICIES) <= set(POLICIES)
+
+
+def test_a_policy_whose_fields_do_not_fit_the_run_s_config_is_named_in_one_line():
+    import pytest
+
+    from raydprm.errors import ConfigError
+
+    cfg = load_config(None, ["pipeline.policies=[dprm_ot_wg,bt]", "reward.loss=ot", "reward.conditioning=group"])
+    with pytest.raises(ConfigError, match=r"^policy 'bt' of pipeline.policies: .*'reward.conditioning' = 'group'"):
+        arms(cfg)

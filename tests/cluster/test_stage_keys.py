@@ -75,6 +75,19 @@ def test_the_issue_s_cases_and_what_each_stage_must_read():
     assert read_fields("dprm_ot/seed1/ppo", c) == read_fields("ppo", c)
 
 
+def test_the_pluralistic_arm_has_its_own_reward_and_ppo_keys_and_shares_sft_and_collect():
+    from raydprm.cluster.run_plan import arms
+
+    cfg = from_dict(apply_overrides(Config().to_dict(), ["pipeline.policies=[dprm_ot,dprm_ot_wg]", "pipeline.seeds=1"]))
+    ot, wg = (a.cfg.to_dict() for a in arms(cfg))
+    for stage in ("sft", "collect"):  # one SFT and one store for every policy
+        assert key_of(stage, ot, INPUTS[stage])[0] == key_of(stage, wg, INPUTS[stage])[0]
+    for stage in ("reward", "ppo"):  # a group-conditioned reward model, PPO on the worst group's soft minimum
+        assert key_of(stage, ot, INPUTS[stage])[0] != key_of(stage, wg, INPUTS[stage])[0]
+        assert {"reward.conditioning", "reward.objective"} <= set(read_fields(stage, wg))
+    assert "reward.objective_tau" in read_fields("ppo", wg)
+
+
 def test_a_finished_stage_is_skipped_when_only_fields_it_does_not_read_change(tmp_path):
     """RunState.done (the pipeline's skip) under the keys of a --resume with other overrides."""
     base = Config().to_dict()
