@@ -233,6 +233,15 @@ def test_rollout_ray_pool_loads_another_policy_from_its_hf_directory(ray_local, 
         assert max(abs(a - b) for x, y in zip(got, want) for a, b in zip(x, y)) < 1e-5
         assert max(abs(a - b) for x, y in zip(before, want) for a, b in zip(x, y)) > 0.1  # it did change
         assert [r.text for r in reused.generate(PROMPTS, GREEDY)] == [r.text for r in fresh.generate(PROMPTS, GREEDY)]
+        # warm reuse for another training run: a synced pool counts weight versions from 0 again
+        learner = perturbed(tiny_policy, seed=3)
+        reused.sync_weights(_update(learner, 4, reused))
+        assert reused.version == 4 and reused.versions() == [4]
+        reused.load_checkpoint(tmp_path / "other", version=0)
+        assert reused.version == 0 and reused.versions() == [0] == fresh.versions()
+        assert reused.score(seqs) == fresh.score(seqs)
+        reused.sync_weights(_update(learner, 1, reused))  # the next run's first sync is accepted
+        assert reused.versions() == [1]
     finally:
         reused.shutdown()
         fresh.shutdown()
