@@ -4,7 +4,7 @@
     raydprm reward eval  [--config F] [--model DIR] [--simulate] [key=value ...]
 
 Data: the export of the preference store at ``store.path`` (default
-``<run_dir>/store.db``). ``--simulate`` first fills the store with votes of the
+``<run_dir>/store.db``); the label scale is the store's (a conflicting ``labels.*`` is refused). ``--simulate`` first fills the store with votes of the
 simulated crowd (``crowd.*``; idempotent). The trained model goes to
 ``<run_dir>/reward/{best,last}`` with metrics.jsonl, TensorBoard logs (``tb/``) and
 result.json; ``reward.num_workers > 1`` trains with Ray Train.
@@ -68,11 +68,14 @@ def _load_data(cfg, simulate: bool):
 def _train(args: argparse.Namespace) -> int:
     from raydprm.config import save_config
     from raydprm.models.dprm import label_scale_from_config
+    from raydprm.train.reward_data import config_with_store_labels
 
     cfg = config_from_args(args)
     if args.smoke:
         cfg = cfg.override(["crowd.n_items=48", "crowd.votes_per_item=6", "reward.epochs=1",
                             "reward.batch_size=16"])
+    if not (args.simulate or args.smoke):  # an existing store's label scale is the model's
+        cfg = config_with_store_labels(cfg, _store_path(cfg))
     check_model_refs(cfg, "models.reward_backbone")
     data = _load_data(cfg, args.simulate or args.smoke)
     scale = label_scale_from_config(cfg.labels)
@@ -103,8 +106,11 @@ def _eval(args: argparse.Namespace) -> int:
     from raydprm.errors import RaydprmError
     from raydprm.models.dprm import label_scale_from_config
     from raydprm.train.reward import evaluate_checkpoint
+    from raydprm.train.reward_data import config_with_store_labels
 
     cfg = config_from_args(args)
+    if not args.simulate:
+        cfg = config_with_store_labels(cfg, _store_path(cfg))
     model = Path(args.model or cfg.reward.model_dir or cfg.run.run_dir / "reward" / "best")
     check_model_refs(cfg, "models.reward_backbone")
     if not model.is_dir():
