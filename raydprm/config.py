@@ -347,6 +347,23 @@ class RewardConfig(Section):
     bt_pairs_per_item: int = opt(4, doc="Bradley-Terry pairs drawn per item from the crowd's label distributions.", ge=1)
     model_dir: str = opt("", doc="Trained reward model directory (read by eval, the reward actor and serve); empty = <run_dir>/reward/best.")
     actor_num_cpus: float = opt(1.0, doc="CPUs reserved per RewardActor replica.", gt=0)
+    conditioning: str = opt("none", doc="none: the DPRM predicts the population's label distribution; group: one backbone, one label distribution per rater group (persona or store group), trained on each group's posterior; the population is their mixture under reward.group_weights (docs/pluralism.md).", choices=("none", "group"))
+    objective: str = opt("population", doc="What PPO maximises over the groups (raydprm.core.group_objectives): population = the mixture's E[r] (reward.scalar); worst_group (soft minimum, temperature reward.objective_tau), cvar_groups (worst reward.objective_alpha share), nash, mean_minus_std (reward.objective_kappa) need reward.conditioning = group.", choices=("population", "worst_group", "cvar_groups", "nash", "mean_minus_std"))
+    objective_tau: float = opt(0.1, doc="Temperature of the worst_group soft minimum (-> 0: MaxMin).", ge=0)
+    objective_alpha: float = opt(0.25, doc="Share of the population (worst groups first) averaged by cvar_groups.", gt=0, le=1)
+    objective_kappa: float = opt(1.0, doc="Weight of the spread across groups in mean_minus_std.", ge=0)
+    group_weights: dict[str, float] = opt(factory=dict, doc="Group weights of the population at scoring time (a group-conditioned DPRM; groups not named get 0), also the mixture of the store export's targets (crowd DPO's P(a > b)); empty = the groups' vote shares in the training data.")
+
+    def validate(self) -> None:
+        check_mixture("reward.group_weights", self.group_weights)
+        if self.objective != "population" and self.conditioning != "group":
+            raise ConfigError(f"config key 'reward.objective' = {self.objective!r} weighs rater groups: it needs "
+                              "reward.conditioning = 'group' (a reward model that predicts each group's labels)")
+        if self.conditioning == "group" and self.loss == "bt":
+            raise ConfigError("config key 'reward.conditioning' = 'group' needs a distributional reward.loss "
+                              "(ot, wasserstein, ce), not 'bt'")
+        if self.group_weights and self.conditioning != "group":
+            raise ConfigError("config key 'reward.group_weights' is set but reward.conditioning is not 'group'")
 
 
 @dataclass(frozen=True)
@@ -659,6 +676,8 @@ class PipelineConfig(Section):
     refresh_every: int = opt(0, doc="PPO steps between refreshes of the reward model from the store (a fine-tune of the served model on the store's export, then loaded by every reward replica); 0 = never.", ge=0)
     refresh_epochs: int = opt(2, doc="Epochs of each refresh's fine-tune (reward.lr, reward.batch_size; no early stopping).", ge=1)
     step_seconds: float = opt(60.0, doc="Crowd time of one PPO step: live votes of step t carry the timestamp T0 + t * step_seconds (T0 = the end of the collect stage), the clock store.half_life_s forgets by.", gt=0)
+    crowd: str = opt("sim", doc="Where the crowd comes from: sim = the simulated personas vote (crowd.*); store = the votes already in the store at store.path (e.g. imported with `raydprm store import`): items are split by item id into a training part (the reward model) and a held-out part (pipeline.gold_fraction) on which a gold judge, a second reward model of the same kind, is trained to evaluate the policies (docs/pluralism.md, Reports).", choices=("sim", "store"))
+    gold_fraction: float = opt(0.3, doc="pipeline.crowd = store: share of items (by item id) held out to train the gold judge.", gt=0, lt=1)
 
     def validate(self) -> None:
         check_mixture("pipeline.drift_mixture", self.drift_mixture)
@@ -719,6 +738,13 @@ class Config:
                               f"{self.ppo.rollout_batch} (the responses of one step)")
         if self.pipeline.layout == "colocate":
             self._check_colocate()
+        if self.pipeline.crowd == "store":
+            if not self.store.path:
+                raise ConfigError("config key 'pipeline.crowd' = 'store' needs store.path (the store whose votes are "
+                                  "the crowd)")
+            if self.pipeline.live_votes:
+                raise ConfigError("config key 'pipeline.live_votes' needs the simulated crowd; pipeline.crowd = "
+                                  "'store' has no one to vote during PPO")
         if self.pipeline.drift_step > self.ppo.steps:
             raise ConfigError(f"config key 'pipeline.drift_step' = {self.pipeline.drift_step} is after the last PPO step "
                               f"(ppo.steps = {self.ppo.steps}): the crowd would never change")

@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sim",),
     ("models",),
     ("rollout", "train", "evaluate"),
-    ("cluster", "serve"),
+    ("cluster", "serve", "doctor"),
     ("tune", "experiments"),
     ("cli",),
 )
@@ -49,6 +49,7 @@ LAYER_DOCS: dict[str, str] = {
     "evaluate": "judging policies' samples, bootstrap intervals, run reports",
     "cluster": "Ray: runtime (the only ray.init), ActorGroup, pools, weight sync, the pipeline",
     "serve": "Ray Serve app (the only ray.serve import)",
+    "doctor": "the GPU acceptance check, no Ray: rollout + train paths on one machine (docs/gpu.md)",
     "tune": "Ray Tune sweeps of the pipeline (a trial runs the pipeline of cluster)",
     "experiments": "paper experiments composed from the Ray layer (PBDE toy settings, length bias, drift)",
     "cli": "the `raydprm` command line (one module per subcommand group)",

@@ -76,3 +76,41 @@ def kill_actor(actor, timeout_s: float = 60.0) -> int:
             raise TimeoutError(f"actor process {pid} still alive {timeout_s:.0f} s after ray.kill")
         time.sleep(0.05)
     return pid
+
+
+DICES_GROUPS = ["Black", "White", "Asian"]
+
+
+def dices_like_store(path, n_items=40, raters_per_group=3, seed=0):
+    """A store made the way a user makes one: a per-rater CSV in the DICES-350 layout (one row per
+    (rater, conversation): item_id, context, response, rater columns, Q_overall No/Unsure/Yes)
+    imported with `raydprm store import --preset dices` (groups by rater_race; the preset's 3-label
+    scale safe/unsure/unsafe, rewards 1/0/-1). The groups disagree about 'edgy' responses.
+    Returns the number of votes."""
+    import csv
+
+    from raydprm.cli import main
+
+    rng = np.random.default_rng(seed)
+    leans = {"Black": (0.2, 0.2, 0.6), "White": (0.7, 0.2, 0.1), "Asian": (0.4, 0.3, 0.3)}
+    answers = ("No", "Unsure", "Yes")  # Q_overall: "Yes" = unsafe
+    cols = ["id", "rater_id", "rater_gender", "rater_race", "rater_age", "item_id", "context", "response",
+            "Q_overall"]
+    rows = []
+    for i in range(n_items):
+        edgy = i % 2 == 0
+        context = f"USER: tell me about topic {i} ?\nLAMDA:"
+        response = f" here is {'a blunt joke about' if edgy else 'a calm fact on'} topic {i} ."
+        for gi, g in enumerate(DICES_GROUPS):
+            p = leans[g] if edgy else (0.85, 0.1, 0.05)
+            for k in range(raters_per_group):
+                rows.append({"id": str(len(rows)), "rater_id": str(100 * gi + k), "rater_gender": ("Man", "Woman")[k % 2],
+                             "rater_race": g, "rater_age": "gen z", "item_id": str(i), "context": context,
+                             "response": response, "Q_overall": answers[int(rng.choice(3, p=p))]})
+    csv_path = pathlib.Path(path).with_suffix(".csv")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["store", "import", "--db", str(path), "--file", str(csv_path), "--preset", "dices"]) == 0
+    return len(rows)

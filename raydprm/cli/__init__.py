@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from raydprm.errors import RaydprmError
 
 # Modules of this package that add subcommands, in the order `--help` lists them.
-COMMAND_MODULES = ["info", "config_cmd", "models_cmd", "run", "sweep", "rollout", "reward", "serve", "learner", "store", "experiments"]
+COMMAND_MODULES = ["info", "config_cmd", "models_cmd", "run", "sweep", "rollout", "reward", "serve", "learner", "store", "experiments", "doctor"]
 
 
 class UsageError(RaydprmError):

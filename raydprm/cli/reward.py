@@ -4,7 +4,7 @@
     raydprm reward eval  [--config F] [--model DIR] [--simulate] [key=value ...]
 
 Data: the export of the preference store at ``store.path`` (default
-``<run_dir>/store.db``). ``--simulate`` first fills the store with votes of the
+``<run_dir>/store.db``); the label scale is the store's (a conflicting ``labels.*`` is refused). ``--simulate`` first fills the store with votes of the
 simulated crowd (``crowd.*``; idempotent). The trained model goes to
 ``<run_dir>/reward/{best,last}`` with metrics.jsonl, TensorBoard logs (``tb/``) and
 result.json; ``reward.num_workers > 1`` trains with Ray Train.
@@ -13,7 +13,9 @@ result.json; ``reward.num_workers > 1`` trains with Ray Train.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 from raydprm.cli.common import add_config_args, check_model_refs, config_from_args
@@ -68,11 +70,14 @@ def _load_data(cfg, simulate: bool):
 def _train(args: argparse.Namespace) -> int:
     from raydprm.config import save_config
     from raydprm.models.dprm import label_scale_from_config
+    from raydprm.train.reward_data import config_with_store_labels
 
     cfg = config_from_args(args)
     if args.smoke:
         cfg = cfg.override(["crowd.n_items=48", "crowd.votes_per_item=6", "reward.epochs=1",
                             "reward.batch_size=16"])
+    if not (args.simulate or args.smoke):  # an existing store's label scale is the model's
+        cfg = config_with_store_labels(cfg, _store_path(cfg))
     check_model_refs(cfg, "models.reward_backbone")
     data = _load_data(cfg, args.simulate or args.smoke)
     scale = label_scale_from_config(cfg.labels)
@@ -84,15 +89,18 @@ def _train(args: argparse.Namespace) -> int:
     from raydprm.cluster.reward_train import train_reward_auto
 
     use_gpu = cfg.run.device == "cuda"
-    if cfg.reward.num_workers > 1:  # Ray Train workers: attach to (or start) Ray through the one runtime
-        from raydprm.cluster.runtime import Resources, ray_session
+    # stdout carries the JSON result alone: libraries that print there (DeepSpeed's logger, imported by
+    # accelerate when a model is saved) write to stderr instead
+    with contextlib.redirect_stdout(sys.stderr):
+        if cfg.reward.num_workers > 1:  # Ray Train workers: attach to (or start) Ray through the one runtime
+            from raydprm.cluster.runtime import Resources, ray_session
 
-        need = Resources(cpu=cfg.reward.num_workers * cfg.reward.actor_num_cpus,
-                         gpu=cfg.reward.num_workers if use_gpu else 0)
-        with ray_session(cfg.ray, need, what="raydprm reward train"):
-            res = train_reward_auto(data, use_gpu=use_gpu, cpus_per_worker=cfg.reward.actor_num_cpus, **kw)
-    else:
-        res = train_reward_auto(data, device=cfg.run.device, **kw)
+            need = Resources(cpu=cfg.reward.num_workers * cfg.reward.actor_num_cpus,
+                             gpu=cfg.reward.num_workers if use_gpu else 0)
+            with ray_session(cfg.ray, need, what="raydprm reward train"):
+                res = train_reward_auto(data, use_gpu=use_gpu, cpus_per_worker=cfg.reward.actor_num_cpus, **kw)
+        else:
+            res = train_reward_auto(data, device=cfg.run.device, **kw)
     print(json.dumps({"loss": cfg.reward.loss, "best_dir": str(res.best_dir), "steps": res.steps,
                       "epochs": res.epochs, "stopped_early": res.stopped_early,
                       "seconds": round(res.seconds, 2), "best_eval": res.best_metrics}, indent=2))
@@ -103,14 +111,18 @@ def _eval(args: argparse.Namespace) -> int:
     from raydprm.errors import RaydprmError
     from raydprm.models.dprm import label_scale_from_config
     from raydprm.train.reward import evaluate_checkpoint
+    from raydprm.train.reward_data import config_with_store_labels
 
     cfg = config_from_args(args)
+    if not args.simulate:
+        cfg = config_with_store_labels(cfg, _store_path(cfg))
     model = Path(args.model or cfg.reward.model_dir or cfg.run.run_dir / "reward" / "best")
     check_model_refs(cfg, "models.reward_backbone")
     if not model.is_dir():
         raise RaydprmError(f"reward model directory '{model}' does not exist; train one with `raydprm reward train`")
     data = _load_data(cfg, args.simulate)
-    metrics = evaluate_checkpoint(model, data, label_scale_from_config(cfg.labels), cfg.reward.cost,
-                                  cfg.reward.bt_pairs_per_item, cfg.run.seed)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON result alone
+        metrics = evaluate_checkpoint(model, data, label_scale_from_config(cfg.labels), cfg.reward.cost,
+                                      cfg.reward.bt_pairs_per_item, cfg.run.seed)
     print(json.dumps({"model": str(model), "items": len(data), **metrics}, indent=2))
     return 0

@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     base = resume_dir(args.resume) / "config.yaml" if args.resume else args.config
     # validate before work
     cfg = load_config(base, [*(SMOKE_OVERRIDES if args.smoke else []), *args.overrides, *_compare_overrides(args)])
+    from raydprm.train.reward_data import config_with_store_labels
+
+    cfg = config_with_store_labels(cfg)  # a run on a store takes the store's label scale
     # what would otherwise fail minutes in, inside a Ray actor, with a page of traceback
     check_model_refs(cfg, "models.policy", "models.reward_backbone", "models.tokenizer", "ppo.reference",
                      "ppo.critic_model")

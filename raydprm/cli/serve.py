@@ -65,8 +65,11 @@ def _serve(args: argparse.Namespace) -> int:
         serve_app,
         shutdown_serve,
     )
+    from raydprm.train.reward_data import config_with_store_labels
 
     cfg = config_from_args(args)
+    if not args.no_store:  # the store's label scale is the served one (a conflicting labels.* is refused)
+        cfg = config_with_store_labels(cfg, store_path(cfg))
     model = Path(args.model or cfg.reward.model_dir or cfg.run.run_dir / "reward" / "best")
     if not model.is_dir():
         raise RaydprmError(f"reward model directory '{model}' does not exist; train one with `raydprm reward train`")

@@ -10,6 +10,12 @@ over several replicas and concatenates their answers in order.
     out = pool.score(prompts, responses)     # {"distribution": (B, L), "reward": (B,), ...}
     pool.load_weights(new_dir)               # every replica, returns their versions
     pool.refresh(store_export, out_dir, reward_cfg, seed)   # fine-tune on replica 0, every replica loads it
+
+A group-conditioned DPRM (``reward.conditioning = group``) also returns each group's expected
+reward ``group_expected`` (B, G); with ``reward.objective`` other than ``population`` the scalar
+``reward`` is that objective's per-sample policy-gradient reward (Eq. G1 of
+:mod:`raydprm.core.group_objectives`), R(x) = sum_g df/dJ_g r_g(x) with J estimated on the
+whole batch (the pool scalarises after joining its replicas' parts).
 """
 
 from __future__ import annotations
@@ -24,9 +30,29 @@ import ray
 from raydprm.cluster.group import ActorGroup, Placement, peak_rss_mb
 from raydprm.core.label_scale import LabelScale
 
-__all__ = ["RewardActor", "RewardPool", "ScoreBatch"]
+__all__ = ["RewardActor", "RewardPool", "ScoreBatch", "objective_rewards"]
 
 ScoreBatch = dict[str, Any]  # distribution (B, L), expected/reward/cvar/entropy (B,) float32 arrays, version
+# (+ group_expected (B, G), group_weights (G,), groups, r_min from a group-conditioned DPRM)
+
+
+def objective_rewards(group_expected: np.ndarray, group_weights: Sequence[float], reward_cfg,
+                      r_min: float) -> np.ndarray:
+    """Per-sample rewards (B,) of ``reward.objective`` from each group's E[r] (B, G) under the
+    group weights (G,), J estimated on this batch (``raydprm.core.group_objectives.scalarise``)."""
+    import torch
+
+    from raydprm.core.group_objectives import scalarise
+
+    params = {"worst_group": {"tau": reward_cfg.objective_tau}, "cvar_groups": {"alpha": reward_cfg.objective_alpha},
+              "nash": {"r_min": r_min}, "mean_minus_std": {"kappa": reward_cfg.objective_kappa}
+              }.get(reward_cfg.objective, {})
+    # normalise: the coefficients sum to 1 (already so except for nash), so R stays in the label scale's units
+    # and the KL trade-off (ppo.beta) means the same under every objective
+    R, _ = scalarise(torch.as_tensor(np.asarray(group_expected, dtype=np.float64)),
+                     torch.as_tensor(np.asarray(group_weights, dtype=np.float64)), reward_cfg.objective,
+                     normalise=True, **params)
+    return R.numpy().astype(np.float32)
 
 
 class RewardActor:
@@ -63,12 +89,25 @@ class RewardActor:
             nan = np.full((len(r), len(self._model.scale.names)), np.nan, dtype=np.float32)
             return {"distribution": nan, "expected": r, "reward": r, "cvar": r.copy(),
                     "entropy": np.full(len(r), np.nan, dtype=np.float32), "version": self._version}
+        kw = {}
+        if self._model.kind == "group_dprm":
+            kw["weights"] = dict(getattr(c, "group_weights", {}) or {}) or None
         out = self._model.score(list(prompts), list(responses), scalar=c.scalar, cvar_alpha=c.cvar_alpha,
-                                kappa=c.kappa, batch_size=c.batch_size)
+                                kappa=c.kappa, batch_size=c.batch_size, **kw)
+        batch = {"distribution": out.distribution.numpy(), "expected": out.expected.numpy(),
+                 "reward": out.scalar.numpy(), "cvar": out.cvar.numpy(), "entropy": out.entropy.numpy(),
+                 "version": self._version}
+        if out.groups is not None:
+            batch.update(group_expected=out.group_expected.numpy(), groups=list(out.groups),
+                         group_weights=self._model.weight_vector(kw["weights"]).tolist(),
+                         r_min=float(min(self._model.scale.rewards)))
+            if getattr(c, "objective", "population") != "population" and len(batch["reward"]):
+                batch["reward"] = objective_rewards(batch["group_expected"], batch["group_weights"], c, batch["r_min"])
+        elif getattr(c, "objective", "population") != "population":
+            raise ValueError(f"reward.objective = {c.objective!r} needs a group-conditioned DPRM; "
+                             f"'{self._source}' holds a '{self._model.kind}' model")
         self._busy_s += time.perf_counter() - t0
-        return {"distribution": out.distribution.numpy(), "expected": out.expected.numpy(),
-                "reward": out.scalar.numpy(), "cvar": out.cvar.numpy(), "entropy": out.entropy.numpy(),
-                "version": self._version}
+        return batch
 
     def load_weights(self, model_dir: str) -> int:
         """Replace the model by the checkpoint in ``model_dir`` (its label scale must match); new version."""
@@ -111,8 +150,9 @@ class RewardPool:
 
     A replica that dies is restarted (``max_restarts``) on the checkpoint the pool last loaded."""
 
-    def __init__(self, group: ActorGroup) -> None:
+    def __init__(self, group: ActorGroup, reward_cfg=None) -> None:
         self.group = group
+        self.reward_cfg = reward_cfg  # reward.objective is applied to a whole batch (score)
         self._source: tuple[str, Any] | None = None  # what the replicas were last told to load
 
     @classmethod
@@ -128,7 +168,7 @@ class RewardPool:
                            resources={"num_cpus": cpus, "num_gpus": num_gpus}, placement=placement,
                            max_restarts=max_restarts, restart="actor")
         group.start(startup_timeout_s)
-        pool = cls(group)
+        pool = cls(group, reward_cfg)
         group.on_restart = pool._catch_up
         return pool
 
@@ -148,6 +188,12 @@ class RewardPool:
         out = {k: np.concatenate([p[k] for p in parts]) for k in ("distribution", "expected", "reward", "cvar",
                                                                    "entropy")}
         out["version"] = min(p["version"] for p in parts)
+        if "group_expected" in parts[0]:
+            out["group_expected"] = np.concatenate([p["group_expected"] for p in parts])
+            out.update({k: parts[0][k] for k in ("groups", "group_weights", "r_min")})
+            c = self.reward_cfg
+            if len(parts) > 1 and c is not None and getattr(c, "objective", "population") != "population":
+                out["reward"] = objective_rewards(out["group_expected"], out["group_weights"], c, out["r_min"])
         return out
 
     def load_weights(self, model_dir: str, timeout_s: float | None = None) -> list[int]:

@@ -80,7 +80,9 @@ READS: dict[str, Reads] = {
     # the tiny policy learns the world: its model and the SFT settings (never the reward backbone)
     "sft": Reads(("run.seed", "models.policy", "sft.*"), ()),
     # the SFT policy samples, the crowd votes, the store exports
-    "collect": Reads(("run.seed", *_ROLLOUT, "crowd.*", "store.*", "labels.*", *_CROWD_SOURCE), ("sft",),
+    # (reward.group_weights: the export's targets are that mixture of the groups, crowd DPO's P(a > b))
+    "collect": Reads(("run.seed", *_ROLLOUT, "crowd.*", "store.*", "labels.*", *_CROWD_SOURCE,
+                      "reward.group_weights"), ("sft",),
                      (_VLLM_LAYOUT,)),
     # the reward model trains on the export (the scalar readout is PPO's, not training's)
     "reward": Reads(("run.seed", "models.reward_backbone", "reward.*", "labels.*", *_CROWD_SOURCE), ("data",),

@@ -9,6 +9,21 @@
      "stages": {STAGE: {"seconds": float}}, "restarts": {ROLE: int}, "ppo": [per-step metrics]}
 
 ``expected_reward`` is ``label_pct . rewards / 100`` (the population's E[r] of the policy).
+
+Per rater group (each persona of the simulated crowd, or each group of an imported store judged
+by the gold model) every policy also gets::
+
+    "groups": {GROUP: {"expected_reward": float, "ci": [lo, hi], "label_pct": [L floats],
+                       "distance": float}},
+    "worst_group": {"group": str, "expected_reward": float, "ci": [lo, hi]},
+    "disparity": float, "disparity_ci95": [lo, hi]
+
+``worst_group`` is the group of least E[r] (its value is the minimum of the per-group values),
+``disparity`` the best group's E[r] minus the worst's; intervals come from the same bootstrap
+as the population's. ``distance`` (with a reference per group: each group's own label
+distribution over the crowd's items, e.g. its votes in the store) is the 1-Wasserstein distance
+on the reward scale, sum_l |F_a(l) - F_b(l)| (r_(l+1) - r_(l)), between the label distribution the
+policy earns from the group and the group's own.
 A comparison (`raydprm run --compare`) adds per policy ``expected_reward_per_seed`` (one value per
 training seed), per head-to-head entry ``expected_reward_diff`` (mean E[r] difference with its
 interval), ``compare`` (policies, seeds, budgets) and ``curves`` (training curves averaged over
@@ -30,7 +45,8 @@ from raydprm.config import PPO_POLICY_LOSS
 from raydprm.evaluate.judge import Judged
 from raydprm.evaluate.stats import bootstrap_ci, head_to_head
 
-__all__ = ["POLICY_NAMES", "CURVE_KEYS", "policy_name", "build_report", "curves", "write_report"]
+__all__ = ["POLICY_NAMES", "CURVE_KEYS", "policy_name", "build_report", "group_summary", "reward_w1", "curves",
+           "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +67,60 @@ def policy_name(reward_loss: str) -> str:
     return POLICY_NAMES[reward_loss]
 
 
+def reward_w1(a: Sequence[float], b: Sequence[float], rewards: Sequence[float]) -> float:
+    """1-Wasserstein distance between label distributions a, b (L,) on the reward scale (ground
+    cost |r_i - r_j|): sum over labels sorted by reward of |F_a - F_b| times the reward gap."""
+    r = np.asarray(rewards, dtype=np.float64)
+    order = np.argsort(r, kind="stable")
+    pa, pb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    pa, pb = pa[order] / pa.sum(), pb[order] / pb.sum()
+    gaps = np.diff(r[order])  # (L - 1,)
+    return float(np.abs(np.cumsum(pa)[:-1] - np.cumsum(pb)[:-1]) @ gaps)
+
+
+def group_summary(j: Judged, rewards: Sequence[float], *, n_boot: int = 1000, seed: int = 0,
+                  groups: Sequence[int] | None = None,
+                  reference: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
+    """Per-group E[r] with 95% intervals and label shares, the worst group and the disparity of one
+    policy (module doc); empty without per-group verdicts."""
+    names = list(j.persona_reward)
+    if not names:
+        return {}
+    x = np.stack([j.persona_reward[g] for g in names], -1)  # (S, N, G) each group's E[r] per sample
+
+    def stat(v: np.ndarray) -> np.ndarray:
+        m = v.mean((0, 1))  # (G,)
+        return np.concatenate([m, [m.min(), m.max() - m.min()]])
+
+    lo, hi = bootstrap_ci(x, stat, n_boot=n_boot, seed=seed, groups=groups)
+    means = x.mean((0, 1))
+    out: dict[str, Any] = {"groups": {}}
+    for k, g in enumerate(names):
+        entry: dict[str, Any] = {"expected_reward": float(means[k]), "ci": [float(lo[k]), float(hi[k])]}
+        if j.group_dist and g in j.group_dist:
+            d = j.group_dist[g]
+            entry["label_pct"] = [float(v) for v in 100.0 * d.reshape(-1, d.shape[-1]).mean(0)]
+            if reference and g in reference:
+                entry["distance"] = reward_w1(entry["label_pct"], reference[g], rewards)
+        out["groups"][g] = entry
+    w = int(np.argmin(means))
+    G = len(names)
+    out["worst_group"] = {"group": names[w], "expected_reward": float(means[w]), "ci": [float(lo[G]), float(hi[G])]}
+    out["disparity"] = float(means.max() - means.min())
+    out["disparity_ci95"] = [float(lo[G + 1]), float(hi[G + 1])]
+    return out
+
+
 def build_report(judged: Mapping[str, Judged], rewards: Sequence[float], *, refs: Sequence[str] = ("vanilla", "bt"),
                  margin: float = 0.05, n_boot: int = 1000, seed: int = 0,
-                 seed_groups: Sequence[int] | None = None) -> dict[str, Any]:
-    """Policies' label shares, E[r] and KL (with 95% intervals) and head to head vs each ref present.
+                 seed_groups: Sequence[int] | None = None,
+                 group_reference: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
+    """Policies' label shares, E[r] and KL (with 95% intervals), per-group E[r], worst group and
+    disparity (:func:`group_summary`), and head to head vs each ref present.
 
     ``seed_groups``: the training seed of each sample row (a comparison); intervals then resample
-    whole training seeds, and each policy gets its E[r] per training seed."""
+    whole training seeds, and each policy gets its E[r] per training seed. ``group_reference``:
+    each group's own label distribution (L,), to which each policy's is compared."""
     r = np.asarray(rewards, dtype=np.float64)
     g = None if seed_groups is None or len(set(seed_groups)) < 2 else list(seed_groups)
     boot = dict(n_boot=n_boot, seed=seed, groups=g)
@@ -73,6 +136,7 @@ def build_report(judged: Mapping[str, Judged], rewards: Sequence[float], *, refs
         if g:
             ga = np.asarray(g)
             policies[name]["expected_reward_per_seed"] = [float(j.reward[ga == k].mean()) for k in dict.fromkeys(g)]
+        policies[name].update(group_summary(j, r, reference=group_reference, **boot))
     h2h = {}
     for ref in refs:
         if ref not in judged:
@@ -124,15 +188,52 @@ def write_report(report: Mapping[str, Any], run_dir: str | os.PathLike[str], lab
              if cmp else
              ["SFT -> crowd votes into the store -> reward model -> PPO -> the simulated population judges each",
               "policy's samples on held-out prompts (intervals: bootstrap over prompts and seeds, 95%)."])
+    judge = report.get("judge")
+    if judge:  # a store crowd: the store's votes and a learned gold judge, not the simulated population
+        intro = ["SFT -> the store's votes (training items) -> reward model -> PPO -> a learned gold judge scores "
+                 "each policy's samples on the held-out items' prompts (intervals: bootstrap over prompts and seeds, "
+                 "95%).", "", f"**The judge is a learned model, not people**: {judge['description']}"]
+    has_groups = any("worst_group" in p for p in pol.values())
     lines = ["# raydprm run report", "", *intro, "",
-             "## Labels of each policy's responses as judged by the population (%)", "",
-             "| policy | " + " | ".join(label_names) + " | E[r] (95% CI) | KL to SFT (95% CI) |",
-             "|---" * (len(label_names) + 3) + "|"]
+             f"## Labels of each policy's responses as judged by the {'judge' if judge else 'population'} (%)", "",
+             "| policy | " + " | ".join(label_names) + " | E[r] (95% CI) | KL to SFT (95% CI) |"
+             + (" worst group E[r] (95% CI) | disparity (95% CI) |" if has_groups else ""),
+             "|---" * (len(label_names) + 3 + 2 * has_groups) + "|"]
     for name, p in pol.items():
         lines.append(f"| {name} | " + " | ".join(f"{x:.1f}" for x in p["label_pct"])
                      + f" | {p['expected_reward']:.3f} {_fmt_ci(p['expected_reward_ci95'], 3)}"
-                     + f" | {p['kl']:.2f} {_fmt_ci(p['kl_ci95'], 2)} |")
+                     + f" | {p['kl']:.2f} {_fmt_ci(p['kl_ci95'], 2)} |"
+                     + (f" {p['worst_group']['group']} {p['worst_group']['expected_reward']:.3f} "
+                        f"{_fmt_ci(p['worst_group']['ci'], 3)} | {p['disparity']:.3f} "
+                        f"{_fmt_ci(p['disparity_ci95'], 3)} |" if "worst_group" in p else
+                        (" | |" if has_groups else "")))
     lines += ["", KL_NOTE]
+    if has_groups:
+        gnames = list(dict.fromkeys(g for p in pol.values() for g in p.get("groups", {})))
+        lines += ["", "## E[r] per rater group (95% CI)", "",
+                  "| policy | " + " | ".join(gnames) + " |", "|---" * (len(gnames) + 1) + "|"]
+        for name, p in pol.items():
+            gs = p.get("groups", {})
+            lines.append(f"| {name} | " + " | ".join(
+                f"{gs[g]['expected_reward']:.3f} {_fmt_ci(gs[g]['ci'], 3)}" if g in gs else "" for g in gnames) + " |")
+        if any("distance" in e for p in pol.values() for e in p.get("groups", {}).values()):
+            lines += ["", "W1 (reward scale) between the labels each policy earns from a group and the group's own "
+                      "labels of the crowd's items:", "", "| policy | " + " | ".join(gnames) + " |",
+                      "|---" * (len(gnames) + 1) + "|"]
+            for name, p in pol.items():
+                gs = p.get("groups", {})
+                lines.append(f"| {name} | " + " | ".join(
+                    f"{gs[g]['distance']:.3f}" if "distance" in gs.get(g, {}) else "" for g in gnames) + " |")
+    fit = report.get("reward_fit")
+    if fit:
+        lines += ["", "## Held-out fit of each reward model per rater group", "",
+                  "| reward model | group | OT | W1 | CE | ECE | items |", "|---|---|---|---|---|---|---|"]
+        for model_name, per in fit.items():
+            for g, m in per.items():
+                lines.append(f"| {model_name} | {g} | {m['ot_distance']:.3f} | {m.get('w1', float('nan')):.3f} | "
+                             f"{m['ce']:.3f} | {m['ece']:.3f} | {m['items']} |")
+    if judge and judge.get("verdict"):
+        lines += ["", "## The gold judge's verdict", "", judge["verdict"]]
     if cmp:
         lines += ["", "E[r] per training seed: " + "; ".join(
             f"{n} " + ", ".join(f"{x:.3f}" for x in p.get("expected_reward_per_seed", [])) for n, p in pol.items())]
@@ -147,7 +248,7 @@ def write_report(report: Mapping[str, Any], run_dir: str | os.PathLike[str], lab
         o = h["overall"]
         lines += ["", f"## {key}: head to head, % of (prompt, seed) samples", "",
                   "| judge | win | tie | loss |", "|---|---|---|---|",
-                  f"| population | {o['win']:.1f} {_fmt_ci(o['ci95']['win'])} | {o['tie']:.1f} "
+                  f"| {'judge (population)' if judge else 'population'} | {o['win']:.1f} {_fmt_ci(o['ci95']['win'])} | {o['tie']:.1f} "
                   f"{_fmt_ci(o['ci95']['tie'])} | {o['loss']:.1f} {_fmt_ci(o['ci95']['loss'])} |"]
         for persona, w in h["per_persona"].items():
             lines.append(f"| {persona} | {w['win']:.1f} {_fmt_ci(w['ci95']['win'])} | {w['tie']:.1f} "
@@ -156,7 +257,7 @@ def write_report(report: Mapping[str, Any], run_dir: str | os.PathLike[str], lab
     if ppo:
         lines += ["", "## PPO", "", f"mean reward-model score of the rollouts: step 1 {ppo[0]['reward/mean']:.3f} -> "
                   f"step {ppo[-1]['step']} {ppo[-1]['reward/mean']:.3f}."]
-        if POP in ppo[0]:
+        if POP in ppo[0] and np.isfinite(ppo[0][POP]):  # NaN: no simulated population (a store crowd)
             lines[-1] += (f" The population's expected reward of the same rollouts: {ppo[0][POP]:.3f} -> "
                           f"{ppo[-1][POP]:.3f}.")
     lines += ["", "## Stages", "", "| stage | seconds |", "|---|---|"]
@@ -187,7 +288,8 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
     trained = [n for n in pol if n != "vanilla"]
     one = {k: [r[k] for r in ppo] for k in ("step", POP, "reward/mean", "ppo/kl", "ppo/kl_exact") if ppo and k in ppo[0]}
     cur = report.get("curves") or ({trained[0] if len(trained) == 1 else "policy": one} if ppo else {})
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    has_groups = any(p.get("groups") for p in pol.values())
+    fig, axes = plt.subplots(1, 3 + has_groups, figsize=(15 + 5 * has_groups, 3.8))
     # one colour per policy in every panel (vanilla's only appears in the first)
     names = list(dict.fromkeys([*pol, *cur, *(k.replace("_vs_vanilla", "") for k in h2h)]))
     colour = {n: f"C{i % 10}" for i, n in enumerate(names)}
@@ -204,7 +306,8 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
     ppo_curves = {n: c for n, c in cur.items() if "reward/mean" in c}
     # the population's E[r] when every curve has it (one scale for BT-RM and the DPRMs), else the
     # reward model's own score (a report written before the population was judged every step)
-    key = POP if ppo_curves and all(POP in c for c in ppo_curves.values()) else "reward/mean"
+    key = POP if ppo_curves and all(POP in c and np.isfinite(c[POP]).any() for c in ppo_curves.values()) \
+        else "reward/mean"
     if ppo_curves:
         kl_ax = axes[1].twinx()
         # the exact KL (never negative); the penalty's estimate only in a report written before it was logged
@@ -228,9 +331,24 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
         axes[2].set_xticks(np.arange(len(personas)), personas, fontsize=7, rotation=30)
     axes[2].set_ylabel("win % vs vanilla")
     axes[2].set_ylim(0, 100)  # room above the bars for the legend
-    axes[2].set_title("head to head vs vanilla, per persona")
+    axes[2].set_title("head to head vs vanilla, per rater group (persona)")
     if h2h:
         axes[2].legend(fontsize=7, ncol=min(4, len(h2h)), loc="upper center")
+    if has_groups:  # each group's E[r] of each policy, with its 95% interval
+        gnames = list(dict.fromkeys(g for p in pol.values() for g in p.get("groups", {})))
+        w3 = 0.8 / max(1, len(pol))
+        for i, (name, p) in enumerate(pol.items()):
+            gs = p.get("groups", {})
+            xs = [k + (i - (len(pol) - 1) / 2) * w3 for k, g in enumerate(gnames) if g in gs]
+            ys = [gs[g]["expected_reward"] for g in gnames if g in gs]
+            err = [[y - gs[g]["ci"][0] for g, y in zip([g for g in gnames if g in gs], ys)],
+                   [gs[g]["ci"][1] - y for g, y in zip([g for g in gnames if g in gs], ys)]]
+            axes[3].errorbar(xs, ys, yerr=np.clip(err, 0, None), fmt="o", color=colour[name], capsize=3,
+                             label=f"{name} (worst {p['worst_group']['group']})")
+        axes[3].set_xticks(np.arange(len(gnames)), gnames, fontsize=7, rotation=30)
+        axes[3].set_ylabel("group's E[r] (95% CI)")
+        axes[3].set_title("per rater group")
+        axes[3].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -14,11 +14,11 @@ from raydprm.core.label_scale import LabelScale
 from raydprm.errors import RaydprmError
 from raydprm.models.backbone import HeadRewardModel, read_meta
 from raydprm.models.bt import BTRewardModel
-from raydprm.models.dprm import DPRM
+from raydprm.models.dprm import DPRM, GroupDPRM
 
 __all__ = ["REWARD_MODELS", "load_reward_model"]
 
-REWARD_MODELS: dict[str, type[HeadRewardModel]] = {cls.kind: cls for cls in (DPRM, BTRewardModel)}
+REWARD_MODELS: dict[str, type[HeadRewardModel]] = {cls.kind: cls for cls in (DPRM, GroupDPRM, BTRewardModel)}
 
 
 def load_reward_model(directory: str | os.PathLike[str], scale: LabelScale | None = None,

@@ -89,11 +89,14 @@ class RewardDeployment:
                  store_actor: str | None = None, store_namespace: str | None = None, num_threads: int = 1):
         import torch
 
-        from raydprm.models.dprm import DPRM
+        from raydprm.models.backbone import read_meta
+        from raydprm.models.dprm import DPRM, GroupDPRM
         from raydprm.serve.schemas import make_schemas
 
         torch.set_num_threads(max(1, num_threads))
-        self._model = DPRM.load(model_dir, scale)
+        # a group-conditioned DPRM answers for each rater group too; anything else loads as a DPRM
+        kind = read_meta(model_dir)[1].get("kind")
+        self._model = (GroupDPRM if kind == GroupDPRM.kind else DPRM).load(model_dir, scale)
         self._model.eval()
         self._scale = self._model.scale
         self._names = list(self._scale.names)
@@ -115,12 +118,23 @@ class RewardDeployment:
         responses = [r for _, r in items]
         # The forward pass runs in a thread so the replica's event loop keeps accepting
         # (and batching) requests meanwhile.
+        kw = {"weights": dict(c.group_weights) or None} if self._model.kind == "group_dprm" else {}
         out = await asyncio.to_thread(self._model.score, prompts, responses, c.scalar, c.cvar_alpha, c.kappa,
-                                      len(items))
-        return out.to_items(self._names)
+                                      len(items), **kw)
+        return out.to_items(self._names, with_groups=True)
 
-    async def score(self, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*[self._score_batch(it) for it in items]))
+    async def score(self, items: list[tuple[str, str]], weights: dict[str, float] | None = None
+                    ) -> list[dict[str, Any]]:
+        if weights is None:
+            return list(await asyncio.gather(*[self._score_batch(it) for it in items]))
+        # a request's own group weights: scored on its own (a batch shares one set of weights)
+        if self._model.kind != "group_dprm":
+            raise RaydprmError("'weights' re-weights rater groups: the served reward model is not group-conditioned "
+                               "(train it with reward.conditioning = group)")
+        c = self._reward_cfg
+        out = await asyncio.to_thread(self._model.score, [p for p, _ in items], [r for _, r in items], c.scalar,
+                                      c.cvar_alpha, c.kappa, len(items), weights=dict(weights))
+        return out.to_items(self._names, with_groups=True)
 
     # --- votes ------------------------------------------------------------------------
     def _store_handle(self):

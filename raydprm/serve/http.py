@@ -4,7 +4,9 @@ Routes:
 
 - ``POST /score``  ``{"items": [{"prompt", "response"}, ...]}`` -> per item the label
   distribution keyed by label name, the expected reward, the configured scalar reward
-  and the entropy.
+  and the entropy; a group-conditioned DPRM adds ``groups``: each rater group's
+  distribution and expected reward (the population's is their mixture, under the request's
+  optional ``"weights": {group: weight}``, else the served ones; unknown groups -> 400).
 - ``POST /votes``  ``{"votes": [{"prompt", "response", "label", "persona"?, "vote_id"?}]}``
   with ``Authorization: Bearer <token>``; 401 without a valid token (always, when no token
   is configured: ingestion is then off).
@@ -324,14 +326,15 @@ def build_http_app(schemas: Schemas, label_names: Sequence[str], rewards: Sequen
             return None, _error(422, [{"field": field_name(err.get("loc", ())), "message": str(err.get("msg"))}
                                       for err in e.errors()])
 
-    @app.post("/score", response_model=ScoreResponse,
+    @app.post("/score", response_model=ScoreResponse, response_model_exclude_none=True,  # groups: only when there are
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": ScoreRequest.model_json_schema()}}}})
     async def score(request: Request):
         req, err = await parse(request, ScoreRequest)
         if err is not None:
             return err
-        results = await score_fn([(it.prompt, it.response) for it in req.items])
+        pairs = [(it.prompt, it.response) for it in req.items]
+        results = await (score_fn(pairs) if req.weights is None else score_fn(pairs, weights=req.weights))
         return ScoreResponse(results=results)
 
     @app.post("/votes", response_model=VotesResponse,

@@ -12,16 +12,24 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-__all__ = ["Schemas", "make_schemas", "ScoredItem", "LabelsResponse", "HealthResponse", "VotesResponse"]
+__all__ = ["Schemas", "make_schemas", "ScoredItem", "GroupScore", "LabelsResponse", "HealthResponse", "VotesResponse"]
+
+
+class GroupScore(BaseModel):
+    """One rater group's label distribution and expected reward (a group-conditioned DPRM)."""
+
+    distribution: dict[str, float]
+    expected_reward: float
 
 
 class ScoredItem(BaseModel):
-    """The DPRM's answer for one (prompt, response)."""
+    """The DPRM's answer for one (prompt, response); a group-conditioned DPRM adds each group's."""
 
-    distribution: dict[str, float]  # label name -> probability
+    distribution: dict[str, float]  # label name -> probability (the population: a mixture of the groups)
     expected_reward: float
     reward: float  # the configured scalar readout (expected | cvar | mean_std)
     entropy: float  # uncertainty of the crowd, nats
+    groups: dict[str, GroupScore] | None = None  # group -> its distribution and E[r]
 
 
 class ScoreResponse(BaseModel):
@@ -69,9 +77,14 @@ def make_schemas(max_items: int, max_text_chars: int, label_names: tuple[str, ..
         prompt: Text
         response: Text
 
+    GroupName = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
     class ScoreRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         items: Annotated[list[ScoreItem], Field(min_length=1, max_length=max_items)]
+        # a group-conditioned DPRM: the population's group weights for this request (default: the served ones)
+        weights: Annotated[dict[GroupName, Weight], Field(min_length=1, max_length=1024)] | None = None
 
     class Vote(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -11,6 +11,11 @@ Losses (``reward.loss`` picks one from :data:`REWARD_OBJECTIVES`):
     bt           -log sigmoid(s(chosen) - s(rejected)) on pairs from the same crowd (BT-RM;
                                      the "bt" loss of raydprm.core.pairwise_loss)
 
+With ``reward.conditioning = group`` the distributional losses train a group-conditioned
+DPRM (:class:`~raydprm.models.dprm.GroupDPRM`) on every rater group's posterior instead of
+the population's: the loss is the mean of loss(mu_g(x), t_g(x)) over the (item, group) cells
+with votes, t_g the group's Dirichlet posterior mean (:class:`GroupObjective`).
+
 One training loop (:func:`train_reward`) serves both families; what differs (the model
 kind, the rows of a batch and their loss, the held-out metrics, the selection score) is
 a :class:`RewardObjective`: :class:`DistributionalObjective` for the DPRM losses,
@@ -59,10 +64,10 @@ from raydprm.train.reward_data import (
     pairs_from_targets,
     split_examples,
 )
-from raydprm.train.reward_metrics import distribution_metrics, persona_metrics, spearman
+from raydprm.train.reward_metrics import distribution_metrics, group_fit, spearman
 
 __all__ = ["LOSSES", "REWARD_OBJECTIVES", "DISTRIBUTIONAL_LOSSES", "RewardObjective", "DistributionalObjective",
-           "PairwiseObjective", "RewardTrainResult", "resolve_cost", "make_loss", "train_reward", "train_reward_kwargs",
+           "GroupObjective", "PairwiseObjective", "objective_for", "RewardTrainResult", "resolve_cost", "make_loss", "train_reward", "train_reward_kwargs",
            "evaluate_reward_model", "evaluate_checkpoint", "select_device"]
 
 
@@ -237,6 +242,10 @@ class RewardObjective(ABC):
     def selection(metrics: dict[str, Any]) -> float:
         """Lower is better."""
 
+    def model_kwargs(self) -> dict[str, Any]:
+        """Extra arguments of the model's ``from_backbone`` (the groups of a group-conditioned one)."""
+        return {}
+
 
 class DistributionalObjective(RewardObjective):
     """A DPRM trained on the crowd's label distributions with a loss of :data:`DISTRIBUTIONAL_LOSSES`."""
@@ -268,7 +277,7 @@ class DistributionalObjective(RewardObjective):
         mu = res.distribution.double()  # (N, L)
         out = distribution_metrics(mu, data.targets, rewards, cost)
         out["rank_corr"] = spearman(res.expected.tolist(), (data.targets.double() @ rewards).tolist())
-        per = persona_metrics(mu, data.persona_names, data.persona_counts, rewards, cost)
+        per = group_fit(mu, data.persona_names, data.persona_counts, rewards, cost, _w1_cost(scale))
         if per:
             out["persona"] = per
         return out
@@ -276,6 +285,79 @@ class DistributionalObjective(RewardObjective):
     @staticmethod
     def selection(metrics):
         return metrics["ot_distance"]  # held-out OT distance
+
+
+def _w1_cost(scale: LabelScale) -> torch.Tensor:
+    from raydprm.core.cost import cost_matrix
+
+    return cost_matrix("ordinal", scale)  # W1 on label positions, |i - j|
+
+
+class GroupObjective(DistributionalObjective):
+    """A group-conditioned DPRM (``reward.conditioning = group``) trained on each rater group's
+    posterior with a loss of :data:`DISTRIBUTIONAL_LOSSES`:
+
+        loss = (1 / |C|) sum_{(n, g) in C} loss(mu_g(x_n), t_g(x_n)),   C = cells with votes of g on x_n.
+
+    Selection: the held-out OT distance of the groups' predictions to their vote frequencies,
+    averaged over groups weighted by votes (``group_ot_distance``)."""
+
+    kind = "group_dprm"
+
+    def __init__(self, reward_cfg, scale: LabelScale, train_ex: RewardExamples, eval_ex: RewardExamples,
+                 eval_cost: torch.Tensor, seed: int = 0, pairs: PairExamples | None = None):
+        if train_ex.persona_counts is None or not train_ex.persona_names:
+            train_ex.group_targets()  # the one error message for data without per-group counts
+        voted_groups = [n for g, n in enumerate(train_ex.persona_names) if float(train_ex.persona_counts[g].sum()) > 0]
+        train_ex = RewardExamples(train_ex.prompts, train_ex.responses, train_ex.targets, voted_groups,
+                                  _align_counts(train_ex, voted_groups))
+        eval_ex = RewardExamples(eval_ex.prompts, eval_ex.responses, eval_ex.targets, voted_groups,
+                                 _align_counts(eval_ex, voted_groups))
+        super().__init__(reward_cfg, scale, train_ex, eval_ex, eval_cost, seed, pairs)
+        t, voted = train_ex.group_targets()
+        self.group_t, self.voted = t.float(), voted  # (N, G, L), (N, G)
+        self.groups, self.shares = list(train_ex.persona_names), train_ex.group_shares()
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"groups": self.groups, "group_weights": self.shares}
+
+    def batch_loss(self, model, train_module, idx, dev):
+        ex = self.train_ex
+        enc = model.backbone.tokenize([ex.prompts[i] for i in idx], [ex.responses[i] for i in idx])
+        z = train_module(enc["input_ids"].to(dev), enc["attention_mask"].to(dev))  # (B, G, L)
+        sel = self.voted[idx].to(dev)  # (B, G) cells with votes
+        return self.loss_fn(z[sel], self.group_t[idx].to(dev)[sel])  # mean over the voted cells
+
+    @staticmethod
+    def metrics(model, data: RewardExamples, scale: LabelScale, cost: torch.Tensor, pairs: PairExamples | None = None,
+                batch_size: int = 64) -> dict[str, Any]:
+        """The mixture's distribution metrics against the population targets, and each group's fit."""
+        rewards = scale.reward_tensor()
+        res = model.score(data.prompts, data.responses, batch_size=batch_size)
+        out = distribution_metrics(res.distribution.double(), data.targets, rewards, cost)
+        out["rank_corr"] = spearman(res.expected.tolist(), (data.targets.double() @ rewards).tolist())
+        per = group_fit(res.group_distribution.double(), model.groups,
+                        _align_counts(data, model.groups), rewards, cost, _w1_cost(scale))
+        out["persona"] = per
+        v = sum(p["votes"] for p in per.values())
+        out["group_ot_distance"] = sum(p["ot_distance"] * p["votes"] for p in per.values()) / v if v else float("nan")
+        return out
+
+    @staticmethod
+    def selection(metrics):
+        return metrics["group_ot_distance"]
+
+
+def _align_counts(data: RewardExamples, groups: list[str]) -> torch.Tensor | None:
+    """Counts (G, N, L) of ``data`` in the order of a model's ``groups`` (zeros for a group the data lacks)."""
+    if data.persona_counts is None:
+        return None
+    L = data.targets.shape[-1]
+    out = torch.zeros(len(groups), len(data), L, dtype=torch.float64)
+    for g, name in enumerate(groups):
+        if name in data.persona_names:
+            out[g] = data.persona_counts[data.persona_names.index(name)].double()
+    return out
 
 
 class PairwiseObjective(RewardObjective):
@@ -342,7 +424,21 @@ REWARD_OBJECTIVES: dict[str, type[RewardObjective]] = {
 }
 LOSSES = tuple(REWARD_OBJECTIVES)
 # reward-model kind -> its objective (evaluating a loaded checkpoint)
-_OBJECTIVE_OF_KIND: dict[str, type[RewardObjective]] = {o.kind: o for o in REWARD_OBJECTIVES.values()}
+_OBJECTIVE_OF_KIND: dict[str, type[RewardObjective]] = {o.kind: o for o in (*REWARD_OBJECTIVES.values(),
+                                                                            GroupObjective)}
+
+
+def objective_for(reward_cfg) -> type[RewardObjective]:
+    """The objective of ``reward.loss`` under ``reward.conditioning`` (group: the group-conditioned DPRM)."""
+    if reward_cfg.loss not in REWARD_OBJECTIVES:
+        raise RaydprmError(f"reward.loss = {reward_cfg.loss!r}; choose one of {', '.join(REWARD_OBJECTIVES)}")
+    cls = REWARD_OBJECTIVES[reward_cfg.loss]
+    if getattr(reward_cfg, "conditioning", "none") == "group":
+        if cls is not DistributionalObjective:
+            raise RaydprmError(f"reward.conditioning = 'group' needs a distributional loss "
+                               f"({', '.join(DISTRIBUTIONAL_LOSSES)}), not reward.loss = {reward_cfg.loss!r}")
+        return GroupObjective
+    return cls
 
 
 @torch.no_grad()
@@ -413,8 +509,7 @@ def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir:
     """
     t0 = time.perf_counter()
     rank, world = _dist_info()
-    if reward_cfg.loss not in REWARD_OBJECTIVES:
-        raise RaydprmError(f"reward.loss = {reward_cfg.loss!r}; choose one of {', '.join(REWARD_OBJECTIVES)}")
+    objective_cls = objective_for(reward_cfg)
     if not isinstance(data, RewardExamples):
         data = examples_from_dataset(data, scale.num_labels)
     if eval_data is None:
@@ -422,7 +517,7 @@ def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir:
     else:
         train_ex, eval_ex = data, eval_data
     eval_cost = resolve_cost(reward_cfg.cost, scale)
-    objective = REWARD_OBJECTIVES[reward_cfg.loss](reward_cfg, scale, train_ex, eval_ex, eval_cost, seed, pairs)
+    objective = objective_cls(reward_cfg, scale, train_ex, eval_ex, eval_cost, seed, pairs)
     n_train = objective.n_train
 
     dev = select_device(device)
@@ -431,10 +526,13 @@ def train_reward(data, *, scale: LabelScale, reward_cfg, backbone: str, out_dir:
     _seed_all(seed)
     if init is None:
         model = REWARD_MODELS[objective.kind].from_backbone(backbone, scale, reward_cfg.max_length, cache_dir, dtype,
-                                                            trust_remote_code, seed=seed)
+                                                            trust_remote_code, seed=seed, **objective.model_kwargs())
     else:
         model = load_reward_model(init, scale, dtype=dtype) if isinstance(init, (str, os.PathLike)) \
             else copy.deepcopy(init)
+        if model.kind == GroupObjective.kind and getattr(model, "groups", None) != getattr(objective, "groups", None):
+            raise RaydprmError(f"the model to fine-tune has groups {model.groups}; the data has "
+                               f"{getattr(objective, 'groups', None)}")
         if model.kind != objective.kind:
             raise RaydprmError(f"reward.loss = {reward_cfg.loss!r} trains a '{objective.kind}' reward model; the model "
                                f"to fine-tune is a '{model.kind}' one")

@@ -20,7 +20,7 @@ import torch
 from raydprm.errors import RaydprmError
 
 __all__ = ["RewardExamples", "PairExamples", "examples_from_dataset", "examples_from_records", "split_examples",
-           "pairs_from_targets", "pairs_from_records"]
+           "pairs_from_targets", "pairs_from_records", "config_with_store_labels"]
 
 TARGET_COLUMNS = ("target", "distribution", "mu")
 
@@ -43,6 +43,25 @@ class RewardExamples:
         pc = self.persona_counts[:, idx] if self.persona_counts is not None else None
         return RewardExamples([self.prompts[i] for i in idx], [self.responses[i] for i in idx],
                               self.targets[idx], list(self.persona_names), pc)
+
+    def group_targets(self, prior: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each rater group's (persona's) posterior mean label distribution per item and which
+        (item, group) cells have votes: ``(t (N, G, L), voted (N, G) bool)``, with
+        t_ngl = (c_ngl + a) / (n_ng + L a) (a Dirichlet(a) prior; the store's default a = 1)."""
+        if self.persona_counts is None or not self.persona_names:
+            raise RaydprmError("the preference data has no per-group vote counts (persona_counts): a "
+                               "group-conditioned reward model (reward.conditioning = group) needs them")
+        c = self.persona_counts.double().permute(1, 0, 2)  # (N, G, L)
+        n = c.sum(-1)  # (N, G)
+        L = c.shape[-1]
+        return (c + prior) / (n[..., None] + L * prior), n > 0
+
+    def group_shares(self) -> list[float]:
+        """Each group's share of the votes (G,) (the population's default group weights)."""
+        if self.persona_counts is None:
+            return []
+        v = self.persona_counts.double().sum((1, 2))  # (G,)
+        return (v / v.sum()).tolist() if float(v.sum()) > 0 else [1.0 / len(v)] * len(v)
 
 
 @dataclass
@@ -190,3 +209,21 @@ def simulate_store_export(store_path, *, crowd_cfg, store_cfg, labels_cfg, seed:
     with PreferenceStore.from_config(store_cfg, labels_cfg, path=str(store_path), personas=pop.names) as store:
         store.add_votes(votes)
         return store.export(pop.mixture() if crowd_cfg.mixture else None, smoothing=store_cfg.smoothing)
+
+
+def config_with_store_labels(cfg, path=None):
+    """``cfg`` with ``labels`` taken from the existing store at ``path`` (default ``store.path``), when there is one.
+
+    The store's recorded label scale wins over the default labels; ``labels.*`` given explicitly must
+    equal the store's, else one error names both (:func:`raydprm.store.check_labels_config`). Costs,
+    rewards and report label names then follow the store's scale."""
+    import dataclasses
+    from pathlib import Path
+
+    from raydprm.store import check_labels_config, labels_config_for, store_label_scale
+
+    path = str(path or cfg.store.path)
+    if not path or not Path(path).is_file():
+        return cfg
+    labels = labels_config_for(check_labels_config(cfg.labels, store_label_scale(path), path))
+    return cfg if labels == cfg.labels else dataclasses.replace(cfg, labels=labels)

@@ -10,8 +10,10 @@ For a DPRM with predicted mu (N, L) against crowd targets t (N, L):
                   the probability that a voter drawn from the crowd picks the predicted
                   label, so ECE = sum_b |b|/N |mean_b acc - mean_b c|.
 
-Per persona the same OT distance and reward error are computed against each persona's
-own vote frequencies, on the items that persona voted on.
+Per persona (rater group) the fit is computed against each group's own vote frequencies,
+on the items that group voted on (:func:`group_fit`): OT distance, W1 on label positions,
+CE, reward error and top-label ECE. A group-conditioned DPRM is scored with its own
+prediction for the group, mu_g; a population DPRM with its one mu for every group.
 
 For the Bradley-Terry model: pairwise accuracy and loss on held-out pairs, and the
 Spearman rank correlation of its scalar score with the crowd's expected reward.
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 __all__ = ["ot_distance", "distribution_metrics", "expected_calibration_error", "spearman",
-           "persona_metrics"]
+           "persona_metrics", "group_fit"]
 
 
 def ot_distance(mu: torch.Tensor, target: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
@@ -64,6 +66,37 @@ def distribution_metrics(mu: torch.Tensor, target: torch.Tensor, rewards: torch.
             "ce": float(ce.mean()),
             "er_error": float(er.mean()),
             "ece": expected_calibration_error(mu, target)}
+
+
+def group_fit(mu: torch.Tensor, group_names: Sequence[str], group_counts: torch.Tensor | None,
+              rewards: torch.Tensor, cost: torch.Tensor, w1_cost: torch.Tensor | None = None
+              ) -> dict[str, dict[str, float]]:
+    """Held-out fit per rater group g of predictions ``mu`` — (N, L) one prediction for every
+    group, or (N, G, L) one per group — against the group's vote frequencies (from counts
+    (G, N, L)), on the items it voted on: ot_distance (``cost``), w1 (``w1_cost``, e.g. the
+    ordinal cost |i - j|), ce, er_error, ece, items and votes."""
+    out: dict[str, dict[str, float]] = {}
+    if group_counts is None:
+        return out
+    eps = torch.finfo(torch.float64).tiny
+    r = rewards.double()
+    for g, name in enumerate(group_names):
+        c = group_counts[g].double()  # (N, L)
+        n = c.sum(-1)
+        sel = n > 0
+        if not sel.any():
+            continue
+        freq = c[sel] / n[sel, None]
+        m = (mu[:, g] if mu.dim() == 3 else mu)[sel].double()
+        row = {"ot_distance": float(ot_distance(m, freq, cost).mean()),
+               "ce": float(-(freq * torch.log(m.clamp_min(eps))).sum(-1).mean()),
+               "er_error": float((m @ r - freq @ r).abs().mean()),
+               "ece": expected_calibration_error(m, freq),
+               "items": int(sel.sum()), "votes": float(n.sum())}
+        if w1_cost is not None:
+            row["w1"] = float(ot_distance(m, freq, w1_cost).mean())
+        out[name] = row
+    return out
 
 
 def persona_metrics(mu: torch.Tensor, persona_names: Sequence[str], persona_counts: torch.Tensor | None,

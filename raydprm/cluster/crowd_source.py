@@ -1,0 +1,164 @@
+"""Where a run's crowd comes from, and the judge that evaluates its policies.
+
+``pipeline.crowd = sim`` (the default): the simulated personas vote on world items and on the
+SFT policy's samples, and the same personas judge the trained policies (exactly: each persona's
+label distribution is known).
+
+``pipeline.crowd = store``: the votes already in the store at ``store.path`` (e.g. an imported
+real crowd, its rater groups as personas) are the crowd. Items are split by item id
+(:func:`raydprm.store.heldout_mask`, ``pipeline.gold_fraction`` held out):
+the reward model trains on the training part; a **gold judge** -- a second reward model of the
+same kind (a DPRM with the run's reward settings, group-conditioned so that every rater group
+judges), trained on the held-out part -- evaluates the policies, as in the proxy/gold setup of
+reward-overoptimisation studies (Gao et al. 2023). The gold judge is a learned model, not people,
+and the report says so.
+
+Everything here runs on the driver or in one Ray task; the pipeline's ``_collect``/``_evaluate``
+call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from raydprm.config import Config
+from raydprm.errors import RaydprmError
+
+__all__ = ["GOLD_SPLIT_SEED", "store_collect", "group_labels", "gold_reward_config", "train_gold", "reward_fit",
+           "gold_verdict", "JUDGE_DESCRIPTION"]
+
+GOLD_SPLIT_SEED = 0  # the item-id split does not depend on the run's seed: every run holds out the same items
+JUDGE_DESCRIPTION = ("a gold reward model (a group-conditioned DPRM of the same kind as the run's reward model) trained "
+                     "on {items} held-out items of the store '{store}' that no policy's reward model saw; its verdicts "
+                     "are a learned model's predictions of what the rater groups would say, not the raters' votes.")
+
+
+def group_labels(data) -> dict[str, list[float]]:
+    """Each group's own label distribution over the items of a store export: its votes summed
+    over items, normalised (groups without votes are left out)."""
+    out: dict[str, list[float]] = {}
+    rows = data["persona_counts"] if len(data) else []
+    totals: dict[str, np.ndarray] = {}
+    for row in rows:
+        for g, c in row.items():
+            if c is not None:
+                totals[g] = totals.get(g, 0) + np.asarray(c, dtype=np.float64)
+    for g, t in totals.items():
+        if float(np.sum(t)) > 0:
+            out[g] = (t / t.sum()).tolist()
+    return out
+
+
+def _digest(data) -> str:
+    rows = json.dumps([list(data[c]) for c in ("prompt", "response", "target")])
+    return hashlib.sha256(rows.encode()).hexdigest()
+
+
+def store_collect(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """The collect stage of a store crowd: export the store (read-only), split its items by id,
+    save ``collect/data`` (training part) and ``collect/heldout`` (the gold judge's part)."""
+    from raydprm.store import PreferenceStore, heldout_mask
+
+    with PreferenceStore.from_config(cfg.store, cfg.labels, readonly=True) as store:
+        data, n_votes = store.export(dict(cfg.reward.group_weights) or None, cfg.store.smoothing), store.count_votes()
+    if len(data) < 4:
+        raise RaydprmError(f"store '{cfg.store.path}' has {len(data)} items with votes; a run on a store needs at "
+                           "least 4 (some to train the reward model on, some for the gold judge)")
+    held = heldout_mask(data["item_id"], cfg.pipeline.gold_fraction, GOLD_SPLIT_SEED)
+    if held.all() or not held.any():  # a tiny store: move one item across so that both parts exist
+        held[0] = not held[0]
+    train, heldout = data.select(np.flatnonzero(~held)), data.select(np.flatnonzero(held))
+    out = {}
+    for name, part in (("data", train), ("heldout", heldout)):
+        d = run_dir / "collect" / name
+        part.save_to_disk(str(d))
+        out[name] = str(d)
+    return {"votes": n_votes, "items": len(train), "heldout_items": len(heldout), "paths": out,
+            "group_labels": group_labels(train), "heldout_group_labels": group_labels(heldout),
+            "digest": hashlib.sha256((_digest(train) + _digest(heldout)).encode()).hexdigest()}
+
+
+def gold_reward_config(cfg: Config):
+    """The gold judge's reward settings: the run's, group-conditioned, objective ``population``
+    (a judge reports what each group says; it optimises nothing), a distributional loss (OT if the
+    run's reward model is Bradley-Terry), scored under the held-out vote shares."""
+    r = cfg.reward
+    return dataclasses.replace(r, conditioning="group", objective="population", group_weights={},
+                               loss=r.loss if r.loss != "bt" else "ot")
+
+
+@ray.remote(num_cpus=1)
+def _gold_task(cfg: Config, data_dir: str, out_dir: str) -> dict[str, Any]:
+    import datasets
+
+    from raydprm.core.label_scale import LabelScale
+    from raydprm.models.tiny import resolve_model
+    from raydprm.train.reward import train_reward
+
+    res = train_reward(datasets.load_from_disk(data_dir), scale=LabelScale.from_config(cfg.labels),
+                       reward_cfg=gold_reward_config(cfg), out_dir=out_dir, seed=cfg.run.seed, device="cpu",
+                       backbone=resolve_model(cfg.models.reward_backbone, cfg.models.cache_dir or None),
+                       progress=False, tb_dir=None)
+    return {"best_dir": str(res.best_dir), "best_metrics": res.best_metrics, "epochs": res.epochs}
+
+
+def train_gold(cfg: Config, heldout_dir: str, data_digest: str, out_dir: Path,
+               task_options: dict[str, Any]) -> dict[str, Any]:
+    """Train the gold judge on the held-out part (once: a gold model whose inputs are unchanged is reused)."""
+    key = hashlib.sha256(json.dumps({"reward": dataclasses.asdict(gold_reward_config(cfg)),
+                                     "labels": cfg.to_dict()["labels"], "seed": cfg.run.seed,
+                                     "backbone": cfg.models.reward_backbone, "data": data_digest},
+                                    sort_keys=True, default=str).encode()).hexdigest()
+    done = out_dir / "gold.json"
+    if done.is_file():
+        rec = json.loads(done.read_text())
+        if rec.get("key") == key and Path(rec["best_dir"]).is_dir():
+            return rec
+    out = ray.get(_gold_task.options(**task_options).remote(cfg, heldout_dir, str(out_dir)))
+    rec = {"key": key, **out}
+    done.write_text(json.dumps(rec, default=str))
+    return rec
+
+
+def reward_fit(model_dir: str, heldout, cfg: Config) -> dict[str, dict[str, float]]:
+    """Per-group held-out fit (OT under reward.cost, W1, CE, ECE, reward error) of a trained reward
+    model on held-out items; {} for a model without label distributions (Bradley-Terry)."""
+    from raydprm.core.label_scale import LabelScale
+    from raydprm.models.reward_models import load_reward_model
+    from raydprm.train.reward import evaluate_reward_model, resolve_cost
+    from raydprm.train.reward_data import examples_from_dataset
+
+    scale = LabelScale.from_config(cfg.labels)
+    model = load_reward_model(model_dir, scale)
+    if model.kind == "bt":
+        return {}
+    ex = examples_from_dataset(heldout, scale.num_labels)
+    return evaluate_reward_model(model, ex, scale, resolve_cost(cfg.reward.cost, scale)).get("persona", {})
+
+
+def gold_verdict(report: dict[str, Any]) -> str:
+    """One paragraph: which policy the judge rates highest, and which differences to vanilla are
+    resolved (95% interval excludes 0), population-wide and for the worst group."""
+    pol = report["policies"]
+    best = max(pol, key=lambda n: pol[n]["expected_reward"])
+    parts = [f"The judge rates {best} highest (E[r] {pol[best]['expected_reward']:.3f} "
+             f"[{pol[best]['expected_reward_ci95'][0]:.3f}, {pol[best]['expected_reward_ci95'][1]:.3f}])."]
+    for key, h in report.get("head_to_head", {}).items():
+        d = h.get("expected_reward_diff")
+        if not d or not key.endswith("_vs_vanilla"):
+            continue
+        lo, hi = d["ci95"]
+        word = "better than" if lo > 0 else "worse than" if hi < 0 else "not resolved from"
+        parts.append(f"{key.replace('_vs_vanilla', '')} is {word} vanilla by {d['mean']:+.3f} [{lo:.3f}, {hi:.3f}].")
+    for n, p in pol.items():
+        if "worst_group" in p:
+            w = p["worst_group"]
+            parts.append(f"{n}: worst group {w['group']} at {w['expected_reward']:.3f}, disparity {p['disparity']:.3f}.")
+    return " ".join(parts)
