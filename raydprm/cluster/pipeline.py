@@ -54,10 +54,20 @@ from raydprm.cluster.drift import Drift, drift_stage_config
 from raydprm.cluster.group import GroupRestarted, Placement
 from raydprm.cluster.placement import RolePlacements
 from raydprm.cluster.run_plan import Arm, arms, eval_prompts, eval_sampling, required_resources
-from raydprm.cluster.run_state import RunState, dir_digest, stage_key, write_json
+from raydprm.cluster.run_state import (
+    CheckpointDamaged,
+    DamagedFile,
+    RunState,
+    dir_digest,
+    read_json,
+    stage_key,
+    verify_checkpoint,
+    write_json,
+    write_manifest,
+)
 from raydprm.cluster.runtime import connect
 from raydprm.config import Config, save_config
-from raydprm.errors import RaydprmError
+from raydprm.errors import RaydprmError, disk_full, is_disk_full
 
 __all__ = ["Pipeline"]
 
@@ -497,31 +507,60 @@ class Pipeline:
 
     def save_checkpoint(self, key: str, step: int, history: list[dict[str, Any]]) -> None:
         """Learner state (policy, critic, optimizer, KL controller, RNG) + the driver's position, under the
-        training stage of the policy being trained (``<prefix>ppo/ckpt`` or ``<prefix>align/ckpt``); keep the
-        newest. state.json's ``ppo`` entry names the last one with its stage key, so a checkpoint of another
-        stage or configuration never matches."""
+        training stage of the policy being trained (``<prefix>ppo/ckpt`` or ``<prefix>align/ckpt``), then its
+        manifest (every file's xxh3 digest) last; keep the newest. state.json's ``ppo`` entry names the last
+        one; progress.json holds the stage key, so a checkpoint of another stage or configuration never
+        matches. A save that fails (a full disk: one line naming the directory) leaves no directory behind."""
         ckpt_root = self.run_dir / self.arm.stage(self.arm.kind) / "ckpt"
         d = ckpt_root / f"step_{step:06d}"
-        self.learner.save(d)
-        write_json(d / "progress.json", {"key": key, "step": step, "history": history}
-                   | ({"drift": self.drift.save(d)} if self.drift is not None else {}))
+        shutil.rmtree(d, ignore_errors=True)  # a save of this step that never finished (or a damaged one)
+        try:
+            self.learner.save(d)
+            write_json(d / "progress.json", {"key": key, "step": step, "history": history}
+                       | ({"drift": self.drift.save(d)} if self.drift is not None else {}),
+                       what="a checkpoint's progress")
+            write_manifest(d)  # last: its presence says the checkpoint is complete
+        except BaseException as e:
+            shutil.rmtree(d, ignore_errors=True)
+            if is_disk_full(e):
+                raise disk_full(d, f"the checkpoint of step {step}") from None
+            raise
         self.state.set_ppo(step, str(d.relative_to(self.run_dir)), key)
         for old in sorted(ckpt_root.glob("step_*"))[:-self.cfg.pipeline.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, key: str) -> tuple[int, list[dict[str, Any]]]:
-        """Restore the last checkpoint of this training stage (same key) into the learner and the
-        generators; (0, []) when there is none."""
+        """Restore the newest intact checkpoint of this training stage (same key) into the learner and the
+        generators; (0, []) when there is none. A damaged one (its manifest's digests disagree, a file or the
+        manifest is missing, progress.json is garbled) is reported in one line and the previous one is tried."""
         ppo = self.state.data.get("ppo", {})
-        if ppo.get("key") != key or not ppo.get("checkpoint"):
-            if self.drift is not None:
-                self.drift.restore(None)
-            return 0, []
-        return self._load_dir(self.run_dir / ppo["checkpoint"])
+        named = [self.run_dir / ppo["checkpoint"]] if ppo.get("key") == key and ppo.get("checkpoint") else []
+        root = self.run_dir / self.arm.stage(self.arm.kind) / "ckpt"
+        for d in dict.fromkeys(named + sorted(root.glob("step_*"), reverse=True)):
+            try:
+                verify_checkpoint(d)
+                progress = read_json(d / "progress.json", what="a checkpoint's progress", way_out="")
+                if progress.get("key") != key:  # another configuration's: never resumed from
+                    continue
+                if not isinstance(progress.get("step"), int) or not isinstance(progress.get("history"), list):
+                    raise DamagedFile(f"'{d / 'progress.json'}' (a checkpoint's progress) has no step or history")
+            except (CheckpointDamaged, DamagedFile) as e:
+                msg = str(e).rstrip("; ")
+                self._say(f"  {msg}; falling back to the previous checkpoint")
+                log.warning("%s; falling back to the previous checkpoint", msg)
+                continue
+            return self._load_dir(d, progress)
+        if self.drift is not None:
+            self.drift.restore(None)
+        return 0, []
 
-    def _load_dir(self, d: Path) -> tuple[int, list[dict[str, Any]]]:
-        """Learner state and (step, history) of one checkpoint directory (save_checkpoint's layout)."""
-        progress = json.loads((d / "progress.json").read_text())
+    def _load_dir(self, d: Path, progress: dict[str, Any] | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """Learner state and (step, history) of one checkpoint directory (save_checkpoint's layout),
+        verified against its manifest first."""
+        if progress is None:
+            verify_checkpoint(d)
+            progress = read_json(d / "progress.json", what="a checkpoint's progress",
+                                 way_out="start from another checkpoint")
         self.learner.load(d)
         if self.rollout is not None:
             self._sync()
