@@ -28,7 +28,8 @@ class DiskFull(RaydprmError):
     path and what was being written, and the partial file is gone."""
 
 
-_DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded", "enospc", "not enough space")
+_DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded", "enospc", "not enough space",
+                    "database or disk is full", "storagefull")
 
 
 def is_disk_full(exc: BaseException | None) -> bool:
@@ -72,6 +73,11 @@ _received: list[int] = []  # the signals this process received (a Ray wait swall
 def received_signal() -> int | None:
     """The first SIGTERM/SIGINT this process received since the handlers were installed, if any."""
     return _received[0] if _received else None
+
+
+def note_signal(signum: int) -> None:
+    """Remember ``signum`` as received (a handler other than :func:`on_signal` caught it)."""
+    _received.append(signum)
 
 
 def on_signal(signum: int, frame: object) -> None:

@@ -536,6 +536,7 @@ class Pipeline:
         ppo = self.state.data.get("ppo", {})
         named = [self.run_dir / ppo["checkpoint"]] if ppo.get("key") == key and ppo.get("checkpoint") else []
         root = self.run_dir / self.arm.stage(self.arm.kind) / "ckpt"
+        damaged = False
         for d in dict.fromkeys(named + sorted(root.glob("step_*"), reverse=True)):
             try:
                 verify_checkpoint(d)
@@ -545,11 +546,14 @@ class Pipeline:
                 if not isinstance(progress.get("step"), int) or not isinstance(progress.get("history"), list):
                     raise DamagedFile(f"'{d / 'progress.json'}' (a checkpoint's progress) has no step or history")
             except (CheckpointDamaged, DamagedFile) as e:
+                damaged = True
                 msg = str(e).rstrip("; ")
-                self._say(f"  {msg}; falling back to the previous checkpoint")
-                log.warning("%s; falling back to the previous checkpoint", msg)
+                self._say(f"  {msg}; trying the previous checkpoint")
+                log.warning("%s; trying the previous checkpoint", msg)
                 continue
             return self._load_dir(d, progress)
+        if damaged:
+            self._say(f"  no intact checkpoint of {self.arm.stage(self.arm.kind)} left: it starts from step 0")
         if self.drift is not None:
             self.drift.restore(None)
         return 0, []

@@ -66,7 +66,7 @@ def test_a_resume_falls_back_past_a_damaged_newest_checkpoint_and_says_so_in_one
     assert [h["step"] for h in history] == [1, 2]
     lines = [x for x in capsys.readouterr().out.splitlines() if "damaged" in x]
     assert len(lines) == 1 and "step_000003': 'model.safetensors' does not match its xxh3_128 digest" in lines[0]
-    assert "falling back to the previous checkpoint" in lines[0]
+    assert "trying the previous checkpoint" in lines[0]
 
 
 @pytest.mark.parametrize("damage", ["garbled progress", "no manifest", "progress of another key"])
