@@ -47,7 +47,7 @@ def is_disk_full(exc: BaseException | None) -> bool:
             return True
         if any(w in str(exc).lower() for w in _DISK_FULL_WORDS):
             return True
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+        exc = getattr(exc, "cause", None) or exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return False
 
 
@@ -101,3 +101,43 @@ def install_signal_handlers() -> None:
     _received.clear()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+
+
+def writing(path: object, what: str):
+    """A context manager for writing ``path`` (a file or a directory) whole or not at all::
+
+        with writing(out, "the store export") as tmp:
+            ds.save_to_disk(str(tmp))
+
+    The block writes ``tmp`` (a sibling of ``path``); on success it replaces ``path``; on any
+    failure ``tmp`` is removed (no partial file is left) and a full disk becomes
+    :class:`DiskFull` naming ``path`` and ``what``."""
+    import contextlib
+    import os
+    import shutil
+    from pathlib import Path
+
+    @contextlib.contextmanager
+    def _writing():
+        target = Path(str(path))
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+
+        def remove(p: Path) -> None:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+        remove(tmp)
+        try:
+            yield tmp
+            if target.is_dir() and not target.is_symlink() and tmp.is_dir():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException as e:
+            remove(tmp)
+            if isinstance(e, Exception) and is_disk_full(e):
+                raise disk_full(target, what) from None
+            raise
+
+    return _writing()

@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from raydprm.errors import RaydprmError, install_signal_handlers, is_disk_full, received_signal
+from raydprm.errors import DiskFull, RaydprmError, install_signal_handlers, is_disk_full, received_signal
 
 # Modules of this package that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = ["info", "config_cmd", "models_cmd", "run", "sweep", "rollout", "reward", "serve", "learner", "store", "experiments"]
@@ -88,7 +88,7 @@ def _report(e: BaseException, debug: bool) -> int:
         return 130
     if isinstance(e, SystemExit) or not isinstance(e, Exception) or debug:
         raise e
-    if isinstance(e, RaydprmError):
+    if isinstance(e, DiskFull) or (isinstance(e, RaydprmError) and not (is_disk_full(e) and _failed_path(e))):
         print(f"raydprm: error: {_one_line(e)}", file=sys.stderr)
         return 2
     if is_disk_full(e):  # a library's error deep inside (an actor's, SQLite's): name the path it knows
@@ -113,7 +113,7 @@ def _failed_path(e: BaseException | None) -> str | None:
         seen.add(id(e))
         if getattr(e, "filename", None):
             return str(e.filename)
-        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+        e = getattr(e, "cause", None) or e.__cause__ or (None if e.__suppress_context__ else e.__context__)
     return None
 
 

@@ -166,11 +166,14 @@ def _export(args: argparse.Namespace) -> int:
         else:
             smoothing = cfg.store.smoothing if args.smoothing is None else args.smoothing
             ds = store.export(_parse_mixture(args.mixture) or None, smoothing=smoothing, min_votes=args.min_votes)
+    from raydprm.errors import writing
+
     try:
-        if args.out.endswith(".jsonl"):
-            ds.to_json(args.out, lines=True)
-        else:
-            ds.save_to_disk(args.out)
+        with writing(args.out, "the store export") as tmp:  # whole or not at all (a full disk: no 0-byte .arrow)
+            if args.out.endswith(".jsonl"):
+                ds.to_json(str(tmp), lines=True)
+            else:
+                ds.save_to_disk(str(tmp))
     except OSError as e:
         raise RaydprmError(f"cannot write the export to '{args.out}': {e.strerror or e}") from None
     print(json.dumps({"rows": len(ds), "out": args.out}))

@@ -67,7 +67,7 @@ from raydprm.cluster.run_state import (
 )
 from raydprm.cluster.runtime import connect
 from raydprm.config import Config, save_config
-from raydprm.errors import RaydprmError, disk_full, is_disk_full
+from raydprm.errors import DiskFull, RaydprmError, disk_full, is_disk_full
 
 __all__ = ["Pipeline"]
 
@@ -208,7 +208,13 @@ class Pipeline:
         self._stage_name, self.last_record = name, {}  # a restart event names this stage and its PPO step
         self._say(f"{name}: running")
         t0 = self._stage_t0 = time.time()
-        outputs = body()
+        try:
+            outputs = body()
+        except Exception as e:  # a full disk deep inside a task or an actor: name the stage's directory
+            if is_disk_full(e) and not isinstance(e, DiskFull):
+                raise disk_full(self.run_dir / name, f"the outputs of stage {name} (never trusted without its "
+                                f"record: `--resume` redoes them)") from None
+            raise
         self._release_placement()  # the stage's actors are gone: the next stage places what it uses
         rec = self.state.complete(name, key, inputs=inputs, config=config, outputs=outputs, started=t0)
         self._say(f"{name}: done in {rec['seconds']:.1f} s")
