@@ -146,6 +146,9 @@ class Pipeline:
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
+        from raydprm.cluster.tracking import check_installed
+
+        check_installed(cfg.run.loggers)  # a tracker's missing package, before any work
         runtime = connect(cfg.ray, required_resources(cfg), what="raydprm run")  # pre-flight before any file
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir)
@@ -280,8 +283,6 @@ class Pipeline:
         return {**out, "best_dir": self._rel(out["best_dir"]), "digest": dir_digest(out["best_dir"])}
 
     def _ppo(self, arm: Arm, key: str, policy_dir: str, reward_dir: str) -> dict[str, Any]:
-        from torch.utils.tensorboard import SummaryWriter
-
         from raydprm.sim.personas import Population
         from raydprm.sim.world import prompts as world_prompts
 
@@ -300,7 +301,7 @@ class Pipeline:
             if step == 0:  # checkpoints of an earlier PPO configuration must not outrank this one's
                 shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
         train_prompts = world_prompts(cfg.ppo.steps * n, seed=cfg.run.seed + 1)  # the data position is the step
-        tb = SummaryWriter(str(self.run_dir / "tb" / arm.prefix))
+        tb = self._trackers(arm)
         bar = self._bar(total=cfg.ppo.steps, initial=step, desc=arm.stage("ppo"))
         while step < cfg.ppo.steps:
             nxt = train_prompts[(step + 1) * n:(step + 2) * n] if step + 1 < cfg.ppo.steps else None
@@ -325,9 +326,7 @@ class Pipeline:
             step += 1
             history.append(rec)
             self.last_record = rec  # what on_step callers (a Tune trial) report
-            for k, v in rec.items():
-                if k != "step":
-                    tb.add_scalar(k, v, step)
+            tb.log_metrics({k: v for k, v in rec.items() if k != "step"}, step)
             bar.update(1)
             bar.set_postfix(reward=f"{rec['reward/mean']:.3f}", pop=f"{rec['population/expected_reward']:.3f}")
             if step % self.cfg.pipeline.checkpoint_every == 0 or step == cfg.ppo.steps:
@@ -348,7 +347,6 @@ class Pipeline:
         preference probability P(a > b) as a soft label for crowd_dpo. ``align.steps`` updates of
         ``align.batch`` pairs, checkpointed and resumed like PPO."""
         import datasets
-        from torch.utils.tensorboard import SummaryWriter
 
         from raydprm.cluster.learner_group import LearnerGroup
         from raydprm.models.policy import load_tokenizer
@@ -367,7 +365,7 @@ class Pipeline:
         if step == 0:
             shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
         self._say(f"  {a.algo}: {len(pairs)} pairs from the store, {a.steps} updates of {a.batch}")
-        tb = SummaryWriter(str(self.run_dir / "tb" / arm.prefix))
+        tb = self._trackers(arm)
         bar = self._bar(total=a.steps, initial=step, desc=arm.stage("align"))
         # the data position is the step: the seeded stream of batches, skipped to it
         stream = itertools.islice(pair_batches(pairs, a.batch, seed=cfg.run.seed), step, None)
@@ -385,9 +383,7 @@ class Pipeline:
             step += 1
             rec = {"step": step, **{k: float(v) for k, v in m.items()}}
             history.append(rec)
-            for k, v in rec.items():
-                if k != "step":
-                    tb.add_scalar(k, v, step)
+            tb.log_metrics({k: v for k, v in rec.items() if k != "step"}, step)
             bar.update(1)
             bar.set_postfix(loss=f"{rec.get('align/loss', float('nan')):.3f}")
             if step % self.cfg.pipeline.checkpoint_every == 0 or step == a.steps:
@@ -464,6 +460,13 @@ class Pipeline:
         p = report["policies"]
         self._say("  E[r] " + ", ".join(f"{n} {p[n]['expected_reward']:.3f}" for n in p) + f"; {path}")
         return {"report": "report.json"}
+
+    def _trackers(self, arm: Arm) -> Any:
+        """The loggers of ``run.loggers`` for one training run (:mod:`raydprm.cluster.tracking`), with the
+        policy's resolved config as params; metrics go under the names TensorBoard shows."""
+        from raydprm.cluster.tracking import open_trackers
+
+        return open_trackers(arm.cfg.run, self.run_dir, arm.prefix, params=arm.cfg.to_dict())
 
     def _rel(self, path: str | Path) -> str:
         """Paths in records are relative to the run directory (so a run directory can be moved)."""
