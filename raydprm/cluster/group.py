@@ -75,7 +75,8 @@ class RankDied(ActorGroupError):
     restarts it while the budget allows."""
 
     def __init__(self, role: str, rank: int, what: str, error: BaseException) -> None:
-        super().__init__(f"{role}: rank {rank} died during '{what}': {type(error).__name__}")
+        why = next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:200]
+        super().__init__(f"{role}: rank {rank} died during '{what}': {type(error).__name__}" + (f" ({why})" if why else ""))
         self.role, self.rank, self.what, self.error = role, rank, what, error
 
 
@@ -295,11 +296,7 @@ class ActorGroup:
         if self.restart_mode == "group":
             log.warning("%s: rank %d died during '%s'; restarting the whole group (%d/%d)", self.role, died.rank,
                         died.what, self.restarts, self.max_restarts)
-            self.shutdown()
-            try:
-                self.start(self._restart_timeout())
-            except GroupTimeout:
-                raise self._unplaceable(list(range(self.num_actors))) from None
+            self._respawn(list(range(self.num_actors)), whole=True)
             if self.on_restart is not None:
                 self.on_restart(self, list(range(self.num_actors)))
             raise GroupRestarted(f"{self.role}: rank {died.rank} died during '{died.what}'; the group restarted "
@@ -307,19 +304,43 @@ class ActorGroup:
         dead = [r for r in range(self.num_actors) if not self._alive(r)] or [died.rank]
         log.warning("%s: rank(s) %s died during '%s'; restarting them (%d/%d)", self.role, dead, died.what,
                     self.restarts, self.max_restarts)
-        for r in dead:
-            try:
-                ray.kill(self.actors[r], no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-            self.actors[r] = self._spawn(r)
-        try:
-            self.wait([self.actors[r].__ray_ready__.remote() for r in dead], "__init__ (restart)", ranks=dead,
-                      timeout_s=self._restart_timeout())
-        except GroupTimeout:
-            raise self._unplaceable(dead) from None
+        self._respawn(dead)
         if self.on_restart is not None:
             self.on_restart(self, dead)
+
+    def _respawn(self, ranks: list[int], whole: bool = False) -> None:
+        """New actors for ``ranks`` (``whole``: the group), constructed within the restart deadline.
+
+        A replacement that dies before its ``__init__`` ran, of a system cause (it was placed on a
+        node that is dying but not yet known dead: a lost node's bundles are rescheduled only once
+        the GCS has marked it dead), is placed again until the deadline; one whose ``__init__``
+        raised is not (that error is the answer)."""
+        deadline = time.monotonic() + self._restart_timeout()
+        while True:
+            if whole:
+                self.shutdown()
+                self.actors = [self._spawn(r) for r in range(self.num_actors)]
+            else:
+                for r in ranks:
+                    try:
+                        ray.kill(self.actors[r], no_restart=True)
+                    except Exception:  # noqa: BLE001 - already gone
+                        pass
+                    self.actors[r] = self._spawn(r)
+            try:
+                self.wait([self.actors[r].__ray_ready__.remote() for r in ranks], "__init__ (restart)", ranks=ranks,
+                          timeout_s=max(1.0, deadline - time.monotonic()))
+                return
+            except GroupTimeout:
+                raise self._unplaceable(ranks) from None
+            except RankDied as again:
+                if getattr(again.error, "actor_init_failed", False):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise self._unplaceable(ranks) from None
+                log.warning("%s: the replacement of rank %d died before it started (%s); placing it again",
+                            self.role, again.rank, type(again.error).__name__)
+                time.sleep(1.0)
 
     def _restart_timeout(self) -> float:
         return self.timeout_s if self.timeout_s is not None else self.restart_timeout_s
@@ -332,7 +353,8 @@ class ActorGroup:
         try:
             alive = sum(1 for n in ray.nodes() if n.get("Alive"))
             free = {k: round(v, 2) for k, v in sorted(ray.available_resources().items())
-                    if k in ("CPU", "GPU", "memory") or k.startswith("accelerator")}
+                    if not k.startswith(("node:", "object_store_memory", "bundle_group_", "CPU_group_", "GPU_group_"))
+                    and "_group_" not in k}
         except Exception:  # noqa: BLE001 - the cluster itself may be going away
             alive, free = -1, {}
         return ActorGroupError(f"{self.role}: rank(s) {ranks} could not be restarted within "

@@ -45,7 +45,7 @@ def local_ray():
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import a test module
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="test_group")
+    ray.init(num_cpus=2, resources={"slot": 1}, include_dashboard=False, log_to_driver=False, namespace="test_group")
     yield
     ray.shutdown()
 
@@ -72,4 +72,32 @@ def test_a_dead_rank_reaches_callers_of_wait_as_the_public_rank_died_and_recover
         with pytest.raises(ActorGroupError, match=r"reward: rank 0 died during 'score' and the restart budget \(1\)"):
             g.all(Scorer.score, 1.0)  # each() recovers by itself, until the budget is spent
     finally:
+        g.shutdown()
+
+
+@pytest.mark.ray
+def test_a_restart_that_finds_no_room_waits_a_bounded_time_and_names_what_is_missing(local_ray):
+    import ray
+
+    g = ActorGroup(Scorer, 1, role="rollout", resources={"num_cpus": 0.1, "resources": {"slot": 1}}, max_restarts=2,
+                   restart_timeout_s=3)
+    g.start(timeout_s=120)
+    blocker = None
+    try:
+        kill_actor(g.actors[0])
+        # the lost rank's room is taken (as a node lost with nothing to replace it)
+        blocker = ray.remote(Scorer).options(num_cpus=0.1, resources={"slot": 1}).remote()
+        ray.get(blocker.pid.remote(), timeout=120)
+        with pytest.raises(RankDied) as died:
+            g.wait(g.submit(Scorer.score, [((1.0,), {})]), "generate")
+        with pytest.raises(ActorGroupError) as e:
+            g.recover(died.value)
+        msg = str(e.value)
+        assert msg.startswith("rollout: rank(s) [0] could not be restarted within 3 s: each needs "
+                              "{'num_cpus': 0.1, 'resources': {'slot': 1}} on any node, and the cluster (1 node(s) "
+                              "alive) has {"), msg
+        assert "'slot'" not in msg.split("has {")[1] and "`raydprm run --resume RUN_DIR`" in msg
+    finally:
+        if blocker is not None:
+            ray.kill(blocker)
         g.shutdown()

@@ -10,9 +10,12 @@ roles' placement-group bundles are rescheduled onto the new node, their actors r
 the uninterrupted run on the same cluster. The time from the removal to the end of the next
 step is printed (docs/hardening.md, "Faults").
 
-``serial``: it starts a Ray cluster of its own (three raylets) and wants the machine's CPUs;
+``serial``: it starts a Ray cluster of its own (three raylets) and wants the machine's CPUs.
 ``Cluster.shutdown()`` ends only that cluster's processes (``Node.kill_all_processes`` of its
-own nodes), never another Ray instance on the machine.
+own nodes), never another Ray instance on the machine; ``RAY_TMPDIR`` points at a private
+directory while it runs, because ``Cluster`` advertises its address in
+``<temp dir>/ray/ray_current_cluster``, where any other address-less ``ray.init()`` on the
+machine would otherwise find it and connect to it.
 """
 
 import json
@@ -29,17 +32,30 @@ NODE = {"num_cpus": 2, "object_store_memory": 150 * 1024**2}
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
+    import os
+
     import ray
     from ray.cluster_utils import Cluster
 
+    # Cluster writes its address to <temp dir>/ray/ray_current_cluster, where every address-less
+    # ray.init() on the machine would find it and connect to this cluster instead of starting its
+    # own: a private temp dir keeps it (and its sessions) to this test
+    old_tmp = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("raytmp"))
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 150 * 1024**2})
     workers = [c.add_node(**NODE) for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address, namespace="raydprm", log_to_driver=False)
-    yield c, workers
-    ray.shutdown()
-    c.shutdown()
+    try:
+        yield c, workers
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        if old_tmp is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = old_tmp
 
 
 def _node_of(actor) -> str:
