@@ -1,12 +1,28 @@
 """The durable Bayesian preference store: an append-only SQLite (WAL) vote log with
-per-(item, persona) Dirichlet posteriors, mixture queries, forgetting and exports."""
+per-(item, persona) Dirichlet posteriors, mixture queries, forgetting and exports.
+
+API for the rest of raydprm (names kept stable):
+
+* :class:`PreferenceStore` — ``groups()`` (rater groups = personas with votes),
+  ``group_posteriors()`` (per-(item, group) alphas/counts as arrays), ``group_counts()``,
+  ``group_disagreement()``, ``label_scale()`` (the store's recorded :class:`LabelScale`),
+  ``export(..., split="train"|"heldout", heldout_fraction=, split_seed=)``;
+* :func:`heldout_mask` / :func:`split_items` — the deterministic split of items by item id;
+* :func:`store_label_scale` / :func:`check_labels_config` — a config's ``labels.*`` against a store;
+* :func:`raydprm.store.importer.import_file` — per-rater datasets through a mapping or preset.
+"""
 
 from raydprm.store.preference_store import (
                                             DEFAULT_STORE_PERSONAS,
+                                            GroupPosteriors,
                                             PreferenceStore,
                                             StoreError,
                                             UnknownItemError,
 )
+from raydprm.store.scale import LabelScaleConflict, check_labels_config, store_label_scale
+from raydprm.store.split import heldout_mask, split_items
 from raydprm.store.votes import VoteError, item_id
 
-__all__ = ["PreferenceStore", "StoreError", "UnknownItemError", "VoteError", "item_id", "DEFAULT_STORE_PERSONAS"]
+__all__ = ["PreferenceStore", "StoreError", "UnknownItemError", "VoteError", "item_id", "DEFAULT_STORE_PERSONAS",
+           "GroupPosteriors", "heldout_mask", "split_items", "store_label_scale", "check_labels_config",
+           "LabelScaleConflict"]

@@ -49,22 +49,23 @@ import numpy as np
 from raydprm.core.dirichlet import (
     decay_factor,
     dirichlet_mean,
-    dirichlet_update,
     dirichlet_variance,
     mix_posteriors,
 )
 from raydprm.core.hh_labels import HH_LABELS
+from raydprm.core.label_scale import LabelScale
 from raydprm.errors import RaydprmError, one_line
+from raydprm.store.posterior import decode_state, fold_votes, state_width
+from raydprm.store.split import heldout_mask
 from raydprm.store.votes import Vote, VoteError, item_id, validate_votes
 
 __all__ = ["PreferenceStore", "StoreError", "UnknownItemError", "DEFAULT_STORE_PERSONAS", "SCHEMA_VERSION",
-           "PersonaState", "ItemPosterior", "LogRow"]
+           "PersonaState", "ItemPosterior", "LogRow", "GroupPosteriors"]
 
 SCHEMA_VERSION = 1
 # The paper's six personas plus an id for votes that name no persona (e.g. HTTP votes).
 DEFAULT_STORE_PERSONAS = ("scientist", "teacher", "politician", "teenager", "ceo", "artist", "anonymous")
 _CHUNK = 500  # host parameters per IN (...) query
-_PID_SPAN = 1 << 31  # (item, persona) group key = item * span + persona id
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -80,6 +81,7 @@ CREATE TABLE IF NOT EXISTS posterior(item_seq INTEGER PRIMARY KEY, state BLOB NO
                                      t_ref REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS pairs(pair_id TEXT PRIMARY KEY, chosen_item TEXT NOT NULL, rejected_item TEXT NOT NULL,
                                  annotator TEXT NOT NULL, source TEXT NOT NULL, ts REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS raters(rater TEXT PRIMARY KEY, grp TEXT NOT NULL, source TEXT NOT NULL);
 """
 
 
@@ -118,6 +120,20 @@ class ItemPosterior(NamedTuple):
     personas: dict[str, PersonaState]
 
 
+class GroupPosteriors(NamedTuple):
+    """Per-(item, group) posteriors as arrays (see :meth:`PreferenceStore.group_posteriors`).
+
+    ``item_ids`` (I,) and ``groups`` (P,) name the axes; ``alpha`` (I, P, L) is prior + evidence
+    decayed to the read-out time; ``counts`` (I, P, L) the undecayed weighted vote counts;
+    ``n_votes`` (I, P) the number of votes. A group that did not vote on an item has its prior."""
+
+    item_ids: list[str]
+    groups: list[str]
+    alpha: np.ndarray
+    counts: np.ndarray
+    n_votes: np.ndarray
+
+
 class LogRow(NamedTuple):
     """A row of the vote log, in the column order of the ``votes`` table (without ``seq``)."""
 
@@ -151,6 +167,39 @@ def _check_half_life(half_life_s: Any) -> None:
         raise StoreError(f"half_life_s must be a finite number >= 0, got {half_life_s!r}")
 
 
+def default_scale(names: Sequence[str]) -> LabelScale:
+    """The scale of a store that recorded only label names: the HH scale for the HH names, else
+    rewards spread evenly from 1 (first label, best by convention) to 0 (last)."""
+    names = list(names)
+    if names == list(HH_LABELS):
+        return LabelScale.hh()
+    n = len(names)
+    return LabelScale(names=tuple(names), rewards=tuple(1.0 - i / (n - 1) for i in range(n)))
+
+
+def _scale_of_meta(meta: Mapping[str, str]) -> LabelScale:
+    try:
+        names = json.loads(meta["labels"])
+        if "label_rewards" not in meta:  # written before the scale was recorded
+            return default_scale(names)
+        grid = json.loads(meta.get("label_grid", "null"))
+        scale = LabelScale(names=tuple(names), rewards=tuple(json.loads(meta["label_rewards"])),
+                           grid=None if grid is None else tuple(tuple(g) for g in grid))
+        hh = LabelScale.hh()
+        return hh if scale.same_labels(hh) and scale.grid == hh.grid else scale  # with its descriptions
+    except (KeyError, ValueError, TypeError) as e:
+        raise StoreError(f"the store's recorded label scale is corrupt ({e})") from None
+
+
+def _config_scale(labels_cfg: Any) -> LabelScale | None:
+    if labels_cfg is None:
+        return None
+    try:
+        return LabelScale.from_config(labels_cfg)
+    except ValueError as e:
+        raise StoreError(f"labels.*: {e}") from None
+
+
 class PreferenceStore:
     """Open (or create) the preference store at ``path``.
 
@@ -167,6 +216,10 @@ class PreferenceStore:
         path: SQLite file (created with its parent directory when missing, unless
             ``readonly`` or ``create=False``).
         labels: label names of a new store; an existing store refuses different ones.
+        label_scale: the whole label scale (names, rewards, optional grid) of a new store,
+            recorded in it (:meth:`label_scale` reads it back); an existing store refuses
+            other names or rewards. Default: the HH scale, or ``labels`` with rewards spread
+            evenly from 1 (first label) to 0 (last).
         personas: extra persona / annotator ids to register (the defaults are always there).
         prior: Dirichlet prior concentration per label (None: the store's).
         half_life_s: forgetting half-life in seconds, 0 = none (None: the store's).
@@ -184,8 +237,17 @@ class PreferenceStore:
     def __init__(self, path: str | os.PathLike[str], *, labels: Sequence[str] | None = None,
                  personas: Iterable[str] = (), prior: float | None = None, half_life_s: float | None = None,
                  synchronous: str = "FULL", max_text_chars: int = 16384, busy_timeout_s: float = 60.0,
-                 readonly: bool = False, create: bool = True, check: bool | None = None) -> None:
+                 readonly: bool = False, create: bool = True, check: bool | None = None,
+                 label_scale: LabelScale | None = None) -> None:
         _check_prior(prior)
+        if label_scale is not None:
+            if not isinstance(label_scale, LabelScale):
+                raise StoreError(f"label_scale must be a LabelScale, got {type(label_scale).__name__}")
+            if labels is not None and list(labels) != list(label_scale.names):
+                raise StoreError(f"labels {list(labels)} differ from the names of label_scale "
+                                 f"{list(label_scale.names)}")
+            labels = list(label_scale.names)
+        self._asked_scale = label_scale
         _check_half_life(half_life_s)
         if not isinstance(synchronous, str) or synchronous.upper() not in ("NORMAL", "FULL"):
             raise StoreError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
@@ -242,6 +304,7 @@ class PreferenceStore:
             raise
         if self.readonly:  # nothing was recorded: compare what the caller asked for with the file
             self._check_same(labels, prior, half_life_s, self.labels, self.prior, self.half_life_s)
+            self._check_scale(label_scale)
             unknown = [p for p in personas if p not in self._personas]
             if unknown:
                 raise StoreError(f"preference store '{self.path}' is open read-only and has no personas {unknown}")
@@ -254,14 +317,17 @@ class PreferenceStore:
         The one conversion from config to store: ``store.path`` (else ``default_path``),
         ``store.prior`` and ``store.half_life_s`` (None = the store's own; a value that
         differs from the store's is an error), ``store.synchronous`` and
-        ``store.max_text_chars``; ``labels_cfg.names`` shapes a new store and must match
-        an existing one. ``overrides`` are passed on as keyword arguments (``readonly=True``,
+        ``store.max_text_chars``; ``labels_cfg`` (names, rewards, grid) shapes a new store;
+        an existing one must have the same names (its rewards are checked by
+        :func:`raydprm.store.scale.check_labels_config`, not here). ``overrides`` are passed on as keyword arguments (``readonly=True``,
         ``personas=...``, ``create=False``, ``path=...``).
         """
         path = overrides.pop("path", None) or store_cfg.path or default_path
         if not path:
             raise StoreError("store.path is empty and no default path was given")
         kw: dict[str, Any] = dict(labels=list(labels_cfg.names) if labels_cfg is not None else None,
+                                  # the whole scale shapes a new store only (an existing one keeps its own)
+                                  label_scale=None if Path(path).is_file() else _config_scale(labels_cfg),
                                   prior=store_cfg.prior, half_life_s=store_cfg.half_life_s,
                                   synchronous=store_cfg.synchronous, max_text_chars=store_cfg.max_text_chars)
         kw.update(overrides)
@@ -446,7 +512,10 @@ class PreferenceStore:
             names = list(labels) if labels is not None else list(HH_LABELS)
             if len(names) < 2 or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
                 raise StoreError(f"labels must be >= 2 distinct non-empty names, got {names!r}")
+            scale = self._asked_scale or default_scale(names)
             cur.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("label_rewards", json.dumps(list(scale.rewards))),
+                ("label_grid", json.dumps(None if scale.grid is None else [list(g) for g in scale.grid])),
                 ("schema_version", str(SCHEMA_VERSION)), ("labels", json.dumps(names)),
                 ("half_life_s", repr(float(half_life_s or 0.0))), ("prior", repr(float(prior or 1.0))),
                 ("params_version", "1"), ("created", repr(time.time()))])
@@ -463,6 +532,8 @@ class PreferenceStore:
                 meta["prior"] = repr(float(prior or 1.0))
             self._check_same(labels, prior, half_life_s, json.loads(meta["labels"]), float(meta["prior"]),
                              float(meta["half_life_s"]))
+            if self._asked_scale is not None:
+                self._check_scale(self._asked_scale, _scale_of_meta(meta))
         for p in personas:
             self._check_persona_name(p)
             cur.execute("INSERT OR IGNORE INTO personas(name) VALUES (?)", (p,))
@@ -479,10 +550,23 @@ class PreferenceStore:
             except (KeyError, ValueError, TypeError):
                 raise StoreError(f"'{self.path}' is not a preference store (its meta table is incomplete or "
                                  "corrupt)") from None
+            self._scale = _scale_of_meta(meta)
             self._params_version = meta.get("params_version", "0")
             self._label_index = {n: i for i, n in enumerate(self.labels)}
             self._personas = dict(db.execute("SELECT name, pid FROM personas ORDER BY pid").fetchall())
             self._pid_name = {pid: name for name, pid in self._personas.items()}
+
+    def _check_scale(self, asked: LabelScale | None, have: LabelScale | None = None) -> None:
+        have = self._scale if have is None else have
+        if asked is not None and not asked.same_labels(have):
+            raise StoreError(f"preference store '{self.path}' has the label scale names {list(have.names)} rewards "
+                             f"{list(have.rewards)}, not names {list(asked.names)} rewards {list(asked.rewards)}; "
+                             "a store's label scale never changes")
+
+    def label_scale(self) -> LabelScale:
+        """The store's label scale (names, rewards, grid), recorded when the store was created
+        (stores from before it was recorded: :func:`default_scale` of their names)."""
+        return self._scale
 
     def reconfigure(self, *, prior: float | None = None, half_life_s: float | None = None) -> dict[str, Any]:
         """Change the store's recorded prior and/or half-life (None: keep), in one transaction
@@ -533,8 +617,16 @@ class PreferenceStore:
             raise StoreError(f"persona id must be a non-empty string of at most 128 chars, got {name!r}")
 
     def close(self) -> None:
+        """Close the store. A writable store first checkpoints its WAL into the main file
+        (``wal_checkpoint(TRUNCATE)``), so that ``store.db`` alone holds every committed vote
+        (when another connection still reads, SQLite copies what it can; ``raydprm store backup``
+        is the way to copy a live store)."""
         with self._lock:
-            if self._db is not None:
+            if self._db is not None and not getattr(self, "_closed", False):
+                if not self.readonly and not self._depth:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._closed = True
                 self._db.close()
 
     def backup(self, dest: str | os.PathLike[str]) -> Path:
@@ -662,97 +754,55 @@ class PreferenceStore:
 
     @property
     def _state_width(self) -> int:
-        """Columns of a persona's row in an item state: [pid, n_votes, evidence (L), counts (L)];
-        without forgetting the evidence *is* the counts and is stored once."""
-        return 2 + self.num_labels * (1 if self._half_life is None else 2)
+        """Columns of a persona's row in an item state (see :mod:`raydprm.store.posterior`)."""
+        return state_width(self.num_labels, self._half_life is not None)
 
     def _decode(self, blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """An item's state -> persona ids (k,), vote counts (k,), evidence (k, L), counts (k, L)."""
-        L = self.num_labels
-        if not isinstance(blob, bytes) or len(blob) % (8 * self._state_width):
-            raise StoreError(f"preference store '{self.path}' holds a corrupt posterior state ({len(blob or b'')} "
-                             f"bytes is no multiple of {8 * self._state_width}); rebuild the posteriors from the "
-                             "vote log (PreferenceStore.rebuild_posteriors)")
-        m = np.frombuffer(blob).reshape(-1, self._state_width)  # (k, W) one row per persona
-        ev = m[:, 2:2 + L]
-        return m[:, 0].astype(np.int64), m[:, 1].astype(np.int64), ev, (ev if self._half_life is None else m[:, 2 + L:])
+        try:
+            return decode_state(blob, self.num_labels, self._half_life is not None)
+        except ValueError as e:
+            raise StoreError(f"preference store '{self.path}' holds a corrupt posterior state ({e}); rebuild the "
+                             "posteriors from the vote log (PreferenceStore.rebuild_posteriors)") from None
 
     def _update_posteriors(self, cur: sqlite3.Cursor, rows: Sequence[Vote]) -> None:
         """Fold votes into their items' posteriors, Eq. (D1)."""
         L = self.num_labels
-        n = len(rows)
         pid_of = self._personas
         if any(r.persona not in pid_of for r in rows):  # registered by another process since we looked
             pid_of = dict(cur.execute("SELECT name, pid FROM personas").fetchall())
-        items: dict[str, int] = {}
-        vi = np.array([items.setdefault(r.item_id, len(items)) for r in rows], dtype=np.int64)  # (N,) item of each vote
         vp = np.array([pid_of[r.persona] for r in rows], dtype=np.int64)  # (N,) persona id of each vote
         labels = np.array([-1 if r.label is None else r.label for r in rows], dtype=np.int64)
-        w = np.array([r.weight for r in rows], dtype=np.float64)
-        ts = np.array([r.ts for r in rows], dtype=np.float64)
-        probs = np.zeros((n, L))  # (N, L) vote as a probability row
+        probs = np.zeros((len(rows), L))  # (N, L) vote as a probability row
         hard = labels >= 0
         probs[np.flatnonzero(hard), labels[hard]] = 1.0
         for k in np.flatnonzero(~hard).tolist():
             probs[k] = rows[k].dist
-        item_ids = list(items)
-        n_items = len(items)
-        seqs = np.zeros(n_items, dtype=np.int64)
-        for chunk in _chunks(item_ids):
+        self._fold(cur, [r.item_id for r in rows], vp, probs, np.array([r.weight for r in rows], dtype=np.float64),
+                   np.array([r.ts for r in rows], dtype=np.float64))
+
+    def _fold(self, cur: sqlite3.Cursor, vote_items: Sequence[str], vp: np.ndarray, probs: np.ndarray,
+              w: np.ndarray, ts: np.ndarray) -> None:
+        """Fold N votes (item id (N,), persona id vp (N,), probs (N, L), weights, times) into the
+        stored states of their items (:func:`raydprm.store.posterior.fold_votes`)."""
+        items: dict[str, int] = {}
+        vi = np.array([items.setdefault(i, len(items)) for i in vote_items], dtype=np.int64)  # (N,)
+        seqs = np.zeros(len(items), dtype=np.int64)
+        for chunk in _chunks(list(items)):
             q = f"SELECT item_id, seq FROM items WHERE item_id IN ({','.join('?' * len(chunk))})"
             for iid, sq in cur.execute(q, chunk):
                 seqs[items[iid]] = sq
         by_seq = {int(sq): j for j, sq in enumerate(seqs.tolist())}
-        t_ref = np.full(n_items, -np.inf)  # (I,)
-        old_keys, old_ev, old_cnt, old_nv = [], [], [], []
+        old = []
         for chunk in _chunks(seqs.tolist()):
             q = f"SELECT item_seq, state, t_ref FROM posterior WHERE item_seq IN ({','.join('?' * len(chunk))})"
             for sq, blob, t in cur.execute(q, chunk):
-                j = by_seq[sq]
-                t_ref[j] = t
-                pids, nv, e, c = self._decode(blob)
-                old_keys.append(j * _PID_SPAN + pids)
-                old_ev.append(e)
-                old_cnt.append(c)
-                old_nv.append(nv)
-        # groups = every (item, persona) of the touched items, keyed j * span + pid and sorted,
-        # so each item's personas are contiguous: old rows and the new votes map onto them
-        n_old = sum(len(k) for k in old_keys)
-        all_keys = np.concatenate(old_keys + [vi * _PID_SPAN + vp])
-        keys, inv = np.unique(all_keys, return_inverse=True)
-        G = len(keys)
-        ev = np.zeros((G, L))  # (G, L) decayed evidence at the item's t_ref
-        cnt = np.zeros((G, L))  # (G, L) undecayed weighted counts
-        nvs = np.zeros(G, dtype=np.int64)
-        if n_old:
-            at = inv[:n_old]
-            ev[at], cnt[at], nvs[at] = np.concatenate(old_ev), np.concatenate(old_cnt), np.concatenate(old_nv)
-        g = inv[n_old:]  # (N,) group of each vote
-        g_item, g_pid = keys // _PID_SPAN, keys % _PID_SPAN  # (G,)
-        now = t_ref.copy()
-        np.maximum.at(now, vi, ts)  # (I,) new reference time = newest vote of the item
-        hl = self._half_life
-        w_eff = w
-        if hl is not None:
-            age = np.where(np.isinf(t_ref), 0.0, now - t_ref)
-            ev = ev * decay_factor(age, hl)[g_item][:, None]  # old evidence ages to the new t_ref
-            w_eff = w * decay_factor(now[vi] - ts, hl)  # each vote aged to its item's t_ref
-        if hl is None:  # evidence == counts: one accumulator, Eq. (D1) (prior added at read time)
-            ev = cnt = dirichlet_update(ev, probs, w, index=g)
-        else:
-            # One call updates both (Eq. D1) accumulators, stacked as rows [evidence; counts] (2G, L):
-            # the decayed evidence (prior excluded, added at read time) and the undecayed counts.
-            both = dirichlet_update(np.concatenate([ev, cnt]), np.concatenate([probs, probs]),
-                                    np.concatenate([w_eff, w]), index=np.concatenate([g, g + G]))
-            ev, cnt = both[:G], both[G:]
-        nvs += np.bincount(g, minlength=G)
-        cols = [g_pid[:, None], nvs[:, None], ev] + ([] if hl is None else [cnt])
-        state = np.ascontiguousarray(np.concatenate(cols, axis=1, dtype=np.float64))  # (G, W) rows by item
-        bounds = np.searchsorted(g_item, np.arange(n_items + 1)).tolist()  # groups are sorted by item
-        tot = np.add.reduceat(nvs, bounds[:-1])  # (I,) votes per item (every item has >= 1 group)
-        out = [(sq, state[bounds[j]:bounds[j + 1]].tobytes(), int(tot[j]), float(now[j]))
-               for j, sq in enumerate(seqs.tolist())]
-        cur.executemany("INSERT OR REPLACE INTO posterior VALUES (?, ?, ?, ?)", out)
+                self._decode(blob)  # a corrupt state is refused with the store's name
+                old.append((by_seq[sq], blob, t))
+        new = fold_votes(old, len(items), vi, vp, probs, w, ts, self._half_life)
+        cur.executemany("INSERT OR REPLACE INTO posterior VALUES (?, ?, ?, ?)",
+                        [(sq, new.blobs[j], int(new.n_votes[j]), float(new.t_ref[j]))
+                         for j, sq in enumerate(seqs.tolist())])
 
     def rebuild_posteriors(self) -> int:
         """Re-derive every posterior from the vote log; returns the number of votes replayed."""
@@ -972,16 +1022,97 @@ class PreferenceStore:
         with self._read() as cur:
             return int(cur.execute("SELECT COUNT(*) FROM items").fetchone()[0])
 
-    def _all_posteriors(self, persona_weights: Mapping[str, float] | None, at: float | None,
-                        min_votes: int = 0) -> Iterator[ItemPosterior]:
-        """The posterior of every item with at least ``min_votes`` votes, in insertion order."""
+    # ------------------------------------------------------------------ rater groups
+
+    def groups(self, with_votes: bool = True) -> list[str]:
+        """Rater groups (= personas) in registration order; ``with_votes``: only those with a vote.
+
+        An imported per-rater dataset makes one group per value of its mapping's group column
+        (or template), e.g. ``"Woman/gen z"``; the simulated crowd's personas are groups too."""
         with self._read() as cur:
-            items = cur.execute("SELECT i.item_id, i.prompt, i.response, p.state, p.t_ref FROM items i "
-                                "LEFT JOIN posterior p ON p.item_seq = i.seq ORDER BY i.seq").fetchall()
+            rows = cur.execute("SELECT name FROM personas ORDER BY pid").fetchall()
+            if not with_votes:
+                return [r[0] for r in rows]
+            voted = {r[0] for r in cur.execute("SELECT DISTINCT persona FROM votes")}
+        return [r[0] for r in rows if r[0] in voted]
+
+    def rater_groups(self) -> dict[str, str]:
+        """{rater id: group} of the raters that imports recorded (a rater keeps one group)."""
+        with self._read() as cur:
+            return dict(cur.execute("SELECT rater, grp FROM raters ORDER BY rater").fetchall())
+
+    def group_counts(self) -> dict[str, dict[str, int]]:
+        """Per group with votes: ``{"votes", "raters", "items"}`` (raters: recorded by imports)."""
+        with self._read() as cur:
+            votes = dict(cur.execute("SELECT persona, COUNT(*) FROM votes GROUP BY persona").fetchall())
+            items = dict(cur.execute("SELECT persona, COUNT(DISTINCT item_id) FROM votes GROUP BY persona").fetchall())
+            raters = dict(cur.execute("SELECT grp, COUNT(*) FROM raters GROUP BY grp").fetchall())
+        return {g: {"votes": int(votes[g]), "raters": int(raters.get(g, 0)), "items": int(items.get(g, 0))}
+                for g in self.groups()}
+
+    def group_posteriors(self, groups: Sequence[str] | None = None, *, at: float | None = None,
+                         min_votes: int = 1, item_ids: Sequence[str] | None = None) -> GroupPosteriors:
+        """Per-(item, group) posteriors as arrays, items in insertion order.
+
+        ``groups``: which groups, in this order (default :meth:`groups`, those with votes);
+        ``min_votes``: skip items with fewer votes in all; ``item_ids``: only these items
+        (e.g. one side of :func:`raydprm.store.split.split_items`); ``at``: read-out time
+        for forgetting (default now). Returns :class:`GroupPosteriors` with ``alpha`` (I, P, L)
+        = prior + decayed evidence, ``counts`` (I, P, L) and ``n_votes`` (I, P)."""
+        names = self.groups() if groups is None else list(groups)
+        if groups is not None:
+            self._weights({g: 1.0 for g in names})  # refuses unknown groups
+        col = {g: k for k, g in enumerate(names)}
+        keep = None if item_ids is None else set(item_ids)
+        ids, alphas, counts, nvs = [], [], [], []
+        L = self.num_labels
+        for it in self._all_posteriors(None, at, min_votes, rows_only=True):
+            if keep is not None and it.item_id not in keep:
+                continue
+            a = np.full((len(names), L), self.prior)  # (P, L)
+            c = np.zeros((len(names), L))
+            n = np.zeros(len(names), dtype=np.int64)
+            for g, st in it.personas.items():
+                if g in col:
+                    a[col[g]] += self._decayed(st.evidence, st.t_ref, at)
+                    c[col[g]] = st.counts
+                    n[col[g]] = st.n_votes
+            ids.append(it.item_id)
+            alphas.append(a)
+            counts.append(c)
+            nvs.append(n)
+        shape = (0, len(names), L)
+        return GroupPosteriors(ids, names, np.stack(alphas) if ids else np.zeros(shape),
+                               np.stack(counts) if ids else np.zeros(shape),
+                               np.stack(nvs) if ids else np.zeros(shape[:2], dtype=np.int64))
+
+    def group_disagreement(self) -> dict:
+        """How much the groups with votes disagree (:func:`raydprm.store.groups.group_disagreement`):
+        pairwise Jensen-Shannon divergences and each group's share of items whose modal label
+        differs from the pooled crowd's."""
+        from raydprm.store.groups import group_disagreement
+
+        gp = self.group_posteriors()
+        return group_disagreement(gp.counts, gp.groups)
+
+    def _all_posteriors(self, persona_weights: Mapping[str, float] | None, at: float | None,
+                        min_votes: int = 0, rows_only: bool = False) -> Iterator[ItemPosterior]:
+        """The posterior of every item with at least ``min_votes`` votes, in insertion order
+        (``rows_only``: without texts, mean and variance)."""
+        with self._read() as cur:
+            if rows_only:
+                items = cur.execute("SELECT i.item_id, '', '', p.state, p.t_ref FROM items i "
+                                    "JOIN posterior p ON p.item_seq = i.seq ORDER BY i.seq").fetchall()
+            else:
+                items = cur.execute("SELECT i.item_id, i.prompt, i.response, p.state, p.t_ref FROM items i "
+                                    "LEFT JOIN posterior p ON p.item_seq = i.seq ORDER BY i.seq").fetchall()
         for iid, prompt, response, blob, t in items:
             rows = {} if blob is None else self._rows(blob, t)
             n = sum(r.n_votes for r in rows.values())
             if n < min_votes:
+                continue
+            if rows_only:
+                yield ItemPosterior(iid, prompt, response, None, None, n, rows)
                 continue
             alphas, w = self._alphas(rows, persona_weights, at)
             if w is None:
@@ -1003,11 +1134,24 @@ class PreferenceStore:
         return scored[:k]
 
     def export(self, persona_weights: Mapping[str, float] | None = None, smoothing: float = 0.0,
-               min_votes: int = 1, at: float | None = None):
+               min_votes: int = 1, at: float | None = None, *, split: str | None = None,
+               heldout_fraction: float = 0.2, split_seed: int = 0):
         """A ``datasets.Dataset`` for DPRM training, one row per item with >= ``min_votes`` votes:
         ``item_id, prompt, response, target`` (posterior mean (L,)), ``variance`` (L,),
-        ``n_votes`` and ``persona_counts`` ({persona: undecayed counts (L,)} over all personas)."""
+        ``n_votes`` and ``persona_counts`` ({persona: undecayed counts (L,)} over all personas).
+
+        ``persona_weights`` re-weights groups (a mixture; post-stratification to a target
+        population). ``split="train"`` / ``"heldout"`` keeps one side of the deterministic
+        split by item id (:func:`raydprm.store.split.heldout_mask` with ``heldout_fraction``
+        and ``split_seed``); None keeps every item."""
         import datasets
+
+        if split is not None and split not in ("train", "heldout"):
+            raise StoreError(f"split must be 'train', 'heldout' or None, got {split!r}")
+        try:
+            heldout_mask([], heldout_fraction, split_seed)
+        except ValueError as e:
+            raise StoreError(str(e)) from None
 
         if persona_weights is not None:  # refuse a bad mixture even when no item qualifies
             self._weights(persona_weights)
@@ -1018,6 +1162,9 @@ class PreferenceStore:
         rows: dict[str, list] = {k: [] for k in ("item_id", "prompt", "response", "target", "variance", "n_votes",
                                                  "persona_counts")}
         for it in self._all_posteriors(persona_weights, at, min_votes):
+            if split is not None and bool(heldout_mask([it.item_id], heldout_fraction, split_seed)[0]) != (
+                    split == "heldout"):
+                continue
             rows["item_id"].append(it.item_id)
             rows["prompt"].append(it.prompt)
             rows["response"].append(it.response)
@@ -1059,5 +1206,6 @@ class PreferenceStore:
         self._refresh_personas()
         return {"path": str(self.path), "votes": n_votes, "items": n_items, "items_with_votes": voted,
                 "pairs": n_pairs, "votes_per_persona": {p: per.get(p, 0) for p in self._personas},
+                "groups": self.group_counts(), "rewards": list(self._scale.rewards),
                 "labels": list(self.labels), "prior": self.prior, "half_life_s": self.half_life_s,
                 "readonly": self.readonly, "journal_mode": "wal", "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sync, sync)}

@@ -159,3 +159,79 @@ def token_logprobs_naive(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tenso
         for t in range(T):
             out[b, t] = logp[b, t, int(ids[b, t])]
     return out.float()
+
+
+# ---- group objectives (raydprm.core.group_objectives): naive twins, Python floats -------------------------
+
+def _norm_weights_naive(weights) -> list[float]:
+    w = [float(v) for v in weights]
+    tot = sum(w)
+    return [v / tot for v in w]
+
+
+def population_naive(J, weights) -> float:
+    """Reference twin of :func:`population`: sum_g w_g J_g."""
+    return sum(wg * float(jg) for wg, jg in zip(_norm_weights_naive(weights), J))
+
+
+def worst_group_naive(J, weights, tau: float = 0.1) -> float:
+    """Reference twin of :func:`worst_group`: -tau log sum_g w_g exp(-J_g / tau), shifted by the
+    minimum for stability; tau = 0 is the minimum over groups with positive weight."""
+    w = _norm_weights_naive(weights)
+    live = [float(j) for j, wg in zip(J, w) if wg > 0]
+    lo = min(live)
+    if tau == 0:
+        return lo
+    s = sum(wg * math.exp(-(float(j) - lo) / tau) for j, wg in zip(J, w) if wg > 0)
+    return lo - tau * math.log(s)
+
+
+def cvar_groups_naive(J, weights, alpha: float = 0.25) -> float:
+    """Reference twin of :func:`cvar_groups`: walk the groups from the worst, filling a budget of
+    alpha population mass, and average what was taken."""
+    w = _norm_weights_naive(weights)
+    pairs = sorted(zip([float(j) for j in J], w), key=lambda p: p[0])
+    left, tot = alpha, 0.0
+    for j, wg in pairs:
+        take = min(wg, left)
+        tot += take * j
+        left -= take
+        if left <= 0:
+            break
+    return tot / alpha
+
+
+def nash_naive(J, weights, r_min: float = -3.0) -> float:
+    """Reference twin of :func:`nash`: log of the weighted product prod_g (J_g - r_min)^{w_g}."""
+    w = _norm_weights_naive(weights)
+    prod = 1.0
+    for j, wg in zip(J, w):
+        prod *= (float(j) - r_min) ** wg
+    return math.log(prod)
+
+
+def mean_minus_std_naive(J, weights, kappa: float = 1.0) -> float:
+    """Reference twin of :func:`mean_minus_std`: two passes over the groups."""
+    w = _norm_weights_naive(weights)
+    m = sum(wg * float(j) for j, wg in zip(J, w))
+    var = sum(wg * (float(j) - m) ** 2 for j, wg in zip(J, w))
+    return m - kappa * math.sqrt(var)
+
+
+def scalarise_naive(group_rewards, weights, name: str, **params) -> list[float]:
+    """Reference twin of :func:`scalarise`: J by a loop, the coefficients by central finite
+    differences of the naive objective, then R_b = sum_g c_g r_g(x_b) sample by sample."""
+    rows = [[float(v) for v in r] for r in group_rewards]
+    B, G = len(rows), len(rows[0])
+    J = [sum(r[g] for r in rows) / B for g in range(G)]
+    f = {"population": population_naive, "worst_group": worst_group_naive, "cvar_groups": cvar_groups_naive,
+         "nash": nash_naive, "mean_minus_std": mean_minus_std_naive}[name]
+    h = 1e-6
+    coef = []
+    for g in range(G):
+        up = list(J)
+        dn = list(J)
+        up[g] += h
+        dn[g] -= h
+        coef.append((f(up, weights, **params) - f(dn, weights, **params)) / (2 * h))
+    return [sum(c * v for c, v in zip(coef, r)) for r in rows]
