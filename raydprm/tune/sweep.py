@@ -58,7 +58,7 @@ from ray import tune
 from raydprm.cluster.group import Placement
 from raydprm.cluster.pipeline import Pipeline
 from raydprm.cluster.run_plan import bundle_layout
-from raydprm.cluster.run_state import copy_stages, verify_checkpoint, write_json, write_manifest
+from raydprm.cluster.run_state import MANIFEST, copy_stages, verify_checkpoint, write_json, write_manifest
 from raydprm.cluster.runtime import InsufficientResources, Resources, connect
 from raydprm.config import Config, save_config
 from raydprm.errors import RaydprmError
@@ -253,14 +253,18 @@ def _unpack(ckpt: Any, run_dir: Path, cfg: Config) -> Path:
     d = run_dir / "ppo" / "start"
     shutil.rmtree(d, ignore_errors=True)
     ckpt.to_directory(str(d))
-    verify_checkpoint(d)  # what Tune hands back is what the trial saved
+    manifest = (d / MANIFEST).is_file()
+    if manifest:  # what Tune hands back is what the trial saved (a checkpoint saved before manifests has none)
+        verify_checkpoint(d)
     meta = json.loads((d / "trial.json").read_text())
-    if meta.get("ppo.beta") != cfg.ppo.beta:
+    edited = meta.get("ppo.beta") != cfg.ppo.beta
+    if edited:
         state = d / "learner_state.json"
         learner = json.loads(state.read_text())
         learner["kl_coef"] = cfg.ppo.beta
         state.write_text(json.dumps(learner, indent=1))
-        write_manifest(d)  # the edited state is this trial's own
+    if edited or not manifest:
+        write_manifest(d)  # the checkpoint the pipeline verifies is this trial's own
     progress = json.loads((d / "progress.json").read_text())
     with open(run_dir / "restores.jsonl", "a") as fh:  # a trial's history of restores (PBT clones included)
         fh.write(json.dumps({"from_trial": meta.get("trial_id"), "step": progress["step"],
