@@ -91,16 +91,23 @@ def on_signal(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
-def install_signal_handlers() -> None:
-    """SIGTERM and SIGINT go through :func:`on_signal` (main thread only; elsewhere a no-op)."""
+def install_signal_handlers() -> dict[int, object]:
+    """SIGTERM and SIGINT go through :func:`on_signal` (main thread only; elsewhere a no-op).
+    Returns the handlers it replaced (for :func:`restore_signal_handlers`)."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return
+        return {}
     _received.clear()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def restore_signal_handlers(old: dict[int, object]) -> None:
+    import signal
+
+    for sig, handler in old.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def writing(path: object, what: str):

@@ -23,7 +23,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from raydprm.errors import DiskFull, RaydprmError, install_signal_handlers, is_disk_full, received_signal
+from raydprm.errors import (
+    DiskFull,
+    RaydprmError,
+    install_signal_handlers,
+    is_disk_full,
+    received_signal,
+    restore_signal_handlers,
+)
 
 # Modules of this package that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = ["info", "config_cmd", "models_cmd", "run", "sweep", "rollout", "reward", "serve", "learner", "store", "experiments"]
@@ -64,13 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("RAYDPRM_DEBUG", "") not in ("", "0") or "--debug" in argv
     argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line, not only first
-    install_signal_handlers()
+    old_handlers = install_signal_handlers()
     try:
         args = parser.parse_args(argv)
         debug = debug or args.debug
         rc = args.handler(args)
     except BaseException as e:  # noqa: BLE001 - every way out is one line (or the traceback with --debug)
         return _report(e, debug)
+    finally:
+        restore_signal_handlers(old_handlers)  # main() called in-process (tests) leaves the caller's handlers
     return int(rc or 0)
 
 
