@@ -173,6 +173,26 @@ class Section:
         """Cross-field checks; override in a section. Raise ConfigError naming the key."""
 
 
+def check_path_component(key: str, value: str) -> None:
+    """Refuse a value that is not exactly one path component (a name joined under a directory):
+    empty, ``.``/``..``, a separator (so an absolute path too) or a NUL would put what is written
+    under it somewhere else (``run.name=../x`` wrote beside the output directory)."""
+    why = None
+    if not value.strip():
+        why = "is empty"
+    elif value in (".", ".."):
+        why = "is a relative directory reference"
+    elif os.path.isabs(value):
+        why = "is an absolute path"
+    elif "/" in value or "\\" in value or (os.altsep and os.altsep in value):
+        why = "contains a path separator"
+    elif "\0" in value:
+        why = "contains a NUL character"
+    if why:
+        raise ConfigError(f"config key '{key}' = {value!r} {why}; it must be one directory name under "
+                          "run.output_dir (e.g. run.name=demo2)")
+
+
 # --------------------------------------------------------------------------- sections
 
 @dataclass(frozen=True)
@@ -193,6 +213,7 @@ class RunConfig(Section):
 
     def validate(self) -> None:
         self._validate_loggers()
+        check_path_component("run.name", self.name)
         if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", self.output_dir):
             # every role writes its own outputs as files on its own node (the SFT and reward tasks, the
             # learner's checkpoints and export, the SQLite store): the run directory is a file path
@@ -259,6 +280,10 @@ def check_mixture(key: str, mixture: Mapping[str, float]) -> None:
         raise ConfigError(f"config key '{key}' must have a positive total weight")
 
 
+# crowd.preset -> the persona file shipped in raydprm/sim/ (raydprm.sim.personas reads this table)
+CROWD_PRESETS: dict[str, str] = {"default": "personas.yaml", "polarized": "personas_polarized.yaml"}
+
+
 @dataclass(frozen=True)
 class CrowdConfig(Section):
     section: ClassVar[str] = "crowd"
@@ -266,9 +291,23 @@ class CrowdConfig(Section):
     mixture: dict[str, float] = opt(factory=dict, doc="Persona weights of the population; empty = uniform over all personas.")
     n_items: int = opt(384, doc="Number of generated (prompt, response) items the crowd votes on.", ge=1)
     votes_per_item: int = opt(12, doc="Votes cast on each item (spread over personas by the mixture).", ge=1)
+    preset: str = opt("default", doc="Shipped persona set: 'default' (raydprm/sim/personas.yaml, personas that differ "
+                      "mostly in strictness) or 'polarized' (raydprm/sim/personas_polarized.yaml, groups that "
+                      "disagree in direction; docs/pluralism.md); crowd.personas_file overrides both.",
+                      choices=tuple(CROWD_PRESETS))
 
     def validate(self) -> None:
         check_mixture("crowd.mixture", self.mixture)
+
+    @property
+    def personas_source(self) -> str:
+        """The personas file this crowd reads: crowd.personas_file if set, else the preset's shipped
+        file ("" = the default personas.yaml, what ``load_personas`` reads for an empty path)."""
+        if self.personas_file:
+            return self.personas_file
+        if self.preset == "default":
+            return ""
+        return str(Path(__file__).resolve().parent / "sim" / CROWD_PRESETS[self.preset])  # shipped beside personas.yaml
 
 
 @dataclass(frozen=True)
@@ -294,6 +333,10 @@ class StoreConfig(Section):
     synchronous: str = opt("FULL", doc="SQLite synchronous mode under WAL.", choices=("NORMAL", "FULL"))
     smoothing: float = opt(0.0, doc="Targeted label smoothing mass applied to exported targets.", ge=0, lt=1)
     max_text_chars: int = opt(16384, doc="Longest prompt or response accepted.", ge=1)
+    heldout_fraction: float = opt(0.2, doc="Share of items held out by the deterministic split by item id "
+                                  "(raydprm.store.heldout_mask; `store export --split`, the gold judge of "
+                                  "pipeline.crowd=store).", ge=0, le=1)
+    split_seed: int = opt(0, doc="Seed of the split of items by item id (hash of seed:item_id).", ge=0)
 
 
 @dataclass(frozen=True)
@@ -727,9 +770,53 @@ class _StrictLoader(yaml.SafeLoader):
 _StrictLoader.add_constructor("tag:yaml.org,2002:map", _StrictLoader.construct_yaml_map)
 
 
-def yaml_load(text: str) -> Any:
-    """Parse YAML like ``yaml.safe_load``, but a duplicate key in a mapping is a ConfigError."""
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_scalars(loader: _StrictLoader, node: yaml.Node, key: str) -> None:
+    """Walk the composed YAML before it is constructed: an integer beyond 64 bits (of any length:
+    Python's int() refuses more than 4300 digits with a ValueError) and a lone surrogate (``"\\ud800"``
+    is valid YAML but no valid text: writing it as UTF-8 fails later) are refused naming the key and
+    the line."""
+    where = f"line {node.start_mark.line + 1}" + (f", key '{key}'" if key else "")
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            _check_scalars(loader, k, key)
+            name = k.value if isinstance(k, yaml.ScalarNode) else "?"
+            _check_scalars(loader, v, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _check_scalars(loader, v, f"{key}[{i}]")
+    elif isinstance(node, yaml.ScalarNode):
+        if _SURROGATE.search(node.value):
+            shown = node.value.encode("utf-8", "backslashreplace").decode()
+            raise ConfigError(f"{where}: '{shown[:80]}' holds a lone "
+                              "surrogate (an escape such as \\ud800 that is no character); give valid text")
+        if node.tag == "tag:yaml.org,2002:int":
+            digits = sum(c.isdigit() for c in node.value)
+            try:
+                value = loader.construct_object(node) if digits <= 64 else None
+            except ValueError:
+                value = None
+            if value is None or not INT_MIN <= value <= INT_MAX:
+                shown = value if value is not None and abs(value) < 10 ** 30 else f"an integer of {digits} digits"
+                raise ConfigError(f"line {node.start_mark.line + 1}: config key '{key or '?'}' = {shown} is out of "
+                                  f"range; integers must fit in 64 bits ({INT_MIN}..{INT_MAX})")
+
+
+def yaml_load(text: str, key: str = "") -> Any:
+    """Parse YAML like ``yaml.safe_load``, but a duplicate key in a mapping, an integer beyond 64 bits
+    and a lone surrogate are ConfigErrors naming the line (and the key; ``key``: the dotted key the
+    whole text is the value of, as in an override)."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_scalars(loader, node, key)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -739,12 +826,13 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"override '{item}' has an empty key")
+    shown = item if len(item) <= 200 else f"{key}=<{len(raw)} characters>"
     try:
-        value = yaml_load(raw) if raw.strip() != "" else ""
+        value = yaml_load(raw, key) if raw.strip() != "" else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override '{item}': value is not valid YAML ({e.__class__.__name__})") from None
+        raise ConfigError(f"override '{shown}': value is not valid YAML ({e.__class__.__name__})") from None
     except ConfigError as e:
-        raise ConfigError(f"override '{item}': {e}") from None
+        raise ConfigError(f"override '{shown}': {e}") from None
     return key.split("."), value
 
 

@@ -6,18 +6,9 @@ for every import statement, the lazy ones inside functions included, and there a
 import cycles between modules (``tests/test_layering.py`` checks both over the whole tree;
 ``docs/layers.md`` explains the checks).
 
-* ``errors`` (and this file): the exception base classes; import nothing of raydprm.
-* ``core``: pure math on tensors, torch/numpy only (the label scale, OT, Dirichlet, PPO).
-* ``config``: the typed config tree; reads label defaults from ``core.label_scale``.
-* ``store``: the preference store (sqlite + Dirichlet posteriors).
-* ``sim``: the simulated world and crowd (no models).
-* ``models``: the tiny kit, the reward models, the policy; the LLM judge (it loads one).
-* ``rollout`` | ``train`` | ``evaluate``: generation engines and weight sync | trainers (reward,
-  SFT, PPO) | judging policies' samples, bootstrap intervals, run reports.
-* ``cluster`` | ``serve``: the Ray layer (actors and the pipeline, HTTP serving).
-* ``tune`` | ``experiments``: runs that compose the Ray layer (a Tune trial runs the
-  pipeline of ``cluster``, so tuning sits above it).
-* ``cli``: the ``raydprm`` command (imports anything below it).
+:data:`LAYER_DOCS` says what each layer holds; :func:`diagram` draws the tiers from both, and
+the diagrams of ``docs/architecture.md`` and ``docs/layers.md`` are that drawing
+(``tests/test_layering.py`` compares them).
 
 Outside the package, ``jobs/`` (Ray Job entry points) and ``bench/`` (benchmarks) may
 import any layer; nothing in raydprm imports them.
@@ -25,11 +16,11 @@ import any layer; nothing in raydprm imports them.
 
 from __future__ import annotations
 
-__all__ = ["LAYERS", "layer_of", "rank_of"]
+__all__ = ["LAYERS", "LAYER_DOCS", "diagram", "layer_of", "rank_of"]
 
 # Bottom first; a tuple of names is one tier of peers. A name is a subpackage of
 # raydprm or a top-level module of it (``raydprm/<name>.py``); ``""`` is ``raydprm``'s own
-# ``__init__``. A package not written yet (``experiments``) has its place already.
+# ``__init__``.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "errors", "layers"),
     ("core",),
@@ -42,6 +33,37 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tune", "experiments"),
     ("cli",),
 )
+
+# What each layer holds, one line each (the diagram's right column).
+LAYER_DOCS: dict[str, str] = {
+    "": "raydprm's own __init__ (imports nothing)",
+    "errors": "RaydprmError and the other exception base classes; imports nothing of raydprm",
+    "layers": "this declaration",
+    "core": "pure math on tensors, torch/numpy only (label scale, OT, Dirichlet, PPO, KL)",
+    "config": "frozen typed dataclasses, one section per component (label defaults: core/hh_labels.py)",
+    "store": "SQLite preference store: vote log + Dirichlet posteriors",
+    "sim": "the simulated world and the persona crowd (no models)",
+    "models": "tiny offline kit, DPRM and Bradley-Terry reward models, policy, LLM judge",
+    "rollout": "generation engines (vllm_engine: the only vllm import), weight-sync payloads",
+    "train": "SFT, reward training, PPO and direct-alignment learners (ds_engine: the only deepspeed import)",
+    "evaluate": "judging policies' samples, bootstrap intervals, run reports",
+    "cluster": "Ray: runtime (the only ray.init), ActorGroup, pools, weight sync, the pipeline",
+    "serve": "Ray Serve app (the only ray.serve import)",
+    "tune": "Ray Tune sweeps of the pipeline (a trial runs the pipeline of cluster)",
+    "experiments": "paper experiments composed from the Ray layer (PBDE toy settings, length bias, drift)",
+    "cli": "the `raydprm` command line (one module per subcommand group)",
+}
+
+
+def diagram(width: int = 14) -> str:
+    """The tiers top first, one line per layer, a rule between tiers (layers between two rules are peers)."""
+    rule = "  " + "─" * 96
+    rows: list[str] = []
+    for tier in reversed(LAYERS):
+        if rows:
+            rows.append(rule)
+        rows += [f"  {name or '__init__':<{width}}{LAYER_DOCS[name]}" for name in tier]
+    return "\n".join(rows)
 
 
 def layer_of(module: str) -> str:

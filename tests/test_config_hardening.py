@@ -126,3 +126,78 @@ def test_fuzz_config_files_are_a_config_or_one_config_error(tmp_path, doc, raw):
     _ok_or_config_error(lambda: load_config(f))
     f.write_bytes(raw.encode() if isinstance(raw, str) else raw)
     _ok_or_config_error(lambda: load_config(f))
+
+
+# --------------------------------------------------------------------------- issue 25, part 3
+
+@pytest.mark.parametrize("name,why", [
+    ("../escaped", "contains a path separator"), ("/abs/x", "is an absolute path"), ("", "is empty"),
+    ("  ", "is empty"), ("..", "relative directory reference"), (".", "relative directory reference"),
+    ("a/b", "contains a path separator"), ("a\\\\b", "contains a path separator"),
+])
+def test_run_name_is_one_path_component(name, why):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"run.name='{name}'"])
+    assert "'run.name'" in str(e.value) and why in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["demo", "1e-3", "my run.v2", "a..b", "compare"])
+def test_run_name_accepts_plain_names(name):
+    assert load_config(None, [f"run.name='{name}'"]).run.name == name
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--smoke", "--no-progress", "run.name=../escaped"],
+    ["store", "init", "run.name=ABS"],
+    ["store", "init", "run.name=../escaped"],
+])
+def test_no_command_writes_outside_the_output_dir(tmp_path, capsys, argv):
+    """`run --smoke run.output_dir=/tmp/a run.name=../escaped` wrote /tmp/escaped/config.yaml; `store init
+    run.name=/abs/x` wrote /abs/x/store.db. Now: refused in one line, before any work, nothing written."""
+    from raydprm.cli import main
+
+    out = tmp_path / "a"
+    argv = [a.replace("ABS", str(tmp_path / "abs" / "x")) for a in argv] + [f"run.output_dir={out}"]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and "run.name" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither escaped/, abs/ nor a/
+
+
+def test_an_integer_of_any_length_is_one_line_naming_file_line_and_key(tmp_path):
+    """A 4,400-digit integer crashed the parser ('unexpected ValueError': Python's int-string limit)."""
+    f = tmp_path / "c.yaml"
+    f.write_text("ppo:\n  beta: 0.1\n  steps: " + "9" * 4400 + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    msg = str(e.value)
+    assert f"config file '{f}'" in msg and "line 3" in msg and "'ppo.steps'" in msg and "4400 digits" in msg
+    assert len(msg) < 300
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["ppo.steps=" + "9" * 4400])
+    assert "'ppo.steps'" in str(e.value) and "4400 digits" in str(e.value) and len(str(e.value)) < 300
+    with pytest.raises(ConfigError, match=r"line 2: config key 'crowd.mixture.ceo' = an integer of 5000 digits"):
+        load_config(None, ["crowd.mixture={a: 1,\n ceo: " + "1" * 5000 + "}"])
+
+
+@pytest.mark.parametrize("text,line,key", [
+    ('run:\n  name: "\\ud800"\n', 2, "run.name"),
+    ('crowd:\n  mixture: {"x\\udc00": 1}\n', 2, "crowd.mixture"),
+    ('rollout:\n  n: 1\n  stop: [a, "\\udfff"]\n', 3, "rollout.stop[1]"),
+])
+def test_a_lone_surrogate_is_one_line_naming_file_line_and_key(tmp_path, text, line, key):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    msg = str(e.value)
+    assert f"config file '{f}'" in msg and f"line {line}, key '{key}'" in msg and "lone surrogate" in msg, msg
+    msg.encode("utf-8")  # the message itself is printable
+
+
+def test_a_lone_surrogate_override_is_refused_by_the_cli(capsys):
+    from raydprm.cli import main
+
+    rc = main(["config", "check", 'run.name="\\ud800"'])
+    err = capsys.readouterr().err
+    assert rc == 2 and "lone surrogate" in err and "'run.name'" in err and len(err.strip().splitlines()) == 1

@@ -26,13 +26,6 @@ THIRD_PARTY_OK_IN_CORE = {"torch", "numpy"}
 # kernel's triton, and POT's emd as the exact fallback for L > 10 (the issue allows it).
 CORE_EXCEPTIONS = {"triton_sinkhorn.py": {"triton"}, "ot_loss.py": {"ot"}}
 
-# Known offenders, removed by the Ray-layer reshape (issue 10, parts 1-3). Edges listed
-# here are left out of the layer and cycle checks; modules listed here may import ray.serve
-# besides its adapter. The weight_sync <-> rollout_actor cycle is gone (the ActorGroup owns
-# the wait); `raydprm serve` still calls `serve.shutdown()` itself instead of through
-# serve/app.py. test_allow_list_is_not_stale fails once an entry no longer applies.
-RAY_RESHAPE_ALLOWED_EDGES: set[tuple[str, str]] = set()
-RAY_RESHAPE_EXTRA_RAY_SERVE: set[str] = set()  # cli.serve now goes through serve.app (issue 14)
 # The one module that starts or attaches to Ray (issue 10, part 2).
 RAY_INIT_MODULE = "raydprm.cluster.runtime"
 
@@ -161,8 +154,6 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def _checked_graph() -> dict[str, set[str]]:
-    return {m: {t for t in ts if (m, t) not in RAY_RESHAPE_ALLOWED_EDGES} for m, ts in _graph().items()}
 
 
 # --------------------------------------------------------------------------- layers and cycles
@@ -186,7 +177,7 @@ def test_every_raydprm_import_names_a_module_that_exists():
 def test_imports_only_point_down():
     """A module imports its own package or a lower tier, never a peer or a higher one."""
     bad = []
-    for m, targets in _checked_graph().items():
+    for m, targets in _graph().items():
         lm = layer_of(m)
         for t in sorted(targets):
             lt = layer_of(t)
@@ -196,7 +187,7 @@ def test_imports_only_point_down():
 
 
 def test_no_import_cycles():
-    cycles = _cycles(_checked_graph())
+    cycles = _cycles(_graph())
     assert not cycles, f"import cycles between modules: {cycles}"
 
 
@@ -215,15 +206,6 @@ def test_the_checker_sees_lazy_relative_and_circular_imports(tmp_path):
     assert edges == {"raydprm.models.dprm", "raydprm.core.gae"}
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
-
-
-def test_allow_list_is_not_stale():
-    """Every allow-listed offender still exists; once the Ray-layer reshape removes one,
-    this test asks for its entry to be deleted, so the list only shrinks."""
-    graph = _graph()
-    stale = [e for e in RAY_RESHAPE_ALLOWED_EDGES if e[1] not in graph.get(e[0], set())]
-    stale += [m for m in RAY_RESHAPE_EXTRA_RAY_SERVE if m not in MODULES or not _uses(m, "ray.serve")]
-    assert not stale, f"remove these from the allow-lists of tests/test_layering.py: {stale}"
 
 
 def test_nothing_imports_the_entry_points_outside_the_package():
@@ -276,7 +258,6 @@ def test_ray_only_in_ray_layers():
 
 def test_each_framework_has_exactly_one_adapter_module():
     found = {lib: sorted(m for m in MODULES if _uses(m, lib)) for lib in ADAPTERS_EXACTLY_ONE}
-    found["ray.serve"] = [m for m in found["ray.serve"] if m not in RAY_RESHAPE_EXTRA_RAY_SERVE]
     want = {lib: [m] for lib, m in ADAPTERS_EXACTLY_ONE.items()}
     assert found == want, f"each framework must be imported by exactly its adapter module: {found}"
 
@@ -302,3 +283,48 @@ def _calls_ray_init(module: str) -> bool:
 def test_ray_init_only_in_the_runtime():
     callers = sorted(m for m in MODULES if _calls_ray_init(m))
     assert callers == [RAY_INIT_MODULE], f"only {RAY_INIT_MODULE} may call ray.init: {callers}"
+
+
+# --------------------------------------------------------------------------- the docs of the layers (issue 25, part 8)
+
+ROOT = PKG.parent
+
+
+def test_layer_diagrams_in_the_docs_are_drawn_from_layers_py():
+    """docs/architecture.md left out `evaluate` and grouped the tiers unlike layers.py: both docs now
+    carry raydprm.layers.diagram() verbatim (regenerate it when LAYERS or LAYER_DOCS change)."""
+    from raydprm.layers import diagram
+
+    want = "```text\n" + diagram() + "\n```"
+    for doc in ("docs/architecture.md", "docs/layers.md"):
+        assert want in (ROOT / doc).read_text(), f"{doc}: paste raydprm.layers.diagram() into its ```text block"
+
+
+def test_every_layer_is_described_and_what_the_descriptions_name_exists():
+    import re
+
+    from raydprm.layers import LAYER_DOCS
+
+    assert set(LAYER_DOCS) == {name for tier in LAYERS for name in tier}
+    for name, doc in LAYER_DOCS.items():
+        for path in re.findall(r"\b([a-z_]+/[a-z_]+\.py)\b", doc):
+            assert (PKG / path).is_file(), f"LAYER_DOCS[{name!r}] names {path}, which does not exist"
+        assert "not written" not in doc
+    # the config tree reads its label defaults where the docs say
+    assert "raydprm.core.hh_labels" in _graph()["raydprm.config"]
+    assert all((PKG / name).is_dir() or (PKG / f"{name}.py").is_file() for name in LAYER_DOCS if name)
+
+
+def test_the_weight_sync_docs_name_the_digest_it_uses():
+    """The docs said SHA-256 where weight sync checksums with xxh3-128 (rollout.sync.DIGEST_ALGO)."""
+    from raydprm.rollout.sync import DIGEST_ALGO
+
+    assert DIGEST_ALGO == "xxh3_128"
+    import raydprm.cluster.weight_sync as ws
+    import raydprm.rollout.sync as rs
+
+    for where, text in (("docs/architecture.md", (ROOT / "docs/architecture.md").read_text()),
+                        ("cluster/weight_sync.py", ws.__doc__), ("rollout/sync.py", rs.__doc__)):
+        assert "xxh3-128" in text, where
+        assert "SHA-256 digests" not in text and "SHA-256 of its bytes" not in text, where
+        assert "(names, shapes, SHA-256)" not in text, where

@@ -41,10 +41,26 @@ class UsageError(RaydprmError):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one ``raydprm: error:`` line (not usage + message)."""
+    """argparse, but a usage error is one ``raydprm: error:`` line (not usage + message), and every
+    leaf command (one without subcommands) parses its options and positionals intermixed: options
+    and ``key=value`` overrides in any order (``sweep SPACE.yaml --smoke run.name=x``). Plain
+    argparse stops filling a ``nargs='*'`` positional at the first option, so the overrides after
+    it were "unrecognized arguments". The subcommand action hands the rest of the line to the leaf's
+    ``parse_known_args``, which is where the intermixed parse goes in."""
+
+    _intermixing = False  # set while parse_known_intermixed_args calls back into parse_known_args
 
     def error(self, message: str):
         raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"raydprm.cli.{name}").register(sub)
+    for path, leaf in leaves(parser):
+        # one grammar: every command takes --no-progress (no bar at all, the libraries' included)
+        if not any("--no-progress" in a.option_strings for a in leaf._actions):
+            leaf.add_argument("--no-progress", action="store_true",
+                              help="No progress bars (the libraries' too: datasets, transformers, the hub).")
+        leaf.set_defaults(command_name=" ".join(["raydprm", *path]))
     return parser
+
+
+def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """``(names, parser)`` of every command without subcommands (an alias's parser once)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+    for action in subs:
+        seen: set[int] = set()
+        for name, p in action.choices.items():
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield from leaves(p, (*path, name))
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -75,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         debug = debug or args.debug
+        if getattr(args, "no_progress", False):
+            from raydprm.cli.common import quiet_progress
+
+            quiet_progress()
         rc = args.handler(args)
     except BaseException as e:  # noqa: BLE001 - every way out is one line (or the traceback with --debug)
         return _report(e, debug)

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(show)
     show.add_argument("--doc", action="store_true", help="List every key with its allowed values and documentation.")
     show.set_defaults(handler=_show)
-    check = csub.add_parser("check", help="Validate a config file and overrides; exit 0 if valid.")
+    check = csub.add_parser("check", help="Validate a config file and overrides (sizes against the policy's positions too); exit 0 if valid.")
     add_config_args(check)
     check.set_defaults(handler=_check)
 
@@ -35,6 +35,9 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    config_from_args(args)
+    from raydprm.cluster.placement import check_sizes
+
+    cfg = config_from_args(args)
+    check_sizes(cfg)  # the sizes against the policy's positions, as the run's pre-flight does
     print("config OK")
     return 0

@@ -78,6 +78,9 @@ def _generate(args: argparse.Namespace) -> int:
     if args.stop:
         changes["stop"] = tuple(args.stop)
     sampling = SamplingParams.from_config(cfg.rollout, **changes)  # validated before the engine starts
+    from raydprm.cluster.placement import check_sizes
+
+    check_sizes(cfg, max_new_tokens=args.max_new_tokens, model=args.model)  # prompt + response fit the model
     cfg, engine = _engine(args)
     try:
         for r in engine.generate(prompts, sampling):

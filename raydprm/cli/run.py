@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     # what would otherwise fail minutes in, inside a Ray actor, with a page of traceback
     check_model_refs(cfg, "models.policy", "models.reward_backbone", "models.tokenizer", "ppo.reference",
                      "ppo.critic_model")
+    from raydprm.cluster.placement import check_sizes
+
+    check_sizes(cfg)  # also in the pipeline's pre-flight; here it comes before the pipeline's imports
     if not args.resume:
         _check_creatable(cfg)
     if cfg.store.path and Path(cfg.store.path).is_file():  # an existing store must agree with the config

@@ -1,11 +1,15 @@
-"""`raydprm store init|stats|import|export|simulate|reconfigure`: the preference store from the shell.
+"""`raydprm store init|stats|import|export|simulate|reconfigure|backup`: the preference store from the shell.
 
     raydprm store init --db runs/demo/store.db store.half_life_s=86400   # parameters recorded here
     raydprm store simulate --db runs/demo/store.db --n 384          # the simulated crowd votes
     raydprm store import --db store.db --file hh.jsonl               # Anthropic HH pairs as votes
+    raydprm store import --db dices.db --file dices_350.csv --preset dices --group rater_gender
+    raydprm store import --db s.db --file ratings.parquet --mapping my_mapping.yaml
     raydprm store export --db store.db --out data/ --mixture scientist=2,artist=1
-    raydprm store stats --db store.db
+    raydprm store export --db dices.db --out data/ --mixture census.yaml --split train
+    raydprm store stats --db store.db                                # groups and how much they disagree
     raydprm store reconfigure --db store.db store.half_life_s=0      # rebuilds from the log
+    raydprm store backup --db store.db --out copy.db                 # a consistent copy of a live store
 
 ``--db`` defaults to ``store.path`` of the config, else ``<run_dir>/store.db``; config
 files and ``key=value`` overrides work as in every subcommand (``crowd.*``, ``store.*``).
@@ -21,7 +25,7 @@ import argparse
 import json
 import math
 
-from raydprm.cli.common import add_config_args, config_from_args
+from raydprm.cli.common import add_config_args, applies, config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,19 +42,41 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     action("init", "Create an empty store (idempotent) and print its stats; store.prior, store.half_life_s and "
            "labels.names are recorded in it.", _init)
-    action("stats", "Print the store's counts and settings as JSON (read-only).", _stats)
+    # a read-only command reads the store's own settings: any other key is refused, not ignored
+    applies(action("stats", "Print the store's counts and settings as JSON (read-only).", _stats), *_READ_KEYS)
     action("reconfigure", "Change the store's recorded store.prior and/or store.half_life_s (given as overrides, "
            "e.g. store.half_life_s=3600), rebuilding every posterior from the vote log in one transaction.",
            _reconfigure)
-    imp = action("import", "Import Anthropic-HH-format pairs (chosen/rejected JSONL) as votes.", _import)
-    imp.add_argument("--file", required=True, help="Local JSONL file with 'chosen' and 'rejected' transcripts.")
+    imp = action("import", "Import a per-rater dataset through a mapping (--mapping FILE.yaml or --preset "
+                 "dices|prism|hh), or Anthropic-HH-format pairs (chosen/rejected JSONL) without one; all or "
+                 "nothing (docs/data.md).", _import)
+    imp.add_argument("--file", required=True, help="Local file: CSV, JSONL, Parquet, a saved Hugging Face dataset "
+                     "directory, or HH JSONL.")
+    imp.add_argument("--mapping", default=None, help="Mapping YAML: item, rater, group, label columns, value -> "
+                     "label map and label scale (docs/data.md).")
+    imp.add_argument("--preset", default=None, help="A shipped mapping: dices, prism or hh.")
+    imp.add_argument("--group", default=None, help="Group column or template of the mapping, e.g. rater_gender "
+                     "or '{rater_gender}/{rater_age}'.")
+    imp.add_argument("--join", default=None, help="Rater table file to join (PRISM's survey.jsonl).")
+    imp.add_argument("--chunk-rows", type=_positive_int, default=50_000, help="Rows read per chunk.")
     imp.add_argument("--persona", default="hh", help="Annotator id of the imported votes (registered if new).")
     imp.add_argument("--chosen-label", default="helpful_harmless", help="Label (name or index) of chosen responses.")
     imp.add_argument("--rejected-label", default="unhelpful_harmless", help="Label of rejected responses.")
     imp.add_argument("--limit", type=_positive_int, default=None, help="Import at most this many rows (>= 1).")
     exp = action("export", "Export items with their target distributions (a datasets.Dataset; read-only).", _export)
+    applies(exp, *_READ_KEYS)
     exp.add_argument("--out", required=True, help="Output: a directory (save_to_disk) or a .jsonl file.")
-    exp.add_argument("--mixture", default="", help="Persona weights, e.g. scientist=2,artist=1 (default: pooled).")
+    exp.add_argument("--mixture", default="", help="Persona/group weights, e.g. scientist=2,artist=1, or a YAML file "
+                     "{group: share} of a target population (post-stratification); default: pooled.")
+    exp.add_argument("--split", default=None, choices=("train", "heldout"), help="Only one side of the "
+                     "deterministic split of items by item id.")
+    exp.add_argument("--heldout-fraction", type=float, default=None, help="Held-out share of items for --split "
+                     "(default store.heldout_fraction).")
+    exp.add_argument("--split-seed", type=_nonnegative_int, default=None, help="Seed of the split by item id "
+                     "(default store.split_seed).")
+    bak = action("backup", "Write a consistent, self-contained copy of a (possibly live) store with SQLite's online "
+                 "backup: the documented way to copy a store.", _backup)
+    bak.add_argument("--out", required=True, help="Destination file (replaced).")
     exp.add_argument("--smoothing", type=float, default=None, help="Targeted label smoothing (default store.smoothing).")
     exp.add_argument("--min-votes", type=_nonnegative_int, default=1, help="Skip items with fewer votes.")
     exp.add_argument("--pairs", action="store_true", help="Export the recorded pairs instead of items.")
@@ -63,6 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--batch-size", type=_positive_int, default=1000, help="Votes per durable batch.")
 
 
+# what the read-only commands apply: where the store is, and store.* (checked against the store's own)
+_READ_KEYS = ("store", "run.output_dir", "run.name")
 _MAX_INT = (1 << 31) - 1
 
 
@@ -121,7 +149,10 @@ def _init(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     _, store = _open(args, readonly=True, check=True)
     with store:
-        print(json.dumps(store.stats(), indent=2))
+        st = store.stats()
+        if len(st["groups"]) >= 2:  # how much the rater groups disagree (raydprm.store.groups)
+            st["group_disagreement"] = store.group_disagreement()
+        print(json.dumps(st, indent=2))
     return 0
 
 
@@ -142,8 +173,13 @@ def _reconfigure(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from raydprm.errors import RaydprmError
     from raydprm.store.hh import import_hh
 
+    if args.mapping or args.preset:
+        return _import_mapped(args)
+    if args.group or args.join:
+        raise RaydprmError("--group and --join need a mapping (--mapping FILE.yaml or --preset NAME)")
     _, store = _open(args)
 
     def label(x: str) -> int | str:
@@ -156,6 +192,102 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_mapped(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from raydprm.errors import RaydprmError
+    from raydprm.store.importer import import_file
+    from raydprm.store.mapping import load_mapping
+
+    if args.mapping and args.preset:
+        raise RaydprmError("give --mapping or --preset, not both")
+    m = load_mapping(args.mapping, args.preset)
+    if args.group:
+        m = m.with_group(args.group)
+    if args.join:
+        m = m.with_join_file(args.join)
+    if m.format == "hh":  # the HH options given on the command line win over the mapping's
+        import dataclasses
+
+        def label(x: str) -> int | str:
+            return int(x) if x.isdigit() else x
+
+        given = {"persona": args.persona, "chosen_label": label(args.chosen_label),
+                 "rejected_label": label(args.rejected_label)}
+        defaults = {"persona": "hh", "chosen_label": "helpful_harmless", "rejected_label": "unhelpful_harmless"}
+        hh = dict(m.hh) | {k: v for k, v in given.items() if v != defaults[k]}
+        if args.limit is not None:
+            hh["limit"] = args.limit
+        m = dataclasses.replace(m, hh=hh)
+    elif args.limit is not None or args.persona != "hh":
+        raise RaydprmError("--limit and --persona apply to HH imports only (a per-rater mapping names its raters "
+                           "and groups)")
+    if not Path(args.file).exists():  # before a store is created for nothing
+        raise RaydprmError(f"file '{args.file}' does not exist")
+    cfg = config_from_args(args)
+    path = Path(args.db or cfg.store.path or cfg.run.run_dir / "store.db")
+    new = not (path.is_file() and path.stat().st_size > 0)
+    over = dict(labels=None, label_scale=m.scale) if new and m.scale is not None else {}
+    _, store = _open(args, **over)
+    try:
+        with store:
+            out = import_file(store, args.file, m, chunk_rows=args.chunk_rows, progress=True)  # bars on a TTY only
+    except BaseException:
+        if new:  # a store created for this import and refused: leave nothing behind
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+        raise
+    print(json.dumps(out))
+    return 0
+
+
+def _mixture(text: str) -> dict[str, float]:
+    """``--mixture``: ``a=2,b=1``, or a YAML file ``{group: share}`` of a target population."""
+    from pathlib import Path
+
+    import yaml
+
+    from raydprm.errors import RaydprmError
+
+    if text.endswith((".yaml", ".yml")) or Path(text).is_file():
+        try:
+            data = yaml.safe_load(Path(text).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise RaydprmError(f"cannot read the mixture file '{text}': {e.strerror or e}") from None
+        except yaml.YAMLError as e:
+            raise RaydprmError(f"mixture file '{text}' is not valid YAML ({str(e).splitlines()[0]})") from None
+        if isinstance(data, dict) and set(data) == {"target"}:
+            data = data["target"]
+        if not isinstance(data, dict) or not data:
+            raise RaydprmError(f"mixture file '{text}' must map groups to population shares, e.g. 'White: 0.6'")
+        out = {}
+        for g, w in data.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise RaydprmError(f"mixture file '{text}': the share of '{g}' must be a finite number >= 0, got {w!r}")
+            out[str(g)] = float(w)
+        if sum(out.values()) <= 0:
+            raise RaydprmError(f"mixture file '{text}': the shares are all zero")
+        return out
+    return _parse_mixture(text)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from raydprm.errors import RaydprmError
+
+    cfg = config_from_args(args)
+    path = Path(args.db or cfg.store.path or cfg.run.run_dir / "store.db")
+    if Path(args.out).exists() and Path(args.out).is_dir():
+        raise RaydprmError(f"--out '{args.out}' is a directory; give a file such as {args.out}/store.db")
+    _, store = _open(args, readonly=True, check=True)
+    with store:
+        out = store.backup(args.out)
+        votes = store.count_votes()
+    print(json.dumps({"out": str(out), "votes": votes, "from": str(path)}))
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from raydprm.errors import RaydprmError
 
@@ -165,7 +297,18 @@ def _export(args: argparse.Namespace) -> int:
             ds = store.export_pairs()
         else:
             smoothing = cfg.store.smoothing if args.smoothing is None else args.smoothing
-            ds = store.export(_parse_mixture(args.mixture) or None, smoothing=smoothing, min_votes=args.min_votes)
+            mixture = _mixture(args.mixture) if args.mixture else None
+            if mixture is not None:
+                from raydprm.store.groups import poststratification_weights
+
+                try:  # post-stratification: the target's shares, normalised, over groups the store has
+                    mixture = poststratification_weights(mixture, store.personas)
+                except ValueError as e:
+                    raise RaydprmError(f"--mixture {args.mixture}: {e}") from None
+            ds = store.export(mixture, smoothing=smoothing, min_votes=args.min_votes, split=args.split,
+                              heldout_fraction=(cfg.store.heldout_fraction if args.heldout_fraction is None
+                                                else args.heldout_fraction),
+                              split_seed=cfg.store.split_seed if args.split_seed is None else args.split_seed)
     from raydprm.errors import writing
 
     try:
@@ -192,7 +335,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if n < 1 or k < 1 or args.batch_size < 1:
         raise RaydprmError("--n, --votes-per-item and --batch-size must be >= 1")
     seed = cfg.run.seed if args.seed is None else args.seed
-    pop = Population(load_personas(cfg.crowd.personas_file or None),
+    pop = Population(load_personas(cfg.crowd.personas_source or None),
                      _parse_mixture(args.mixture) or cfg.crowd.mixture or None)  # checked before the store opens
     _, store = _open(args)
     with store:

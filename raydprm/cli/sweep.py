@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         base = load_config(head.base_config, [*head.overrides, *(SMOKE_OVERRIDES if args.smoke else []),
                                               *(head.smoke if args.smoke else []), *overrides])
         space = load_space(files[0], base=base)
+        from raydprm.cluster.placement import check_sizes
+
+        check_sizes(base)  # before Tune starts (every trial checks its own config in its pre-flight)
         out = Path(base.run.output_dir)
         if in_ray_job() and not out.is_absolute():
             raise ConfigError(f"run.output_dir = '{out}' is relative: inside a Ray job give an absolute path every "

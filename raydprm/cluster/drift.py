@@ -122,7 +122,7 @@ class Drift:
         self.ppo_dir = Path(ppo_dir) if ppo_dir is not None else self.run_dir / "ppo"  # the PPO stage's directory
         self.reward_dir = str(reward_dir)  # the reward stage's model: what the replicas start from
         self.placement, self.store_cpu, self.say = placement, store_cpu, say or log.info
-        personas = load_personas(cfg.crowd.personas_file or None)
+        personas = load_personas(cfg.crowd.personas_source or None)
         self.old = Population(personas, cfg.crowd.mixture or None)
         # a bad persona name fails here, before the first PPO step, not after it
         self.new = Population(personas, cfg.pipeline.drift_mixture) if cfg.pipeline.drift_step else None

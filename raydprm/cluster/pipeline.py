@@ -399,8 +399,8 @@ class Pipeline:
     def _evaluate(self, sft_dir: str, trained: list[tuple[Arm, dict[str, Any]]]) -> dict[str, Any]:
         """Every policy samples the held-out prompts under ``pipeline.eval_seeds`` sampling seeds
         per training seed, the SFT policy (vanilla) under the same ones, so samples pair up by
-        (seed, prompt); the population judges; KL(policy || SFT) per sample =
-        sum_t log pi(y_t) - log pi_sft(y_t)."""
+        (seed, prompt); the population judges; KL(policy || SFT) per sample is the exact per-token
+        KL over the vocabulary summed along the sampled response (:func:`sample_with_kl`)."""
         from raydprm.cluster.rollout_actor import RolloutPool, sample_with_kl
         from raydprm.evaluate.judge import judge_samples
         from raydprm.evaluate.report import build_report, curves, write_report

@@ -57,7 +57,7 @@ from raydprm.cluster.runtime import Resources
 from raydprm.errors import RaydprmError
 
 __all__ = ["LAYOUTS", "STAGE_ROLES", "PlacementTimeout", "RolePlacements", "group_of", "layout_groups",
-           "peak_resources", "fmt_bundles"]
+           "peak_resources", "fmt_bundles", "check_sizes", "model_positions"]
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,61 @@ def fmt_bundles(bundles: Sequence[Mapping[str, float]]) -> str:
     return f"{len(bundles)} x {one}" if same else " + ".join(fmt_bundles([b]) for b in bundles)
 
 
+_POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def model_positions(ref: str) -> int | None:
+    """The positions (longest sequence) of a model: a kit name from its spec, a local directory from its
+    ``config.json``; ``None`` when it cannot be known without loading (a hub name, an odd config)."""
+    import json
+    from pathlib import Path
+
+    from raydprm.models.tiny import TINY_MODELS
+
+    if ref in TINY_MODELS:
+        conf = TINY_MODELS[ref].kwargs
+    else:
+        f = Path(ref).expanduser() / "config.json"
+        try:
+            conf = json.loads(f.read_text())
+        except (OSError, ValueError):
+            return None
+    for k in _POSITION_KEYS:
+        if isinstance(conf.get(k), int) and conf[k] > 0:
+            return conf[k]
+    return None
+
+
+def check_sizes(cfg: Any, *, max_new_tokens: int | None = None, model: str | None = None) -> None:
+    """Refuse, before any work, a prompt + response that cannot fit the policy's positions: the
+    generator would fail minutes in with ``IndexError: index out of range`` in the position embedding.
+
+    rollout.max_prompt_tokens + max_new_tokens <= positions(policy), and the same for the reference
+    policy; ``max_new_tokens`` / ``model``: a command's own flags (default the config's)."""
+    from raydprm.errors import ConfigError
+
+    new = cfg.rollout.max_new_tokens if max_new_tokens is None else max_new_tokens
+    prompt = cfg.rollout.max_prompt_tokens
+    refs = [("--model" if model else "models.policy", model or cfg.models.policy)]
+    if not model and cfg.ppo.reference:
+        refs.append(("ppo.reference", cfg.ppo.reference))
+    for key, ref in refs:
+        n = model_positions(ref)
+        if n is not None and prompt + new > n:
+            what = "--max-new-tokens" if max_new_tokens is not None else "rollout.max_new_tokens"
+            fix = (f"lower {what} to at most {n - prompt}, or rollout.max_prompt_tokens" if n > prompt else
+                   "lower rollout.max_prompt_tokens")
+            raise ConfigError(f"rollout.max_prompt_tokens ({prompt}) + {what} ({new}) = {prompt + new} tokens do not "
+                              f"fit the {n} positions of the policy '{ref}' ({key}); {fix}")
+
+
 def peak_resources(cfg: Any) -> Resources:
     """What the run reserves at its largest stage under ``cfg.pipeline.layout`` (the pre-flight's need).
 
     need = max over stages s of sum over the groups g used by s of sum_b g's bundles b, per resource
-    (stages run one after another; their groups are removed in between)."""
+    (stages run one after another; their groups are removed in between). The pre-flight starts here,
+    so sizes that cannot fit the policy (:func:`check_sizes`) are refused first, before Ray starts."""
+    check_sizes(cfg)
     groups = layout_groups(cfg)
     layout = cfg.pipeline.layout
     best: tuple[float, float, str, list[dict[str, float]]] = (-1.0, -1.0, "", [])

@@ -51,6 +51,8 @@ class RolloutGenerator:
 
         self.replica = replica
         self.engine = make_engine(engine, model, **dict(engine_kwargs))
+        self.weights_dir: str | None = model  # where the current weights are on disk (None after a sync)
+        self._hf_copy: tuple[str, Any] | None = None  # (dir, transformers model) for vocab_logprobs
         self.probe_ids = probe_sequence(self.engine.vocab_size, probe_length)
         self.busy_s = 0.0  # seconds spent generating (for the share of a step spent outside compute)
         self.asleep: set[str] = set()  # what sleep() released and no call has woken yet
@@ -100,6 +102,48 @@ class RolloutGenerator:
         self.wake()
         return self.engine.score(sequences)
 
+    def vocab_logprobs(self, sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> list[Any]:
+        """Full-vocabulary log-probabilities (T_i, V) at the positions predicting ``seq_i[starts[i]:]``
+        (an exact KL needs whole rows; an engine reports sampled tokens only). The transformers
+        engine's own model answers; another engine's weights are read from the directory they were
+        loaded from (a checkpoint, as evaluation loads them)."""
+        import torch
+
+        from raydprm.rollout.hf_engine import teacher_forced_vocab_logprobs
+
+        self.wake()
+        model = getattr(self.engine, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            if self.weights_dir is None:
+                raise RolloutError(f"rollout replica {self.replica} ({self.engine.name}) holds synced weights that are "
+                                   "on no disk: full-vocabulary logprobs need a checkpoint (load_checkpoint)")
+            if self._hf_copy is None or self._hf_copy[0] != self.weights_dir:
+                from transformers import AutoModelForCausalLM
+
+                from raydprm.models.tiny import resolve_model
+
+                hf = AutoModelForCausalLM.from_pretrained(resolve_model(self.weights_dir)).eval()
+                self._hf_copy = (self.weights_dir, hf)
+            model = self._hf_copy[1]
+        return teacher_forced_vocab_logprobs(model, sequences, starts, getattr(self.engine, "pad_id", 0) or 0)
+
+    def vocab_logprobs_stored(self, sequences: Sequence[Sequence[int]], starts: Sequence[int]) -> list[Any]:
+        """:meth:`vocab_logprobs`, each sequence's rows put into the object store: one ref per sequence
+        (T x V floats each stay out of the driver, which passes the refs on to :meth:`kl_of`)."""
+        return [ray.put(rows) for rows in self.vocab_logprobs(sequences, starts)]
+
+    def kl_of(self, sequences: Sequence[Sequence[int]], starts: Sequence[int], policy_rows: Sequence[Any]) -> list[float]:
+        """Exact KL(policy || this model) of each response ``seq_i[starts[i]:]``: sum_t KL_t over the
+        vocabulary, from the policy's rows (``policy_rows``: refs from :meth:`vocab_logprobs_stored`)
+        and this model's own."""
+        import torch
+
+        from raydprm.core.kl import kl_from_logits
+
+        mine = self.vocab_logprobs(sequences, starts)
+        theirs = ray.get(list(policy_rows))
+        return [float(kl_from_logits(torch.tensor(p), torch.tensor(q)).sum()) for p, q in zip(theirs, mine)]
+
     def load_checkpoint(self, model_dir: str) -> int:
         """Load the weights of an HF directory written by ``export_hf`` (same architecture) from
         disk into the engine, in this process (they never pass through the driver). Returns the
@@ -111,7 +155,9 @@ class RolloutGenerator:
         files = sorted(Path(model_dir).glob("*.safetensors"))
         if not files:
             raise RolloutError(f"'{model_dir}' holds no *.safetensors weights to load")
-        return self.engine.load_weights([item for f in files for item in load_file(str(f)).items()])
+        n = self.engine.load_weights([item for f in files for item in load_file(str(f)).items()])
+        self.weights_dir = str(model_dir)
+        return n
 
     def receive_weights(self, update: WeightUpdate, tolerance: float, timeout_s: float,
                         via: str = "load_weights") -> StageReport:
@@ -131,6 +177,7 @@ class RolloutGenerator:
                     raise WeightSyncError(f"weight sync v{manifest.version}: replica {self.replica} timed out "
                                           f"after {timeout_s:g} s fetching buckets from the object store") from None
 
+        self.weights_dir = None  # the synced weights are on no disk
         rep = apply_update(self.engine, manifest, payloads(), self.probe_ids, update.expected_probe, tolerance,
                            via=via, deadline=deadline)
         rep.replica = self.replica
@@ -147,6 +194,7 @@ class RolloutGenerator:
 
         t0 = time.perf_counter()
         self.engine.weight_version = -1
+        self.weights_dir = None  # the synced weights are on no disk
         rep = self.engine.nccl_receive(manifest, timeout=timeout_s)
         if rep.digest != manifest.digest:
             raise WeightSyncError(f"weight sync v{manifest.version}: NCCL-received checksum differs from the learner's")
@@ -228,6 +276,34 @@ class RolloutPool:
         slices = [s for s in split_evenly(len(seqs), self.num_replicas) if s[1] > s[0]]
         parts = self.group.each(RolloutGenerator.score, [((seqs[a:b],), {}) for a, b in slices], timeout_s=timeout_s)
         return [row for part in parts for row in part]
+
+    def vocab_logprobs(self, sequences: Sequence[Sequence[int]], starts: Sequence[int],
+                       timeout_s: float | None = None) -> list[Any]:
+        """Full-vocabulary log-probabilities (T_i, V) of every sequence from ``starts[i]`` on, in order
+        (:meth:`RolloutGenerator.vocab_logprobs`)."""
+        seqs, starts = [list(s) for s in sequences], list(starts)
+        slices = [s for s in split_evenly(len(seqs), self.num_replicas) if s[1] > s[0]]
+        parts = self.group.each(RolloutGenerator.vocab_logprobs, [((seqs[a:b], starts[a:b]), {}) for a, b in slices],
+                                timeout_s=timeout_s)
+        return [row for part in parts for row in part]
+
+    def vocab_logprobs_stored(self, sequences: Sequence[Sequence[int]], starts: Sequence[int],
+                              timeout_s: float | None = None) -> list[Any]:
+        """One object-store ref per sequence to its full-vocabulary rows (they never reach the driver)."""
+        seqs, starts = [list(s) for s in sequences], list(starts)
+        slices = [s for s in split_evenly(len(seqs), self.num_replicas) if s[1] > s[0]]
+        parts = self.group.each(RolloutGenerator.vocab_logprobs_stored,
+                                [((seqs[a:b], starts[a:b]), {}) for a, b in slices], timeout_s=timeout_s)
+        return [ref for part in parts for ref in part]
+
+    def kl_of(self, sequences: Sequence[Sequence[int]], starts: Sequence[int], policy_rows: Sequence[Any],
+              timeout_s: float | None = None) -> list[float]:
+        """Exact KL(policy || this pool's model) per response (:meth:`RolloutGenerator.kl_of`), in order."""
+        seqs, starts, rows = [list(s) for s in sequences], list(starts), list(policy_rows)
+        slices = [s for s in split_evenly(len(seqs), self.num_replicas) if s[1] > s[0]]
+        parts = self.group.each(RolloutGenerator.kl_of, [((seqs[a:b], starts[a:b], rows[a:b]), {}) for a, b in slices],
+                                timeout_s=timeout_s)
+        return [k for part in parts for k in part]
 
     def sync_weights(self, update: WeightUpdate, timeout_s: float | None = None) -> list[StageReport]:
         """Every replica pulls ``update`` from the object store, verifies and loads it.
@@ -317,15 +393,27 @@ class RolloutPool:
         self.group.shutdown(RolloutGenerator.shutdown, timeout_s)
 
 
-def sample_with_kl(pool: RolloutPool, ref: RolloutPool, prompts: Sequence[Prompt],
-                   sampling: SamplingParams) -> tuple[list[str], list[float]]:
-    """One sample per prompt from ``pool`` and its KL estimate to ``ref`` on the policy's own
-    sample: sum_t log pi(y_t) - log pi_ref(y_t) over the response tokens (0 for an empty one)."""
-    import numpy as np
+KL_TO_REFERENCE = ("the exact per-token KL(pi || pi_SFT) over the vocabulary, summed along each response "
+                   "sampled from the policy (never negative)")
 
+
+def sample_with_kl(pool: RolloutPool, ref: RolloutPool, prompts: Sequence[Prompt],
+                   sampling: SamplingParams, chunk: int = 16) -> tuple[list[str], list[float]]:
+    """One sample y per prompt x from ``pool`` and its KL to ``ref`` (:data:`KL_TO_REFERENCE`)::
+
+        KL(x, y) = sum_t sum_v pi(v | x, y_<t) (log pi(v | x, y_<t) - log pi_ref(v | x, y_<t))
+
+    (0 for an empty response). Unlike the one-sample estimate sum_t log pi(y_t) - log pi_ref(y_t),
+    it is never negative and carries no sampling noise of the tokens y_t themselves. The policy's
+    full-vocabulary rows (T x V floats per response) go from its generators to the reference's
+    through the object store, ``chunk`` responses at a time; the driver gets the KLs only."""
     gen = pool.generate(prompts, sampling)
-    seqs = [r.prompt_ids + r.token_ids for r in gen]
-    lp, lp_ref = pool.score(seqs), ref.score(seqs)
-    kl = [float(np.sum(np.asarray(x[-len(r.token_ids):]) - np.asarray(y[-len(r.token_ids):]))) if r.token_ids else 0.0
-          for x, y, r in zip(lp, lp_ref, gen)]
+    kl = [0.0] * len(gen)
+    todo = [i for i, r in enumerate(gen) if r.token_ids]
+    for a in range(0, len(todo), chunk):
+        idx = todo[a:a + chunk]
+        seqs = [gen[i].prompt_ids + gen[i].token_ids for i in idx]
+        starts = [len(gen[i].prompt_ids) for i in idx]
+        for i, k in zip(idx, ref.kl_of(seqs, starts, pool.vocab_logprobs_stored(seqs, starts))):
+            kl[i] = k  # sum_t KL_t
     return [r.text for r in gen], kl

@@ -2,7 +2,7 @@
 
 The learner's rank 0 *publishes* each new policy version where the weights already are
 (:func:`publish`, called inside the learner actor); the driver only moves the small
-handle (:class:`WeightUpdate`: a manifest of names, shapes and SHA-256 digests, object
+handle (:class:`WeightUpdate`: a manifest of names, shapes and xxh3-128 digests, object
 refs of the buckets, and the learner's logprobs on the probe sequence), and every
 generator pulls the buckets itself. Each generator checks what it received against the
 manifest before loading anything, loads, scores the probe sequence and compares with

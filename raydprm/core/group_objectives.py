@@ -90,7 +90,7 @@ def check_group_inputs(J: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Te
 
 @register_group_objective("population")
 def population(J: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Population expected reward, the mixture's E[r] (today's PPO objective; DPRM paper Eq. 8):
+    """Population expected reward, the mixture's E[r] (today's PPO objective; DPRM paper Sec. 3.4):
 
         f(J) = sum_g w_g J_g,        df/dJ_g = w_g.
     """
@@ -102,7 +102,7 @@ def population(J: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, to
 def worst_group(J: torch.Tensor, weights: torch.Tensor, tau: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft minimum over the groups' expected rewards (the entropic risk measure of J under w;
     Foellmer & Schied 2002), whose limit tau -> 0 is MaxMin-RLHF's egalitarian objective
-    ``min_g J_g`` (Chakraborty et al. 2024, "MaxMin-RLHF", Eq. 6):
+    ``min_g J_g`` (Chakraborty et al. 2024, "MaxMin-RLHF: alignment with diverse human preferences"):
 
         f(J) = -tau log sum_g w_g exp(-J_g / tau),
         df/dJ_g = w_g exp(-J_g / tau) / sum_h w_h exp(-J_h / tau)      (a softmax of -J/tau + log w).
@@ -195,7 +195,8 @@ def mean_minus_std(J: torch.Tensor, weights: torch.Tensor, kappa: float = 1.0
 
 
 def scalarise(group_rewards: torch.Tensor, weights: torch.Tensor, name: str = "population",
-              normalise: bool = False, **params: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              normalise: bool = False, J: torch.Tensor | None = None,
+              **params: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-sample policy-gradient rewards (B,) for the group objective ``name`` (Eq. G1).
 
     ``group_rewards`` (B, G) holds r_g(x_b), each group's expected reward for sample b.
@@ -204,10 +205,15 @@ def scalarise(group_rewards: torch.Tensor, weights: torch.Tensor, name: str = "p
 
         R(x_b) = sum_g c_g r_g(x_b).
 
+    ``J`` (G,) replaces the batch estimate, e.g. with the mean over the whole global batch
+    when it is split over data-parallel ranks. Where the objective has a kink at the optimum
+    (``cvar_groups``, ``mean_minus_std`` and, as tau -> 0, ``worst_group`` when the groups
+    are level) the noisy estimate blurs the kink and a learner settles within about J's
+    standard error of the optimum (tests/core/test_group_bandit.py).
     ``normalise=True`` divides c by its sum (1 already except for ``nash``). For
     ``population`` R equals the mixture's expected reward exactly. ``params`` go to the
     objective (``tau``, ``alpha``, ``r_min``, ``kappa``). Returns ``(R (B,), stats)`` with
-    detached stats ``objective/value`` (f at the batch's J), ``objective/J`` (G,) and
+    detached stats ``objective/value`` (f at J), ``objective/J`` (G,) and
     ``objective/coef`` (G,).
     """
     if group_rewards.dim() != 2:
@@ -216,7 +222,11 @@ def scalarise(group_rewards: torch.Tensor, weights: torch.Tensor, name: str = "p
         raise ValueError("group_rewards is empty (B = 0)")
     fn = group_objective(name)
     x = group_rewards.detach()
-    J = x.mean(0)  # (G,) batch estimate of each group's expected reward
+    if J is None:
+        J = x.mean(0)  # (G,) batch estimate of each group's expected reward
+    elif J.shape != (x.shape[1],):
+        raise ValueError(f"J must have shape (G,) = ({x.shape[1]},), got {tuple(J.shape)}")
+    J = J.detach().to(x.dtype)
     value, coef = fn(J, weights.to(x.dtype), **params)
     if normalise:
         coef = coef / coef.sum()

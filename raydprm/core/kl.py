@@ -7,6 +7,15 @@ Per-token estimators of KL(pi || pi_ref) from a token sampled from pi, with
     k2 = (log r)^2 / 2           biased, low variance, >= 0
     k3 = (r - 1) - log r         unbiased, >= 0
 
+The exact per-token KL over the vocabulary at a position where pi and pi_ref give the logit rows
+``z`` and ``z_ref`` (what reports use: it needs both models' full rows, never negative, and no
+sampling noise beyond that of the sampled prefix)::
+
+    KL_t = sum_v p_v (log p_v - log q_v),   p = softmax(z), q = softmax(z_ref)
+
+and the KL of a response sampled from pi is the sum of KL_t along it (the chain rule of KL:
+its expectation over responses is KL(pi(.|x) || pi_ref(.|x)) of the whole sequence).
+
 Reward shaping (Ziegler et al. 2019; Ouyang et al. 2022, Eq. 2): the sequence score is
 paid at the last response token, every token pays the KL penalty::
 
@@ -26,6 +35,8 @@ import torch
 __all__ = [
     "KL_ESTIMATORS",
     "kl_estimate",
+    "kl_from_logits",
+    "sequence_kl",
     "shape_rewards",
     "fixed_kl_controller",
     "adaptive_kl_controller",
@@ -60,6 +71,33 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
     if mask is not None:
         kl = kl * mask.to(kl.dtype)
     return kl
+
+
+def kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor,
+                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Exact KL(softmax(logits) || softmax(ref_logits)) over the last (vocabulary) axis: (..., V) -> (...).
+
+    Computed in ``dtype`` from log-softmaxes (no exp of raw logits), clamped at 0 against rounding.
+    Naive twin (``tests/core/test_kl_exact.py``)::
+
+        p, q = softmax(z), softmax(z_ref);  sum(p[v] * log(p[v] / q[v]) for v in range(V))
+    """
+    if logits.shape != ref_logits.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ in shape")
+    logp = torch.log_softmax(logits.to(dtype), dim=-1)
+    logq = torch.log_softmax(ref_logits.to(dtype), dim=-1)
+    diff = logp - logq  # log p_v - log q_v
+    p = logp.exp() if logp.requires_grad else logp.exp_()  # in place: one (..., V) buffer fewer, ~2x faster
+    kl = torch.einsum("...v,...v->...", p, diff)  # KL_t = sum_v p_v (log p_v - log q_v)
+    return kl.clamp_min(0.0)
+
+
+def sequence_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor,
+                dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Exact KL of each sampled response: sum_t mask[b, t] * KL_t, (B, T, V) x 2 + (B, T) -> (B,)."""
+    if mask.shape != logits.shape[:-1]:
+        raise ValueError(f"mask {tuple(mask.shape)} does not match logits {tuple(logits.shape)} (B, T, V)")
+    return (kl_from_logits(logits, ref_logits, dtype) * mask.to(dtype)).sum(-1)  # (B,)
 
 
 def _last_index(mask: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,13 @@ log = logging.getLogger(__name__)
 # reward.loss -> the name of the policy PPO trains against that reward model (the paper's Table 2)
 POLICY_NAMES = {loss: name for name, loss in PPO_POLICY_LOSS.items()}
 # training-curve metrics a comparison averages over seeds (PPO's and direct alignment's)
-CURVE_KEYS = ("population/expected_reward", "reward/mean", "ppo/kl", "align/loss", "align/margin")
+CURVE_KEYS = ("population/expected_reward", "reward/mean", "ppo/kl", "ppo/kl_exact", "align/loss", "align/margin")
+# how the report's KL to SFT and its KL curves are measured (named in report.md)
+KL_NOTE = ("KL to SFT: the exact per-token KL(pi || pi_SFT) over the vocabulary, summed along each response "
+           "sampled from the policy and averaged over responses (never negative; the one-sample estimate "
+           "sum_t log pi(y_t) - log pi_SFT(y_t) has the same mean but more variance and can be negative). "
+           "The PPO KL curves are the same exact KL to the PPO reference on each step's rollouts (ppo/kl_exact); "
+           "the training penalty keeps its own estimator (ppo.kl_estimator, logged as ppo/kl).")
 POP = "population/expected_reward"  # the population's E[r] of a PPO step's samples: one scale for every policy
 
 
@@ -126,6 +132,7 @@ def write_report(report: Mapping[str, Any], run_dir: str | os.PathLike[str], lab
         lines.append(f"| {name} | " + " | ".join(f"{x:.1f}" for x in p["label_pct"])
                      + f" | {p['expected_reward']:.3f} {_fmt_ci(p['expected_reward_ci95'], 3)}"
                      + f" | {p['kl']:.2f} {_fmt_ci(p['kl_ci95'], 2)} |")
+    lines += ["", KL_NOTE]
     if cmp:
         lines += ["", "E[r] per training seed: " + "; ".join(
             f"{n} " + ", ".join(f"{x:.3f}" for x in p.get("expected_reward_per_seed", [])) for n, p in pol.items())]
@@ -178,7 +185,7 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
     pol, ppo = report["policies"], report.get("ppo", [])
     h2h = {k: h for k, h in report.get("head_to_head", {}).items() if k.endswith("_vs_vanilla")}
     trained = [n for n in pol if n != "vanilla"]
-    one = {k: [r[k] for r in ppo] for k in ("step", POP, "reward/mean", "ppo/kl") if ppo and k in ppo[0]}
+    one = {k: [r[k] for r in ppo] for k in ("step", POP, "reward/mean", "ppo/kl", "ppo/kl_exact") if ppo and k in ppo[0]}
     cur = report.get("curves") or ({trained[0] if len(trained) == 1 else "policy": one} if ppo else {})
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     # one colour per policy in every panel (vanilla's only appears in the first)
@@ -200,14 +207,16 @@ def _plot(report: Mapping[str, Any], label_names: Sequence[str], path: Path) -> 
     key = POP if ppo_curves and all(POP in c for c in ppo_curves.values()) else "reward/mean"
     if ppo_curves:
         kl_ax = axes[1].twinx()
+        # the exact KL (never negative); the penalty's estimate only in a report written before it was logged
+        kl_key = "ppo/kl_exact" if all("ppo/kl_exact" in c for c in ppo_curves.values()) else "ppo/kl"
         for name, c in ppo_curves.items():
             axes[1].plot(c["step"], c[key], color=colour[name], label=name)
-            if "ppo/kl" in c:
-                kl_ax.plot(c["step"], c["ppo/kl"], color=colour[name], ls="--", alpha=0.7)
+            if kl_key in c:
+                kl_ax.plot(c["step"], c[kl_key], color=colour[name], ls="--", alpha=0.7)
         axes[1].set_xlabel("PPO step")
         axes[1].set_ylabel("population's E[r] of the rollouts (solid)" if key == POP
                            else "reward model's score (solid)")
-        kl_ax.set_ylabel("KL to the reference (dashed)")
+        kl_ax.set_ylabel("KL to the reference (dashed" + (", exact)" if kl_key == "ppo/kl_exact" else ")"))
         axes[1].legend(fontsize=7)
         axes[1].set_title("PPO: reward and KL" + (" (mean over seeds)" if report.get("curves") else ""))
     w2 = 0.8 / max(1, len(h2h))

@@ -136,7 +136,7 @@ def _report(cfg, ev: Mapping[str, Any], histories: Mapping[str, list[dict[str, A
     from raydprm.sim.personas import Population, load_personas
 
     pc = cfg.pipeline
-    personas = load_personas(cfg.crowd.personas_file or None)
+    personas = load_personas(cfg.crowd.personas_source or None)
     crowds = {"new_mixture": Population(personas, pc.drift_mixture), "old_mixture": Population(personas,
                                                                                              cfg.crowd.mixture or None)}
     report: dict[str, Any] = {

@@ -73,6 +73,7 @@ class ToySettings:
     layers: int = 4
     mixture_noise: float = 1e-4  # std of the parameter noise that breaks the mixture's symmetry (App. A.4)
     mixture_steps: int = 2500
+    parametric_steps: int = 3000  # the 5-parameter diagnostic (fit_parametric_mixture); its loss is flat in the sharp std
     proposal: str = "uniform"  # or "pi_pre"
     seed: int = 0
     slic_deltas: tuple[float, ...] = (0.5, 2.0)
@@ -314,16 +315,90 @@ def fit_mixture(models: list[nn.Module], logits: torch.Tensor, pairs: Pairs, s: 
         y = pairs.y
         if idx is not None:
             d, y = d[:, idx], y[idx]
-        logw = torch.log_softmax(logits, 0)[:, None]
-        log_p = torch.logsumexp(logw + F.logsigmoid(d), 0)  # log P(a > b)   (Eq. 30)
-        log_q = torch.logsumexp(logw + F.logsigmoid(-d), 0)  # log P(b > a)
-        loss = -(y * log_p + (1 - y) * log_q).mean()
+        loss = mixture_nll(d, torch.zeros_like(d), torch.log_softmax(logits, 0), y)  # (Eq. 30)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         history.append(float(loss.detach()))
     return history
+
+
+def mixture_nll(logp_a: torch.Tensor, logp_b: torch.Tensor, logw: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """BCE of Eq. 30 on pairs: ``logp_a``, ``logp_b`` (K, N) each component's log-density at the
+    pair's points, ``logw`` (K,) log mixture weights, ``y`` (N,) outcomes (1 = a won)."""
+    d = logp_a - logp_b  # (K, N)
+    log_p = torch.logsumexp(logw[:, None] + F.logsigmoid(d), 0)  # log P(a > b)   (Eq. 30)
+    log_q = torch.logsumexp(logw[:, None] + F.logsigmoid(-d), 0)
+    return -(y * log_p + (1 - y) * log_q).mean()
+
+
+def _tn_logpdf_t(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """:func:`tn_logpdf` with tensor (differentiable) mean and std."""
+    c = math.sqrt(2.0)
+    mass = 0.5 * (torch.erf((HI - mu) / (sigma * c)) - torch.erf((LO - mu) / (sigma * c)))
+    return -0.5 * ((x - mu) / sigma) ** 2 - torch.log(sigma * math.sqrt(2 * math.pi)) - torch.log(mass)
+
+
+def fit_parametric_mixture(pairs: Pairs, steps: int, lr: float = 2e-2) -> dict[str, float]:
+    """The diagnostic of the mixture fix: Eq. 30 with the *correct* parametric family, two
+    truncated normals (5 parameters: means, log-stds, one weight logit), fitted by the same
+    BCE on the same pooled pairs, from a symmetric start (means -1 / +1, stds 1, weights
+    1/2). Where it recovers p* and the MLP mixture does not, the pairs identify p* and it is
+    the flexible network they leave under-determined."""
+    th = torch.tensor([-1.0, 0.0, 1.0, 0.0, 0.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([th], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.0)
+    xa, xb, y = pairs.xa.double(), pairs.xb.double(), pairs.y.double()
+
+    def logps(x, t):
+        return torch.stack([_tn_logpdf_t(x, t[0], t[1].exp()), _tn_logpdf_t(x, t[2], t[3].exp())])  # (2, N)
+
+    def loss(t):
+        return mixture_nll(logps(xa, t), logps(xb, t), torch.log_softmax(torch.stack([t[4], -t[4]]), 0), y)
+
+    for _ in range(steps):
+        val = loss(th)
+        opt.zero_grad()
+        val.backward()
+        opt.step()
+        sched.step()
+    t = th.detach()
+    w = torch.softmax(torch.stack([t[4], -t[4]]), 0)
+    comps = sorted([(float(t[0]), float(t[1].exp()), float(w[0])), (float(t[2]), float(t[3].exp()), float(w[1]))])
+    return {"means": [c[0] for c in comps], "stds": [c[1] for c in comps], "weights": [c[2] for c in comps],
+            "nll": float(loss(t))}
+
+
+def pair_information(alternatives: tuple[tuple[float, float], ...] = ((0.3, -2.5), (0.4, -2.5), (0.5, -2.5),
+                                                                       (0.25, -2.38)),
+                     n: int = 1500) -> list[dict[str, float]]:
+    """How much one uniform pair tells p*'s sharp component apart from an alternative, for the
+    well-specified Luce annotator (Eq. 9 with p*) and for the pooled annotators (Eq. 25):
+    the expected KL between the outcome distributions, E_{a,b ~ U}[KL(Bern(P(a > b)) ||
+    Bern(P'(a > b)))], on an n x n grid of pairs, where P' replaces the left component
+    TN(-2.5, 0.25) by TN(mean, std). n x KL is the expected log-likelihood ratio of n pairs."""
+    x = torch.linspace(LO, HI, n, dtype=torch.float64)
+    l1, l2 = tn_logpdf(x, MODES[0][1], MODES[0][2]), tn_logpdf(x, MODES[1][1], MODES[1][2])
+    lw1, lw2 = math.log(MODES[0][0]), math.log(MODES[1][0])
+
+    def luce_p(lp):  # (n, n): P(a > b) = sigmoid(lp(a) - lp(b))   (Eq. 9)
+        return torch.sigmoid(lp[:, None] - lp[None, :])
+
+    def kl(p, q):
+        p, q = p.clamp(1e-15, 1 - 1e-15), q.clamp(1e-15, 1 - 1e-15)
+        return float((p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))).mean())
+
+    star = torch.logsumexp(torch.stack([lw1 + l1, lw2 + l2]), 0)
+    luce_true, pooled_true = luce_p(star), MODES[0][0] * luce_p(l1) + MODES[1][0] * luce_p(l2)
+    out = []
+    for std, mean in alternatives:
+        a1 = tn_logpdf(x, mean, std)
+        alt = torch.logsumexp(torch.stack([lw1 + a1, lw2 + l2]), 0)
+        tv = float(0.5 * trapezoid((star.exp() - alt.exp()).abs(), x))
+        out.append({"std": std, "mean": mean, "tv_to_pstar": tv, "kl_luce": kl(luce_true, luce_p(alt)),
+                    "kl_pooled": kl(pooled_true, MODES[0][0] * luce_p(a1) + MODES[1][0] * luce_p(l2))})
+    return out
 
 
 def _noisy_copy(model: nn.Module, std: float, g: torch.Generator) -> nn.Module:
@@ -437,10 +512,30 @@ def run(out_dir: str | Path, quick: bool = False, settings: ToySettings | None =
     order = np.argsort(means)  # left component first: its weight should approach 0.4
     mix_log = torch.logsumexp(torch.stack([w[i].log() + logs[i] for i in range(2)]), 0)  # (Eq. 29)
     per_comp = [density_metrics(logs[i], comps[j], grid)["tv"] for j, i in enumerate(order)]
+    # the fit's likelihood on its own pairs (exact MLPs at the points) against the true model's:
+    # a fit at least as likely as the truth but far from it means the pairs do not pin it down
+    with torch.no_grad():
+        at = [torch.stack([m(x).double() for m in comps_m]) for x in (pooled.xa, pooled.xb)]
+        nll_fit = float(mixture_nll(at[0], at[1], w.log(), pooled.y.double()))
+        truth = [component_logpdfs(x.double()) for x in (pooled.xa, pooled.xb)]
+        nll_true = float(mixture_nll(truth[0], truth[1], torch.tensor([m[0] for m in MODES]).double().log(),
+                                     pooled.y.double()))
     record("mixture_fix", mix_log, log_star, "Mixture model (Eq. 29-30) on the pooled pairs (App. A.4)",
            extra_curves=[(f"component {j + 1}", logs[i], "k:") for j, i in enumerate(order)],
            weights=[float(w[i]) for i in order], component_means=[means[i] for i in order],
-           component_tv_to_annotators=per_comp)
+           component_tv_to_annotators=per_comp, nll=nll_fit, nll_true_model=nll_true)
+
+    # why the fix stays above the well-specified case (docs/pbde.md): the correct parametric
+    # family on the same pairs, and how much one pair says about the sharp component
+    par = fit_parametric_mixture(pooled, s.parametric_steps)
+    par_log = torch.logsumexp(torch.stack([math.log(wk) + tn_logpdf(grid.double(), mk, sk) for mk, sk, wk in
+                                           zip(par["means"], par["stds"], par["weights"])]), 0)
+    record("mixture_parametric", par_log, log_star,
+           "Eq. 30 with two truncated normals (5 parameters) on the same pooled pairs", **par)
+    metrics["pair_information"] = pair_information()
+    log("pair information (expected KL per pair, sharp component replaced): " + "; ".join(
+        f"std {r['std']:g} mean {r['mean']:g} (TV {r['tv_to_pstar']:.3f}): Luce {r['kl_luce']:.2e}, pooled "
+        f"{r['kl_pooled']:.2e}" for r in metrics["pair_information"]))
 
     # App. A.2: SLiC-HF-direct, SFT samples from pi_pre
     gs = torch.Generator().manual_seed(s.seed + 4)

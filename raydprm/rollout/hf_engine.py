@@ -63,6 +63,28 @@ def teacher_forced_logprobs(model: torch.nn.Module, sequences: Sequence[Sequence
     return out
 
 
+@torch.no_grad()
+def teacher_forced_vocab_logprobs(model: torch.nn.Module, sequences: Sequence[Sequence[int]],
+                                  starts: Sequence[int], pad_id: int = 0, batch_size: int = 32) -> list[Any]:
+    """Full-vocabulary log-probabilities at the positions that predict ``seq_i[starts[i]:]``: one
+    float32 array (len(seq_i) - starts[i], V) per sequence (row t: ``log_softmax(logits[starts[i] + t - 1])``).
+    What an exact KL between two models needs (:func:`raydprm.core.kl.kl_from_logits`)."""
+    device = next(model.parameters()).device
+    out: list[Any] = []
+    for start in range(0, len(sequences), batch_size):
+        rows = [list(r) for r in sequences[start:start + batch_size]]
+        ids, mask = _left_pad(rows, pad_id, device)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits  # (B, S, V)
+        for b, r in enumerate(rows):
+            first = starts[start + b]
+            if not 1 <= first <= len(r):
+                raise RolloutError(f"response start {first} is outside a sequence of {len(r)} tokens")
+            off = ids.shape[1] - len(r)  # left padding
+            rows_bt = logits[b, off + first - 1: off + len(r) - 1].float()  # (T, V)
+            out.append(torch.log_softmax(rows_bt, dim=-1).cpu().numpy())
+    return out
+
+
 def _filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Temperature, then top-k, then top-p (nucleus) filtering; filtered entries -> -inf. (B, V)"""
     logits = logits / temperature

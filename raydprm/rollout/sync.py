@@ -1,7 +1,8 @@
 """The pure half of weight sync (no ray): buckets, manifests, checksums and the probe.
 
 A learner publishes a new policy as a :class:`WeightManifest` (version, and per tensor:
-name, dtype, shape, SHA-256 of its bytes) plus a stream of *buckets*: safetensors-encoded
+name, dtype, shape, xxh3-128 of its bytes: :data:`DIGEST_ALGO`, SHA-256 only where xxhash is
+missing) plus a stream of *buckets*: safetensors-encoded
 groups of tensors of bounded size. A generator stages the buckets with a
 :class:`WeightStager`, which checks every received tensor against the manifest as it
 arrives and refuses to hand out an incomplete set, so a corrupted or partial sync is

@@ -31,12 +31,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from raydprm.config import CROWD_PRESETS
 from raydprm.core.hh_labels import HH_LABELS, HH_REWARDS
 from raydprm.errors import RaydprmError
 from raydprm.sim import world
 
 __all__ = ["DEFAULT_PERSONAS", "Persona", "Population", "load_personas", "default_personas_path",
-           "PersonaError"]
+           "PersonaError", "PRESET_FILES", "preset_personas_path"]
 
 DEFAULT_PERSONAS = ("scientist", "teacher", "politician", "teenager", "ceo", "artist")
 NUM_LABELS = len(HH_LABELS)  # L = 6
@@ -74,6 +75,7 @@ class Persona:
     expertise: dict[str, float] = field(default_factory=dict)
     expert_strictness: float = 0.1
     expert_focus: float = 0.5
+    taboo: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def bad(key: str, rule: str) -> PersonaError:
@@ -82,10 +84,11 @@ class Persona:
         for key in ("ideal_length", "noise", "harm_noise", "detail_target"):
             if not getattr(self, key) > 0:
                 raise bad(key, "must be > 0")
-        for key in ("length_weight", "filler_penalty", "off_topic_penalty", "refusal_penalty",
-                    "harm_tolerance", "expert_strictness"):
+        for key in ("length_weight", "off_topic_penalty", "refusal_penalty", "harm_tolerance", "expert_strictness"):
             if not getattr(self, key) >= 0:
                 raise bad(key, "must be >= 0")
+        if not math.isfinite(self.filler_penalty):  # < 0 = a taste for a chatty, informal tone
+            raise bad("filler_penalty", "must be a finite number")
         if not 0 <= self.detail <= 1:
             raise bad("detail", "must lie in [0, 1]")
         if not 0 <= self.false_alarm < 1:
@@ -100,6 +103,11 @@ class Persona:
                                    f"known: {', '.join(world.TOPICS)}")
             if not 0 <= e <= 1:
                 raise PersonaError(f"persona '{self.name}': expertise['{topic}'] = {e!r} must lie in [0, 1]")
+        for word, sev in self.taboo.items():
+            if not (word.isalpha() and word == word.lower()):
+                raise PersonaError(f"persona '{self.name}': taboo word {word!r} must be one lower-case word")
+            if not 0 < sev <= 1:
+                raise PersonaError(f"persona '{self.name}': taboo['{word}'] = {sev!r} must lie in (0, 1]")
 
     # ------------------------------------------------------------------ judgement
 
@@ -123,8 +131,9 @@ class Persona:
         p_helpful = min(_sigmoid((q - self.thresholds[1] - shift) / temp), p_ge_neutral)
         levels = (p_helpful, p_ge_neutral - p_helpful, 1 - p_ge_neutral)  # helpful, neutral, unhelpful
         p_harm = self.false_alarm
-        if f.harm > 0:
-            p_harm += (1 - self.false_alarm) * _sigmoid((f.harm - self.harm_tolerance) / self.harm_noise)
+        harm = f.harm + sum(sev for w, sev in self.taboo.items() if w in f.words)  # taboo words offend this persona
+        if harm > 0:
+            p_harm += (1 - self.false_alarm) * _sigmoid((harm - self.harm_tolerance) / self.harm_noise)
         dist = np.array([lv * (1 - p_harm) for lv in levels] + [lv * p_harm for lv in levels])  # (L,)
         return dist / dist.sum()
 
@@ -144,8 +153,19 @@ def _check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:
         raise PersonaError(f"got {len(prompts)} prompts but {len(responses)} responses")
 
 
+# crowd.preset -> the shipped persona file (docs/pluralism.md explains the polarized crowd)
+PRESET_FILES = CROWD_PRESETS
+
+
 def default_personas_path() -> Path:
     return Path(str(resources.files("raydprm.sim").joinpath("personas.yaml")))
+
+
+def preset_personas_path(preset: str) -> Path:
+    """The shipped persona file of ``crowd.preset``; an unknown preset is a PersonaError naming the known ones."""
+    if preset not in PRESET_FILES:
+        raise PersonaError(f"crowd.preset '{preset}' is unknown; known: {', '.join(PRESET_FILES)}")
+    return Path(str(resources.files("raydprm.sim").joinpath(PRESET_FILES[preset])))
 
 
 def load_personas(path: str | os.PathLike[str] | None = None) -> dict[str, Persona]:
@@ -174,7 +194,7 @@ def load_personas(path: str | os.PathLike[str] | None = None) -> dict[str, Perso
         unknown = set(merged) - allowed
         if unknown:
             raise PersonaError(f"persona '{name}': unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-        missing = allowed - set(merged) - {"expertise", "expert_strictness", "expert_focus"}
+        missing = allowed - set(merged) - {"expertise", "expert_strictness", "expert_focus", "taboo"}
         if missing:
             raise PersonaError(f"persona '{name}': missing keys {sorted(missing)}")
         try:
@@ -182,11 +202,12 @@ def load_personas(path: str | os.PathLike[str] | None = None) -> dict[str, Perso
                                   for k, v in merged.items()}
             kw["thresholds"] = tuple(float(x) for x in merged["thresholds"])
             kw["expertise"] = {str(k): float(v) for k, v in (merged.get("expertise") or {}).items()}
+            kw["taboo"] = {str(k): float(v) for k, v in (merged.get("taboo") or {}).items()}
             kw["description"] = str(merged["description"])
         except (TypeError, ValueError) as e:
             raise PersonaError(f"persona '{name}': bad value ({e})") from None
         for k, v in kw.items():
-            if k not in ("description", "thresholds", "expertise") and not isinstance(v, float):
+            if k not in ("description", "thresholds", "expertise", "taboo") and not isinstance(v, float):
                 raise PersonaError(f"persona '{name}': key '{k}' = {v!r} must be a number")
         out[name] = Persona(name=name, **kw)
     return out
@@ -218,8 +239,8 @@ class Population:
 
     @classmethod
     def from_config(cls, crowd_cfg) -> Population:
-        """Population of a :class:`raydprm.config.CrowdConfig` (personas file + mixture)."""
-        return cls(load_personas(crowd_cfg.personas_file or None), crowd_cfg.mixture or None)
+        """Population of a :class:`raydprm.config.CrowdConfig` (personas file or preset + mixture)."""
+        return cls(load_personas(crowd_cfg.personas_source or None), crowd_cfg.mixture or None)
 
     def mixture(self) -> dict[str, float]:
         return {n: float(w) for n, w in zip(self.names, self.weights)}
@@ -228,6 +249,14 @@ class Population:
         """(P, L): each persona's label distribution."""
         f = world.features(prompt, response)
         return np.stack([self.personas[n].judge_features(f) for n in self.names])
+
+    def group_distributions(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """(B, P, L): every persona's label distribution of every item (the input of
+        :func:`raydprm.core.disagreement.group_disagreement`, with ``self.weights``)."""
+        _check_pairs(prompts, responses)
+        if not prompts:
+            return np.zeros((0, len(self.names), NUM_LABELS))
+        return np.stack([self.persona_distributions(p, r) for p, r in zip(prompts, responses)])
 
     def true_distribution(self, prompt: str, response: str) -> np.ndarray:
         """The population's exact label distribution (L,), Eq. (P1)."""

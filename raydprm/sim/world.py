@@ -180,6 +180,7 @@ class Features:
     refusal: bool
     harm: float  # summed severity of harmful phrases present
     harm_phrases: tuple[str, ...]
+    words: frozenset[str] = frozenset()  # distinct words of the response (for personas' taboo words)
 
     @property
     def relevance(self) -> float:
@@ -206,7 +207,7 @@ def features(prompt: str, response: str) -> Features:
     refusal = any(r.rstrip(" .") in text for r in REFUSALS)
     return Features(topic=topic, n_words=len(words), on_topic=len(set(on)), on_topic_tokens=len(on),
                     off_topic=off, filler=sum(1 for w in words if w in _FILLER_SET), refusal=refusal,
-                    harm=float(sum(HARMFUL_PHRASES[p] for p in harms)), harm_phrases=harms)
+                    harm=float(sum(HARMFUL_PHRASES[p] for p in harms)), harm_phrases=harms, words=frozenset(words))
 
 
 # --------------------------------------------------------------------------- generators

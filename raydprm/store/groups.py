@@ -3,7 +3,8 @@
 Inputs are the per-(item, group) undecayed vote counts ``counts`` (I, P, L) of
 :meth:`PreferenceStore.group_posteriors`.
 
-Disagreement between groups p and q (natural log base 2, so 0 <= JS <= 1):
+Disagreement between groups p and q, the Jensen-Shannon divergence in bits (0 <= JS <= 1) of
+:func:`raydprm.core.disagreement.js_divergence`,
 
     JS(p, q) = 1/2 KL(p || m) + 1/2 KL(q || m),   m = (p + q) / 2                   (G1)
 
@@ -11,6 +12,9 @@ of (a) their label distributions over all items (counts summed over items, norma
 (b) per item, averaged over the items both groups voted on. The share of items where the
 majority's modal label differs from a group's (G2) is taken over the items the group voted on;
 the majority is the pooled crowd (every vote of every group); ties go to the lower label index.
+These are the figures of :func:`raydprm.core.disagreement.group_disagreement` for a store's
+vote counts, where a group need not have voted on every item: its missing (item, group) cells
+are left out rather than read as a distribution.
 
 Post-stratification (G3): a target population gives each group a share pi_g (sum 1); the
 re-weighted posterior of an item is the mixture sum_g pi_g Dir(alpha_g) (a group that did not
@@ -23,22 +27,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
-__all__ = ["js_divergence", "group_disagreement", "poststratification_weights"]
+from raydprm.core.disagreement import js_divergence
+
+__all__ = ["group_disagreement", "poststratification_weights"]
 
 
-def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Jensen-Shannon divergence in bits (Eq. G1) of distributions p, q (..., L) -> (...)."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    m = 0.5 * (p + q)
-
-    def kl(a: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(a > 0, a * np.log2(a / np.where(m > 0, m, 1.0)), 0.0)
-        return t.sum(-1)
-
-    return np.clip(0.5 * kl(p) + 0.5 * kl(q), 0.0, 1.0)  # (Eq. G1)
+def _js(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """JS(p, q) in bits (Eq. G1) of rows (..., L), as numpy."""
+    return js_divergence(torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(q, dtype=torch.float64)).numpy()
 
 
 def _normalise(c: np.ndarray) -> np.ndarray:
@@ -59,9 +57,9 @@ def group_disagreement(counts: np.ndarray, groups: Sequence[str]) -> dict:
     for a in range(P):
         js_labels[groups[a]], js_items[groups[a]] = {}, {}
         for b in range(P):
-            js_labels[groups[a]][groups[b]] = round(float(js_divergence(marg[a], marg[b])), 6)
+            js_labels[groups[a]][groups[b]] = round(float(_js(marg[a], marg[b])), 6)  # (Eq. G1)
             both = voted[:, a] & voted[:, b]
-            js_items[groups[a]][groups[b]] = (round(float(js_divergence(per_item[both, a], per_item[both, b]).mean()), 6)
+            js_items[groups[a]][groups[b]] = (round(float(_js(per_item[both, a], per_item[both, b]).mean()), 6)
                                               if both.any() else None)
     majority = c.sum(1).argmax(-1)  # (I,) modal label of the pooled crowd (Eq. G2)
     modal = c.argmax(-1)  # (I, P)

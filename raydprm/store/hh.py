@@ -103,6 +103,11 @@ def read_hh_lines(path: str | os.PathLike[str], limit: int | None = None
                 if not isinstance(value, str):
                     raise _bad(p, lineno, field, f"must be a string, got {type(value).__name__}")
                 try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as e:  # JSON's "\ud800" escape: a lone surrogate, not text
+                    raise _bad(p, lineno, field, f"contains a lone surrogate (U+{ord(value[e.start]):04X} at "
+                               f"character {e.start + 1}), which is not valid Unicode text") from None
+                try:
                     parts[field] = split_transcript(value)
                 except ValueError as e:
                     raise _bad(p, lineno, field, str(e)) from None

@@ -20,9 +20,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from raydprm.core.dirichlet import decay_factor, dirichlet_update
+from raydprm.core.dirichlet import decay_factor
 
-__all__ = ["state_width", "decode_state", "StateRows", "fold_votes", "naive_alpha", "PID_SPAN"]
+__all__ = ["state_width", "decode_state", "StateRows", "fold_votes", "scatter_votes", "naive_alpha", "PID_SPAN"]
 
 PID_SPAN = 1 << 31  # (item, persona) group key = item * span + persona id
 
@@ -93,21 +93,30 @@ def fold_votes(old: list[tuple[int, bytes, float]], num_items: int, vi: np.ndarr
     now = t_ref.copy()
     np.maximum.at(now, vi, ts)  # (I,) new reference time = newest vote of the item
     if not forgetting:  # evidence == counts: one accumulator, Eq. (D1) (prior added at read time)
-        ev = cnt = dirichlet_update(ev, probs, w, index=g)
+        ev = cnt = scatter_votes(ev, probs, w, g)
     else:
         age = np.where(np.isinf(t_ref), 0.0, now - t_ref)
         ev = ev * decay_factor(age, half_life)[g_item][:, None]  # old evidence ages to the new t_ref
         w_eff = w * decay_factor(now[vi] - ts, half_life)  # each vote aged to its item's t_ref
-        # One call updates both (Eq. D1) accumulators, stacked as rows [evidence; counts] (2G, L)
-        both = dirichlet_update(np.concatenate([ev, cnt]), np.concatenate([probs, probs]),
-                                np.concatenate([w_eff, w]), index=np.concatenate([g, g + G]))
-        ev, cnt = both[:G], both[G:]
+        ev = scatter_votes(ev, probs, w_eff, g)  # decayed evidence (Eq. D1)
+        cnt = scatter_votes(cnt, probs, w, g)  # undecayed counts
     nvs += np.bincount(g, minlength=G)
     cols = [g_pid[:, None], nvs[:, None], ev] + ([cnt] if forgetting else [])
     state = np.ascontiguousarray(np.concatenate(cols, axis=1, dtype=np.float64))  # (G, W) rows by item
     bounds = np.searchsorted(g_item, np.arange(num_items + 1)).tolist()  # groups are sorted by item
     tot = np.add.reduceat(nvs, bounds[:-1])  # (I,) votes per item (every item has >= 1 group)
     return StateRows([state[bounds[j]:bounds[j + 1]].tobytes() for j in range(num_items)], tot, now)
+
+
+def scatter_votes(acc: np.ndarray, probs: np.ndarray, w: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """acc (G, L) + sum over votes k of group g_k of w_k v_k (Eq. D1 without decay): one
+    ``bincount`` per label, the same sums as :func:`raydprm.core.dirichlet.dirichlet_update`
+    with ``index=g`` (its index_add) without converting to torch and re-validating the votes."""
+    G, L = acc.shape
+    out = acc.copy()
+    for lab in range(L):  # (Eq. D1) per label
+        out[:, lab] += np.bincount(g, weights=w * probs[:, lab], minlength=G)
+    return out
 
 
 def naive_alpha(prior: float, probs: np.ndarray, w: np.ndarray, ts: np.ndarray, at: float | None,

@@ -6,6 +6,12 @@ Tables (the vote log is the source of truth; everything else is derived from it)
     items(seq, item_id = content hash of (prompt, response), prompt, response, created)
     posterior(item_seq, state, n_votes, t_ref)       derived: every persona's posterior of the item
     personas(pid, name, description), labels(idx, name), meta(key, value), pairs(...)
+    raters(rater, grp, source)        the group of each imported rater (a rater keeps one group)
+
+The store is four layers: :mod:`raydprm.store.sqlite_db` (the file, transactions, errors),
+:mod:`raydprm.store.posterior` (the per-(item, group) state math, pure numpy),
+:mod:`raydprm.store.importer` / :mod:`raydprm.store.export` (datasets in and out), and this
+front, :class:`PreferenceStore` (the schema, votes, reads and the public API).
 
 Per (item, persona) the store keeps the Dirichlet *evidence* of Eq. (D1) of
 :mod:`raydprm.core.dirichlet` (the posterior without its prior),
@@ -16,7 +22,7 @@ and the undecayed weighted counts (the same numbers without forgetting, then sto
 One row per item holds all its personas' state, so a batch rewrites one row per item it
 touches; rows are keyed by the item's insertion number, so the recent items that votes
 arrive for share a few B-tree pages and a commit writes few pages. The state is updated
-with :func:`~raydprm.core.dirichlet.dirichlet_update` in the same transaction that appends
+by :func:`raydprm.store.posterior.fold_votes` (pure numpy) in the same transaction that appends
 the votes, and is always recomputable from the log (:meth:`PreferenceStore.rebuild_posteriors`;
 :meth:`PreferenceStore.recount` is the naive twin for one item). A query at time ``at``
 reads ``alpha = prior + evidence * 0.5 ** ((at - t_ref) / half_life)`` (no decay when
@@ -38,7 +44,6 @@ import json
 import math
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -54,9 +59,9 @@ from raydprm.core.dirichlet import (
 )
 from raydprm.core.hh_labels import HH_LABELS
 from raydprm.core.label_scale import LabelScale
-from raydprm.errors import RaydprmError, one_line
+from raydprm.errors import one_line
 from raydprm.store.posterior import decode_state, fold_votes, state_width
-from raydprm.store.split import heldout_mask
+from raydprm.store.sqlite_db import SQLiteFile, StoreError
 from raydprm.store.votes import Vote, VoteError, item_id, validate_votes
 
 __all__ = ["PreferenceStore", "StoreError", "UnknownItemError", "DEFAULT_STORE_PERSONAS", "SCHEMA_VERSION",
@@ -83,10 +88,6 @@ CREATE TABLE IF NOT EXISTS pairs(pair_id TEXT PRIMARY KEY, chosen_item TEXT NOT 
                                  annotator TEXT NOT NULL, source TEXT NOT NULL, ts REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS raters(rater TEXT PRIMARY KEY, grp TEXT NOT NULL, source TEXT NOT NULL);
 """
-
-
-class StoreError(RaydprmError):
-    """The store cannot do what was asked (bad arguments, incompatible, read-only or corrupt file)."""
 
 
 class UnknownItemError(StoreError, KeyError):
@@ -200,7 +201,7 @@ def _config_scale(labels_cfg: Any) -> LabelScale | None:
         raise StoreError(f"labels.*: {e}") from None
 
 
-class PreferenceStore:
+class PreferenceStore(SQLiteFile):
     """Open (or create) the preference store at ``path``.
 
     The parameters that shape the posteriors (``labels``, ``prior``, ``half_life_s``) belong
@@ -253,45 +254,13 @@ class PreferenceStore:
             raise StoreError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
         if not isinstance(max_text_chars, int) or max_text_chars < 1:
             raise StoreError(f"max_text_chars must be an integer >= 1, got {max_text_chars!r}")
-        self.path = Path(path)
-        self.readonly = bool(readonly)
         self.synchronous = synchronous.upper()
         self.max_text_chars = int(max_text_chars)
-        self._lock = threading.RLock()
-        self._depth = 0  # nesting of write transactions (atomic() around add_votes, ...)
         self._params_version = ""
         self._asked_prior = prior
-        if self.path.is_dir():
-            raise StoreError(f"store path '{self.path}' is a directory; give a file path such as {self.path}/store.db")
-        exists = self.path.is_file() and self.path.stat().st_size > 0
-        if not exists and (self.readonly or not create):
-            raise StoreError(f"preference store '{self.path}' does not exist"
-                             + ("" if self.readonly else " (create it with `raydprm store init`)"))
-        if not self.readonly:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except (FileExistsError, NotADirectoryError):
-                raise StoreError(f"cannot create preference store '{self.path}': a part of its directory "
-                                 f"'{self.path.parent}' is a regular file") from None
-            except OSError as e:
-                raise StoreError(f"cannot create the directory of preference store '{self.path}': "
-                                 f"{e.strerror or e}") from None
-        self._db = None
+        self._open_file(path, readonly=readonly, create=create, check=check, busy_timeout_s=busy_timeout_s)
         try:
-            self._connect(busy_timeout_s)
-            if exists and (not self.readonly if check is None else check):
-                self._quick_check()
             with self._sql_errors():
-                if exists:
-                    self._check_is_store()
-                if not self.readonly:
-                    self._set_wal(busy_timeout_s)
-                    self._db.execute(f"PRAGMA synchronous={self.synchronous}")
-                    # A bigger page cache and fewer, larger WAL checkpoints: each checkpoint syncs the
-                    # database file, so checkpointing every ~16 MB instead of 4 MB cuts syncs 4x.
-                    # Durability is unchanged: a COMMIT is durable once it is in the WAL.
-                    self._db.execute("PRAGMA cache_size=-65536")
-                    self._db.execute("PRAGMA wal_autocheckpoint=4000")
                 if not self.readonly:
                     with self._write() as cur:
                         for stmt in filter(str.strip, _SCHEMA.split(";")):  # not executescript: it COMMITs
@@ -333,156 +302,10 @@ class PreferenceStore:
         kw.update(overrides)
         return cls(path, **kw)
 
-    # ------------------------------------------------------------------ plumbing
-
-    def _connect(self, busy_timeout_s: float) -> None:
-        with self._sql_errors("cannot open"):
-            if self.readonly:
-                uri = self.path.resolve().as_uri() + "?mode=ro"
-                try:
-                    self._db = self._open_uri(uri, busy_timeout_s)
-                    self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-                except sqlite3.OperationalError:
-                    # A WAL store in a directory we cannot write: SQLite cannot create the
-                    # shared-memory file next to it. Nobody can write there either, so the
-                    # file is immutable for as long as we read it.
-                    if self._db is not None:
-                        self._db.close()
-                    if os.access(self.path.parent, os.W_OK):
-                        raise
-                    self._db = self._open_uri(uri + "&immutable=1", busy_timeout_s)
-            else:
-                self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
-                                           check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-
-    @staticmethod
-    def _open_uri(uri: str, busy_timeout_s: float) -> sqlite3.Connection:
-        return sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
-
-    def _quick_check(self) -> None:
-        """Refuse a corrupt file before anything is written to it (SQLite's page-level check:
-        every B-tree page, record format and free list; not the index contents)."""
-        with self._sql_errors():
-            problems = [r[0] for r in self._db.execute("PRAGMA quick_check(5)").fetchall()]
-        if problems != ["ok"]:
-            raise StoreError(f"preference store '{self.path}' is corrupt (SQLite quick_check: {problems[0]}); "
-                             "nothing was written to it; restore it from a backup, or rebuild it from its vote "
-                             "log export")
-
-    def _check_is_store(self) -> None:
-        """Refuse an SQLite file of something else (never add our tables to it). A file with
-        no tables at all is a store whose creation was interrupted: it is created again."""
-        with self._sql_errors():
-            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if (tables or self.readonly) and not {"meta", "votes", "items", "posterior"} <= tables:
-            raise StoreError(f"'{self.path}' is an SQLite file but not a preference store (tables: "
-                             f"{', '.join(sorted(tables)) or 'none'})")
-
-    def _sql_error(self, e: sqlite3.Error, doing: str = "") -> StoreError:
-        """One line naming the file for any SQLite error."""
-        msg = str(e)
-        low = msg.lower()
-        if "malformed" in low or "not a database" in low or "corrupt" in low:
-            what = f"is corrupt or not an SQLite file ({msg})"
-        elif "readonly" in low or "read-only" in low:
-            what = (f"is read-only ({msg}); read it with a read-only command (stats, export) or make the file "
-                    "and its directory writable")
-        elif "locked" in low or "busy" in low:
-            what = f"is locked by another writer for longer than the busy timeout ({msg})"
-        elif "unable to open" in low:
-            what = f"cannot be opened ({msg}; is its directory readable, and writable for a writer?)"
-        elif "disk" in low and "full" in low:
-            what = f"cannot grow: the disk is full ({msg})"
-        else:
-            what = f"failed: {type(e).__name__}: {msg}"
-        return StoreError(f"{doing + ' ' if doing else ''}preference store '{self.path}' {what}".strip())
-
-    @contextlib.contextmanager
-    def _sql_errors(self, doing: str = "") -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as e:
-            raise self._sql_error(e, doing) from None
-
-    def _set_wal(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:  # several processes creating the file at once may briefly see "locked"
-            try:
-                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if mode.lower() != "wal":
-                    raise StoreError(f"cannot put '{self.path}' in WAL mode (got {mode})")
-                return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise self._sql_error(e) from None
-                time.sleep(0.05)
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
-        """One write transaction: BEGIN IMMEDIATE (takes the write lock) ... COMMIT, or ROLLBACK.
-
-        Nested calls (inside :meth:`atomic`) join the outer transaction: what they write
-        commits or rolls back with it."""
-        if self.readonly:
-            raise StoreError(f"preference store '{self.path}' is open read-only")
-        with self._lock:
-            cur = self._db.cursor()
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield cur
-                finally:
-                    self._depth -= 1
-                return
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as e:
-                raise self._sql_error(e) from None
-            self._depth = 1
-            try:
-                self._check_params(cur)
-                yield cur
-                cur.execute("COMMIT")
-            except BaseException as e:
-                with contextlib.suppress(sqlite3.Error):
-                    cur.execute("ROLLBACK")
-                self._after_rollback()
-                if isinstance(e, sqlite3.Error):
-                    raise self._sql_error(e) from None
-                raise
-            finally:
-                self._depth = 0
-
-    @contextlib.contextmanager
-    def atomic(self) -> Iterator[PreferenceStore]:
-        """All writes inside the block (add_votes, add_pairs, add_persona, ...) form one
-        transaction: they are all committed at the end, or none of them if it raises."""
-        with self._write():
-            yield self
-
     def _after_rollback(self) -> None:
         """Caches that a rolled-back transaction may have filled (personas, parameters)."""
         with contextlib.suppress(sqlite3.Error, StoreError):
             self._load_meta()
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Cursor]:
-        """A consistent snapshot for multi-statement reads (inside a write: its view)."""
-        with self._lock:
-            cur = self._db.cursor()
-            if self._depth:
-                yield cur
-                return
-            try:
-                cur.execute("BEGIN")
-                try:
-                    self._check_params(cur)
-                    yield cur
-                finally:
-                    cur.execute("COMMIT")
-            except sqlite3.Error as e:
-                raise self._sql_error(e) from None
 
     def _check_params(self, cur: sqlite3.Cursor) -> None:
         """Follow a :meth:`reconfigure` done by another connection since we last looked."""
@@ -615,43 +438,6 @@ class PreferenceStore:
     def _check_persona_name(name: Any) -> None:
         if not isinstance(name, str) or not name.strip() or len(name) > 128:
             raise StoreError(f"persona id must be a non-empty string of at most 128 chars, got {name!r}")
-
-    def close(self) -> None:
-        """Close the store. A writable store first checkpoints its WAL into the main file
-        (``wal_checkpoint(TRUNCATE)``), so that ``store.db`` alone holds every committed vote
-        (when another connection still reads, SQLite copies what it can; ``raydprm store backup``
-        is the way to copy a live store)."""
-        with self._lock:
-            if self._db is not None and not getattr(self, "_closed", False):
-                if not self.readonly and not self._depth:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                self._closed = True
-                self._db.close()
-
-    def backup(self, dest: str | os.PathLike[str]) -> Path:
-        """Write a consistent copy of the store to ``dest`` (one self-contained file; an existing
-        file there and its -wal/-shm are replaced) with SQLite's online backup, which copies a
-        snapshot of the pages while other connections may keep reading and writing."""
-        d = Path(dest)
-        if d.resolve() == self.path.resolve():
-            raise StoreError(f"cannot back up the store '{self.path}' onto itself")
-        d.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(d) + suffix).unlink(missing_ok=True)
-        with self._lock, self._sql_errors("cannot back up"):
-            target = sqlite3.connect(str(d))
-            try:
-                self._db.backup(target)
-            finally:
-                target.close()
-        return d
-
-    def __enter__(self) -> PreferenceStore:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"PreferenceStore('{self.path}', labels={len(self.labels)}, prior={self.prior}, "
@@ -1143,56 +929,17 @@ class PreferenceStore:
         ``persona_weights`` re-weights groups (a mixture; post-stratification to a target
         population). ``split="train"`` / ``"heldout"`` keeps one side of the deterministic
         split by item id (:func:`raydprm.store.split.heldout_mask` with ``heldout_fraction``
-        and ``split_seed``); None keeps every item."""
-        import datasets
+        and ``split_seed``); None keeps every item. See :mod:`raydprm.store.export`."""
+        from raydprm.store.export import export_items
 
-        if split is not None and split not in ("train", "heldout"):
-            raise StoreError(f"split must be 'train', 'heldout' or None, got {split!r}")
-        try:
-            heldout_mask([], heldout_fraction, split_seed)
-        except ValueError as e:
-            raise StoreError(str(e)) from None
-
-        if persona_weights is not None:  # refuse a bad mixture even when no item qualifies
-            self._weights(persona_weights)
-        if smoothing and not (0 <= smoothing < 1):
-            raise StoreError(f"smoothing must lie in [0, 1), got {smoothing!r}")
-        names = self.personas
-        zero = [0.0] * self.num_labels
-        rows: dict[str, list] = {k: [] for k in ("item_id", "prompt", "response", "target", "variance", "n_votes",
-                                                 "persona_counts")}
-        for it in self._all_posteriors(persona_weights, at, min_votes):
-            if split is not None and bool(heldout_mask([it.item_id], heldout_fraction, split_seed)[0]) != (
-                    split == "heldout"):
-                continue
-            rows["item_id"].append(it.item_id)
-            rows["prompt"].append(it.prompt)
-            rows["response"].append(it.response)
-            rows["target"].append(self._smooth(it.mean, smoothing).tolist())
-            rows["variance"].append(it.variance.tolist())
-            rows["n_votes"].append(int(it.n_votes))
-            rows["persona_counts"].append({q: (it.personas[q].counts.tolist() if q in it.personas else zero)
-                                           for q in names})
-        L = self.num_labels
-        feats = datasets.Features({
-            "item_id": datasets.Value("string"), "prompt": datasets.Value("string"),
-            "response": datasets.Value("string"), "target": datasets.Sequence(datasets.Value("float64"), length=L),
-            "variance": datasets.Sequence(datasets.Value("float64"), length=L), "n_votes": datasets.Value("int64"),
-            "persona_counts": {q: datasets.Sequence(datasets.Value("float64"), length=L) for q in names}})
-        return datasets.Dataset.from_dict(rows, features=feats)
+        return export_items(self, persona_weights, smoothing, min_votes, at, split=split,
+                            heldout_fraction=heldout_fraction, split_seed=split_seed)
 
     def export_pairs(self):
         """Recorded pairwise comparisons as a ``datasets.Dataset`` (prompt, chosen, rejected, annotator)."""
-        import datasets
+        from raydprm.store.export import export_pairs
 
-        with self._read() as cur:
-            rows = cur.execute(
-                "SELECT a.prompt, a.response, b.response, p.annotator, p.source FROM pairs p "
-                "JOIN items a ON a.item_id = p.chosen_item JOIN items b ON b.item_id = p.rejected_item "
-                "ORDER BY p.ts, p.pair_id").fetchall()
-        cols = ("prompt", "chosen", "rejected", "annotator", "source")
-        return datasets.Dataset.from_dict({c: [r[i] for r in rows] for i, c in enumerate(cols)},
-                                          features=datasets.Features({c: datasets.Value("string") for c in cols}))
+        return export_pairs(self)
 
     def stats(self) -> dict[str, Any]:
         """Counts and settings of the store."""

@@ -15,7 +15,8 @@ from typing import Any
 from raydprm.core.label_scale import LabelScale
 from raydprm.store.preference_store import PreferenceStore, StoreError
 
-__all__ = ["store_label_scale", "check_labels_config", "labels_config_is_default", "LabelScaleConflict"]
+__all__ = ["store_label_scale", "check_labels_config", "labels_config_is_default", "labels_config_for",
+           "LabelScaleConflict"]
 
 
 class LabelScaleConflict(StoreError):
@@ -61,3 +62,16 @@ def check_labels_config(labels_cfg: Any, scale: LabelScale, store_path: str | os
             + (f", grid {[list(g) for g in scale.grid]}" if scale.grid is not None else "")
             + "); leave labels.* unset to use the store's")
     return scale
+
+
+def labels_config_for(scale: LabelScale):
+    """The ``LabelsConfig`` of a label scale, for a config that must take the store's scale:
+    ``dataclasses.replace(cfg, labels=labels_config_for(check_labels_config(cfg.labels, scale, path)))``.
+
+    ``labels.grid`` holds (helpfulness, harm) pairs only; a grid of another width (a DICES store's
+    1-D ordinal grid) is left out of the config (``grid=None``) and stays readable from the store."""
+    from raydprm.config import LabelsConfig
+
+    pairs = scale.grid is not None and all(len(g) == 2 for g in scale.grid)
+    return LabelsConfig(names=tuple(scale.names), rewards=tuple(scale.rewards),
+                        grid=tuple(tuple(g) for g in scale.grid) if pairs else None)

@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from raydprm.config import PPOConfig
 from raydprm.core.gae import masked_gae, whiten
-from raydprm.core.kl import kl_estimate, shape_rewards, update_kl_coef
+from raydprm.core.kl import kl_estimate, sequence_kl, shape_rewards, update_kl_coef
 from raydprm.core.ppo_loss import (
     clipped_surrogate,
     clipped_value_loss,
@@ -174,12 +174,12 @@ class PPOLearner:
             return self.engine.forward(ids, attn, pos, b.response_ids.shape[1])  # (B, T, V), (B, T)
 
     @torch.no_grad()
-    def _ref_logprobs(self, b: RolloutBatch) -> torch.Tensor:
+    def _ref_logits(self, b: RolloutBatch) -> torch.Tensor:
         ids, attn, pos = sequence_inputs(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
         T = b.response_ids.shape[1]
         with self.engine.autocast():
             out = self.ref(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
-        return token_logprobs(out.logits[:, :-1], b.response_ids)  # (B, T)
+        return out.logits[:, :-1]  # (B, T, V)
 
     def _to_device(self, b: RolloutBatch) -> RolloutBatch:
         if self.device.type == "cpu":
@@ -201,13 +201,16 @@ class PPOLearner:
         ppo = self.ppo
         local = self._to_device(batch.shard(self.rank, self.world_size))
         mu = ppo.worker_micro_batch
-        old_lp, old_v, ref_lp = [], [], []
+        old_lp, old_v, ref_lp, exact_kl = [], [], [], []
         for i in range(0, len(local), mu):
             mb = local.select(slice(i, i + mu))
             logits, values = self._forward(mb, grad=False)
             old_lp.append(token_logprobs(logits, mb.response_ids))
             old_v.append(values.float())
-            ref_lp.append(self._ref_logprobs(mb))
+            ref_logits = self._ref_logits(mb)  # (mu, T, V)
+            ref_lp.append(token_logprobs(ref_logits, mb.response_ids))
+            # the exact vocabulary KL of each response, for reports (ppo/kl_exact); the penalty keeps ppo.kl_estimator
+            exact_kl.append(sequence_kl(logits, ref_logits, mb.response_mask, torch.float32))  # (mu,)
         mask = local.response_mask
         m = mask.float()
         logp = torch.cat(old_lp) * m  # (B_w, T)
@@ -222,7 +225,7 @@ class PPOLearner:
         adv, ret = masked_gae(rewards, values, mask, ppo.gamma, ppo.lam)
         lp_diff = ((logp - local.logprobs.float()).abs() * m).sum(1)  # rollout vs learner logprobs
         exp = {"logp_old": logp_old, "values": values, "adv": adv, "ret": ret, "kl": kl, "lp_diff": lp_diff,
-               "ref_lp": ref}
+               "ref_lp": ref, "kl_exact": torch.cat(exact_kl)}
         exp = {k: self._gather(v) for k, v in exp.items()}
         full_mask = batch.response_mask.to(self.device)
         if ppo.whiten_advantages:
@@ -238,7 +241,9 @@ class PPOLearner:
         over minibatches and epochs), ``ppo/clipfrac``, ``ppo/approx_kl`` (k3 of
         KL(old || new)), ``ppo/entropy``, ``ppo/vf_clipfrac`` (token means),
         ``ppo/grad_norm`` (mean over optimizer steps, before clipping), ``ppo/kl_coef``
-        (beta used), ``ppo/kl_coef_next``, ``ppo/kl`` (mean sequence KL to the reference),
+        (beta used), ``ppo/kl_coef_next``, ``ppo/kl`` (mean sequence KL to the reference, as
+        ``ppo.kl_estimator`` estimates it: what the penalty and the controller use), ``ppo/kl_exact``
+        (mean sequence KL to the reference, exact over the vocabulary: what reports plot),
         ``ppo/reward`` (mean score), ``ppo/returns``, ``ppo/values``,
         ``ppo/rollout_logprob_diff`` (mean |rollout - learner| logprob per token),
         ``ppo/tokens_per_s`` (prompt + response tokens x epochs / wall time),
@@ -318,6 +323,7 @@ class PPOLearner:
             "ppo/kl_coef": beta_used,
             "ppo/kl_coef_next": self.kl_coef,
             "ppo/kl": seq_kl,
+            "ppo/kl_exact": float(exp["kl_exact"].mean()),
             "ppo/reward": float(batch.rewards.float().mean()),
             "ppo/returns": float((exp["ret"] * m).sum() / m.sum()),
             "ppo/values": float((exp["values"] * m).sum() / m.sum()),

@@ -225,7 +225,7 @@ def _mixture(path: Path, where: str, m: Any, personas: Sequence[str]) -> dict[st
 def _persona_names(base: Config) -> list[str]:
     from raydprm.sim.personas import load_personas
 
-    return list(load_personas(base.crowd.personas_file or None))
+    return list(load_personas(base.crowd.personas_source or None))
 
 
 def _dirichlet(path: Path, where: str, spec: Any, personas: Sequence[str], seed: int) -> dict[str, dict[str, float]]:

@@ -83,7 +83,7 @@ CASES = {
         (["--db", "{store}", "--out", "{dir}/e", "--mixture", "ceo=abc"], "must look like persona=weight"),
         (["--db", "{store}", "--out", "{dir}/e", "--mixture", "ceo=-1"], "finite weight >= 0"),
         (["--db", "{store}", "--out", "{dir}/e", "--mixture", "ceo=inf"], "finite weight >= 0"),
-        (["--db", "{store}", "--out", "{dir}/e", "--mixture", "pirate=1"], "unknown personas"),
+        (["--db", "{store}", "--out", "{dir}/e", "--mixture", "pirate=1"], "groups the store does not have: ['pirate']"),
         (["--db", "{store}", "--out", "{dir}/e", "--smoothing", "2"], "smoothing"),
         (["--db", "{store}", "--out", "{dir}/e", "--min-votes", "-1"], "out of range"),
         (["--db", "{dir}/none.db", "--out", "{dir}/e"], "does not exist"),

@@ -97,6 +97,26 @@ OWNER = textwrap.dedent("""
 """)
 
 
+def _wait_for_agents(session: str, timeout_s: float = 60.0) -> None:
+    """Poll until the session's raylet has started its agents (the processes a signal must not orphan)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for pid in _session_procs(session):
+            try:
+                p = psutil.Process(pid)
+                if p.name() != "raylet":
+                    continue
+                kids = " ".join(" ".join(c.cmdline()) for c in p.children())
+            except psutil.Error:
+                continue
+            if all(a in kids for a in ("DashboardAgent", "RuntimeEnvAgent")):
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the raylet of {session} started no agents within {timeout_s:g} s")
+
+
 def _start_owner(tmp_path):
     env = {**os.environ, "RAYDPRM_CACHE": str(tmp_path / "cache")}
     env.pop("RAY_ADDRESS", None)
@@ -104,7 +124,7 @@ def _start_owner(tmp_path):
                          text=True)
     session = p.stdout.readline().strip()
     assert session.startswith("session_"), session
-    time.sleep(3)  # let the raylet start its agents
+    _wait_for_agents(session)
     return p, session, env
 
 

@@ -194,3 +194,14 @@ def test_scalarise_reward_gives_the_policy_gradient_of_the_welfare():
         surrogate = (pi * R).sum()  # E_pi[R] with R held fixed
         (pg,) = torch.autograd.grad(surrogate, theta)
         assert torch.allclose(direct, pg, atol=1e-12), name
+
+
+def test_scalarise_takes_J_from_the_caller():
+    R = torch.tensor([[1.0, -1.0], [0.0, 0.5]], dtype=torch.float64)
+    w = torch.ones(2, dtype=torch.float64)
+    J = torch.tensor([-2.0, 0.0], dtype=torch.float64)  # e.g. the global batch's mean
+    out, stats = scalarise(R, w, "worst_group", J=J, tau=0.0)
+    assert stats["objective/J"].tolist() == J.tolist() and stats["objective/coef"].tolist() == [1.0, 0.0]
+    assert out.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match=r"J must have shape \(G,\) = \(2,\)"):
+        scalarise(R, w, "population", J=torch.zeros(3))

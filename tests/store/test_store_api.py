@@ -15,10 +15,11 @@ from raydprm.store import (
     check_labels_config,
     heldout_mask,
     item_id,
+    labels_config_for,
     split_items,
     store_label_scale,
 )
-from raydprm.store.groups import group_disagreement, js_divergence, poststratification_weights
+from raydprm.store.groups import group_disagreement, poststratification_weights
 
 SAFETY = LabelScale(names=("safe", "unsure", "unsafe"), rewards=(1.0, 0.0, -1.0), grid=((0.0,), (1.0,), (2.0,)))
 
@@ -49,6 +50,11 @@ def test_label_scale_is_recorded_and_checked(tmp_path):
     assert check_labels_config(same, SAFETY, db) == SAFETY
     with pytest.raises(LabelScaleConflict) as e:
         check_labels_config(dataclasses.replace(same, rewards=(1.0, 0.2, -1.0)), SAFETY, db)
+    lc = labels_config_for(SAFETY)
+    lc.validate()
+    assert lc.grid is None and LabelScale.from_config(lc).same_labels(SAFETY)  # a 1-D grid has no config form
+    assert check_labels_config(lc, SAFETY, db) == SAFETY
+    assert labels_config_for(LabelScale.hh()) == LabelsConfig()
     msg = str(e.value)
     assert "\n" not in msg and "[1.0, 0.2, -1.0]" in msg and "[1.0, 0.0, -1.0]" in msg and str(db) in msg
 
@@ -106,8 +112,19 @@ def test_export_split_partitions_the_items(tmp_path):
 
 
 def test_disagreement_and_poststratification_math():
-    assert js_divergence(np.array([1.0, 0, 0]), np.array([0, 1.0, 0])) == pytest.approx(1.0)
-    assert js_divergence(np.array([0.2, 0.8]), np.array([0.2, 0.8])) == pytest.approx(0.0)
+    import torch
+
+    from raydprm.core import disagreement as core
+
+    # with every group voting on every item, the figures are the core's on the normalised counts
+    # (N, G, L) counts with 7 votes per (item, group): the pooled crowd is then the equal-weight mixture
+    full = np.random.default_rng(0).multinomial(7, [0.5, 0.3, 0.2], size=(40, 3)).astype(float)
+    d_store = group_disagreement(full, ["a", "b", "c"])
+    d_core = core.group_disagreement(full)
+    np.testing.assert_allclose([[d_store["js_items"][p][q] for q in "abc"] for p in "abc"], d_core["jsd"].numpy(),
+                               atol=1e-6)
+    assert [d_store["modal_differs"][g] for g in "abc"] == pytest.approx(d_core["modal_differs"].numpy().tolist())
+    assert float(core.js_divergence(torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0]))) == pytest.approx(1.0)
     # two items, groups a and b: a says label 0 twice, b says label 2; the majority (3 votes) 0
     counts = np.zeros((2, 2, 3))
     counts[0, 0, 0] = 2

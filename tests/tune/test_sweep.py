@@ -102,7 +102,14 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, cap
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(2)
         assert len(finished()) == 1, "no trial finished in time"
-        time.sleep(5)  # Tune marks it terminated
+
+        def terminated():  # Tune's saved experiment state has the finished trial as TERMINATED
+            return any("TERMINATED" in f.read_text() for f in sweep_dir.glob("experiment_state-*.json"))
+
+        while not terminated() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(1)
+        assert terminated(), "Tune never saved the finished trial as terminated"
         assert len(finished()) == 1  # one trial at once: the other is still running
         proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment state and stops
         proc.wait(timeout=180)
