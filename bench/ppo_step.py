@@ -17,6 +17,15 @@ Three measurements, each against a baseline taken in the same run:
 3. **Closed-form OT at the memory floor**: ``ot_loss`` (1-D closed form, B = 1e6, L = 6, float32,
    forward) over ``torch.clone`` of the inputs (interleaved medians).
 
+``--estimators`` measures instead (no Ray): 4. **PPO with a critic vs critic-free GRPO** in the
+learner alone, at equal tokens (the same batch of ``--batch`` responses, ``--tokens`` prompt and
+response tokens each; GRPO in groups of 4): update wall time and the process's peak RSS, each
+configuration in a fresh process (so peak memory is its own), median of ``--steps`` updates
+after one warm-up, ``--rounds`` interleaved rounds: ``gae`` with the value head, ``gae`` with a
+separate critic, ``grpo``::
+
+    python bench/ppo_step.py --estimators --model small-gpt2 --batch 8 --tokens 16 --steps 3 --rounds 3
+
 ``--json PATH`` writes the figures (keys in the issue: sync_seconds, sync_floor_seconds, sync_mb,
 step_seconds.{sync_mode,async_mode}, closed_form_floor_ratio, and more).
 """
@@ -192,14 +201,90 @@ def bench_closed_form(rounds: int, rows: int = 1_000_000, labels: int = 6) -> di
     return {"rows": rows, "clone_s": c, "closed_form_s": o, "closed_form_floor_ratio": o / c}
 
 
+ESTIMATORS = {"ppo_value_head": dict(advantage="gae", critic="value_head"),
+              "ppo_separate_critic": dict(advantage="gae", critic="separate"),
+              "grpo": dict(advantage="grpo")}
+
+
+def _estimator_child(spec: str) -> None:
+    """One configuration in this (fresh) process; prints its figures as one JSON line."""
+    import resource
+
+    from raydprm.config import PPOConfig
+    from raydprm.train.learner import PPOLearner
+    from raydprm.train.rollout_batch import RolloutBatch
+
+    a = json.loads(spec)
+    torch.set_num_threads(a["threads"])
+    B, T = a["batch"], a["tokens"]
+    cfg = PPOConfig(rollout_batch=B, minibatch=B, micro_batch=B, epochs=1, engine="torch", **ESTIMATORS[a["name"]])
+    lr = PPOLearner(cfg, a["model"], seed=0)
+    V = lr.ref.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(5, V, (T,), generator=g).tolist() for _ in range(B)]
+    resp = [torch.randint(5, V, (T,), generator=g).tolist() for _ in range(B)]
+    batch = RolloutBatch.from_sequences(prompts, resp, torch.randn(B, generator=g).tolist(),
+                                        [[-6.9] * T for _ in range(B)], group=[i // 4 for i in range(B)])
+    params = sum(p.numel() for p in lr.engine.module.parameters())
+    lr.update(batch)  # warm-up
+    times = []
+    for _ in range(a["steps"]):
+        t0 = time.perf_counter()
+        lr.update(batch)
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"name": a["name"], "update_s": statistics.median(times), "trainable_params": params,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def bench_estimators(model: str, batch: int, tokens: int, steps: int, rounds: int = 1, threads: int = 1) -> list[dict]:
+    """Every configuration once per round, interleaved (so load drifts hit all alike); per configuration
+    the median over rounds of its update time and the largest peak RSS."""
+    import subprocess
+
+    runs: dict[str, list[dict]] = {name: [] for name in ESTIMATORS}
+    for _ in range(rounds):
+        for name in ESTIMATORS:
+            spec = json.dumps(dict(name=name, model=model, batch=batch, tokens=tokens, steps=steps, threads=threads))
+            res = subprocess.run([sys.executable, __file__, "--_estimator", spec], capture_output=True, text=True)
+            if res.returncode:
+                raise SystemExit(f"{name} failed:\n{res.stderr[-3000:]}")
+            runs[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return [r[0] | {"update_s": statistics.median(x["update_s"] for x in r),
+                    "peak_rss_mb": max(x["peak_rss_mb"] for x in r), "rounds": len(r)} for r in runs.values()]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny PPO steps only (plus the 124M sync); fewer repeats")
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--sync-model", default="small-gpt2", help="the policy whose sync is measured (124M by default)")
+    ap.add_argument("--estimators", action="store_true", help="PPO with a critic vs GRPO in the learner (no Ray)")
+    ap.add_argument("--model", default="small-gpt2", help="--estimators: the policy (124M by default)")
+    ap.add_argument("--batch", type=int, default=8, help="--estimators: responses per update")
+    ap.add_argument("--tokens", type=int, default=16, help="--estimators: prompt tokens = response tokens per row")
+    ap.add_argument("--rounds", type=int, default=1, help="--estimators: interleaved rounds (median over them)")
+    ap.add_argument("--_estimator", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args._estimator:
+        _estimator_child(args._estimator)
+        return 0
+    if args.estimators:
+        from raydprm.models.tiny import ensure_tiny_models
+
+        model = str(ensure_tiny_models(names=(args.model,))[args.model])
+        print(f"# learner update, {args.model}, {args.batch} x ({args.tokens}+{args.tokens}) tokens, "
+              f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+        rows = bench_estimators(model, args.batch, args.tokens, args.steps or 2, args.rounds)
+        base = rows[0]
+        print(f"{'config':<22} {'update s':>9} {'vs ppo':>7} {'peak RSS MB':>12} {'trainable':>12}")
+        for r in rows:
+            print(f"{r['name']:<22} {r['update_s']:>9.2f} {r['update_s'] / base['update_s']:>7.2f} "
+                  f"{r['peak_rss_mb']:>12.0f} {r['trainable_params']:>12,}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"model": args.model, "estimators": rows}, indent=2))
+        return 0
 
     from raydprm.cluster.runtime import connect
     from raydprm.config import RayConfig

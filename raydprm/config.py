@@ -392,6 +392,70 @@ class RolloutConfig(Section):
     bucket_mb: int = opt(64, doc="Bucket size for object-store weight sync.", ge=1)
     probe_tolerance: float = opt(1e-3, doc="Max |logprob difference| of the post-sync probe.", gt=0)
     probe_length: int = opt(32, doc="Tokens of the fixed probe sequence scored after every weight sync.", ge=2)
+    n_per_prompt: int = opt(1, doc="Responses sampled per prompt in an RL step (a group: the critic-free estimators' "
+                            "baseline is over it); ppo.rollout_batch counts responses, so a step asks "
+                            "ppo.rollout_batch / n_per_prompt prompts.", ge=1)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The training engine of a learner group, one type for every learner (PPO, direct
+    alignment; :class:`raydprm.train.rank.LearnerRank` and ``ds_engine.build_engine`` read it).
+    Not a section of its own: :attr:`PPOConfig.engine_config` and :attr:`AlignConfig.engine_config`
+    derive it from their keys, and its checks name those keys (``section``)."""
+
+    minibatch: int
+    micro_batch: int
+    num_workers: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    engine: str = "deepspeed"
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    precision: str = "fp32"
+    optimizer: str = "adamw"
+    ds_jit_ops: bool = False
+    dist_timeout_s: float = 600.0
+    reference: str = ""
+    section: str = "ppo"
+
+    def __post_init__(self) -> None:
+        s = self.section
+        if self.minibatch % self.num_workers:
+            raise ConfigError(f"config key '{s}.minibatch' = {self.minibatch} must be a multiple of {s}.num_workers = {self.num_workers}")
+        if self.worker_minibatch % self.worker_micro_batch:
+            raise ConfigError(f"config key '{s}.micro_batch' = {self.micro_batch} must divide the per-worker minibatch "
+                              f"{s}.minibatch / {s}.num_workers = {self.worker_minibatch}")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError(f"config key '{s}.offload_params' needs {s}.zero_stage = 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError(f"config key '{s}.offload_optimizer' needs {s}.zero_stage >= 1")
+
+    @property
+    def worker_minibatch(self) -> int:
+        """Rows of one minibatch that each learner worker processes."""
+        return self.minibatch // self.num_workers
+
+    @property
+    def worker_micro_batch(self) -> int:
+        """Rows per forward/backward on one worker (micro_batch, capped by the worker's share)."""
+        return min(self.micro_batch, self.worker_minibatch)
+
+    @property
+    def grad_accum(self) -> int:
+        """Micro-batches accumulated per optimizer step on each worker."""
+        return self.worker_minibatch // self.worker_micro_batch
+
+
+ENGINE_KEYS = tuple(f.name for f in dataclasses.fields(EngineConfig) if f.name != "section")
+
+
+# raydprm.core.advantages.ADVANTAGES and raydprm.core.ppo_loss.POLICY_LOSSES (a test keeps them equal)
+ADVANTAGES = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+GROUP_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")  # need rollout.n_per_prompt >= 2
+POLICY_LOSSES = ("clip", "dual_clip", "clip_higher")
 
 
 @dataclass(frozen=True)
@@ -415,7 +479,7 @@ class PPOConfig(Section):
     lr: float = opt(5e-4, doc="Learning rate (sized for the tiny default policy; use ~1e-6..1e-5 for billion-parameter models).", gt=0)
     grad_clip: float = opt(1.0, doc="Gradient clipping norm; 0 = off.", ge=0)
     whiten_advantages: bool = opt(True, doc="Whiten advantages per batch.")
-    loss_agg: str = opt("token_mean", doc="Loss aggregation.", choices=("token_mean", "seq_mean"))
+    loss_agg: str = opt("token_mean", doc="Loss aggregation: token_mean, seq_mean (mean of each response's token mean) or token_sum (token sum / (rows x padded length): Dr. GRPO's length-unbiased constant).", choices=("token_mean", "seq_mean", "token_sum"))
     critic: str = opt("value_head", doc="Value function: a head on the policy or a separate critic model.", choices=("value_head", "separate"))
     num_workers: int = opt(1, doc="Learner actors in the torch.distributed group.", ge=1)
     engine: str = opt("deepspeed", doc="Training engine.", choices=("deepspeed", "torch"))
@@ -434,34 +498,48 @@ class PPOConfig(Section):
     dist_timeout_s: float = opt(600.0, doc="torch.distributed collective timeout of the learner group.", gt=0)
     async_rollout: bool = opt(False, doc="Generate the rollouts of step t+1 while the learner trains on step t (one step off-policy; the behaviour policy's logprobs are PPO's old logprobs). Off = every step generates with the newest policy.")
     use_rollout_logprobs: bool = opt(False, doc="PPO's old logprobs = the rollout engine's sampled ones (right for stale rollouts); off = recomputed by the learner (immune to engine mismatch).")
+    advantage: str = opt("gae", doc="Advantage estimator (raydprm.core.advantages): gae (with the critic), or critic-free "
+                         "over each prompt's rollout.n_per_prompt responses: grpo (group mean/std), dr_grpo (group mean, "
+                         "no std; pair with ppo.loss_agg=token_sum), rloo (leave-one-out mean), reinforce_pp (batch-"
+                         "normalised returns), reinforce_pp_baseline (group mean first). Critic-free: no value head, "
+                         "no critic optimizer state.", choices=ADVANTAGES)
+    policy_loss: str = opt("clip", doc="Policy loss (raydprm.core.ppo_loss.POLICY_LOSSES): clip (PPO), dual_clip (also "
+                           "bounds negative-advantage tokens at ppo.dual_clip_c |A|), clip_higher (DAPO: ratio in "
+                           "[1 - ppo.clip_ratio, 1 + ppo.clip_ratio_high]).", choices=POLICY_LOSSES)
+    clip_ratio_high: float = opt(0.28, doc="clip_higher: the upper clip range eps_high (DAPO); ppo.clip_ratio is the lower.", gt=0)
+    dual_clip_c: float = opt(3.0, doc="dual_clip: the bound c > 1 on -A * ratio for A < 0.", gt=1)
+    kl_in: str = opt("reward", doc="Where the KL to the reference goes: reward (a per-token penalty -beta kl_t in the "
+                     "rewards) or loss (beta * kl_t added to the policy loss, as GRPO).", choices=("reward", "loss"))
+
+    @property
+    def uses_critic(self) -> bool:
+        """GAE learns a value function; the critic-free estimators build no value head (ppo.critic unused)."""
+        return self.advantage == "gae"
+
+    @property
+    def engine_config(self) -> EngineConfig:
+        """The learner group's engine (:class:`EngineConfig`) from this section's keys."""
+        return EngineConfig(**{k: getattr(self, k) for k in ENGINE_KEYS}, section="ppo")
 
     @property
     def worker_minibatch(self) -> int:
         """Rows of one minibatch that each learner worker processes."""
-        return self.minibatch // self.num_workers
+        return self.engine_config.worker_minibatch
 
     @property
     def worker_micro_batch(self) -> int:
         """Rows per forward/backward on one worker (micro_batch, capped by the worker's share)."""
-        return min(self.micro_batch, self.worker_minibatch)
+        return self.engine_config.worker_micro_batch
 
     @property
     def grad_accum(self) -> int:
         """Micro-batches accumulated per optimizer step on each worker."""
-        return self.worker_minibatch // self.worker_micro_batch
+        return self.engine_config.grad_accum
 
     def validate(self) -> None:
         if self.rollout_batch % self.minibatch:
             raise ConfigError(f"config key 'ppo.minibatch' = {self.minibatch} must divide ppo.rollout_batch = {self.rollout_batch}")
-        if self.minibatch % self.num_workers:
-            raise ConfigError(f"config key 'ppo.minibatch' = {self.minibatch} must be a multiple of ppo.num_workers = {self.num_workers}")
-        if self.worker_minibatch % self.worker_micro_batch:
-            raise ConfigError(f"config key 'ppo.micro_batch' = {self.micro_batch} must divide the per-worker minibatch "
-                              f"ppo.minibatch / ppo.num_workers = {self.worker_minibatch}")
-        if self.offload_params and self.zero_stage != 3:
-            raise ConfigError("config key 'ppo.offload_params' needs ppo.zero_stage = 3")
-        if self.offload_optimizer and self.zero_stage == 0:
-            raise ConfigError("config key 'ppo.offload_optimizer' needs ppo.zero_stage >= 1")
+        self.engine_config  # noqa: B018  (the engine's checks, under ppo.* names)
 
 
 ALIGN_ALGOS = ("dpo", "ipo", "slic", "slic_rso", "rrhf", "crowd_dpo")
@@ -505,19 +583,10 @@ class AlignConfig(Section):
     dist_timeout_s: float = opt(600.0, doc="torch.distributed collective timeout of the learner group.", gt=0)
 
     @property
-    def engine_config(self) -> PPOConfig:
-        """The engine settings as the PPOConfig that :func:`raydprm.train.ds_engine.build_engine`
-        reads (one minibatch = one optimizer step; its validation checks the batch shape)."""
-        try:
-            return PPOConfig(rollout_batch=self.minibatch, minibatch=self.minibatch, micro_batch=self.micro_batch,
-                             lr=self.lr, weight_decay=self.weight_decay, grad_clip=self.grad_clip,
-                             num_workers=self.num_workers, engine=self.engine, zero_stage=self.zero_stage,
-                             offload_optimizer=self.offload_optimizer, offload_params=self.offload_params,
-                             precision=self.precision, optimizer=self.optimizer, ds_jit_ops=self.ds_jit_ops,
-                             dist_timeout_s=self.dist_timeout_s, num_cpus_per_worker=self.num_cpus_per_worker,
-                             num_gpus_per_worker=self.num_gpus_per_worker, reference=self.reference)
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("'ppo.", "'align.").replace(" ppo.", " align.")) from None
+    def engine_config(self) -> EngineConfig:
+        """The learner group's engine (:class:`EngineConfig`, one minibatch = one optimizer step) from
+        this section's keys; its checks name them ``align.*``."""
+        return EngineConfig(**{k: getattr(self, k) for k in ENGINE_KEYS}, section="align")
 
     def validate(self) -> None:
         if self.batch % self.minibatch:
@@ -572,8 +641,12 @@ class RayConfig(Section):
 
 # The paper's Table 2 policies trained by PPO, and the reward.loss of the reward model each one is tuned against.
 PPO_POLICY_LOSS = {"bt": "bt", "dprm_c": "ce", "dprm_w": "wasserstein", "dprm_ot": "ot"}
+# The critic-free policies: (reward.loss, ppo.advantage), tuned on groups of rollout.n_per_prompt responses
+# (4 unless set >= 2), the same number of responses per step (ppo.rollout_batch) as PPO.
+GROUP_POLICIES = {"bt_grpo": ("bt", "grpo"), "bt_rloo": ("bt", "rloo"), "dprm_ot_grpo": ("ot", "grpo"),
+                  "dprm_ot_rloo": ("ot", "rloo")}
 # What `raydprm run` can train and evaluate: the SFT policy, the PPO policies, the direct-alignment ones.
-POLICIES = ("vanilla", *PPO_POLICY_LOSS, *ALIGN_ALGOS)
+POLICIES = ("vanilla", *PPO_POLICY_LOSS, *GROUP_POLICIES, *ALIGN_ALGOS)
 COMPARE_POLICIES = ("vanilla", "bt", "dprm_c", "dprm_w", "dprm_ot")
 
 
@@ -655,6 +728,13 @@ class Config:
                               "needs rollout.engine = 'vllm'")
         if self.ppo.critic_model and self.ppo.critic != "separate":
             raise ConfigError("config key 'ppo.critic_model' is set but ppo.critic is not 'separate'")
+        n = self.rollout.n_per_prompt
+        if self.ppo.advantage in GROUP_ADVANTAGES and n < 2:
+            raise ConfigError(f"config key 'ppo.advantage' = {self.ppo.advantage} needs a group of responses per "
+                              f"prompt: rollout.n_per_prompt = {n}, set it >= 2")
+        if self.ppo.rollout_batch % n:
+            raise ConfigError(f"config key 'rollout.n_per_prompt' = {n} must divide ppo.rollout_batch = "
+                              f"{self.ppo.rollout_batch} (the responses of one step)")
         if self.pipeline.layout == "colocate":
             self._check_colocate()
         if self.pipeline.drift_step > self.ppo.steps:

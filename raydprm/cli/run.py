@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "SFT and one store, equal PPO budgets, over --seeds seeds; run.name defaults to 'compare'.")
     p.add_argument("--policies", metavar="A,B,...", default=None,
                    help="The policies of a comparison (implies --compare), e.g. vanilla,bt,dprm_ot,dpo,crowd_dpo; "
-                   "any of vanilla, bt, dprm_c, dprm_w, dprm_ot and the direct-alignment algorithms (align.algo).")
+                   "any of vanilla, bt, dprm_c, dprm_w, dprm_ot, the critic-free bt_grpo, bt_rloo, dprm_ot_grpo, "
+                   "dprm_ot_rloo and the direct-alignment algorithms (align.algo).")
     p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="Seeds per policy of a comparison (pipeline.seeds, default 3).")
     p.add_argument("--smoke", action="store_true", help="Tiny sizes (for tests / a quick check).")

@@ -173,6 +173,8 @@ def _reconfigure(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from raydprm.errors import RaydprmError
     from raydprm.store.hh import import_hh
 
@@ -180,7 +182,10 @@ def _import(args: argparse.Namespace) -> int:
         return _import_mapped(args)
     if args.group or args.join:
         raise RaydprmError("--group and --join need a mapping (--mapping FILE.yaml or --preset NAME)")
-    _, store = _open(args)
+    cfg = config_from_args(args)
+    path = Path(args.db or cfg.store.path or cfg.run.run_dir / "store.db")
+    # a store created by an import holds the import's groups only (not the simulated crowd's)
+    _, store = _open(args, **({} if path.is_file() and path.stat().st_size > 0 else {"default_personas": False}))
 
     def label(x: str) -> int | str:
         return int(x) if x.isdigit() else x
@@ -228,6 +233,8 @@ def _import_mapped(args: argparse.Namespace) -> int:
     path = Path(args.db or cfg.store.path or cfg.run.run_dir / "store.db")
     new = not (path.is_file() and path.stat().st_size > 0)
     over = dict(labels=None, label_scale=m.scale) if new and m.scale is not None else {}
+    if new:  # the store's groups are the import's groups (not the simulated crowd's personas)
+        over["default_personas"] = False
     _, store = _open(args, **over)
     try:
         with store:

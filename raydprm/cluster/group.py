@@ -245,6 +245,18 @@ class ActorGroup:
             except RankDied as died:
                 self.recover(died)
 
+    def gather(self, method: Callable[..., Any], per_rank: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+               refs: Sequence[Any], ranks: Sequence[int] | None = None, timeout_s: float | None = None) -> list[Any]:
+        """The answers of calls already made (``refs = submit(method, per_rank, ranks)``), with the
+        restart policy of :meth:`each`: a rank that died is restarted and the calls asked again."""
+        ranks = list(range(len(per_rank))) if ranks is None else list(ranks)
+        while True:
+            try:
+                return self.wait(refs, method_name(method), ranks=ranks, timeout_s=timeout_s)
+            except _RankDied as died:
+                self._handle_death(died, method)
+            refs = self.submit(method, per_rank, ranks)
+
     def wait(self, refs: Sequence[Any], what: str, ranks: Sequence[int] | None = None,
              timeout_s: float | None = None) -> list[Any]:
         """``ray.get`` of ``refs`` with one deadline (default the group's ``timeout_s``), failing fast.

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from raydprm.cluster.drift import Drift, drift_stage_config
+from raydprm.cluster.drift import Drift
 from raydprm.cluster.group import GroupRestarted, Placement
 from raydprm.cluster.placement import RolePlacements
 from raydprm.cluster.run_plan import Arm, arms, eval_prompts, eval_sampling, required_resources
@@ -60,12 +60,13 @@ from raydprm.cluster.run_state import (
     RunState,
     dir_digest,
     read_json,
-    stage_key,
     verify_checkpoint,
     write_json,
     write_manifest,
 )
 from raydprm.cluster.runtime import connect
+from raydprm.cluster.stage_keys import check_key_version, key_of
+from raydprm.cluster.step_log import StepLog
 from raydprm.config import Config, save_config
 from raydprm.errors import DiskFull, RaydprmError, disk_full, is_disk_full
 
@@ -146,6 +147,7 @@ class Pipeline:
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
+        check_key_version(self.run_dir)  # a run keyed by an older scheme is refused before any file
         from raydprm.cluster.tracking import check_installed
 
         check_installed(cfg.run.loggers)  # a tracker's missing package, before any work
@@ -156,21 +158,14 @@ class Pipeline:
         self._stages_bar = self._bar(total=n_stages, desc="stages", unit="stage", leave=True)
         try:
             c = cfg.to_dict()
-            seed = cfg.run.seed
-            sft = self._stage("sft", {"models": c["models"], "sft": c["sft"], "seed": seed}, {}, self._sft)
+            sft = self._stage("sft", c, {}, self._sft)
             sft_dir = self._abs(sft["path"])
-            col = self._stage("collect", {k: c[k] for k in ("crowd", "store", "labels", "rollout")} | {"seed": seed},
-                              {"sft": sft["digest"]}, lambda: self._collect(sft_dir))
+            col = self._stage("collect", c, {"sft": sft["digest"]}, lambda: self._collect(sft_dir))
             trained = [(arm, self._train(arm, sft, col)) for arm in self.arms]
             if self.until == "ppo":
                 return {"ppo": trained[0][1]["history"]}
-            # a comparison's policies and seeds shape its evaluation; a single run's key ignores them
-            ev_keys = ("eval_prompts", "eval_seeds", "bootstrap", "tie_margin") + (
-                ("policies", "seeds") if cfg.pipeline.policies else ())
-            ev_cfg = {k: c[k] for k in ("crowd", "labels", "rollout")} | {"seed": seed} | {
-                k: v for k, v in c["pipeline"].items() if k in ev_keys}
             ev_in = {"sft": sft["digest"]} | {arm.prefix + "policy": out["digest"] for arm, out in trained}
-            self._stage("evaluate", ev_cfg, ev_in, lambda: self._evaluate(sft_dir, trained))
+            self._stage("evaluate", c, ev_in, lambda: self._evaluate(sft_dir, trained))
         finally:
             self._stages_bar.close()
             self.shutdown_workers()
@@ -182,26 +177,24 @@ class Pipeline:
         """The stages of one policy: reward[loss] -> ppo[reward], or align; their outputs hold
         ``policy`` (the exported HF directory), its ``digest`` and the training ``history``."""
         self.arm = arm
-        ac, seed, sft_dir = arm.cfg.to_dict(), arm.cfg.run.seed, self._abs(sft["path"])
+        ac, sft_dir = arm.cfg.to_dict(), self._abs(sft["path"])
         if arm.kind == "align":
-            al_cfg = {"align": ac["align"], "labels": ac["labels"], "seed": seed}
             al_in = {"sft": sft["digest"], "data": col["digest"]}
-            key = stage_key(arm.stage("align"), al_cfg, al_in)
-            return self._stage(arm.stage("align"), al_cfg, al_in,
+            key = key_of(arm.stage("align"), ac, al_in)[0]
+            return self._stage(arm.stage("align"), ac, al_in,
                                lambda: self._align(arm, key, sft_dir, self._abs(col["data"])))
-        rew = self._stage(arm.stage("reward"), {"reward": ac["reward"], "labels": ac["labels"], "seed": seed,
-                                                "backbone": arm.cfg.models.reward_backbone},
-                          {"data": col["digest"]}, lambda: self._reward(arm, self._abs(col["data"])))
-        ppo_cfg = {"ppo": ac["ppo"], "rollout": ac["rollout"], "reward": ac["reward"], "seed": seed} | \
-            drift_stage_config(arm.cfg)
+        rew = self._stage(arm.stage("reward"), ac, {"data": col["digest"]},
+                          lambda: self._reward(arm, self._abs(col["data"])))
         ppo_in = {"sft": sft["digest"], "reward": rew["digest"]}
-        key = stage_key(arm.stage("ppo"), ppo_cfg, ppo_in)
-        return self._stage(arm.stage("ppo"), ppo_cfg, ppo_in,
+        key = key_of(arm.stage("ppo"), ac, ppo_in)[0]
+        return self._stage(arm.stage("ppo"), ac, ppo_in,
                            lambda: self._ppo(arm, key, sft_dir, self._abs(rew["best_dir"])))
 
-    def _stage(self, name: str, config: dict[str, Any], inputs: dict[str, str],
+    def _stage(self, name: str, c: dict[str, Any], inputs: dict[str, str],
                body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        key = stage_key(name, config, inputs)
+        """Run ``body`` unless the stage is done under the key of what it reads of the config dict
+        ``c`` and of its ``inputs`` (:mod:`raydprm.cluster.stage_keys`)."""
+        key, config = key_of(name, c, inputs)
         self._stages_bar.set_description(f"stage {name}")
         if self.state.done(name, key):
             self._stages_bar.update(1)
@@ -283,39 +276,22 @@ class Pipeline:
         return {**out, "best_dir": self._rel(out["best_dir"]), "digest": dir_digest(out["best_dir"])}
 
     def _ppo(self, arm: Arm, key: str, policy_dir: str, reward_dir: str) -> dict[str, Any]:
+        """The RL stage: :meth:`PPOLoop.step` per step (generate -> score -> advantages + update ->
+        publish), then the step hooks: the population judges the step's samples and, with live
+        votes, the crowd votes on them (:class:`~raydprm.cluster.drift.Drift`)."""
         from raydprm.sim.personas import Population
         from raydprm.sim.world import prompts as world_prompts
 
-        cfg, n = arm.cfg, arm.cfg.ppo.rollout_batch
+        cfg = arm.cfg
+        n = cfg.ppo.rollout_batch // cfg.rollout.n_per_prompt  # prompts per step
         judge, rewards = Population.from_config(cfg.crowd), np.asarray(cfg.labels.rewards, dtype=np.float64)
-        out_dir = self.run_dir / arm.stage("ppo")
         self.init_workers(policy_dir, reward_dir, cfg)
         self.drift = Drift.create(self, arm, reward_dir, cfg.pipeline.store_num_cpus)  # None without live votes
-        if self.ppo_start is not None:  # a given checkpoint (Tune restore / PBT clone) outranks the run's own
-            shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
-            step, history = self._load_dir(Path(self.ppo_start))
-            self.ppo_start = None
-            self.save_checkpoint(key, step, history)  # now the run's own: a group restart goes back to it
-        else:
-            step, history = self.load_checkpoint(key)
-            if step == 0:  # checkpoints of an earlier PPO configuration must not outrank this one's
-                shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
         train_prompts = world_prompts(cfg.ppo.steps * n, seed=cfg.run.seed + 1)  # the data position is the step
-        tb = self._trackers(arm)
-        bar = self._bar(total=cfg.ppo.steps, initial=step, desc=arm.stage("ppo"))
-        while step < cfg.ppo.steps:
+
+        def ppo_step(step: int) -> dict[str, Any]:
             nxt = train_prompts[(step + 1) * n:(step + 2) * n] if step + 1 < cfg.ppo.steps else None
-            try:
-                rec = self.loop.step(step, train_prompts[step * n:(step + 1) * n], nxt)
-            except GroupRestarted as e:  # the learner group is back at its last checkpoint: redo from there
-                self._say(f"  {e}")
-                self.loop.finish()
-                step, history = self.load_checkpoint(key)
-                if step == 0:  # no checkpoint yet: the group restarted from the SFT policy
-                    self._sync()
-                bar.reset(total=cfg.ppo.steps)
-                bar.update(step)
-                continue
+            rec = self.loop.step(step, train_prompts[step * n:(step + 1) * n], nxt)
             prompts, texts = self.loop.last_samples
             # the population's E[r] of the step's samples, sum_l p_pop(l | x, y) r_l averaged: one scale for
             # every policy (a reward model's own score is not: BT-RM's is a logit)
@@ -323,23 +299,10 @@ class Pipeline:
                 if texts else float("nan")
             if self.drift is not None:  # the crowd votes on this step's samples; a refresh when due
                 rec.update(self.drift.after_step(step + 1, prompts, texts, rec["population/expected_reward"]))
-            step += 1
-            history.append(rec)
-            self.last_record = rec  # what on_step callers (a Tune trial) report
-            tb.log_metrics({k: v for k, v in rec.items() if k != "step"}, step)
-            bar.update(1)
-            bar.set_postfix(reward=f"{rec['reward/mean']:.3f}", pop=f"{rec['population/expected_reward']:.3f}")
-            if step % self.cfg.pipeline.checkpoint_every == 0 or step == cfg.ppo.steps:
-                self.save_checkpoint(key, step, history)
-            if self.on_step is not None:
-                self.on_step(self, step)
-        self.loop.finish()
-        bar.close()
-        tb.close()
-        policy = self.learner.export_hf(out_dir / "policy")
-        write_json(out_dir / "history.json", history)
-        self.shutdown_workers()
-        return {"policy": self._rel(policy), "digest": dir_digest(policy), "history": history, "steps": step}
+            return rec
+
+        return self._train_stage(arm, key, cfg.ppo.steps, ppo_step, lambda r: {
+            "reward": f"{r['reward/mean']:.3f}", "pop": f"{r['population/expected_reward']:.3f}"})
 
     def _align(self, arm: Arm, key: str, policy_dir: str, data_dir: str) -> dict[str, Any]:
         """Direct alignment (``align.algo``) from the SFT policy on response pairs of the store's
@@ -353,7 +316,6 @@ class Pipeline:
         from raydprm.train.direct_alignment import PairBatch, pair_batches, pairs_from_export
 
         cfg, a = arm.cfg, arm.cfg.align
-        out_dir = self.run_dir / arm.stage("align")
         pairs = pairs_from_export(datasets.load_from_disk(data_dir), cfg.labels.rewards,
                                   pairs_per_prompt=a.pairs_per_prompt, ties=a.ties, min_margin=a.min_margin,
                                   hard=a.algo != "crowd_dpo", seed=cfg.run.seed)
@@ -361,40 +323,79 @@ class Pipeline:
         self.learner = self._track(LearnerGroup.create_aligner(a, policy_dir, seed=cfg.run.seed,
                                                                placement=self.placement.get("learner"),
                                                                max_restarts=cfg.ray.max_restarts), "learner")
-        step, history = self.load_checkpoint(key)
-        if step == 0:
-            shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
         self._say(f"  {a.algo}: {len(pairs)} pairs from the store, {a.steps} updates of {a.batch}")
-        tb = self._trackers(arm)
-        bar = self._bar(total=a.steps, initial=step, desc=arm.stage("align"))
-        # the data position is the step: the seeded stream of batches, skipped to it
-        stream = itertools.islice(pair_batches(pairs, a.batch, seed=cfg.run.seed), step, None)
-        while step < a.steps:
-            batch = PairBatch.from_pairs(next(stream), tok, a.max_prompt_tokens, a.max_response_tokens)
+        stream: list[Any] = [-1, None]  # (position, iterator): the seeded stream of batches, skipped to the step
+
+        def align_step(step: int) -> dict[str, Any]:
+            if stream[0] != step:
+                stream[:] = [step, itertools.islice(pair_batches(pairs, a.batch, seed=cfg.run.seed), step, None)]
+            batch = PairBatch.from_pairs(next(stream[1]), tok, a.max_prompt_tokens, a.max_response_tokens)
+            m = self.learner.update(batch)
+            stream[0] += 1
+            return {"step": step + 1, **{k: float(v) for k, v in m.items()}}
+
+        out = self._train_stage(arm, key, a.steps, align_step,
+                                lambda r: {"loss": f"{r.get('align/loss', float('nan')):.3f}"})
+        return {**out, "pairs": len(pairs)}
+
+    def _train_stage(self, arm: Arm, key: str, total: int, one_step: Callable[[int], dict[str, Any]],
+                     postfix: Callable[[dict[str, Any]], dict[str, str]]) -> dict[str, Any]:
+        """The training-stage loop of PPO and direct alignment: resume at the last checkpoint (or
+        ``ppo_start``), ``one_step(step)`` -> the step's record, logged (:meth:`metrics_log`), a
+        checkpoint every ``pipeline.checkpoint_every`` steps and at the end, ``on_step``; a learner
+        group restarted (:class:`GroupRestarted`) goes back to its last checkpoint and the loop
+        redoes the steps since. Returns the exported policy, its digest and the history."""
+        out_dir = self.run_dir / arm.stage(arm.kind)
+        if self.ppo_start is not None:  # a given checkpoint (Tune restore / PBT clone) outranks the run's own
+            shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
+            step, history = self._load_dir(Path(self.ppo_start))
+            self.ppo_start = None
+            self.save_checkpoint(key, step, history)  # now the run's own: a group restart goes back to it
+        else:
+            step, history = self.load_checkpoint(key)
+            if step == 0:  # checkpoints of an earlier configuration must not outrank this one's
+                shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
+        metrics = self.metrics_log(arm)
+        bar = self._bar(total=total, initial=step, desc=arm.stage(arm.kind))
+        while step < total:
             try:
-                m = self.learner.update(batch)
-            except GroupRestarted as e:  # back at the last checkpoint (or the SFT policy): redo from there
+                rec = one_step(step)
+            except GroupRestarted as e:  # the learner group is back at its last checkpoint: redo from there
                 self._say(f"  {e}")
+                if self.loop is not None:
+                    self.loop.finish()
                 step, history = self.load_checkpoint(key)
-                stream = itertools.islice(pair_batches(pairs, a.batch, seed=cfg.run.seed), step, None)
-                bar.reset(total=a.steps)
+                if step == 0 and self.loop is not None:  # no checkpoint yet: the group restarted from the SFT policy
+                    self.loop.publish()
+                bar.reset(total=total)
                 bar.update(step)
                 continue
             step += 1
-            rec = {"step": step, **{k: float(v) for k, v in m.items()}}
             history.append(rec)
-            tb.log_metrics({k: v for k, v in rec.items() if k != "step"}, step)
+            self.last_record = rec  # what on_step callers (a Tune trial) report
+            metrics.log(rec, step)
             bar.update(1)
-            bar.set_postfix(loss=f"{rec.get('align/loss', float('nan')):.3f}")
-            if step % self.cfg.pipeline.checkpoint_every == 0 or step == a.steps:
+            bar.set_postfix(**postfix(rec))
+            if step % self.cfg.pipeline.checkpoint_every == 0 or step == total:
                 self.save_checkpoint(key, step, history)
+            if self.on_step is not None:
+                self.on_step(self, step)
+        if self.loop is not None:
+            self.loop.finish()
         bar.close()
-        tb.close()
+        metrics.close()
         policy = self.learner.export_hf(out_dir / "policy")
         write_json(out_dir / "history.json", history)
         self.shutdown_workers()
-        return {"policy": self._rel(policy), "digest": dir_digest(policy), "history": history, "steps": step,
-                "pairs": len(pairs)}
+        return {"policy": self._rel(policy), "digest": dir_digest(policy), "history": history, "steps": step}
+
+    def metrics_log(self, arm: Arm) -> StepLog:
+        """Where a training stage's step records go: the loggers of ``run.loggers`` (TensorBoard under
+        ``tb/<prefix>``, MLflow, W&B: :mod:`raydprm.cluster.tracking`), with the policy's resolved config
+        as params, every metric under the names TensorBoard shows."""
+        from raydprm.cluster.tracking import open_trackers
+
+        return open_trackers(arm.cfg.run, self.run_dir, arm.prefix, params=arm.cfg.to_dict())
 
     def _evaluate(self, sft_dir: str, trained: list[tuple[Arm, dict[str, Any]]]) -> dict[str, Any]:
         """Every policy samples the held-out prompts under ``pipeline.eval_seeds`` sampling seeds
@@ -461,13 +462,6 @@ class Pipeline:
         self._say("  E[r] " + ", ".join(f"{n} {p[n]['expected_reward']:.3f}" for n in p) + f"; {path}")
         return {"report": "report.json"}
 
-    def _trackers(self, arm: Arm) -> Any:
-        """The loggers of ``run.loggers`` for one training run (:mod:`raydprm.cluster.tracking`), with the
-        policy's resolved config as params; metrics go under the names TensorBoard shows."""
-        from raydprm.cluster.tracking import open_trackers
-
-        return open_trackers(arm.cfg.run, self.run_dir, arm.prefix, params=arm.cfg.to_dict())
-
     def _rel(self, path: str | Path) -> str:
         """Paths in records are relative to the run directory (so a run directory can be moved)."""
         p = Path(path).resolve()
@@ -507,12 +501,6 @@ class Pipeline:
                                                        placement=at("learner"), max_restarts=r), "learner")
         self.loop = PPOLoop(self.rollout, self.reward, self.learner, cfg.rollout, seed=cfg.run.seed,
                             async_rollout=cfg.ppo.async_rollout, colocate=colocate)
-
-    def _sync(self) -> None:
-        from raydprm.cluster.weight_sync import sync_policy
-
-        self.loop.version += 1  # the generators' weight version (each sync must be newer)
-        sync_policy(self.learner, self.rollout, version=self.loop.version)  # the learner publishes; handles only
 
     def save_checkpoint(self, key: str, step: int, history: list[dict[str, Any]]) -> None:
         """Learner state (policy, critic, optimizer, KL controller, RNG) + the driver's position, under the
@@ -575,8 +563,8 @@ class Pipeline:
             progress = read_json(d / "progress.json", what="a checkpoint's progress",
                                  way_out="start from another checkpoint")
         self.learner.load(d)
-        if self.rollout is not None:
-            self._sync()
+        if self.loop is not None:
+            self.loop.publish()  # the generators take the checkpoint's policy
         if self.drift is not None:
             self.drift.restore(progress.get("drift"), d)
         what = "PPO" if self.arm.kind == "ppo" else self.arm.cfg.align.algo

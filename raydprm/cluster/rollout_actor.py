@@ -10,6 +10,7 @@ handle)::
 
     pool = RolloutPool.create(cfg.rollout, model="tiny-gpt2")
     responses = pool.generate(prompts)                       # ordered like prompts (x n)
+    pending = pool.submit(prompts); ...; responses = pool.collect(pending)   # the same, overlapped with other work
     sync_policy(learner_group, pool, version=1)              # learner publishes, replicas pull + verify
     pool.shutdown()
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -220,6 +222,14 @@ def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
+@dataclass(frozen=True)
+class PendingRollout:
+    """Generation in flight (:meth:`RolloutPool.submit`): the calls made, to ask again after a restart."""
+
+    per_rank: list[tuple[tuple[Any, ...], dict[str, Any]]]
+    refs: list[Any]
+
+
 class RolloutPool:
     """``rollout.num_replicas`` :class:`RolloutGenerator` actors behind one ordered interface."""
 
@@ -263,11 +273,22 @@ class RolloutPool:
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams | None = None,
                  timeout_s: float | None = None) -> list[Response]:
         """Responses for every prompt (``n`` per prompt), in prompt order, spread over replicas."""
+        return self.collect(self.submit(prompts, sampling), timeout_s)
+
+    def submit(self, prompts: Sequence[Prompt], sampling: SamplingParams | None = None) -> PendingRollout:
+        """Start generating (one contiguous slice of ``prompts`` per replica); :meth:`collect` waits.
+        Async rollout submits the next step's prompts before the learner trains on this step's."""
         sampling = sampling or self.default_sampling
         prompts = list(prompts)
         slices = [s for s in split_evenly(len(prompts), self.num_replicas) if s[1] > s[0]]
-        parts = self.group.each(RolloutGenerator.generate, [((prompts[a:b], sampling, a), {}) for a, b in slices],
-                                timeout_s=timeout_s)
+        per_rank = [((prompts[a:b], sampling, a), {}) for a, b in slices]
+        return PendingRollout(per_rank, self.group.submit(RolloutGenerator.generate, per_rank))
+
+    def collect(self, pending: PendingRollout, timeout_s: float | None = None) -> list[Response]:
+        """The responses of :meth:`submit`, in prompt order. A replica that died meanwhile is
+        restarted (with the last verified weights) and its slice generated again, exactly as a
+        synchronous :meth:`generate` would (same weights, same sampling seed)."""
+        parts = self.group.gather(RolloutGenerator.generate, pending.per_rank, pending.refs, timeout_s=timeout_s)
         return [r for part in parts for r in part]
 
     def score(self, sequences: Sequence[Sequence[int]], timeout_s: float | None = None) -> list[list[float]]:
@@ -385,8 +406,12 @@ class RolloutPool:
     def wake(self, tags: Sequence[str] = ("weights", "kv_cache")) -> None:
         self.group.all(RolloutGenerator.wake, tuple(tags))
 
+    def info(self) -> list[dict[str, Any]]:
+        """Every replica's :meth:`RolloutGenerator.info`, in rank order."""
+        return self.group.all(RolloutGenerator.info, timeout_s=60)
+
     def versions(self) -> list[int]:
-        return [i["weight_version"] for i in self.group.all(RolloutGenerator.info, timeout_s=60)]
+        return [i["weight_version"] for i in self.info()]
 
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Shut engines down (frees vLLM's /dev/shm files), then kill the actors."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from raydprm.cluster.placement import layout_groups, peak_resources
 from raydprm.cluster.run_state import RunState
 from raydprm.cluster.runtime import Resources, in_ray_job
-from raydprm.config import PPO_POLICY_LOSS, Config, apply_overrides, from_dict
+from raydprm.config import GROUP_POLICIES, PPO_POLICY_LOSS, Config, apply_overrides, from_dict
 from raydprm.errors import RaydprmError
 
 __all__ = ["Arm", "DRIVER_CPU", "ROLES", "RelativeOutputInJob", "SMOKE_OVERRIDES", "arms", "bundle_layout",
@@ -40,7 +40,7 @@ class Arm:
     @property
     def kind(self) -> str:
         """``ppo`` (reward model, then PPO against it) or ``align`` (direct alignment on the store's pairs)."""
-        return "ppo" if self.name in PPO_POLICY_LOSS else "align"
+        return "ppo" if self.name in PPO_POLICY_LOSS or self.name in GROUP_POLICIES else "align"
 
     def stage(self, stage: str) -> str:
         return self.prefix + stage
@@ -61,10 +61,20 @@ def arms(cfg: Config) -> list[Arm]:
         for name in pc.policies:
             if name == "vanilla":
                 continue
-            algo = f"reward.loss={PPO_POLICY_LOSS[name]}" if name in PPO_POLICY_LOSS else f"align.algo={name}"
-            out.append(Arm(name, k, f"{name}/seed{k}/",
-                           from_dict(apply_overrides(cfg.to_dict(), [f"run.seed={cfg.run.seed + k}", algo]))))
+            out.append(Arm(name, k, f"{name}/seed{k}/", from_dict(apply_overrides(
+                cfg.to_dict(), [f"run.seed={cfg.run.seed + k}", *_policy_overrides(cfg, name)]))))
     return out
+
+
+def _policy_overrides(cfg: Config, name: str) -> list[str]:
+    """What makes a comparison's policy ``name`` out of the run's config."""
+    if name in PPO_POLICY_LOSS:
+        return [f"reward.loss={PPO_POLICY_LOSS[name]}"]
+    if name in GROUP_POLICIES:  # the same ppo.rollout_batch responses per step as PPO, in groups per prompt
+        loss, advantage = GROUP_POLICIES[name]
+        n = cfg.rollout.n_per_prompt if cfg.rollout.n_per_prompt >= 2 else 4
+        return [f"reward.loss={loss}", f"ppo.advantage={advantage}", f"rollout.n_per_prompt={n}"]
+    return [f"align.algo={name}"]
 
 
 class RelativeOutputInJob(RaydprmError):

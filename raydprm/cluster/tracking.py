@@ -69,20 +69,21 @@ def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class TensorBoardTracker:
-    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+    """:class:`~raydprm.cluster.step_log.TensorBoardLog` (the pipeline's own scalars) plus the params."""
 
-        self.writer = SummaryWriter(str(log_dir))
+    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
+        from raydprm.cluster.step_log import TensorBoardLog
+
+        self.tb = TensorBoardLog(Path(log_dir))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self.writer.add_text("config", "\n".join(f"    {k} = {v}" for k, v in sorted(params.items())))
+        self.tb.writer.add_text("config", "\n".join(f"    {k} = {v}" for k, v in sorted(params.items())))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        for k, v in metrics.items():
-            self.writer.add_scalar(k, v, step)
+        self.tb.log(dict(metrics), step)
 
     def close(self) -> None:
-        self.writer.close()
+        self.tb.close()
 
 
 def mlflow_uri(run_cfg: Any) -> str:
@@ -174,6 +175,11 @@ class Trackers:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self._each("log_metrics", metrics, step)
+
+    def log(self, record: Mapping[str, Any], step: int) -> None:
+        """A step record (the pipeline's :class:`~raydprm.cluster.step_log.StepLog` call): every number but
+        ``step``."""
+        self.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
 
     def close(self) -> None:
         self._each("close")

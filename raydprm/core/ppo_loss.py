@@ -15,7 +15,11 @@ Clipped value loss (as in OpenAI baselines' ppo2)::
     L_v    = 1/2 max((V - R)^2, (V_clip - R)^2)
 
 Aggregation: ``token_mean`` = sum over all valid tokens / number of valid tokens;
-``seq_mean`` = mean over sequences of each sequence's token mean. For data-parallel
+``seq_mean`` = mean over sequences of each sequence's token mean; ``token_sum`` = sum over
+valid tokens / (B * T), a constant that does not favour short or long responses (Dr. GRPO).
+
+Policy losses on a registry (``POLICY_LOSSES``, ``ppo.policy_loss``): ``clip`` (PPO),
+``dual_clip`` (Ye et al. 2020) and ``clip_higher`` (DAPO), one signature. For data-parallel
 training with gradient accumulation the caller passes ``denominator`` so that the sum of
 micro-batch losses equals the loss of the whole minibatch (see :func:`aggregate`).
 """
@@ -26,9 +30,13 @@ import torch
 
 __all__ = [
     "AGGREGATIONS",
+    "POLICY_LOSSES",
     "aggregate",
+    "clip_higher_loss",
+    "clip_loss",
     "clipped_surrogate",
     "clipped_value_loss",
+    "dual_clip_loss",
     "entropy_from_logits",
     "entropy_bonus",
     "token_logprobs",
@@ -48,6 +56,7 @@ def _seq_mean_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 AGGREGATIONS = {
     "token_mean": (_token_sum, lambda mask: mask.sum().clamp(min=1)),
     "seq_mean": (_seq_mean_sum, lambda mask: torch.tensor(float(mask.shape[0]))),
+    "token_sum": (_token_sum, lambda mask: torch.tensor(float(mask.numel()))),  # Dr. GRPO: a constant B * T
 }
 
 
@@ -69,18 +78,18 @@ def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
     return num(x, mask) / den
 
 
-def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                      mask: torch.Tensor, clip_ratio: float, agg: str = "token_mean",
-                      denominator: float | torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO clipped policy loss (to minimise). Stats: ``clipfrac`` (fraction of valid tokens
-    whose clipped term is the active one), ``approx_kl`` (k3 estimate of KL(old || new)),
-    ``ratio`` (mean ratio)."""
+def _surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+               clip_low: float, clip_high: float, clip_c: float | None, agg: str,
+               denominator: float | torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)  # rho_t
     pg1 = -advantages * ratio
-    pg2 = -advantages * torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
+    pg2 = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     pg = torch.max(pg1, pg2)  # (Eq. 7) pessimistic bound
+    if clip_c is not None:  # dual clip: -A rho is at most -c A where A < 0
+        pg3 = -advantages * clip_c
+        dual = (advantages < 0) & (pg3 < pg)
+        pg = torch.where(advantages < 0, torch.min(pg, pg3), pg)
     loss = aggregate(pg, mask, agg, denominator)
     with torch.no_grad():
         m = mask.to(pg.dtype)
@@ -90,7 +99,46 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
             "approx_kl": ((torch.expm1(log_ratio) - log_ratio) * m).sum() / n,  # k3 of KL(old||new)
             "ratio": (ratio * m).sum() / n,
         }
+        if clip_c is not None:
+            stats["dual_clipfrac"] = (dual.to(pg.dtype) * m).sum() / n
     return loss, stats
+
+
+def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                      mask: torch.Tensor, clip_ratio: float, agg: str = "token_mean",
+                      denominator: float | torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped policy loss (to minimise), Schulman et al. 2017, Eq. 7:
+    ``max(-A rho, -A clip(rho, 1 - eps, 1 + eps))``. Stats: ``clipfrac`` (fraction of valid tokens
+    whose clipped term is the active one), ``approx_kl`` (k3 estimate of KL(old || new)),
+    ``ratio`` (mean ratio)."""
+    return _surrogate(logprobs, old_logprobs, advantages, mask, clip_ratio, clip_ratio, None, agg, denominator)
+
+
+def clip_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_high=0.28, clip_c=3.0,
+              agg="token_mean", denominator=None):
+    """``clip``: PPO's symmetric clip with ``eps = clip_low`` (:func:`clipped_surrogate`)."""
+    return _surrogate(logprobs, old_logprobs, advantages, mask, clip_low, clip_low, None, agg, denominator)
+
+
+def dual_clip_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_high=0.28, clip_c=3.0,
+                   agg="token_mean", denominator=None):
+    """``dual_clip`` (Ye et al. 2020, "Mastering Complex Control in MOBA Games", Eq. 5): for
+    ``A < 0`` the clipped loss is further bounded, ``min(max(-A rho, -A clip(rho)), -c A)``, so a
+    token whose ratio exploded cannot dominate the batch (``c = clip_c > 1``). Stat ``dual_clipfrac``."""
+    return _surrogate(logprobs, old_logprobs, advantages, mask, clip_low, clip_low, clip_c, agg, denominator)
+
+
+def clip_higher_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_high=0.28, clip_c=3.0,
+                     agg="token_mean", denominator=None):
+    """``clip_higher`` (Yu et al. 2025, DAPO, Eq. 10): decoupled ranges,
+    ``max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high))`` with ``eps_high > eps_low`` so
+    low-probability tokens can grow (against entropy collapse)."""
+    return _surrogate(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, None, agg, denominator)
+
+
+# ppo.policy_loss -> loss(logprobs, old_logprobs, advantages, mask, *, clip_low, clip_high, clip_c, agg, denominator)
+POLICY_LOSSES = {"clip": clip_loss, "dual_clip": dual_clip_loss, "clip_higher": clip_higher_loss}
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,

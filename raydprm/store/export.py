@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from raydprm.store import reads
 from raydprm.store.split import heldout_mask
 from raydprm.store.sqlite_db import StoreError
 
@@ -32,21 +33,21 @@ def export_items(store, persona_weights: Mapping[str, float] | None = None, smoo
     except ValueError as e:
         raise StoreError(str(e)) from None
     if persona_weights is not None:  # refuse a bad mixture even when no item qualifies
-        store._weights(persona_weights)
+        reads.weights(store, persona_weights)
     if smoothing and not (0 <= smoothing < 1):
         raise StoreError(f"smoothing must lie in [0, 1), got {smoothing!r}")
     names = store.personas
     zero = [0.0] * store.num_labels
     rows: dict[str, list] = {k: [] for k in ("item_id", "prompt", "response", "target", "variance", "n_votes",
                                              "persona_counts")}
-    for it in store._all_posteriors(persona_weights, at, min_votes):
+    for it in reads.all_posteriors(store, persona_weights, at, min_votes):
         if split is not None and bool(heldout_mask([it.item_id], heldout_fraction, split_seed)[0]) != (
                 split == "heldout"):
             continue
         rows["item_id"].append(it.item_id)
         rows["prompt"].append(it.prompt)
         rows["response"].append(it.response)
-        rows["target"].append(store._smooth(it.mean, smoothing).tolist())
+        rows["target"].append(reads.smooth(it.mean, smoothing).tolist())
         rows["variance"].append(it.variance.tolist())
         rows["n_votes"].append(int(it.n_votes))
         rows["persona_counts"].append({q: (it.personas[q].counts.tolist() if q in it.personas else zero)

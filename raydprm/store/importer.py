@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import string
 import time
@@ -27,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from raydprm.store import schema, vote_log
 from raydprm.store.mapping import Mapping, MappingError, _value_key
-from raydprm.store.preference_store import PreferenceStore, StoreError, _chunks
+from raydprm.store.preference_store import PreferenceStore, StoreError
+from raydprm.store.reads import chunks as _chunks
 from raydprm.store.votes import MAX_ID_CHARS, item_id
 
 __all__ = ["import_file", "ImportRowError", "read_chunks", "detect_format", "CHUNK_ROWS"]
@@ -112,6 +115,7 @@ def read_chunks(path: Path, fmt: str, columns: list[str] | None, chunk_rows: int
             raise _bad(path, f"not a readable CSV file ({str(e).splitlines()[0][:160]})") from None
     elif fmt == "jsonl":
         _check_text(path, "JSON lines")
+        _check_surrogates(path)
         first = True
         try:
             for df in pd.read_json(path, lines=True, chunksize=chunk_rows, dtype=False, convert_dates=False):
@@ -174,6 +178,61 @@ def _json_error(path: Path, e: Exception) -> ImportRowError:
     except UnicodeDecodeError as ue:
         return _bad(path, f"not UTF-8 text (at byte {ue.start})")
     return _bad(path, f"not readable as JSON lines ({str(e).splitlines()[0][:160]})")
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate(x: Any, key: str = "") -> str | None:
+    """The key (``a.b`` when nested) of the first string in ``x`` holding a lone surrogate, else None."""
+    if isinstance(x, str):
+        return key if any("\ud800" <= ch <= "\udfff" for ch in x) else None
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if _lone_surrogate(str(k)) is not None:
+                return f"{key}.{k}" if key else str(k)
+            found = _lone_surrogate(v, f"{key}.{k}" if key else str(k))
+            if found is not None:
+                return found
+    elif isinstance(x, list):
+        for v in x:
+            found = _lone_surrogate(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _check_surrogates(path: Path) -> None:
+    """Refuse a JSON-lines file with a lone surrogate escape such as ``"\\ud800"`` (not a character;
+    pandas' reader silently drops it). Only lines with a ``\\uD8xx``-``\\uDFxx`` escape are parsed
+    again, with :mod:`json` (a valid surrogate pair decodes to one character and passes)."""
+    import json
+    import mmap
+
+    with open(path, "rb") as f:
+        try:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file
+            return
+        with mm:
+            if _SURROGATE_ESCAPE.search(mm) is None:
+                return
+    row = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row += 1
+            if _SURROGATE_ESCAPE.search(line.encode("utf-8", "surrogatepass")) is None:
+                continue
+            try:
+                obj = json.loads(line)
+            except (ValueError, RecursionError):
+                continue  # pandas names a line that is not JSON
+            col = _lone_surrogate(obj)
+            if col is not None:
+                raise _bad(path, "a lone surrogate escape (\\uD800-\\uDFFF without its pair) is not a character; "
+                           "fix the text", row=row, column=col or None)
 
 
 def _require(path: Path, columns: list[str] | None, found: list[str]) -> None:
@@ -396,12 +455,11 @@ class _Importer:
             # groups are personas; raters keep their group (also against earlier imports)
             new_groups = sorted(set(group.tolist()) - set(s._personas))
             for g in new_groups:
-                s._check_persona_name(g)
+                schema.check_persona_name(g)
             cur.executemany("INSERT OR IGNORE INTO personas(name, description) VALUES (?, ?)",
                             [(g, f"rater group of {m.source}") for g in new_groups])
             if new_groups:
-                s._personas = dict(cur.execute("SELECT name, pid FROM personas ORDER BY pid").fetchall())
-                s._pid_name = {pid: name for name, pid in s._personas.items()}
+                s._set_personas(schema.read_personas(cur))
             rk = pd.unique(pd.Series(rater))
             gk = dict(zip(rater.tolist(), group.tolist()))
             cur.executemany("INSERT OR IGNORE INTO raters(rater, grp, source) VALUES (?, ?, ?)",
@@ -444,7 +502,7 @@ class _Importer:
                 probs = np.zeros((len(labels), L))  # (N, L) one-hot votes
                 probs[np.arange(len(labels)), labels] = 1.0
                 vp = np.array([s._personas[g] for g in group.tolist()], dtype=np.int64)
-                s._fold(cur, vote_items.tolist(), vp, probs, np.ones(len(labels)), ts.astype(np.float64))
+                vote_log.fold(s, cur, vote_items.tolist(), vp, probs, np.ones(len(labels)), ts.astype(np.float64))
             self.counts["votes"] += int(len(labels))
 
 

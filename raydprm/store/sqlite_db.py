@@ -11,9 +11,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from raydprm.errors import RaydprmError
 
@@ -25,26 +24,31 @@ class StoreError(RaydprmError):
 
 
 class SQLiteFile:
-    """The store's SQLite file (the base of :class:`raydprm.store.PreferenceStore`)."""
+    """The store's SQLite file, held by :class:`raydprm.store.PreferenceStore` (composition: the
+    front owns one and knows nothing of SQLite's pragmas, locks or error texts).
 
-    path: Path
-    readonly: bool
-    synchronous: str
+    Opening ``path`` creates its directory for a writer; ``check`` runs ``quick_check`` on an
+    existing file (default: when writable). ``on_begin(cur)`` runs first in every transaction
+    (the front follows another connection's reconfigure there); ``on_rollback()`` runs after a
+    rollback (the front reloads caches that the transaction may have filled).
+    """
 
-    def _open_file(self, path: str | os.PathLike[str], *, readonly: bool, create: bool, check: bool | None,
-                   busy_timeout_s: float) -> bool:
-        """Open ``path`` (creating its directory for a writer); returns whether it existed.
-
-        ``check``: run ``quick_check`` on an existing file (default: when writable)."""
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False, create: bool = True,
+                 check: bool | None = None, busy_timeout_s: float = 60.0, synchronous: str = "FULL",
+                 on_begin: Callable[[sqlite3.Cursor], None] | None = None,
+                 on_rollback: Callable[[], None] | None = None) -> None:
         self.path = Path(path)
         self.readonly = bool(readonly)
-        self._lock = threading.RLock()
-        self._depth = 0  # nesting of write transactions (atomic() around add_votes, ...)
+        self.synchronous = synchronous
+        self.on_begin = on_begin or (lambda cur: None)
+        self.on_rollback = on_rollback or (lambda: None)
+        self.lock = threading.RLock()
+        self.depth = 0  # nesting of write transactions (atomic() around add_votes, ...)
         self._closed = False
         if self.path.is_dir():
             raise StoreError(f"store path '{self.path}' is a directory; give a file path such as {self.path}/store.db")
-        exists = self.path.is_file() and self.path.stat().st_size > 0
-        if not exists and (self.readonly or not create):
+        self.existed = self.path.is_file() and self.path.stat().st_size > 0
+        if not self.existed and (self.readonly or not create):
             raise StoreError(f"preference store '{self.path}' does not exist"
                              + ("" if self.readonly else " (create it with `raydprm store init`)"))
         if not self.readonly:
@@ -56,49 +60,47 @@ class SQLiteFile:
             except OSError as e:
                 raise StoreError(f"cannot create the directory of preference store '{self.path}': "
                                  f"{e.strerror or e}") from None
-        self._db = None
+        self.conn: sqlite3.Connection | None = None
         try:
             self._connect(busy_timeout_s)
-            if exists and (not self.readonly if check is None else check):
+            if self.existed and (not self.readonly if check is None else check):
                 self._quick_check()
-            with self._sql_errors():
-                if exists:
+            with self.sql_errors():
+                if self.existed:
                     self._check_is_store()
                 if not self.readonly:
                     self._set_wal(busy_timeout_s)
-                    self._db.execute(f"PRAGMA synchronous={self.synchronous}")
+                    self.conn.execute(f"PRAGMA synchronous={self.synchronous}")
                     # A bigger page cache and fewer, larger WAL checkpoints: each checkpoint syncs the
                     # database file, so checkpointing every ~16 MB instead of 4 MB cuts syncs 4x.
                     # Durability is unchanged: a COMMIT is durable once it is in the WAL.
-                    self._db.execute("PRAGMA cache_size=-65536")
-                    self._db.execute("PRAGMA wal_autocheckpoint=4000")
+                    self.conn.execute("PRAGMA cache_size=-65536")
+                    self.conn.execute("PRAGMA wal_autocheckpoint=4000")
         except BaseException:
-            if self._db is not None:
-                self._db.close()
+            if self.conn is not None:
+                self.conn.close()
             raise
-        return exists
-
 
     def _connect(self, busy_timeout_s: float) -> None:
-        with self._sql_errors("cannot open"):
+        with self.sql_errors("cannot open"):
             if self.readonly:
                 uri = self.path.resolve().as_uri() + "?mode=ro"
                 try:
-                    self._db = self._open_uri(uri, busy_timeout_s)
-                    self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                    self.conn = self._open_uri(uri, busy_timeout_s)
+                    self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
                 except sqlite3.OperationalError:
                     # A WAL store in a directory we cannot write: SQLite cannot create the
                     # shared-memory file next to it. Nobody can write there either, so the
                     # file is immutable for as long as we read it.
-                    if self._db is not None:
-                        self._db.close()
+                    if self.conn is not None:
+                        self.conn.close()
                     if os.access(self.path.parent, os.W_OK):
                         raise
-                    self._db = self._open_uri(uri + "&immutable=1", busy_timeout_s)
+                    self.conn = self._open_uri(uri + "&immutable=1", busy_timeout_s)
             else:
-                self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
+                self.conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
                                            check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
 
     @staticmethod
     def _open_uri(uri: str, busy_timeout_s: float) -> sqlite3.Connection:
@@ -107,8 +109,8 @@ class SQLiteFile:
     def _quick_check(self) -> None:
         """Refuse a corrupt file before anything is written to it (SQLite's page-level check:
         every B-tree page, record format and free list; not the index contents)."""
-        with self._sql_errors():
-            problems = [r[0] for r in self._db.execute("PRAGMA quick_check(5)").fetchall()]
+        with self.sql_errors():
+            problems = [r[0] for r in self.conn.execute("PRAGMA quick_check(5)").fetchall()]
         if problems != ["ok"]:
             raise StoreError(f"preference store '{self.path}' is corrupt (SQLite quick_check: {problems[0]}); "
                              "nothing was written to it; restore it from a backup, or rebuild it from its vote "
@@ -117,8 +119,8 @@ class SQLiteFile:
     def _check_is_store(self) -> None:
         """Refuse an SQLite file of something else (never add our tables to it). A file with
         no tables at all is a store whose creation was interrupted: it is created again."""
-        with self._sql_errors():
-            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        with self.sql_errors():
+            tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if (tables or self.readonly) and not {"meta", "votes", "items", "posterior"} <= tables:
             raise StoreError(f"'{self.path}' is an SQLite file but not a preference store (tables: "
                              f"{', '.join(sorted(tables)) or 'none'})")
@@ -143,7 +145,7 @@ class SQLiteFile:
         return StoreError(f"{doing + ' ' if doing else ''}preference store '{self.path}' {what}".strip())
 
     @contextlib.contextmanager
-    def _sql_errors(self, doing: str = "") -> Iterator[None]:
+    def sql_errors(self, doing: str = "") -> Iterator[None]:
         try:
             yield
         except sqlite3.Error as e:
@@ -153,7 +155,7 @@ class SQLiteFile:
         deadline = time.monotonic() + timeout_s
         while True:  # several processes creating the file at once may briefly see "locked"
             try:
-                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if mode.lower() != "wal":
                     raise StoreError(f"cannot put '{self.path}' in WAL mode (got {mode})")
                 return
@@ -163,85 +165,71 @@ class SQLiteFile:
                 time.sleep(0.05)
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
+    def write(self) -> Iterator[sqlite3.Cursor]:
         """One write transaction: BEGIN IMMEDIATE (takes the write lock) ... COMMIT, or ROLLBACK.
 
-        Nested calls (inside :meth:`atomic`) join the outer transaction: what they write
+        Nested calls (inside :meth:`PreferenceStore.atomic`) join the outer transaction: what they write
         commits or rolls back with it."""
         if self.readonly:
             raise StoreError(f"preference store '{self.path}' is open read-only")
-        with self._lock:
-            cur = self._db.cursor()
-            if self._depth:
-                self._depth += 1
+        with self.lock:
+            cur = self.conn.cursor()
+            if self.depth:
+                self.depth += 1
                 try:
                     yield cur
                 finally:
-                    self._depth -= 1
+                    self.depth -= 1
                 return
             try:
                 cur.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
                 raise self._sql_error(e) from None
-            self._depth = 1
+            self.depth = 1
             try:
-                self._check_params(cur)
+                self.on_begin(cur)
                 yield cur
                 cur.execute("COMMIT")
             except BaseException as e:
                 with contextlib.suppress(sqlite3.Error):
                     cur.execute("ROLLBACK")
-                self._after_rollback()
+                self.on_rollback()
                 if isinstance(e, sqlite3.Error):
                     raise self._sql_error(e) from None
                 raise
             finally:
-                self._depth = 0
+                self.depth = 0
 
     @contextlib.contextmanager
-    def atomic(self) -> Iterator[Any]:
-        """All writes inside the block (add_votes, add_pairs, add_persona, ...) form one
-        transaction: they are all committed at the end, or none of them if it raises."""
-        with self._write():
-            yield self
-
-    def _after_rollback(self) -> None:
-        """Hook: refresh caches that a rolled-back transaction may have filled."""
-
-    def _check_params(self, cur: sqlite3.Cursor) -> None:
-        """Hook: run first in every transaction (follow another connection's changes)."""
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Cursor]:
+    def read(self) -> Iterator[sqlite3.Cursor]:
         """A consistent snapshot for multi-statement reads (inside a write: its view)."""
-        with self._lock:
-            cur = self._db.cursor()
-            if self._depth:
+        with self.lock:
+            cur = self.conn.cursor()
+            if self.depth:
                 yield cur
                 return
             try:
                 cur.execute("BEGIN")
                 try:
-                    self._check_params(cur)
+                    self.on_begin(cur)
                     yield cur
                 finally:
                     cur.execute("COMMIT")
             except sqlite3.Error as e:
                 raise self._sql_error(e) from None
 
-
     def close(self) -> None:
         """Close the store. A writable store first checkpoints its WAL into the main file
         (``wal_checkpoint(TRUNCATE)``), so that ``store.db`` alone holds every committed vote
         (when another connection still reads, SQLite copies what it can; ``raydprm store backup``
         is the way to copy a live store)."""
-        with self._lock:
-            if self._db is not None and not getattr(self, "_closed", False):
-                if not self.readonly and not self._depth:
+        with self.lock:
+            if self.conn is not None and not self._closed:
+                if not self.readonly and not self.depth:
                     with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self._closed = True
-                self._db.close()
+                self.conn.close()
 
     def backup(self, dest: str | os.PathLike[str]) -> Path:
         """Write a consistent copy of the store to ``dest`` (one self-contained file; an existing
@@ -254,10 +242,10 @@ class SQLiteFile:
         try:
             d.parent.mkdir(parents=True, exist_ok=True)
             tmp.unlink(missing_ok=True)
-            with self._lock, self._sql_errors(f"cannot back up to '{d}':"):
+            with self.lock, self.sql_errors(f"cannot back up to '{d}':"):
                 target = sqlite3.connect(str(tmp))
                 try:
-                    self._db.backup(target)
+                    self.conn.backup(target)
                 finally:
                     target.close()
             for suffix in ("-wal", "-shm"):  # stale companions of an old file at dest
@@ -269,9 +257,3 @@ class SQLiteFile:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
         return d
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from raydprm.errors import RaydprmError
 
-__all__ = ["VoteError", "Vote", "item_id", "validate_votes", "VOTE_KEYS"]
+__all__ = ["VoteError", "Vote", "item_id", "validate_votes", "VOTE_KEYS", "dedupe", "same_or_raise"]
 
 VOTE_KEYS = frozenset({"vote_id", "prompt", "response", "persona", "label", "dist", "weight", "ts", "source"})
 MAX_ID_CHARS = 256
@@ -179,3 +179,24 @@ def _dist(vid: Any, i: int, dist: Any, num_labels: int) -> tuple[float, ...]:
     if abs(sum(d) - 1.0) > SUM_TOL:
         raise VoteError(vid, i, "dist sums to 1", f"dist sums to {sum(d)!r}")
     return d
+
+
+def same_or_raise(index: int, v: Vote, old: tuple) -> None:
+    """Vote ids are immutable: ``old`` = (item_id, persona, label, dist, weight) of the id's vote."""
+    if (v.item_id, v.persona, v.label, v.dist, v.weight) != tuple(old):
+        raise VoteError(v.vote_id, index, "vote ids are immutable",
+                        "this vote id is already used by a vote with different content")
+
+
+def dedupe(vs: Sequence[Vote]) -> tuple[dict[str, Vote], int]:
+    """{vote id: vote} of a validated batch, keeping the first of an id repeated in it (the others
+    must be identical), and the number of repeats."""
+    batch: dict[str, Vote] = {v.vote_id: v for v in vs}
+    dup = len(vs) - len(batch)
+    if dup:
+        batch = {}
+        for i, v in enumerate(vs):
+            first = batch.setdefault(v.vote_id, v)
+            if first is not v:
+                same_or_raise(i, v, (first.item_id, first.persona, first.label, first.dist, first.weight))
+    return batch, dup

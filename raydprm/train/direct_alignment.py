@@ -24,7 +24,6 @@ response tokens (an EOS is appended to each response), chosen and rejected in on
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from raydprm.config import AlignConfig
@@ -41,9 +39,8 @@ from raydprm.core.pairwise_loss import pairwise_loss
 from raydprm.core.pbde import crowd_preference
 from raydprm.core.ppo_loss import token_logprobs
 from raydprm.errors import RaydprmError
-from raydprm.models.policy import export_hf, load_policy, load_reference, load_tokenizer, sequence_inputs
-from raydprm.train.ds_engine import build_engine, init_process_group
-from raydprm.train.learner import read_checkpoint_meta, restore_engine_and_rng, set_seed, write_checkpoint
+from raydprm.models.policy import load_policy, sequence_inputs
+from raydprm.train.rank import LearnerRank
 
 __all__ = ["DirectAlignmentLearner", "PairBatch", "PairBatchError", "PolicyLM", "pairs_from_export",
            "pair_batches"]
@@ -211,46 +208,23 @@ class PolicyLM(nn.Module):
         return out.logits[:, :-1]  # (B, T, V): the logits that predict response tokens 0..T-1
 
 
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(device)
-
-
 # ----------------------------------------------------------------------------- learner
 
 
-class DirectAlignmentLearner:
+class DirectAlignmentLearner(LearnerRank):
     """One rank of the direct-alignment learner (``world_size = align.num_workers``); the
-    same constructor arguments and checkpoint layout as :class:`~raydprm.train.learner.PPOLearner`."""
+    same rank base (:class:`~raydprm.train.rank.LearnerRank`: device, process group, seeds,
+    reference, engine, checkpoints) and constructor arguments as
+    :class:`~raydprm.train.learner.PPOLearner`."""
 
     def __init__(self, align: AlignConfig, policy: str, *, seed: int = 0, rank: int = 0,
                  master_addr: str = "127.0.0.1", master_port: int | None = None, device: str = "auto",
                  dtype: str = "float32", trust_remote_code: bool = False):
+        super().__init__(align.engine_config, policy, seed=seed, rank=rank, master_addr=master_addr,
+                         master_port=master_port, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         self.align = align
-        self.ecfg = align.engine_config
-        self.policy_name = policy
-        self.seed = seed
-        self.rank = rank
-        self.world_size = align.num_workers
-        self.trust_remote_code = trust_remote_code
-        if self.world_size > 1 and master_port is None:
-            raise ValueError("a learner group of more than one worker needs an explicit master_port")
-        self.device = _device(device)
-        if self.world_size > 1 or align.engine == "deepspeed":
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            init_process_group(rank, self.world_size, master_addr, master_port, backend, align.dist_timeout_s)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        set_seed(seed)
-        lm = load_policy(policy, dtype=dtype, trust_remote_code=trust_remote_code).lm
-        model = PolicyLM(lm).to(self.device)
-        self.ref = load_reference(align.reference or policy, dtype, trust_remote_code).to(self.device)
-        self.engine = build_engine(model, self.ecfg)
+        self._build(PolicyLM(load_policy(policy, dtype=dtype, trust_remote_code=trust_remote_code).lm))
         self.loss_fn = pairwise_loss(align.algo)
-        self.step = 0
 
     # ------------------------------------------------------------------ helpers
 
@@ -276,18 +250,9 @@ class DirectAlignmentLearner:
             lp = (token_logprobs(logits, resp) * rmask).sum(1)  # (2B,)
         return lp, rmask.sum(1).to(lp.dtype)
 
-    @torch.no_grad()
     def _ref_logprobs(self, b: PairBatch) -> torch.Tensor:
         ids, attn, pos, resp, rmask = self._inputs(b)
-        T = resp.shape[1]
-        with self.engine.autocast():
-            out = self.ref(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
-        return (token_logprobs(out.logits[:, :-1], resp) * rmask).sum(1)  # (2B,)
-
-    def _sum_ranks(self, x: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            dist.all_reduce(x, op=dist.ReduceOp.SUM)
-        return x
+        return (self._ref_token_logprobs(ids, attn, pos, resp) * rmask).sum(1)  # (2B,)
 
     # ------------------------------------------------------------------ update
 
@@ -301,7 +266,7 @@ class DirectAlignmentLearner:
         ``align/optimizer_steps``, ``align/step``."""
         if not isinstance(batch, PairBatch):
             raise PairBatchError(f"update() takes a PairBatch, got {type(batch).__name__}")
-        e = self.ecfg
+        e = self.ecfg  # the engine's batch shape (align.minibatch, micro_batch, num_workers)
         B, M, W, r = len(batch), self.align.minibatch, self.world_size, self.rank
         if B % M:
             raise PairBatchError(f"a batch of {B} pairs does not split into minibatches of align.minibatch = {M}")
@@ -362,43 +327,14 @@ class DirectAlignmentLearner:
                                        if self.align.algo == "rrhf" else {}))
         return {"align/eval_loss": float(per_pair.mean()), "align/eval_accuracy": float(st["accuracy"])}
 
-    # ------------------------------------------------------------------ weights
-
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """All weights (ZeRO-3 partitions gathered), named ``lm.*``; collective."""
-        return self.engine.full_state_dict()
-
-    def policy_state_dict(self) -> dict[str, torch.Tensor]:
-        """The policy LM's weights under their HF names; collective."""
-        return {k[len("lm."):]: v for k, v in self.full_state_dict().items() if k.startswith("lm.")}
-
-    def export_hf(self, out_dir: str | os.PathLike[str]) -> Path | None:
-        """Write the policy as an ordinary HF directory (rank 0 writes; collective)."""
-        state = self.policy_state_dict()
-        out = None
-        if self.rank == 0:
-            tok = load_tokenizer(self.policy_name, self.trust_remote_code)
-            out = export_hf(state, self.policy_name, out_dir, tok, self.trust_remote_code)
-        if self.world_size > 1:
-            dist.barrier()
-        return out
-
     # ------------------------------------------------------------------ state
 
-    def save(self, ckpt_dir: str | os.PathLike[str]) -> Path:
-        """Engine (model + optimizer), step counter and every rank's RNG states; collective.
-        A checkpoint is complete once ``COMPLETE`` exists."""
-        meta = {"step": self.step, "seed": self.seed, "world_size": self.world_size, "engine": self.engine.name,
-                "zero_stage": self.align.zero_stage, "policy": self.policy_name, "algo": self.align.algo}
-        return write_checkpoint(Path(ckpt_dir), self.engine, self.rank, self.world_size, meta)
+    def _meta(self) -> dict[str, Any]:
+        return super()._meta() | {"algo": self.align.algo}
 
-    def load(self, ckpt_dir: str | os.PathLike[str]) -> None:
-        """Resume from :meth:`save` (same world size, engine and algorithm); collective."""
-        d = Path(ckpt_dir)
-        meta = read_checkpoint_meta(d, self.engine, self.world_size)
+    def _restore(self, meta: dict[str, Any], d: Path) -> None:
+        """Same world size, engine and algorithm."""
         if meta.get("algo", self.align.algo) != self.align.algo:
             raise RaydprmError(f"checkpoint '{d}' was trained with align.algo = {meta['algo']}, "
                                f"not {self.align.algo}")
-        restore_engine_and_rng(d, self.engine, self.rank)
-        self.step = int(meta["step"])
-        self.seed = int(meta["seed"])
+        super()._restore(meta, d)

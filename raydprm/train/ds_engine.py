@@ -1,6 +1,6 @@
 """Training engines for the PPO learner; the ONLY module of raydprm that imports deepspeed.
 
-:func:`build_engine` turns a model and a :class:`~raydprm.config.PPOConfig` into an
+:func:`build_engine` turns a model and an :class:`~raydprm.config.EngineConfig` into an
 :class:`Engine` with one small interface, whatever runs underneath:
 
 - ``DeepSpeedEngine`` (``ppo.engine="deepspeed"``, the default, also on CPU): ZeRO stage
@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from raydprm.config import PPOConfig
+from raydprm.config import EngineConfig, PPOConfig
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class TorchEngine(Engine):
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, ppo: PPOConfig):
+    def __init__(self, model: nn.Module, ppo: EngineConfig | PPOConfig):
         self.module = model
         self.ppo = ppo
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -271,7 +271,7 @@ class TorchEngine(Engine):
         return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
 
 
-def deepspeed_config(ppo: PPOConfig) -> dict[str, Any]:
+def deepspeed_config(ppo: EngineConfig | PPOConfig) -> dict[str, Any]:
     """The DeepSpeed config dict for ``ppo`` (batch sizes derived from the global minibatch)."""
     zero: dict[str, Any] = {"stage": ppo.zero_stage}
     if ppo.offload_optimizer:
@@ -305,7 +305,7 @@ class DeepSpeedEngine(Engine):
 
     name = "deepspeed"
 
-    def __init__(self, model: nn.Module, ppo: PPOConfig):
+    def __init__(self, model: nn.Module, ppo: EngineConfig | PPOConfig):
         import deepspeed
 
         if not ppo.ds_jit_ops:
@@ -401,7 +401,7 @@ class DeepSpeedEngine(Engine):
         return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
 
 
-def build_engine(model: nn.Module, ppo: PPOConfig) -> Engine:
+def build_engine(model: nn.Module, ppo: EngineConfig | PPOConfig) -> Engine:
     """The engine ``ppo.engine`` asks for; torch with a warning if deepspeed is missing."""
     if ppo.engine == "deepspeed":
         if deepspeed_available():

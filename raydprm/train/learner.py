@@ -5,14 +5,16 @@ One :meth:`PPOLearner.update` on a :class:`RolloutBatch` of ``B`` rollouts:
 
 1. *Experience* on this rank's contiguous shard ``B / W`` (no gradients): the policy's
    logprobs ("old" logprobs; or the rollout's own with ``ppo.use_rollout_logprobs``) and
-   values, the reference logprobs, per-token KL, shaped rewards
-   ``r_t = -beta kl_t + [t = last] score`` and GAE advantages / returns. The shards are
-   all-gathered so every rank holds the whole batch's experience; advantages are
-   whitened over the whole batch.
+   values, the reference logprobs and the per-token KL. The shards are all-gathered, and the
+   advantages of the whole batch come from ``ppo.advantage`` (:mod:`raydprm.core.advantages`:
+   GAE on ``r_t = -beta kl_t + [t = last] score``, whitened over the batch; or a critic-free
+   estimator over the batch's groups, with no value head at all). ``ppo.kl_in = loss`` moves
+   ``beta kl_t`` from the rewards into the loss.
 2. ``ppo.epochs`` passes over the batch in shuffled minibatches of ``ppo.minibatch`` rows
    (the shuffle depends only on (seed, step, epoch), so it is identical on every rank and
    for every world size). Each rank takes its ``minibatch / W`` rows of a minibatch,
-   in ``grad_accum`` micro-batches; the loss of a micro-batch is scaled with the
+   in ``grad_accum`` micro-batches, with the policy loss ``ppo.policy_loss``
+   (:data:`raydprm.core.ppo_loss.POLICY_LOSSES`); the loss of a micro-batch is scaled with the
    *minibatch's* token (or sequence) count, so the applied gradient is exactly the
    gradient of the minibatch loss whatever ``W`` and the accumulation are.
 3. The KL controller updates beta from the batch's mean sequence KL.
@@ -22,10 +24,7 @@ Metrics are namespaced ``ppo/...`` floats; see :meth:`PPOLearner.update`.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -35,93 +34,51 @@ import torch
 import torch.distributed as dist
 
 from raydprm.config import PPOConfig
-from raydprm.core.gae import masked_gae, whiten
-from raydprm.core.kl import kl_estimate, sequence_kl, shape_rewards, update_kl_coef
+from raydprm.core.advantages import ADVANTAGES
+from raydprm.core.gae import whiten
+from raydprm.core.kl import kl_estimate, sequence_kl, update_kl_coef
 from raydprm.core.ppo_loss import (
-    clipped_surrogate,
+    POLICY_LOSSES,
+    aggregate,
     clipped_value_loss,
     entropy_bonus,
     entropy_from_logits,
     token_logprobs,
 )
 from raydprm.errors import RaydprmError
-from raydprm.models.policy import export_hf, load_policy, load_reference, load_tokenizer, sequence_inputs
-from raydprm.train.ds_engine import build_engine, init_process_group
+from raydprm.models.policy import load_policy, sequence_inputs
 from raydprm.train.metric_sums import MetricSums
+from raydprm.train.rank import LearnerRank
 from raydprm.train.rollout_batch import RolloutBatch, RolloutBatchError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PPOLearner", "set_seed", "rng_state", "set_rng_state"]
-
-_COMPLETE = "COMPLETE"
+__all__ = ["PPOLearner", "PolicyOnly"]
 
 
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+class PolicyOnly(torch.nn.Module):
+    """The policy LM without a value function (critic-free estimators): ``forward`` returns the
+    response logits and ``None`` for the values; parameters are ``lm.*``, as in ActorCritic."""
+
+    def __init__(self, lm: torch.nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+        self.train(False)
+
+    def train(self, mode: bool = True) -> PolicyOnly:
+        return super().train(False)  # always eval mode (dropout off); gradients still flow
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                response_len: int) -> tuple[torch.Tensor, None]:
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      logits_to_keep=response_len + 1, use_cache=False)
+        return out.logits[:, :-1], None  # (B, T, V)
 
 
-def rng_state() -> dict[str, Any]:
-    """Every global RNG this process uses (python, numpy, torch CPU and CUDA)."""
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def set_rng_state(st: dict[str, Any]) -> None:
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(device)
-
-
-
-def write_checkpoint(d: Path, engine: Any, rank: int, world_size: int, meta: dict[str, Any]) -> Path:
-    """The learners' checkpoint protocol (collective): every rank saves its engine shard and RNG
-    states, then rank 0 writes ``learner_state.json`` (``meta``) and the ``COMPLETE`` marker."""
-    d.mkdir(parents=True, exist_ok=True)
-    (d / _COMPLETE).unlink(missing_ok=True)
-    engine.save(d / "engine")
-    torch.save(rng_state(), d / f"rng_rank{rank}.pt")
-    if world_size > 1:
-        dist.barrier()
-    if rank == 0:
-        (d / "learner_state.json").write_text(json.dumps(meta, indent=1))
-        (d / _COMPLETE).write_text("ok\n")
-    if world_size > 1:
-        dist.barrier()
-    return d
-
-
-def read_checkpoint_meta(d: Path, engine: Any, world_size: int) -> dict[str, Any]:
-    """``learner_state.json`` of a complete checkpoint written by the same world size and engine."""
-    if not (d / _COMPLETE).is_file():
-        raise RaydprmError(f"'{d}' is not a complete learner checkpoint (no {_COMPLETE} marker)")
-    meta = json.loads((d / "learner_state.json").read_text())
-    if meta["world_size"] != world_size or meta["engine"] != engine.name:
-        raise RaydprmError(f"checkpoint '{d}' was written by {meta['world_size']} {meta['engine']} worker(s); "
-                           f"this learner has {world_size} {engine.name} worker(s)")
-    return meta
-
-
-def restore_engine_and_rng(d: Path, engine: Any, rank: int) -> None:
-    engine.load(d / "engine")
-    set_rng_state(torch.load(d / f"rng_rank{rank}.pt", weights_only=False))
-
-class PPOLearner:
-    """One rank of the PPO learner (``world_size = ppo.num_workers``).
+class PPOLearner(LearnerRank):
+    """One rank of the PPO learner (``world_size = ppo.num_workers``) on the rank base
+    (:class:`~raydprm.train.rank.LearnerRank`: device, process group, seeds, reference, engine,
+    checkpoints).
 
     ``policy``: kit name, directory or hub name of the initial policy (and, unless
     ``ppo.reference`` says otherwise, of the reference). With more than one worker (or
@@ -132,26 +89,15 @@ class PPOLearner:
     def __init__(self, ppo: PPOConfig, policy: str, *, seed: int = 0, rank: int = 0, master_addr: str = "127.0.0.1",
                  master_port: int | None = None, device: str = "auto", dtype: str = "float32",
                  trust_remote_code: bool = False):
+        super().__init__(ppo.engine_config, policy, seed=seed, rank=rank, master_addr=master_addr,
+                         master_port=master_port, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         self.ppo = ppo
-        self.policy_name = policy
-        self.seed = seed
-        self.rank = rank
-        self.world_size = ppo.num_workers
-        self.trust_remote_code = trust_remote_code
-        if self.world_size > 1 and master_port is None:
-            raise ValueError("a learner group of more than one worker needs an explicit master_port")
-        self.device = _device(device)
-        if self.world_size > 1 or ppo.engine == "deepspeed":
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            init_process_group(rank, self.world_size, master_addr, master_port, backend, ppo.dist_timeout_s)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        set_seed(seed)
-        model = load_policy(policy, ppo.critic, ppo.critic_model, dtype, trust_remote_code).to(self.device)
-        self.ref = load_reference(ppo.reference or policy, dtype, trust_remote_code).to(self.device)
-        self.engine = build_engine(model, ppo)
+        critic = ppo.critic if ppo.uses_critic else "value_head"
+        model = load_policy(policy, critic, ppo.critic_model if ppo.uses_critic else "", dtype, trust_remote_code)
+        if not ppo.uses_critic:  # a critic-free estimator: the policy alone, no value head, no critic optimizer state
+            model = PolicyOnly(model.lm)
+        self._build(model)
         self.kl_coef = float(ppo.beta)
-        self.step = 0
 
     # ------------------------------------------------------------------ helpers
 
@@ -163,29 +109,17 @@ class PPOLearner:
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts, 0)
 
-    def _sum_ranks(self, x: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            dist.all_reduce(x, op=dist.ReduceOp.SUM)
-        return x
-
     def _forward(self, b: RolloutBatch, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         ids, attn, pos = sequence_inputs(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
         with torch.set_grad_enabled(grad), self.engine.autocast():
             return self.engine.forward(ids, attn, pos, b.response_ids.shape[1])  # (B, T, V), (B, T)
 
-    @torch.no_grad()
-    def _ref_logits(self, b: RolloutBatch) -> torch.Tensor:
-        ids, attn, pos = sequence_inputs(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
-        T = b.response_ids.shape[1]
-        with self.engine.autocast():
-            out = self.ref(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
-        return out.logits[:, :-1]  # (B, T, V)
-
     def _to_device(self, b: RolloutBatch) -> RolloutBatch:
         if self.device.type == "cpu":
             return b
         return RolloutBatch(*(getattr(b, f).to(self.device) for f in
-                              ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs", "rewards")))
+                              ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs", "rewards",
+                               "group")))
 
     def _check(self, batch: RolloutBatch) -> None:
         if not isinstance(batch, RolloutBatch):
@@ -206,8 +140,9 @@ class PPOLearner:
             mb = local.select(slice(i, i + mu))
             logits, values = self._forward(mb, grad=False)
             old_lp.append(token_logprobs(logits, mb.response_ids))
-            old_v.append(values.float())
-            ref_logits = self._ref_logits(mb)  # (mu, T, V)
+            old_v.append(values.float() if values is not None else torch.zeros_like(old_lp[-1]))
+            ref_logits = self._ref_logits(*sequence_inputs(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask),
+                                           mb.response_ids.shape[1])  # (mu, T, V)
             ref_lp.append(token_logprobs(ref_logits, mb.response_ids))
             # the exact vocabulary KL of each response, for reports (ppo/kl_exact); the penalty keeps ppo.kl_estimator
             exact_kl.append(sequence_kl(logits, ref_logits, mb.response_mask, torch.float32))  # (mu,)
@@ -221,15 +156,19 @@ class PPOLearner:
         else:
             logp_old = logp
         kl = kl_estimate(logp_old, ref, ppo.kl_estimator, mask)  # (B_w, T)
-        rewards, _ = shape_rewards(local.rewards.float(), kl, mask, self.kl_coef)  # r_t = -beta kl_t (+ score)
-        adv, ret = masked_gae(rewards, values, mask, ppo.gamma, ppo.lam)
         lp_diff = ((logp - local.logprobs.float()).abs() * m).sum(1)  # rollout vs learner logprobs
-        exp = {"logp_old": logp_old, "values": values, "adv": adv, "ret": ret, "kl": kl, "lp_diff": lp_diff,
-               "ref_lp": ref, "kl_exact": torch.cat(exact_kl)}
+        exp = {"logp_old": logp_old, "values": values, "kl": kl, "lp_diff": lp_diff, "ref_lp": ref,
+               "kl_exact": torch.cat(exact_kl)}
         exp = {k: self._gather(v) for k, v in exp.items()}
-        full_mask = batch.response_mask.to(self.device)
-        if ppo.whiten_advantages:
-            exp["adv"] = whiten(exp["adv"], full_mask)  # over the whole batch: same on every rank
+        # advantages over the whole batch (a group's baseline needs every response to its prompt):
+        # the same numbers on every rank; GAE is row by row, so its numbers are those of each shard
+        full = self._to_device(batch)
+        beta = self.kl_coef if ppo.kl_in == "reward" else 0.0  # r_t = -beta kl_t + [t = last] score
+        exp["adv"], exp["ret"] = ADVANTAGES[ppo.advantage](
+            full.rewards.float(), exp["kl"], full.response_mask, full.group, values=exp["values"], gamma=ppo.gamma,
+            lam=ppo.lam, kl_coef=beta)
+        if ppo.whiten_advantages and ppo.advantage == "gae":
+            exp["adv"] = whiten(exp["adv"], full.response_mask)  # over the whole batch: same on every rank
         return exp
 
     # ------------------------------------------------------------------ update
@@ -259,7 +198,8 @@ class PPOLearner:
         # loss sums are weighted by each micro-batch's share of its minibatch's aggregation
         # count, token statistics by the micro-batch's valid tokens; summed over ranks below
         sums = MetricSums("policy_loss", "value_loss", "agg_count", "clipfrac", "approx_kl", "entropy",
-                          "vf_clipfrac", "tokens")
+                          "vf_clipfrac", "tokens", "kl_loss", "dual_clipfrac")
+        policy_loss, critic, kl_loss = POLICY_LOSSES[ppo.policy_loss], ppo.uses_critic, ppo.kl_in == "loss"
         grad_norms, n_opt_steps = [], 0
         for epoch in range(ppo.epochs):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step * 1_009 + epoch)
@@ -267,7 +207,8 @@ class PPOLearner:
             for start in range(0, B, M):
                 rows = perm[start:start + M]
                 n_tok = mask[rows].sum().double()
-                agg_count = n_tok if ppo.loss_agg == "token_mean" else torch.tensor(float(M), dtype=torch.float64)
+                agg_count = n_tok if ppo.loss_agg == "token_mean" else torch.tensor(
+                    float(M * (mask.shape[1] if ppo.loss_agg == "token_sum" else 1)), dtype=torch.float64)
                 denom = (agg_count / (W * G)).float()  # engines average over W ranks x G micro-batches
                 mine = rows[r * Mw:(r + 1) * Mw]
                 for i in range(0, Mw, mu):
@@ -276,10 +217,16 @@ class PPOLearner:
                     mmask = mb.response_mask
                     logits, values = self._forward(mb, grad=True)
                     logp = token_logprobs(logits, mb.response_ids)
-                    pg, s_pg = clipped_surrogate(logp, exp["logp_old"][idx], exp["adv"][idx], mmask, ppo.clip_ratio,
-                                                 ppo.loss_agg, denom)
-                    vf, s_vf = clipped_value_loss(values.float(), exp["values"][idx], exp["ret"][idx], mmask,
-                                                  ppo.value_clip, ppo.loss_agg, denom)
+                    pg, s_pg = policy_loss(logp, exp["logp_old"][idx], exp["adv"][idx], mmask, clip_low=ppo.clip_ratio,
+                                           clip_high=ppo.clip_ratio_high, clip_c=ppo.dual_clip_c, agg=ppo.loss_agg,
+                                           denominator=denom)
+                    if critic:
+                        vf, s_vf = clipped_value_loss(values.float(), exp["values"][idx], exp["ret"][idx], mmask,
+                                                      ppo.value_clip, ppo.loss_agg, denom)
+                    else:
+                        vf, s_vf = torch.zeros(()), {"vf_clipfrac": torch.zeros(())}
+                    kl_term = self.kl_coef * aggregate(kl_estimate(logp, exp["ref_lp"][idx], ppo.kl_estimator, mmask),
+                                                       mmask, ppo.loss_agg, denom) if kl_loss else torch.zeros(())
                     if ppo.entropy_coef > 0:
                         ent_loss, s_ent = entropy_bonus(entropy_from_logits(logits), mmask, ppo.entropy_coef,
                                                         ppo.loss_agg, denom)
@@ -288,6 +235,8 @@ class PPOLearner:
                             ent_loss, s_ent = entropy_bonus(entropy_from_logits(logits), mmask, 0.0)
                         ent_loss = 0.0
                     loss = pg + ppo.vf_coef * vf + ent_loss
+                    if kl_loss:  # (GRPO, Eq. 3) + beta KL(pi || pi_ref) in the loss instead of the reward
+                        loss = loss + kl_term
                     if self.engine.backward(loss):
                         n_opt_steps += 1
                         if self.engine.last_grad_norm is not None:
@@ -300,7 +249,8 @@ class PPOLearner:
                              approx_kl=s_pg["approx_kl"].double().cpu() * k,
                              entropy=s_ent["entropy"].double().cpu() * k,
                              vf_clipfrac=s_vf["vf_clipfrac"].double().cpu() * k,
-                             tokens=k)
+                             tokens=k, kl_loss=kl_term.detach().double().cpu() * d,
+                             dual_clipfrac=s_pg.get("dual_clipfrac", torch.zeros(())).double().cpu() * k)
                 sums.add(agg_count=float(agg_count) / W)  # each rank adds its share; summed over ranks below
         sums.reduce(lambda t: self._sum_ranks(t.to(self.device) if self.device.type == "cuda" else t))
         elapsed = time.perf_counter() - t0
@@ -312,7 +262,7 @@ class PPOLearner:
         n_tok_all = float(batch.num_tokens) * ppo.epochs
         m = mask.float()
         tokens = sums["tokens"]
-        return {
+        out = {
             "ppo/policy_loss": sums["policy_loss"] / sums["agg_count"],
             "ppo/value_loss": sums["value_loss"] / sums["agg_count"],
             "ppo/clipfrac": sums["clipfrac"] / tokens,
@@ -334,6 +284,14 @@ class PPOLearner:
             "ppo/optimizer_steps": float(n_opt_steps),
             "ppo/step": float(self.step),
         }
+        if not critic:  # no value function: nothing to report
+            for k in ("ppo/value_loss", "ppo/vf_clipfrac", "ppo/values"):
+                del out[k]
+        if kl_loss:
+            out["ppo/kl_loss"] = sums["kl_loss"] / sums["agg_count"]
+        if ppo.policy_loss == "dual_clip":
+            out["ppo/dual_clipfrac"] = sums["dual_clipfrac"] / tokens
+        return out
 
     # ------------------------------------------------------------------ offload (colocated layout)
 
@@ -354,14 +312,6 @@ class PPOLearner:
             self.ref.to(self.device)
 
     # ------------------------------------------------------------------ weights
-
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """All weights of the actor-critic (ZeRO-3 partitions gathered); collective."""
-        return self.engine.full_state_dict()
-
-    def policy_state_dict(self) -> dict[str, torch.Tensor]:
-        """The policy LM's weights under their HF names (what a rollout engine loads); collective."""
-        return {k[len("lm."):]: v for k, v in self.full_state_dict().items() if k.startswith("lm.")}
 
     @torch.no_grad()
     def score(self, sequences) -> list[list[float]]:
@@ -384,31 +334,11 @@ class PPOLearner:
         lp = token_logprobs(logits, ids[:, 1:]).cpu()
         return [lp[i, :len(s) - 1].tolist() for i, s in enumerate(seqs)]
 
-    def export_hf(self, out_dir: str | os.PathLike[str]) -> Path | None:
-        """Write the policy as an ordinary HF directory (rank 0 writes; collective)."""
-        state = self.policy_state_dict()
-        out = None
-        if self.rank == 0:
-            tok = load_tokenizer(self.policy_name, self.trust_remote_code)
-            out = export_hf(state, self.policy_name, out_dir, tok, self.trust_remote_code)
-        if self.world_size > 1:
-            dist.barrier()
-        return out
-
     # ------------------------------------------------------------------ state
 
-    def save(self, ckpt_dir: str | os.PathLike[str]) -> Path:
-        """Engine (model + optimizer), KL controller, step counter and every rank's RNG
-        states; collective. A checkpoint is complete once ``COMPLETE`` exists."""
-        meta = {"step": self.step, "kl_coef": self.kl_coef, "seed": self.seed, "world_size": self.world_size,
-                "engine": self.engine.name, "zero_stage": self.ppo.zero_stage, "policy": self.policy_name}
-        return write_checkpoint(Path(ckpt_dir), self.engine, self.rank, self.world_size, meta)
+    def _meta(self) -> dict[str, Any]:
+        return super()._meta() | {"kl_coef": self.kl_coef}  # + the KL controller
 
-    def load(self, ckpt_dir: str | os.PathLike[str]) -> None:
-        """Resume from :meth:`save` (same world size and engine); collective."""
-        d = Path(ckpt_dir)
-        meta = read_checkpoint_meta(d, self.engine, self.world_size)
-        restore_engine_and_rng(d, self.engine, self.rank)
-        self.step = int(meta["step"])
+    def _restore(self, meta: dict[str, Any], d: Path) -> None:
+        super()._restore(meta, d)
         self.kl_coef = float(meta["kl_coef"])
-        self.seed = int(meta["seed"])

@@ -36,7 +36,6 @@ import copy
 import json
 import math
 import os
-import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -163,9 +162,9 @@ def _dist_info() -> tuple[int, int]:
 
 
 def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    from raydprm.train.rank import set_seed  # the learners' rank base: python, numpy and torch RNGs
+
+    set_seed(seed)
 
 
 class _Logger:

@@ -7,6 +7,8 @@ Shapes: ``B`` rollouts, ``P`` prompt tokens (left-padded), ``T`` response tokens
     response_ids   (B, T) long    response_mask (B, T)  1 = sampled token (incl. a final EOS)
     logprobs       (B, T) float   log pi_sample(token) from the rollout engine (0 at padding)
     rewards        (B,)   float   scalar sequence reward (e.g. E_mu[r] of the DPRM)
+    group          (B,)   long    the prompt each rollout answers (rollout.n_per_prompt rollouts share
+                                  one; the critic-free baselines are over a group); default: its row
 
 Build one from ragged lists with :meth:`RolloutBatch.from_sequences`, e.g. from the
 rollout engine's ``Response`` records (``prompt_ids``, ``token_ids``, ``logprobs``).
@@ -38,11 +40,16 @@ class RolloutBatch:
     response_mask: torch.Tensor
     logprobs: torch.Tensor
     rewards: torch.Tensor
+    group: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         B = self.rewards.shape[0] if self.rewards.dim() == 1 else -1
         if B < 1:
             raise RolloutBatchError(f"rewards must be a non-empty (B,) tensor, got shape {tuple(self.rewards.shape)}")
+        if self.group is None:
+            object.__setattr__(self, "group", torch.arange(B))
+        if self.group.shape != (B,) or self.group.dtype != torch.long:
+            raise RolloutBatchError(f"group must be a ({B},) int64 tensor, got {tuple(self.group.shape)} {self.group.dtype}")
         for f, want in (("prompt_ids", 2), ("prompt_mask", 2), ("response_ids", 2), ("response_mask", 2),
                         ("logprobs", 2)):
             t = getattr(self, f)
@@ -95,7 +102,7 @@ class RolloutBatch:
     @classmethod
     def from_sequences(cls, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
                        rewards: Sequence[float], logprobs: Sequence[Sequence[float]] | None = None,
-                       pad_id: int = 0) -> RolloutBatch:
+                       pad_id: int = 0, group: Sequence[int] | None = None) -> RolloutBatch:
         """Pad ragged token lists: prompts on the left, responses (and logprobs) on the right."""
         B = len(prompt_ids)
         if not (len(response_ids) == len(rewards) == B) or (logprobs is not None and len(logprobs) != B):
@@ -126,11 +133,13 @@ class RolloutBatch:
                     raise RolloutBatchError(f"rollout {b}: {len(logprobs[b])} logprobs for {len(r)} response tokens")
                 if r:
                     lp[b, :len(r)] = torch.tensor(list(logprobs[b]), dtype=torch.float32)
-        return cls(pid, pm, rid, rm, lp, torch.as_tensor(list(rewards), dtype=torch.float32))
+        return cls(pid, pm, rid, rm, lp, torch.as_tensor(list(rewards), dtype=torch.float32),
+                   None if group is None else torch.as_tensor(list(group), dtype=torch.long))
 
     @classmethod
-    def from_responses(cls, responses: Sequence, rewards: Sequence[float], pad_id: int = 0) -> RolloutBatch:
+    def from_responses(cls, responses: Sequence, rewards: Sequence[float], pad_id: int = 0,
+                       group: Sequence[int] | None = None) -> RolloutBatch:
         """From rollout-engine records with ``prompt_ids``, ``token_ids`` and ``logprobs``
         (e.g. :class:`raydprm.rollout.engine.Response`), one reward each."""
         return cls.from_sequences([r.prompt_ids for r in responses], [r.token_ids for r in responses], rewards,
-                                  [r.logprobs for r in responses], pad_id=pad_id)
+                                  [r.logprobs for r in responses], pad_id=pad_id, group=group)

@@ -165,6 +165,35 @@ def test_sigkill_mid_ppo_then_resume_gives_the_same_final_metrics(reference, tmp
     assert _final(resumed) == _final(report)
 
 
+def test_grpo_run_has_no_value_head_and_resumes_after_sigkill_to_the_same_final_metrics(reference, tmp_path):
+    """ppo.advantage=grpo on groups of rollout.n_per_prompt=4 responses (the reference's SFT, store and
+    reward model): the learner holds the policy alone (no value head, so no critic optimizer state),
+    and a run SIGKILLed after step 1 and resumed ends exactly as the same run left alone."""
+    import torch
+
+    from raydprm.cluster.pipeline import Pipeline
+
+    grpo = ["ppo.advantage=grpo", "rollout.n_per_prompt=4"]
+    alone, dst = tmp_path / "alone", tmp_path / "killed"
+    for d in (alone, dst):
+        _copy_before_ppo(reference[0], d)
+    report = Pipeline(load_config(alone / "config.yaml", grpo), alone, progress=False).fit()
+    engine = torch.load(alone / "ppo" / "ckpt" / "step_000003" / "engine" / "torch_engine.pt", weights_only=False)
+    names = list(engine["module"])
+    assert names and all(n.startswith("lm.") for n in names) and not any("value" in n for n in names)
+    assert len(engine["optimizer"]["state"]) <= len(names)  # Adam moments of policy parameters only
+    assert "ppo/value_loss" not in report["ppo"][0] and "ppo/policy_loss" in report["ppo"][0]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_STEP_1, "run", "--no-progress", "--resume", str(dst),
+                             *grpo], env=_env(), capture_output=True, text=True, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert json.loads((dst / "state.json").read_text())["ppo"]["step"] == 1
+    done = subprocess.run([sys.executable, "-m", "raydprm.cli", "run", "--no-progress", "--resume", str(dst)],
+                          env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "PPO resumes after step 1" in done.stdout
+    assert _final(json.loads((dst / "report.json").read_text())) == _final(report)
+
+
 def test_killed_generator_is_restarted_with_current_weights_and_the_run_completes(reference, tmp_path):
 
     from raydprm.cluster.pipeline import Pipeline

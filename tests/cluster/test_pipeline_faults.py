@@ -104,3 +104,21 @@ def test_one_rank_of_a_two_rank_learner_killed_mid_ppo_restarts_the_group_and_en
     assert [(e["role"], e["mode"], e["ranks"], e["after_ppo_step"]) for e in events] == [
         ("learner", "group", [0, 1], 1)]
     assert _final(runs["killed"]) == _final(runs["alone"])
+
+
+def test_killed_generator_during_async_rollout_is_restarted_and_ends_as_uninterrupted(reference, tmp_path):
+    """ppo.async_rollout: generator 0 killed after step 1 is dead when step 2 submits the rollouts
+    of step 3 (before the learner trains); RolloutPool.collect restarts it with the current
+    weights, its slice is generated again with the same seed, and the run ends exactly as the
+    same async run left alone (never with a private error escaping the actor group)."""
+    on = ["ppo.async_rollout=true"]
+    seen = {}
+    runs = {"alone": _rerun_ppo(reference, tmp_path / "alone", None, on),
+            "killed": _rerun_ppo(reference, tmp_path / "killed",
+                                 _kill_after_step_1("rollout", 0, seen, tmp_path / "killed"), on)}
+    assert runs["alone"]["restarts"]["rollout"] == 0 and runs["killed"]["restarts"]["rollout"] == 1
+    assert seen["before"][0]["pid"] != seen["after"][0]["pid"]
+    assert [(e["role"], e["mode"], e["ranks"], e["after_ppo_step"]) for e in _events(tmp_path / "killed")] == [
+        ("rollout", "actor", [0], 1)]
+    assert [r["rollout/policy_lag"] for r in runs["killed"]["ppo"]] == [0.0, 1.0, 1.0]
+    assert _final(runs["killed"]) == _final(runs["alone"])

@@ -37,9 +37,9 @@ def test_a_pipeline_run_logged_to_mlflow_reads_back_its_params_and_metrics_as_te
     cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.name=r", "ppo.beta=0.07",
                              "run.loggers=[tensorboard,mlflow]"])
     pipe = Pipeline(cfg, tmp_path / "r", progress=False)
-    tb = pipe._trackers(pipe.arm)  # what _ppo and _align open
+    tb = pipe.metrics_log(pipe.arm)  # what the training-stage loop opens
     for s, rec in enumerate(STEPS, start=1):
-        tb.log_metrics(rec, s)  # as the loop does: the step record without "step"
+        tb.log({"step": s, **rec}, s)  # as the loop does: the step record
     tb.close()
 
     client = _client(cfg)

@@ -1,6 +1,6 @@
 """Element-by-element reference twins ("naive oracles") of the PPO math in raydprm.core.
 
-Each ``*_naive`` function computes what its fast namesake in ``raydprm.core.{gae,kl,ppo_loss}``
+Each ``*_naive`` function computes what its fast namesake in ``raydprm.core.{gae,kl,ppo_loss,advantages}``
 (``w1_line_naive``: ``raydprm.core.ot_exact.ot_line``) computes, written out literally (Python floats, one token at a time); the equivalence
 tests compare the two. They live with the tests, not in the shipped package.
 """
@@ -159,6 +159,89 @@ def token_logprobs_naive(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tenso
         for t in range(T):
             out[b, t] = logp[b, t, int(ids[b, t])]
     return out.float()
+
+
+# ---------------------------------------------------------------- advantage estimators (raydprm.core.advantages)
+def _rows(scores, kl, mask, kl_coef):
+    """Per response: its valid token rewards r_t = -beta kl_t (+ score at the last), in Python floats."""
+    out = []
+    for b in range(len(scores)):
+        n = int(mask[b].sum())
+        out.append([-kl_coef * float(kl[b, t]) + (float(scores[b]) if t == n - 1 else 0.0) for t in range(n)])
+    return out
+
+
+def _members(group):
+    ids = [int(g) for g in group]
+    return [[j for j, h in enumerate(ids) if h == g] for g in ids]  # row -> the rows of its group
+
+
+def _spread(per_row, mask):
+    out = torch.zeros(mask.shape, dtype=torch.float64)
+    for b, rows in enumerate(per_row):
+        for t, v in enumerate(rows):
+            out[b, t] = v
+    return out
+
+
+def grpo_naive(scores, kl, mask, group, kl_coef=0.0, eps=1e-6, std=True):
+    """Twin of ``grpo`` (``std=False``: ``dr_grpo``): R_i = sum_t r_t; (R_i - mean_g) / (std_g + eps)."""
+    R = [sum(r) for r in _rows(scores, kl, mask, kl_coef)]
+    adv, ret = [], []
+    for i, mem in enumerate(_members(group)):
+        mean = sum(R[j] for j in mem) / len(mem)
+        sd = math.sqrt(sum((R[j] - mean) ** 2 for j in mem) / max(len(mem) - 1, 1))
+        a = (R[i] - mean) / (sd + eps) if std else R[i] - mean
+        n = int(mask[i].sum())
+        adv.append([a] * n)
+        ret.append([R[i]] * n)
+    return _spread(adv, mask), _spread(ret, mask)
+
+
+def rloo_naive(scores, kl, mask, group, kl_coef=0.0):
+    """Twin of ``rloo``: R_i minus the mean of the other responses' returns, as a literal loop."""
+    R = [sum(r) for r in _rows(scores, kl, mask, kl_coef)]
+    adv, ret = [], []
+    for i, mem in enumerate(_members(group)):
+        others = [R[j] for j in mem if j != i]
+        n = int(mask[i].sum())
+        adv.append([R[i] - sum(others) / len(others)] * n)
+        ret.append([R[i]] * n)
+    return _spread(adv, mask), _spread(ret, mask)
+
+
+def reinforce_pp_naive(scores, kl, mask, group, kl_coef=0.0, gamma=1.0, eps=1e-6, baseline=False):
+    """Twin of ``reinforce_pp`` (``baseline=True``: ``reinforce_pp_baseline``): G_t = sum_k gamma^(k-t) r_k
+    token by token, then (G - mean) / sqrt(var + eps) over every valid token of the batch."""
+    scores = [float(s) for s in scores]
+    if baseline:
+        scores = [s - sum(scores[j] for j in mem) / len(mem) for s, mem in zip(scores, _members(group))]
+    G = [[sum(gamma ** (k - t) * r[k] for k in range(t, len(r))) for t in range(len(r))]
+         for r in _rows(scores, kl, mask, kl_coef)]
+    flat = [g for row in G for g in row]
+    mean = sum(flat) / len(flat)
+    var = sum((g - mean) ** 2 for g in flat) / max(len(flat) - 1, 1)
+    adv = [[(g - mean) / math.sqrt(var + eps) for g in row] for row in G]
+    return _spread(adv, mask), _spread(G, mask)
+
+
+# ---------------------------------------------------------------- policy losses (raydprm.core.ppo_loss.POLICY_LOSSES)
+def policy_loss_naive(name, logprobs, old_logprobs, advantages, mask, clip_low, clip_high, clip_c) -> float:
+    """Twin of ``POLICY_LOSSES[name]`` (token_mean), one token at a time, the clips as branches."""
+    hi = clip_high if name == "clip_higher" else clip_low
+    tot, n = 0.0, 0
+    for lp, lo, a, k in zip(logprobs.flatten().tolist(), old_logprobs.flatten().tolist(),
+                            advantages.flatten().tolist(), mask.flatten().tolist()):
+        if not k:
+            continue
+        r = math.exp(lp - lo)
+        rc = 1 - clip_low if r < 1 - clip_low else 1 + hi if r > 1 + hi else r
+        loss = max(-a * r, -a * rc)
+        if name == "dual_clip" and a < 0 and loss > -clip_c * a:
+            loss = -clip_c * a
+        tot += loss
+        n += 1
+    return tot / max(n, 1)
 
 
 # ---- group objectives (raydprm.core.group_objectives): naive twins, Python floats -------------------------

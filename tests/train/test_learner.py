@@ -218,3 +218,47 @@ def test_rollout_batch_padding_and_from_responses():
     assert b.shard(1, 2).rewards.tolist() == [-1.0]
     with pytest.raises(RolloutBatchError, match="cannot be split evenly"):
         b.shard(0, 3)
+
+
+@pytest.mark.parametrize("advantage,kw", [("grpo", dict(kl_in="loss", policy_loss="dual_clip")),
+                                          ("rloo", dict(policy_loss="clip_higher")),
+                                          ("dr_grpo", dict(loss_agg="token_sum")),
+                                          ("reinforce_pp", {})])
+def test_critic_free_learner_has_no_value_head_and_trains_the_policy(tiny_kit, advantage, kw):
+    """A critic-free estimator: every parameter (and so every optimizer state) is the policy's,
+    no value metric is reported, and the update moves the policy."""
+    batch = dataclasses.replace(make_batch(), group=torch.arange(16) // 4)  # 4 prompts x 4 responses
+    lr = PPOLearner(ppo_cfg(engine="torch", advantage=advantage, **kw), "tiny-gpt2", seed=0)
+    names = [n for n, _ in lr.engine.module.named_parameters()]
+    assert names and all(n.startswith("lm.") for n in names) and not any("value_head" in n for n in names)
+    assert sum(len(g["params"]) for g in lr.engine.optimizer.param_groups) == len(names)
+    before = params(lr)
+    m = lr.update(batch)
+    assert not {"ppo/value_loss", "ppo/vf_clipfrac", "ppo/values"} & set(m)
+    assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
+    assert ("ppo/kl_loss" in m) == (kw.get("kl_in") == "loss")
+    assert ("ppo/dual_clipfrac" in m) == (kw.get("policy_loss") == "dual_clip")
+    after = params(lr)
+    assert max(float((after[k] - before[k]).abs().max()) for k in after) > 1e-4
+
+
+def test_rollout_batch_group_defaults_to_one_per_row_and_is_checked():
+    b = make_batch(B=4)
+    assert b.group.tolist() == [0, 1, 2, 3] and b.select(slice(1, 3)).group.tolist() == [1, 2]
+    with pytest.raises(RolloutBatchError, match="group must be"):
+        dataclasses.replace(b, group=torch.zeros(3, dtype=torch.long))
+
+
+def test_every_learner_is_one_rank_base_on_one_engine_config():
+    """PPO and direct alignment share the rank base and the EngineConfig; its checks name the
+    section's own keys (no renaming of another section's messages)."""
+    from raydprm.config import AlignConfig, EngineConfig
+    from raydprm.train.direct_alignment import DirectAlignmentLearner
+    from raydprm.train.rank import LearnerRank
+
+    assert issubclass(PPOLearner, LearnerRank) and issubclass(DirectAlignmentLearner, LearnerRank)
+    ppo, align = ppo_cfg(num_workers=2), AlignConfig(minibatch=8, micro_batch=2, num_workers=2, engine="torch")
+    assert isinstance(ppo.engine_config, EngineConfig) and ppo.engine_config.grad_accum == ppo.grad_accum == 1
+    assert (align.engine_config.engine, align.engine_config.grad_accum, align.engine_config.section) == ("torch", 2, "align")
+    with pytest.raises(ConfigError, match=r"'align.micro_batch' = 3 must divide .* align.minibatch / align.num_workers"):
+        EngineConfig(minibatch=8, micro_batch=3, num_workers=2, section="align")

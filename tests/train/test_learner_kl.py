@@ -7,6 +7,7 @@ from helpers import make_batch
 
 from raydprm.config import PPOConfig
 from raydprm.core.kl import kl_from_logits
+from raydprm.models.policy import sequence_inputs
 from raydprm.train.learner import PPOLearner
 
 
@@ -19,7 +20,8 @@ def test_exact_kl_is_zero_at_the_start_then_positive_and_exact(tiny_kit):
     # the twin, before update 2 sees the moved policy: the whole batch at once, one response at a time
     with torch.no_grad():
         logits, _ = lr._forward(batch, grad=False)  # (B, T, V)
-        ref = lr._ref_logits(batch)
+        ids, attn, pos = sequence_inputs(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+        ref = lr._ref_logits(ids, attn, pos, batch.response_ids.shape[1])  # (B, T, V)
     per = [float(kl_from_logits(logits[b], ref[b])[batch.response_mask[b].bool()].sum()) for b in range(len(batch))]
     m2 = lr.update(batch)
     assert m2["ppo/kl_exact"] > 0 and all(k >= 0 for k in per)
