@@ -253,8 +253,8 @@ class ActorGroup:
         while True:
             try:
                 return self.wait(refs, method_name(method), ranks=ranks, timeout_s=timeout_s)
-            except _RankDied as died:
-                self._handle_death(died, method)
+            except RankDied as died:
+                self.recover(died)
             refs = self.submit(method, per_rank, ranks)
 
     def wait(self, refs: Sequence[Any], what: str, ranks: Sequence[int] | None = None,
