@@ -13,7 +13,9 @@ result.json; ``reward.num_workers > 1`` trains with Ray Train.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 from raydprm.cli.common import add_config_args, check_model_refs, config_from_args
@@ -87,15 +89,18 @@ def _train(args: argparse.Namespace) -> int:
     from raydprm.cluster.reward_train import train_reward_auto
 
     use_gpu = cfg.run.device == "cuda"
-    if cfg.reward.num_workers > 1:  # Ray Train workers: attach to (or start) Ray through the one runtime
-        from raydprm.cluster.runtime import Resources, ray_session
+    # stdout carries the JSON result alone: libraries that print there (DeepSpeed's logger, imported by
+    # accelerate when a model is saved) write to stderr instead
+    with contextlib.redirect_stdout(sys.stderr):
+        if cfg.reward.num_workers > 1:  # Ray Train workers: attach to (or start) Ray through the one runtime
+            from raydprm.cluster.runtime import Resources, ray_session
 
-        need = Resources(cpu=cfg.reward.num_workers * cfg.reward.actor_num_cpus,
-                         gpu=cfg.reward.num_workers if use_gpu else 0)
-        with ray_session(cfg.ray, need, what="raydprm reward train"):
-            res = train_reward_auto(data, use_gpu=use_gpu, cpus_per_worker=cfg.reward.actor_num_cpus, **kw)
-    else:
-        res = train_reward_auto(data, device=cfg.run.device, **kw)
+            need = Resources(cpu=cfg.reward.num_workers * cfg.reward.actor_num_cpus,
+                             gpu=cfg.reward.num_workers if use_gpu else 0)
+            with ray_session(cfg.ray, need, what="raydprm reward train"):
+                res = train_reward_auto(data, use_gpu=use_gpu, cpus_per_worker=cfg.reward.actor_num_cpus, **kw)
+        else:
+            res = train_reward_auto(data, device=cfg.run.device, **kw)
     print(json.dumps({"loss": cfg.reward.loss, "best_dir": str(res.best_dir), "steps": res.steps,
                       "epochs": res.epochs, "stopped_early": res.stopped_early,
                       "seconds": round(res.seconds, 2), "best_eval": res.best_metrics}, indent=2))
@@ -116,7 +121,8 @@ def _eval(args: argparse.Namespace) -> int:
     if not model.is_dir():
         raise RaydprmError(f"reward model directory '{model}' does not exist; train one with `raydprm reward train`")
     data = _load_data(cfg, args.simulate)
-    metrics = evaluate_checkpoint(model, data, label_scale_from_config(cfg.labels), cfg.reward.cost,
-                                  cfg.reward.bt_pairs_per_item, cfg.run.seed)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON result alone
+        metrics = evaluate_checkpoint(model, data, label_scale_from_config(cfg.labels), cfg.reward.cost,
+                                      cfg.reward.bt_pairs_per_item, cfg.run.seed)
     print(json.dumps({"model": str(model), "items": len(data), **metrics}, indent=2))
     return 0
