@@ -14,8 +14,9 @@ reward-overoptimisation studies (Gao et al. 2023). The gold judge is a learned m
 and the report says so.
 
 Everything here runs on the driver, in the store actor or in one Ray task; the pipeline's
-``_collect`` calls :func:`sim_collect` or :func:`store_collect_stage`, its ``_evaluate`` an
-:class:`EvalJudge`.
+``_collect`` calls :func:`sim_collect` or :func:`store_collect_stage`, its ``_ppo``
+:func:`ppo_prompts` (a store crowd's PPO samples the store's training prompts), its ``_evaluate``
+an :class:`EvalJudge`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from raydprm.config import Config
 from raydprm.errors import RaydprmError
 
 __all__ = ["GOLD_SPLIT_SEED", "sim_collect", "store_collect", "store_collect_stage", "group_labels", "export_digest",
-           "gold_reward_config", "train_gold", "reward_fit", "gold_verdict", "JUDGE_DESCRIPTION", "EvalJudge"]
+           "ppo_prompts", "store_ppo_prompts", "gold_reward_config", "train_gold", "reward_fit", "gold_verdict", "JUDGE_DESCRIPTION", "EvalJudge"]
 
 GOLD_SPLIT_SEED = 0  # the item-id split does not depend on the run's seed: every run holds out the same items
 JUDGE_DESCRIPTION = ("a gold reward model (a group-conditioned DPRM of the same kind as the run's reward model) trained "
@@ -144,6 +146,46 @@ def store_collect_stage(cfg: Config, run_dir: Path, rel: Callable[[str], str]) -
             "heldout_items": out["heldout_items"], "data": rel(out["paths"]["data"]),
             "heldout": rel(out["paths"]["heldout"]), "group_labels": out["group_labels"],
             "heldout_group_labels": out["heldout_group_labels"], "digest": out["digest"]}, msg
+
+
+def store_ppo_prompts(data, tokenizer, max_prompt_tokens: int, total: int, seed: int) -> tuple[list[str], int, int]:
+    """PPO's prompts with a store crowd: the distinct prompts of the store's training part ``data``
+    that the generators accept (at most ``max_prompt_tokens`` tokens, counted as the engines count
+    them: :func:`~raydprm.rollout.engine.encode_prompts`), ``total`` of them in a seeded order, a
+    fresh order per pass. Returns (prompts, distinct prompts kept, distinct prompts dropped)."""
+    from raydprm.rollout.engine import encode_prompts
+
+    distinct = list(dict.fromkeys(data["prompt"]))
+    ids = encode_prompts(tokenizer, distinct, max_prompt_tokens=sys.maxsize)
+    kept = [p for p, t in zip(distinct, ids, strict=True) if len(t) <= max_prompt_tokens]
+    if not kept:
+        raise RaydprmError(f"none of the {len(distinct)} prompts of the store's training part fits in "
+                           f"rollout.max_prompt_tokens={max_prompt_tokens} (the shortest has "
+                           f"{min(map(len, ids), default=0)} tokens); raise rollout.max_prompt_tokens")
+    rng, out = np.random.default_rng(seed), []
+    while len(out) < total:
+        out += [kept[i] for i in rng.permutation(len(kept))]
+    return out[:total], len(kept), len(distinct) - len(kept)
+
+
+def ppo_prompts(cfg: Config, policy_dir: str, data_dir: str, total: int) -> tuple[list[str], dict[str, int], str | None]:
+    """The ``total`` prompts PPO samples, step t's ``n`` at ``[t*n, (t+1)*n)`` (the data position is the
+    step): the world's (``crowd = sim``), or the store's training part (:func:`store_ppo_prompts`, the
+    prompts its reward model learned to score; ``data_dir``: the collect stage's ``data``). Also the
+    PPO stage's record entries and its console line ({} and None for the world's)."""
+    if cfg.pipeline.crowd == "sim":
+        from raydprm.sim.world import prompts as world_prompts
+
+        return world_prompts(total, seed=cfg.run.seed + 1), {}, None
+    import datasets
+
+    from raydprm.models.policy import load_tokenizer
+
+    m = cfg.rollout.max_prompt_tokens
+    prompts, kept, dropped = store_ppo_prompts(datasets.load_from_disk(data_dir), load_tokenizer(policy_dir), m,
+                                               total, seed=cfg.run.seed + 1)
+    return prompts, {"prompts": kept, "prompts_dropped": dropped}, \
+        f"  PPO samples {kept} prompts of the store's training part; {dropped} dropped (over {m} tokens)"
 
 
 def gold_reward_config(cfg: Config):

@@ -172,10 +172,11 @@ class Pipeline:
                                lambda: self._align(arm, key, sft_dir, self._abs(col["data"])))
         rew = self._stage(arm.stage("reward"), ac, {"data": col["digest"]},
                           lambda: self._reward(arm, self._abs(col["data"])))
+        # a store crowd's PPO prompts come from col["data"], which the reward digest covers (its model trained on it)
         ppo_in = {"sft": sft["digest"], "reward": rew["digest"]}
         key = key_of(arm.stage("ppo"), ac, ppo_in)[0]
         return self._stage(arm.stage("ppo"), ac, ppo_in,
-                           lambda: self._ppo(arm, key, sft_dir, self._abs(rew["best_dir"])))
+                           lambda: self._ppo(arm, key, sft_dir, self._abs(rew["best_dir"]), self._abs(col["data"])))
 
     def _stage(self, name: str, c: dict[str, Any], inputs: dict[str, str],
                body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -239,19 +240,22 @@ class Pipeline:
             self._say(f"  loss={arm.cfg.reward.loss}: held-out pair accuracy {bm.get('pair_accuracy', float('nan')):.3f}")
         return {**out, "best_dir": self._rel(out["best_dir"]), "digest": dir_digest(out["best_dir"])}
 
-    def _ppo(self, arm: Arm, key: str, policy_dir: str, reward_dir: str) -> dict[str, Any]:
+    def _ppo(self, arm: Arm, key: str, policy_dir: str, reward_dir: str, data_dir: str) -> dict[str, Any]:
         """The RL stage: :meth:`PPOLoop.step` per step (generate -> score -> advantages + update ->
-        publish), then the step hooks: the population judges the step's samples and, with live
-        votes, the crowd votes on them (:class:`~raydprm.cluster.drift.Drift`)."""
+        publish) on the world's prompts or a store crowd's training prompts, then the step hooks: the
+        population judges the step's samples and, with live votes, the crowd votes on them
+        (:class:`~raydprm.cluster.drift.Drift`)."""
+        from raydprm.cluster.crowd_source import ppo_prompts
         from raydprm.sim.personas import Population
-        from raydprm.sim.world import prompts as world_prompts
 
         cfg = arm.cfg
         n = cfg.ppo.rollout_batch // cfg.rollout.n_per_prompt  # prompts per step
         judge, rewards = Population.from_config(cfg.crowd), np.asarray(cfg.labels.rewards, dtype=np.float64)
+        train_prompts, source, msg = ppo_prompts(cfg, policy_dir, data_dir, cfg.ppo.steps * n)
+        if msg:
+            self._say(msg)
         self.init_workers(policy_dir, reward_dir, cfg)
         self.drift = Drift.create(self, arm, reward_dir, cfg.pipeline.store_num_cpus)  # None without live votes
-        train_prompts = world_prompts(cfg.ppo.steps * n, seed=cfg.run.seed + 1)  # the data position is the step
 
         def ppo_step(step: int) -> dict[str, Any]:
             nxt = train_prompts[(step + 1) * n:(step + 2) * n] if step + 1 < cfg.ppo.steps else None
@@ -265,8 +269,9 @@ class Pipeline:
                 rec.update(self.drift.after_step(step + 1, prompts, texts, rec["population/expected_reward"]))
             return rec
 
-        return self._train_stage(arm, key, cfg.ppo.steps, ppo_step, lambda r: {
+        out = self._train_stage(arm, key, cfg.ppo.steps, ppo_step, lambda r: {
             "reward": f"{r['reward/mean']:.3f}", "pop": f"{r['population/expected_reward']:.3f}"})
+        return {**out, **source}
 
     def _align(self, arm: Arm, key: str, policy_dir: str, data_dir: str) -> dict[str, Any]:
         """Direct alignment (``align.algo``) from the SFT policy on response pairs of the store's
