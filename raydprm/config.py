@@ -203,8 +203,16 @@ class RunConfig(Section):
     seed: int = opt(0, doc="Global random seed (torch, numpy, python, samplers).", ge=0)
     device: str = opt("auto", doc="Device for single-process work.", choices=("auto", "cpu", "cuda"))
     log_level: str = opt("INFO", doc="Python logging level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    loggers: tuple[str, ...] = opt(("tensorboard",), doc="Where runs, comparisons and sweep trials log the resolved "
+                                   "config (params) and every metric: any of tensorboard (<run_dir>/tb), mlflow "
+                                   "(run.tracking_uri), wandb (offline, <run_dir>/wandb); [] logs nowhere. mlflow and "
+                                   "wandb need the 'tracking' extra.")
+    tracking_uri: str = opt("", doc="MLflow tracking URI (http://host:5000, file:/path, databricks); empty = a file "
+                            "store at <run.output_dir>/mlruns.")
+    experiment: str = opt("raydprm", doc="The MLflow experiment / W&B project that runs log under.")
 
     def validate(self) -> None:
+        self._validate_loggers()
         check_path_component("run.name", self.name)
         if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", self.output_dir):
             # every role writes its own outputs as files on its own node (the SFT and reward tasks, the
@@ -214,6 +222,16 @@ class RunConfig(Section):
                 "run directory as files (checkpoints, models, a SQLite store) from their own nodes, so give a "
                 "path every node can write: a shared disk (NFS, a PersistentVolumeClaim), or the bucket mounted "
                 "at the same path on every node (mountpoint-s3, gcsfuse, s3fs)")
+
+    def _validate_loggers(self) -> None:
+        known = ("tensorboard", "mlflow", "wandb")
+        for name in self.loggers:
+            if name not in known:
+                raise ConfigError(f"config key 'run.loggers' has {name!r}; known loggers: {', '.join(known)}")
+        if len(set(self.loggers)) != len(self.loggers):
+            raise ConfigError(f"config key 'run.loggers' names a logger twice: {list(self.loggers)}")
+        if not self.experiment.strip():
+            raise ConfigError("config key 'run.experiment' must not be empty")
 
     @property
     def run_dir(self) -> Path:

@@ -8,7 +8,11 @@ Errors are one line on stderr, ``raydprm: error: ...``, and no traceback: user m
 (:class:`~raydprm.errors.RaydprmError`) and the environment's refusals (``OSError``: a
 missing file, a read-only directory, a port in use) exit 2; anything else is a bug,
 reported on one line as such with exit 1. ``raydprm --debug COMMAND`` (or
-``RAYDPRM_DEBUG=1``) lets every exception through with its traceback.
+``RAYDPRM_DEBUG=1``) lets every exception through with its traceback. A full disk, however
+deep it was found (a Ray actor's safetensors error, SQLite's "database or disk is full"), is
+one line naming the path and exits 2. SIGTERM and SIGINT print one line and exit 143 and 130,
+after every ``finally`` ran (actors, Serve and an owned Ray shut down), even where a Ray wait
+turned the signal into another exception.
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from raydprm.errors import RaydprmError
+from raydprm.errors import (
+    DiskFull,
+    RaydprmError,
+    install_signal_handlers,
+    is_disk_full,
+    received_signal,
+    restore_signal_handlers,
+)
 
 # Modules of this package that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = ["info", "config_cmd", "models_cmd", "run", "sweep", "rollout", "reward", "serve", "learner", "store", "experiments", "doctor"]
@@ -95,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("RAYDPRM_DEBUG", "") not in ("", "0") or "--debug" in argv
     argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line, not only first
+    old_handlers = install_signal_handlers()
     try:
         args = parser.parse_args(argv)
         debug = debug or args.debug
@@ -103,27 +115,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             quiet_progress()
         rc = args.handler(args)
-    except KeyboardInterrupt:
+    except BaseException as e:  # noqa: BLE001 - every way out is one line (or the traceback with --debug)
+        return _report(e, debug)
+    finally:
+        restore_signal_handlers(old_handlers)  # main() called in-process (tests) leaves the caller's handlers
+    return int(rc or 0)
+
+
+def _report(e: BaseException, debug: bool) -> int:
+    """The one line (and exit status) for an exception that ended a command."""
+    import signal
+
+    sig = received_signal()
+    if sig is not None:  # whatever the signal turned into on its way out (a Ray wait makes it SystemExit(1))
+        how = "interrupted" if sig == signal.SIGINT else "terminated"
+        print(f"raydprm: {how} by {signal.Signals(sig).name}", file=sys.stderr)
+        return 128 + sig
+    if isinstance(e, KeyboardInterrupt):
         print("raydprm: interrupted", file=sys.stderr)
         return 130
-    except RaydprmError as e:
-        if debug:
-            raise
+    if isinstance(e, SystemExit) or not isinstance(e, Exception) or debug:
+        raise e
+    if isinstance(e, DiskFull) or (isinstance(e, RaydprmError) and not (is_disk_full(e) and _failed_path(e))):
         print(f"raydprm: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except OSError as e:  # the environment refused: a file, a directory, a port
-        if debug:
-            raise
+    if is_disk_full(e):  # a library's error deep inside (an actor's, SQLite's): name the path it knows
+        path = _failed_path(e)
+        where = f" writing '{path}'" if path else ""
+        print(f"raydprm: error: no space left on the device{where} ({_one_line(e, 200)}); free space there "
+              "(or point the output elsewhere) and run again", file=sys.stderr)
+        return 2
+    if isinstance(e, OSError):  # the environment refused: a file, a directory, a port
         where = f" '{e.filename}'" if getattr(e, "filename", None) else ""
         print(f"raydprm: error: {_one_line(e.strerror or e)}{where}", file=sys.stderr)
         return 2
-    except Exception as e:  # a bug: still one line, the traceback is one flag away
-        if debug:
-            raise
-        print(f"raydprm: error: unexpected {type(e).__name__}: {_one_line(e, 300)} (a bug; rerun with "
-              "`raydprm --debug ...` for the traceback)", file=sys.stderr)
-        return 1
-    return int(rc or 0)
+    # a bug: still one line, the traceback is one flag away
+    print(f"raydprm: error: unexpected {type(e).__name__}: {_one_line(e, 300)} (a bug; rerun with "
+          "`raydprm --debug ...` for the traceback)", file=sys.stderr)
+    return 1
+
+
+def _failed_path(e: BaseException | None) -> str | None:
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if getattr(e, "filename", None):
+            return str(e.filename)
+        e = getattr(e, "cause", None) or e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

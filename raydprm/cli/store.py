@@ -316,11 +316,14 @@ def _export(args: argparse.Namespace) -> int:
                               heldout_fraction=(cfg.store.heldout_fraction if args.heldout_fraction is None
                                                 else args.heldout_fraction),
                               split_seed=cfg.store.split_seed if args.split_seed is None else args.split_seed)
+    from raydprm.errors import writing
+
     try:
-        if args.out.endswith(".jsonl"):
-            ds.to_json(args.out, lines=True)
-        else:
-            ds.save_to_disk(args.out)
+        with writing(args.out, "the store export") as tmp:  # whole or not at all (a full disk: no 0-byte .arrow)
+            if args.out.endswith(".jsonl"):
+                ds.to_json(str(tmp), lines=True)
+            else:
+                ds.save_to_disk(str(tmp))
     except OSError as e:
         raise RaydprmError(f"cannot write the export to '{args.out}': {e.strerror or e}") from None
     print(json.dumps({"rows": len(ds), "out": args.out}))

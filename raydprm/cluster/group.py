@@ -13,7 +13,9 @@ preference store) is an :class:`ActorGroup` of a plain Python class::
 
 Methods are named by the class's own function object (``RolloutGenerator.generate``), never
 by a string, so a renamed method fails at the call site and every error names the role,
-the method and the ranks.
+the method and the ranks. The function must be the group's class's own (or inherited)
+method: ``RewardActor.score`` passed to a learner group is refused, although the learner
+has a ``score`` too.
 
 Placement: with a placement group, rank ``i`` lives on bundle ``bundle_offset + i``.
 
@@ -28,6 +30,11 @@ that share a torch process group (``restart="group"``) every rank is replaced, t
 ``on_restart`` hook restores them from the last checkpoint, and :class:`GroupRestarted` tells
 the caller that the group's state went back to that checkpoint. Each restart is counted in
 :attr:`restarts`.
+
+Callers that :meth:`submit` and :meth:`wait` themselves (asynchronous rollout) see a dead
+rank as :class:`RankDied` (an :class:`ActorGroupError`) and may hand it to :meth:`recover`,
+which restarts as :meth:`each` would (or raises :class:`GroupRestarted`, or an
+:class:`ActorGroupError` when the budget is spent); then they submit again.
 """
 
 from __future__ import annotations
@@ -43,8 +50,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raydprm.errors import RaydprmError
 
-__all__ = ["ActorGroup", "ActorGroupError", "GroupTimeout", "GroupRestarted", "Placement", "method_name",
-           "peak_rss_mb"]
+__all__ = ["ActorGroup", "ActorGroupError", "GroupTimeout", "GroupRestarted", "RankDied", "Placement",
+           "method_name", "peak_rss_mb"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,19 @@ class GroupTimeout(ActorGroupError, TimeoutError):
 
 class GroupRestarted(ActorGroupError):
     """The whole group was restarted from its last checkpoint; the caller must redo work since then."""
+
+
+class RankDied(ActorGroupError):
+    """A rank's process died during a call (:meth:`ActorGroup.wait`); :meth:`ActorGroup.recover`
+    restarts it while the budget allows."""
+
+    def __init__(self, role: str, rank: int, what: str, error: BaseException) -> None:
+        why = next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:200]
+        super().__init__(f"{role}: rank {rank} died during '{what}': {type(error).__name__}" + (f" ({why})" if why else ""))
+        self.role, self.rank, self.what, self.error = role, rank, what, error
+
+
+_RankDied = RankDied  # the old private name (callers must catch RankDied or ActorGroupError)
 
 
 @dataclass(frozen=True)
@@ -107,7 +127,7 @@ class ActorGroup:
                  max_restarts: int = 0, restart: str = "actor",
                  on_restart: Callable[[ActorGroup, list[int]], None] | None = None,
                  timeout_s: float | None = None, name: str | None = None, namespace: str | None = None,
-                 get_if_exists: bool = False) -> None:
+                 get_if_exists: bool = False, restart_timeout_s: float = 300.0) -> None:
         if num_actors < 1:
             raise ActorGroupError(f"{role}: an actor group needs at least one actor, got {num_actors}")
         if restart not in ("actor", "group"):
@@ -120,6 +140,7 @@ class ActorGroup:
         self.placement = placement
         self.max_restarts, self.restart_mode, self.on_restart = max_restarts, restart, on_restart
         self.timeout_s = timeout_s
+        self.restart_timeout_s = restart_timeout_s  # a restart waits this long for room (a node lost) unless timeout_s
         self._name, self._namespace, self._get_if_exists = name, namespace, get_if_exists
         self.owned = True  # False when a named actor that already ran was reused: shutdown leaves it
         self.restarts = 0
@@ -161,7 +182,7 @@ class ActorGroup:
         if not actors or not self.owned:
             return
         if method is not None:
-            refs = [getattr(a, method_name(method)).remote() for a in actors]
+            refs = [getattr(a, self._method_name(method)).remote() for a in actors]
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
             for r in ready:  # surface nothing: shutting down is best effort, but do not leak errors
                 try:
@@ -184,11 +205,21 @@ class ActorGroup:
         return self.num_actors
 
     # ------------------------------------------------------------------ calls
+    def _method_name(self, method: Callable[..., Any]) -> str:
+        """The name the actor handle knows ``method`` by, once it is sure to be this group's class's."""
+        name = method_name(method)
+        own = getattr(self.cls, name, None)
+        if own is None or getattr(own, "__func__", own) is not getattr(method, "__func__", method):
+            where = getattr(method, "__qualname__", name)
+            raise ActorGroupError(f"{self.role}: '{where}' is not a method of {self.cls.__name__} (the group's "
+                                  f"actor class); pass {self.cls.__name__}.<method>")
+        return name
+
     def submit(self, method: Callable[..., Any], per_rank: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
                ranks: Sequence[int] | None = None) -> list[Any]:
         """Object refs of ``method(*args, **kwargs)`` on ``ranks`` (default all), one per entry of ``per_rank``."""
         ranks = list(range(len(per_rank))) if ranks is None else list(ranks)
-        name = method_name(method)
+        name = self._method_name(method)
         return [getattr(self.actors[r], name).remote(*a, **kw) for r, (a, kw) in zip(ranks, per_rank)]
 
     def all(self, method: Callable[..., Any], *args: Any, timeout_s: float | None = None, **kwargs: Any) -> list[Any]:
@@ -211,8 +242,8 @@ class ActorGroup:
             refs = self.submit(method, per_rank, ranks)
             try:
                 return self.wait(refs, method_name(method), ranks=ranks, timeout_s=timeout_s)
-            except _RankDied as died:
-                self._handle_death(died, method)
+            except RankDied as died:
+                self.recover(died)
 
     def gather(self, method: Callable[..., Any], per_rank: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
                refs: Sequence[Any], ranks: Sequence[int] | None = None, timeout_s: float | None = None) -> list[Any]:
@@ -222,8 +253,8 @@ class ActorGroup:
         while True:
             try:
                 return self.wait(refs, method_name(method), ranks=ranks, timeout_s=timeout_s)
-            except _RankDied as died:
-                self._handle_death(died, method)
+            except RankDied as died:
+                self.recover(died)
             refs = self.submit(method, per_rank, ranks)
 
     def wait(self, refs: Sequence[Any], what: str, ranks: Sequence[int] | None = None,
@@ -231,7 +262,7 @@ class ActorGroup:
         """``ray.get`` of ``refs`` with one deadline (default the group's ``timeout_s``), failing fast.
 
         Raises :class:`GroupTimeout` naming the role, ``what`` and the ranks that did not
-        answer; re-raises a rank's own :class:`~raydprm.errors.RaydprmError` as is; wraps
+        answer; :class:`RankDied` when a rank's process died; re-raises a rank's own :class:`~raydprm.errors.RaydprmError` as is; wraps
         any other rank error in :class:`ActorGroupError` naming the rank."""
         refs = list(refs)
         ranks = list(range(len(refs))) if ranks is None else list(ranks)
@@ -255,7 +286,7 @@ class ActorGroup:
         try:
             return ray.get(ref)
         except ray.exceptions.RayActorError as e:
-            raise _RankDied(rank, what, e) from None
+            raise RankDied(self.role, rank, what, e) from None
         except ray.exceptions.RayTaskError as e:
             cause = getattr(e, "cause", None)
             if isinstance(cause, RaydprmError):  # a clear error from the rank: keep its type and words
@@ -264,7 +295,12 @@ class ActorGroup:
                                   f"{type(cause).__name__ if cause else 'error'}: {cause or e}") from e
 
     # ------------------------------------------------------------------ restarts
-    def _handle_death(self, died: _RankDied, method: Callable[..., Any]) -> None:
+    def recover(self, died: RankDied) -> None:
+        """Restart after ``died`` (from :meth:`wait`): the dead ranks (``on_restart`` brings them up to
+        date), or the whole group (then :class:`GroupRestarted`); :class:`ActorGroupError` when
+        ``max_restarts`` is spent. The caller then submits its call again."""
+        if not isinstance(died, RankDied) or died.role != self.role:
+            raise ActorGroupError(f"{self.role}: recover() takes a RankDied of this group, not {died!r}")
         if self.restarts >= self.max_restarts:
             raise ActorGroupError(f"{self.role}: rank {died.rank} died during '{died.what}' and the restart "
                                   f"budget ({self.max_restarts}) is spent: {died.error}") from None
@@ -272,8 +308,7 @@ class ActorGroup:
         if self.restart_mode == "group":
             log.warning("%s: rank %d died during '%s'; restarting the whole group (%d/%d)", self.role, died.rank,
                         died.what, self.restarts, self.max_restarts)
-            self.shutdown()
-            self.start(self.timeout_s)
+            self._respawn(list(range(self.num_actors)), whole=True)
             if self.on_restart is not None:
                 self.on_restart(self, list(range(self.num_actors)))
             raise GroupRestarted(f"{self.role}: rank {died.rank} died during '{died.what}'; the group restarted "
@@ -281,16 +316,63 @@ class ActorGroup:
         dead = [r for r in range(self.num_actors) if not self._alive(r)] or [died.rank]
         log.warning("%s: rank(s) %s died during '%s'; restarting them (%d/%d)", self.role, dead, died.what,
                     self.restarts, self.max_restarts)
-        for r in dead:
-            try:
-                ray.kill(self.actors[r], no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-            self.actors[r] = self._spawn(r)
-        self.wait([self.actors[r].__ray_ready__.remote() for r in dead], "__init__ (restart)", ranks=dead,
-                  timeout_s=self.timeout_s)
+        self._respawn(dead)
         if self.on_restart is not None:
             self.on_restart(self, dead)
+
+    def _respawn(self, ranks: list[int], whole: bool = False) -> None:
+        """New actors for ``ranks`` (``whole``: the group), constructed within the restart deadline.
+
+        A replacement that dies before its ``__init__`` ran, of a system cause (it was placed on a
+        node that is dying but not yet known dead: a lost node's bundles are rescheduled only once
+        the GCS has marked it dead), is placed again until the deadline; one whose ``__init__``
+        raised is not (that error is the answer)."""
+        deadline = time.monotonic() + self._restart_timeout()
+        while True:
+            if whole:
+                self.shutdown()
+                self.actors = [self._spawn(r) for r in range(self.num_actors)]
+            else:
+                for r in ranks:
+                    try:
+                        ray.kill(self.actors[r], no_restart=True)
+                    except Exception:  # noqa: BLE001 - already gone
+                        pass
+                    self.actors[r] = self._spawn(r)
+            try:
+                self.wait([self.actors[r].__ray_ready__.remote() for r in ranks], "__init__ (restart)", ranks=ranks,
+                          timeout_s=max(1.0, deadline - time.monotonic()))
+                return
+            except GroupTimeout:
+                raise self._unplaceable(ranks) from None
+            except RankDied as again:
+                if getattr(again.error, "actor_init_failed", False):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise self._unplaceable(ranks) from None
+                log.warning("%s: the replacement of rank %d died before it started (%s); placing it again",
+                            self.role, again.rank, type(again.error).__name__)
+                time.sleep(1.0)
+
+    def _restart_timeout(self) -> float:
+        return self.timeout_s if self.timeout_s is not None else self.restart_timeout_s
+
+    def _unplaceable(self, ranks: list[int]) -> ActorGroupError:
+        """The error of a restart that found no room: what each rank needs, what the cluster has left."""
+        need = dict(self._resources) or {"num_cpus": 1}
+        where = (f"bundle(s) {[self.placement.bundle_offset + r for r in ranks]} of its placement group"
+                 if self.placement is not None else "any node")
+        try:
+            alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+            free = {k: round(v, 2) for k, v in sorted(ray.available_resources().items())
+                    if not k.startswith(("node:", "object_store_memory", "bundle_group_", "CPU_group_", "GPU_group_"))
+                    and "_group_" not in k}
+        except Exception:  # noqa: BLE001 - the cluster itself may be going away
+            alive, free = -1, {}
+        return ActorGroupError(f"{self.role}: rank(s) {ranks} could not be restarted within "
+                               f"{self._restart_timeout():g} s: each needs {need} on {where}, and the cluster "
+                               f"({alive} node(s) alive) has {free or 'nothing'} free; add a node with those "
+                               f"resources, then `raydprm run --resume RUN_DIR`")
 
     def _alive(self, rank: int) -> bool:
         ref = self.actors[rank].__ray_ready__.remote()
@@ -301,7 +383,3 @@ class ActorGroup:
             return False
 
 
-class _RankDied(Exception):
-    def __init__(self, rank: int, what: str, error: BaseException) -> None:
-        super().__init__(f"rank {rank} died during {what}")
-        self.rank, self.what, self.error = rank, what, error

@@ -9,6 +9,7 @@ every rank and returns rank 0's answer::
     metrics = group.update(batch)            # RolloutBatch -> {"ppo/policy_loss": ..., ...}
     update = group.publish_weights(v, probe_ids, bucket_mb)   # rank 0 publishes; only refs come back
     group.save(ckpt_dir); group.load(ckpt_dir); group.export_hf(out_dir)
+    group.reset(other_policy, seed=1)        # warm: the same processes become a fresh learner of another policy
     group.shutdown()
 
 The policy's weights never come to the driver: rank 0 puts them into the object store
@@ -59,6 +60,7 @@ class LearnerActor:
             torch.set_num_threads(num_threads)
         self._build, self._args = build, dict(learner_kwargs)
         self._learner = None
+        self._master: tuple[str, int] | None = None  # the rendezvous setup joined (reset builds again on it)
         self._offloaded: set[str] = set()  # parts offload() moved that no call has needed since
         self._nccl: NcclSender | None = None
         self._pending_broadcast: dict[str, Any] | None = None
@@ -71,8 +73,29 @@ class LearnerActor:
 
     def setup(self, master_addr: str, master_port: int) -> int:
         """Join the process group and build the learner (blocks until every rank joined)."""
+        self._master = (master_addr, master_port)
         self._learner = self._build(master_addr=master_addr, master_port=master_port, **self._args)
         return os.getpid()
+
+    def reset(self, overrides: dict[str, Any]) -> int:
+        """Become the learner a fresh rank would be, built with ``overrides`` of its keyword
+        arguments (``policy``, ``seed``, ``ppo``/``align``, ...): model, reference, optimizer,
+        KL controller, step and every RNG are built afresh exactly as :meth:`setup` builds them
+        (which seeds first); only the process and its torch.distributed group stay. Collective
+        under DeepSpeed: every rank calls it. Returns this process's pid."""
+        import gc
+
+        import torch
+
+        if self._master is None:
+            raise RuntimeError("reset() before setup(): this rank has no learner to replace")
+        self._learner, self._pending_broadcast = None, None
+        self._offloaded.clear()
+        gc.collect()  # the old model and optimizer go before the new ones load
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self._args = {**self._args, **overrides}
+        return self.setup(*self._master)
 
     def _use(self, needs: Sequence[str] = ("optimizer", "params")) -> Any:
         """The learner, with what a call ``needs`` back on its device (every call that computes
@@ -167,9 +190,12 @@ class LearnerActor:
 class LearnerGroup:
     """Driver-side handle of ``ppo.num_workers`` :class:`LearnerActor` ranks."""
 
-    def __init__(self, group: ActorGroup) -> None:
+    def __init__(self, group: ActorGroup, spec: dict[str, Any] | None = None) -> None:
         self.group = group
         self.last_checkpoint: str | None = None
+        # {"kw": the learner's keyword arguments, "res": its config section}: what a (re)started rank
+        # builds; reset() changes it, so a rank restarted after a reset builds the reset learner
+        self._spec = spec if spec is not None else {}
 
     @classmethod
     def create(cls, ppo: PPOConfig, policy: str, *, seed: int = 0, dtype: str = "float32",
@@ -198,12 +224,13 @@ class LearnerGroup:
     def _start(cls, build: Callable[..., Any], kw: dict[str, Any], res: Any, placement: Placement | None,
                max_restarts: int, timeout_s: float | None, role: str) -> LearnerGroup:
         threads = max(1, int(res.num_cpus_per_worker))
+        spec = {"kw": dict(kw), "res": res}
         group = ActorGroup(LearnerActor, res.num_workers, role=role,
-                           init=lambda rank: ((build, {**kw, "rank": rank}, threads), {}),
+                           init=lambda rank: ((build, {**spec["kw"], "rank": rank}, threads), {}),
                            resources={"num_cpus": res.num_cpus_per_worker, "num_gpus": res.num_gpus_per_worker},
                            placement=placement, max_restarts=max_restarts, restart="group",
                            timeout_s=timeout_s or res.dist_timeout_s)
-        learner = cls(group)
+        learner = cls(group, spec)
         group.on_restart = learner._rejoin
         group.start()
         try:
@@ -223,6 +250,32 @@ class LearnerGroup:
         self._rendezvous()
         if self.last_checkpoint is not None:
             self.group.all(LearnerActor.load, self.last_checkpoint)
+
+    def reset(self, policy: str, *, seed: int, **overrides: Any) -> list[int]:
+        """Warm reuse: every rank becomes, in its own process, the learner that :meth:`create` (or
+        :meth:`create_aligner`) would start on ``policy`` with ``seed`` and ``overrides`` of the
+        other arguments (``ppo=``/``align=`` a config with the same workers and resources, ``dtype=``):
+        fresh policy, reference, optimizer, KL controller, step 0 and seeded RNGs, bit for bit.
+        The last checkpoint is forgotten and a rank restarted from now on builds the reset learner.
+        Returns the ranks' pids (unchanged: no process is started)."""
+        from raydprm.errors import RaydprmError
+
+        if "kw" not in self._spec:
+            raise RaydprmError("only a learner group started by LearnerGroup.create/create_aligner can be reset")
+        section = "ppo" if "ppo" in self._spec.get("kw", {}) else "align"
+        res = overrides.get(section)
+        if res is not None:
+            old = self._spec["res"]
+            keep = ("num_workers", "num_cpus_per_worker", "num_gpus_per_worker")
+            if any(getattr(res, k) != getattr(old, k) for k in keep):
+                raise RaydprmError(f"a learner group resets only to the same {section}.num_workers/num_cpus_per_worker/"
+                                   f"num_gpus_per_worker ({', '.join(str(getattr(old, k)) for k in keep)}); "
+                                   f"another shape needs a new group")
+            self._spec["res"] = res
+        kw = {"policy": policy, "seed": seed, **overrides}
+        self._spec["kw"] = {**self._spec["kw"], **kw}
+        self.last_checkpoint = None
+        return self.group.all(LearnerActor.reset, kw)
 
     @property
     def world_size(self) -> int:

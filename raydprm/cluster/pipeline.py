@@ -53,12 +53,21 @@ from raydprm.cluster.drift import Drift
 from raydprm.cluster.group import GroupRestarted, Placement
 from raydprm.cluster.placement import RolePlacements
 from raydprm.cluster.run_plan import Arm, arms, eval_sampling, required_resources
-from raydprm.cluster.run_state import RunState, dir_digest, write_json
+from raydprm.cluster.run_state import (
+    CheckpointDamaged,
+    DamagedFile,
+    RunState,
+    dir_digest,
+    read_json,
+    verify_checkpoint,
+    write_json,
+    write_manifest,
+)
 from raydprm.cluster.runtime import connect
 from raydprm.cluster.stage_keys import check_key_version, key_of
-from raydprm.cluster.step_log import StepLog, TensorBoardLog
+from raydprm.cluster.step_log import StepLog
 from raydprm.config import Config, save_config
-from raydprm.errors import RaydprmError
+from raydprm.errors import DiskFull, RaydprmError, disk_full, is_disk_full
 
 __all__ = ["Pipeline"]
 
@@ -138,6 +147,9 @@ class Pipeline:
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         check_key_version(self.run_dir)  # a run keyed by an older scheme is refused before any file
+        from raydprm.cluster.tracking import check_installed
+
+        check_installed(cfg.run.loggers)  # a tracker's missing package, before any work
         runtime = connect(cfg.ray, required_resources(cfg), what="raydprm run")  # pre-flight before any file
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir)
@@ -192,7 +204,13 @@ class Pipeline:
         self._stage_name, self.last_record = name, {}  # a restart event names this stage and its PPO step
         self._say(f"{name}: running")
         t0 = self._stage_t0 = time.time()
-        outputs = body()
+        try:
+            outputs = body()
+        except Exception as e:  # a full disk deep inside a task or an actor: name the stage's directory
+            if is_disk_full(e) and not isinstance(e, DiskFull):
+                raise disk_full(self.run_dir / name, f"the outputs of stage {name} (never trusted without its "
+                                f"record: `--resume` redoes them)") from None
+            raise
         self._release_placement()  # the stage's actors are gone: the next stage places what it uses
         rec = self.state.complete(name, key, inputs=inputs, config=config, outputs=outputs, started=t0)
         self._say(f"{name}: done in {rec['seconds']:.1f} s")
@@ -359,9 +377,12 @@ class Pipeline:
         return {"policy": self._rel(policy), "digest": dir_digest(policy), "history": history, "steps": step}
 
     def metrics_log(self, arm: Arm) -> StepLog:
-        """Where a training stage's step records go (TensorBoard under ``tb/<prefix>``); an experiment
-        tracker plugs in here with the same two calls."""
-        return TensorBoardLog(self.run_dir / "tb" / arm.prefix)
+        """Where a training stage's step records go: the loggers of ``run.loggers`` (TensorBoard under
+        ``tb/<prefix>``, MLflow, W&B: :mod:`raydprm.cluster.tracking`), with the policy's resolved config
+        as params, every metric under the names TensorBoard shows."""
+        from raydprm.cluster.tracking import open_trackers
+
+        return open_trackers(arm.cfg.run, self.run_dir, arm.prefix, params=arm.cfg.to_dict())
 
     def _evaluate(self, sft_dir: str, trained: list[tuple[Arm, dict[str, Any]]]) -> dict[str, Any]:
         """Every policy samples the held-out prompts under ``pipeline.eval_seeds`` sampling seeds
@@ -474,31 +495,64 @@ class Pipeline:
 
     def save_checkpoint(self, key: str, step: int, history: list[dict[str, Any]]) -> None:
         """Learner state (policy, critic, optimizer, KL controller, RNG) + the driver's position, under the
-        training stage of the policy being trained (``<prefix>ppo/ckpt`` or ``<prefix>align/ckpt``); keep the
-        newest. state.json's ``ppo`` entry names the last one with its stage key, so a checkpoint of another
-        stage or configuration never matches."""
+        training stage of the policy being trained (``<prefix>ppo/ckpt`` or ``<prefix>align/ckpt``), then its
+        manifest (every file's xxh3 digest) last; keep the newest. state.json's ``ppo`` entry names the last
+        one; progress.json holds the stage key, so a checkpoint of another stage or configuration never
+        matches. A save that fails (a full disk: one line naming the directory) leaves no directory behind."""
         ckpt_root = self.run_dir / self.arm.stage(self.arm.kind) / "ckpt"
         d = ckpt_root / f"step_{step:06d}"
-        self.learner.save(d)
-        write_json(d / "progress.json", {"key": key, "step": step, "history": history}
-                   | ({"drift": self.drift.save(d)} if self.drift is not None else {}))
+        shutil.rmtree(d, ignore_errors=True)  # a save of this step that never finished (or a damaged one)
+        try:
+            self.learner.save(d)
+            write_json(d / "progress.json", {"key": key, "step": step, "history": history}
+                       | ({"drift": self.drift.save(d)} if self.drift is not None else {}),
+                       what="a checkpoint's progress")
+            write_manifest(d)  # last: its presence says the checkpoint is complete
+        except BaseException as e:
+            shutil.rmtree(d, ignore_errors=True)
+            if is_disk_full(e):
+                raise disk_full(d, f"the checkpoint of step {step}") from None
+            raise
         self.state.set_ppo(step, str(d.relative_to(self.run_dir)), key)
         for old in sorted(ckpt_root.glob("step_*"))[:-self.cfg.pipeline.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, key: str) -> tuple[int, list[dict[str, Any]]]:
-        """Restore the last checkpoint of this training stage (same key) into the learner and the
-        generators; (0, []) when there is none."""
+        """Restore the newest intact checkpoint of this training stage (same key) into the learner and the
+        generators; (0, []) when there is none. A damaged one (its manifest's digests disagree, a file or the
+        manifest is missing, progress.json is garbled) is reported in one line and the previous one is tried."""
         ppo = self.state.data.get("ppo", {})
-        if ppo.get("key") != key or not ppo.get("checkpoint"):
-            if self.drift is not None:
-                self.drift.restore(None)
-            return 0, []
-        return self._load_dir(self.run_dir / ppo["checkpoint"])
+        named = [self.run_dir / ppo["checkpoint"]] if ppo.get("key") == key and ppo.get("checkpoint") else []
+        root = self.run_dir / self.arm.stage(self.arm.kind) / "ckpt"
+        damaged = False
+        for d in dict.fromkeys(named + sorted(root.glob("step_*"), reverse=True)):
+            try:
+                verify_checkpoint(d)
+                progress = read_json(d / "progress.json", what="a checkpoint's progress", way_out="")
+                if progress.get("key") != key:  # another configuration's: never resumed from
+                    continue
+                if not isinstance(progress.get("step"), int) or not isinstance(progress.get("history"), list):
+                    raise DamagedFile(f"'{d / 'progress.json'}' (a checkpoint's progress) has no step or history")
+            except (CheckpointDamaged, DamagedFile) as e:
+                damaged = True
+                msg = str(e).rstrip("; ")
+                self._say(f"  {msg}; trying the previous checkpoint")
+                log.warning("%s; trying the previous checkpoint", msg)
+                continue
+            return self._load_dir(d, progress)
+        if damaged:
+            self._say(f"  no intact checkpoint of {self.arm.stage(self.arm.kind)} left: it starts from step 0")
+        if self.drift is not None:
+            self.drift.restore(None)
+        return 0, []
 
-    def _load_dir(self, d: Path) -> tuple[int, list[dict[str, Any]]]:
-        """Learner state and (step, history) of one checkpoint directory (save_checkpoint's layout)."""
-        progress = json.loads((d / "progress.json").read_text())
+    def _load_dir(self, d: Path, progress: dict[str, Any] | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """Learner state and (step, history) of one checkpoint directory (save_checkpoint's layout),
+        verified against its manifest first."""
+        if progress is None:
+            verify_checkpoint(d)
+            progress = read_json(d / "progress.json", what="a checkpoint's progress",
+                                 way_out="start from another checkpoint")
         self.learner.load(d)
         if self.loop is not None:
             self.loop.publish()  # the generators take the checkpoint's policy

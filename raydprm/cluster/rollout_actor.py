@@ -146,10 +146,11 @@ class RolloutGenerator:
         theirs = ray.get(list(policy_rows))
         return [float(kl_from_logits(torch.tensor(p), torch.tensor(q)).sum()) for p, q in zip(theirs, mine)]
 
-    def load_checkpoint(self, model_dir: str) -> int:
+    def load_checkpoint(self, model_dir: str, version: int | None = None) -> int:
         """Load the weights of an HF directory written by ``export_hf`` (same architecture) from
-        disk into the engine, in this process (they never pass through the driver). Returns the
-        number of tensors loaded."""
+        disk into the engine, in this process (they never pass through the driver). ``version``:
+        the engine's ``weight_version`` from now on (0: as an engine started on that directory;
+        None keeps it). Returns the number of tensors loaded."""
         from pathlib import Path
 
         from safetensors.torch import load_file
@@ -159,6 +160,8 @@ class RolloutGenerator:
             raise RolloutError(f"'{model_dir}' holds no *.safetensors weights to load")
         n = self.engine.load_weights([item for f in files for item in load_file(str(f)).items()])
         self.weights_dir = str(model_dir)
+        if version is not None:
+            self.engine.weight_version = version
         return n
 
     def receive_weights(self, update: WeightUpdate, tolerance: float, timeout_s: float,
@@ -358,18 +361,24 @@ class RolloutPool:
             r.transport = self.cfg.weight_sync
         return reports
 
-    def load_checkpoint(self, model_dir: str | os.PathLike[str], timeout_s: float | None = None) -> None:
+    def load_checkpoint(self, model_dir: str | os.PathLike[str], timeout_s: float | None = None,
+                        version: int | None = None) -> None:
         """Every replica loads another policy of the same architecture from an HF directory (e.g.
         each trained policy in turn for evaluation, without starting new actors); a restarted
-        replica loads it again."""
-        self.group.all(RolloutGenerator.load_checkpoint, str(model_dir), timeout_s=timeout_s)
+        replica loads it again. ``version=0``: the pool and its engines start counting weight
+        versions again, as a pool started on ``model_dir`` (warm reuse for another training run,
+        whose first sync is version 1); None keeps the current version."""
+        self.group.all(RolloutGenerator.load_checkpoint, str(model_dir), version, timeout_s=timeout_s)
         self._last_update, self._checkpoint = None, str(model_dir)
+        if version is not None:
+            self.version = version
 
     def _catch_up(self, group: ActorGroup, ranks: list[int]) -> None:
         """A restarted replica starts from the initial weights: give it the last verified update
         (or the checkpoint the pool last loaded)."""
         if self._checkpoint is not None and self._last_update is None:
-            group.each(RolloutGenerator.load_checkpoint, [((self._checkpoint,), {})] * len(ranks), ranks=ranks)
+            group.each(RolloutGenerator.load_checkpoint, [((self._checkpoint, self.version), {})] * len(ranks),
+                       ranks=ranks)
         elif self.cfg.weight_sync == "nccl":
             self.nccl_ready = False  # the broadcast group must be formed again, with the new replica
         elif self._last_update is not None:

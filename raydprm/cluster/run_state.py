@@ -9,12 +9,19 @@ Each stage ``S`` writes ``<run_dir>/<S>/record.json`` when it finishes::
 upstream stages' keys and output digests), so a changed config key or a redone upstream
 stage changes every downstream key. A stage whose record has the same key is not redone.
 ``<run_dir>/state.json`` is the summary: which stages are done, the PPO step of the last
-checkpoint, restarts per role; every write is atomic (tmp + rename), so a SIGKILL leaves
-the previous version.
+checkpoint, restarts per role. Every JSON file is written atomically (a temp file in the same
+directory, fsync, rename, fsync of the directory), so a SIGKILL or a power cut leaves the
+previous version; a file damaged anyway (a bad disk, a hand edit) is refused in one line
+naming it and the way out (:class:`DamagedFile`), never read as something else.
+
+A PPO/align checkpoint directory is complete when its ``manifest.json`` is there: written
+last, it lists every file's size and xxh3_128 digest (the digest weight sync uses), and
+:func:`verify_checkpoint` checks them before a checkpoint is loaded.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -24,9 +31,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from raydprm.errors import RaydprmError
+from raydprm.errors import RaydprmError, disk_full
 
-__all__ = ["RunState", "RunDirNotEmpty", "stage_key", "dir_digest", "write_json", "copy_stages"]
+__all__ = ["RunState", "RunDirNotEmpty", "DamagedFile", "CheckpointDamaged", "stage_key", "dir_digest", "write_json",
+           "read_json", "write_manifest", "verify_checkpoint", "copy_stages", "MANIFEST"]
+
+MANIFEST = "manifest.json"
 
 STAGES = ("sft", "collect", "reward", "ppo", "evaluate")
 
@@ -35,11 +45,118 @@ class RunDirNotEmpty(RaydprmError):
     """A fresh run was pointed at a directory that already holds a run."""
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+class DamagedFile(RaydprmError):
+    """A file of the run directory cannot be read back (truncated, empty, garbled)."""
+
+
+class CheckpointDamaged(RaydprmError):
+    """A checkpoint directory is incomplete or its files do not match its manifest."""
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # a platform without directory fds: the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, what: str = "a file") -> None:
+    """``path`` holds ``data`` or its previous content, never a part: a temp file in the same
+    directory, fsync, rename, fsync of the directory. A full disk is :class:`~raydprm.errors.DiskFull`
+    naming ``path`` and ``what``, with the temp file removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(path, what) from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_json(path: Path, data: Any, *, what: str = "a JSON file") -> None:
+    """``data`` as JSON in ``path``, atomically (:func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, json.dumps(data, indent=1, default=str).encode(), what=what)
+
+
+def read_json(path: Path, *, what: str, way_out: str) -> Any:
+    """The JSON object in ``path``; a file that is not one is :class:`DamagedFile` naming ``path``,
+    ``what`` it is and ``way_out``."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        reason = "empty" if Path(path).stat().st_size == 0 else f"not JSON: {type(e).__name__}: {e}"
+        raise DamagedFile(f"'{path}' ({what}) is damaged ({reason}); {way_out}") from None
+    if not isinstance(data, dict):
+        raise DamagedFile(f"'{path}' ({what}) is damaged (a JSON {type(data).__name__}, not an object); {way_out}")
+    return data
+
+
+def _file_digest(path: Path) -> str:
+    from raydprm.rollout.sync import DIGEST_ALGO, _hasher
+
+    h = _hasher(DIGEST_ALGO)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(ckpt_dir: str | os.PathLike[str]) -> Path:
+    """Write ``ckpt_dir/manifest.json`` (every file's size and digest), last: its presence marks the
+    checkpoint complete."""
+    from raydprm.rollout.sync import DIGEST_ALGO
+
+    d = Path(ckpt_dir)
+    files = {str(f.relative_to(d)): {"size": f.stat().st_size, "digest": _file_digest(f)}
+             for f in sorted(p for p in d.rglob("*") if p.is_file() and p.name != MANIFEST)}
+    write_json(d / MANIFEST, {"algo": DIGEST_ALGO, "files": files}, what="a checkpoint's manifest")
+    return d / MANIFEST
+
+
+def verify_checkpoint(ckpt_dir: str | os.PathLike[str]) -> None:
+    """Raise :class:`CheckpointDamaged` naming the first file of ``ckpt_dir`` that is missing,
+    has another size or another digest than its manifest says (or the missing manifest itself:
+    a save that never finished)."""
+    from raydprm.rollout.sync import _hasher
+
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        raise CheckpointDamaged(f"checkpoint '{d}' is missing")
+    if not (d / MANIFEST).is_file():
+        raise CheckpointDamaged(f"checkpoint '{d}' is incomplete (no {MANIFEST}: its save never finished)")
+    try:
+        man = read_json(d / MANIFEST, what="a checkpoint's manifest", way_out="the checkpoint cannot be trusted")
+        algo, files = man["algo"], dict(man["files"])
+        _hasher(algo)
+    except (DamagedFile, KeyError, TypeError, ValueError, RaydprmError) as e:
+        raise CheckpointDamaged(f"checkpoint '{d}' has a damaged {MANIFEST} ({e})") from None
+    for rel, want in sorted(files.items()):
+        f = d / rel
+        if not f.is_file():
+            raise CheckpointDamaged(f"checkpoint '{d}': '{rel}' is missing")
+        if f.stat().st_size != want.get("size"):
+            raise CheckpointDamaged(f"checkpoint '{d}': '{rel}' has {f.stat().st_size} bytes, "
+                                    f"its manifest says {want.get('size')}")
+        h = _hasher(algo)
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        if h.hexdigest() != want.get("digest"):
+            raise CheckpointDamaged(f"checkpoint '{d}': '{rel}' does not match its {algo} digest (damaged on disk)")
 
 
 def _digest(obj: Any) -> str:
@@ -75,8 +192,15 @@ class RunState:
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir = Path(run_dir)
         p = self.run_dir / "state.json"
-        self.data: dict[str, Any] = json.loads(p.read_text()) if p.is_file() else {
-            "stages": {}, "ppo": {"step": 0, "checkpoint": None}, "restarts": {}}
+        self.data: dict[str, Any] = {"stages": {}, "ppo": {"step": 0, "checkpoint": None}, "restarts": {}}
+        if p.is_file():
+            self.data = read_json(p, what="the run's state", way_out=(
+                f"remove it and resume with `raydprm run --resume {self.run_dir}` (the stage records say what is "
+                "done; PPO continues from its newest intact checkpoint)"))
+            for k, default in (("stages", {}), ("ppo", {"step": 0, "checkpoint": None}), ("restarts", {})):
+                if not isinstance(self.data.setdefault(k, default), dict):
+                    raise DamagedFile(f"'{p}' (the run's state) is damaged ('{k}' is not an object); remove it and "
+                                      f"resume with `raydprm run --resume {self.run_dir}`")
 
     @staticmethod
     def check_fresh(run_dir: Path) -> None:
@@ -87,7 +211,14 @@ class RunState:
 
     def record(self, stage: str) -> dict[str, Any] | None:
         p = self.run_dir / stage / "record.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        if not p.is_file():
+            return None
+        rec = read_json(p, what=f"the record of stage {stage}", way_out=(
+            f"remove it and `raydprm run --resume {self.run_dir}` redoes that stage"))
+        if not isinstance(rec.get("outputs"), dict) or "key" not in rec:
+            raise DamagedFile(f"'{p}' (the record of stage {stage}) is damaged (no key or outputs); remove it and "
+                              f"`raydprm run --resume {self.run_dir}` redoes that stage")
+        return rec
 
     def done(self, stage: str, key: str) -> bool:
         """The stage completed with exactly this key (same config keys and inputs)."""
@@ -98,7 +229,7 @@ class RunState:
                  outputs: Mapping[str, Any], started: float) -> dict[str, Any]:
         rec = {"stage": stage, "key": key, "inputs": dict(inputs), "config": dict(config), "outputs": dict(outputs),
                "started": started, "seconds": time.time() - started}
-        write_json(self.run_dir / stage / "record.json", rec)
+        write_json(self.run_dir / stage / "record.json", rec, what=f"the record of stage {stage}")
         self.data["stages"][stage] = {"done": True, "key": key, "seconds": rec["seconds"]}
         self.save()
         return rec
@@ -121,7 +252,7 @@ class RunState:
 
     def save(self) -> None:
         self.data["updated"] = time.time()
-        write_json(self.run_dir / "state.json", self.data)
+        write_json(self.run_dir / "state.json", self.data, what="the run's state")
 
 
 def copy_stages(src: str | os.PathLike[str], dst: str | os.PathLike[str], stages: tuple[str, ...]) -> list[str]:

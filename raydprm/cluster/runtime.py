@@ -13,9 +13,11 @@ Where it attaches:
   the offline/cache variables (``HF_*``, ``RAYDPRM_*``, ...) so remote workers see them.
 - otherwise start a local instance sized to what the run reserves (a 2-core laptop runs
   the embedded default oversubscribed instead of waiting for CPUs forever), and own it:
-  it is shut down on exit, on SIGTERM and on SIGINT; what a SIGKILLed owner left behind
-  (the dashboard and runtime-env agents ignore SIGTERM) is found and ended by the next
-  command that starts a local instance.
+  it is shut down on exit, on SIGTERM and on SIGINT, with every process of its session
+  (the dashboard and runtime-env agents ignore SIGTERM and would outlive the raylet by a
+  minute); a signal during Ray's own start-up ends the processes that start-up began (this
+  process's new descendants); what a SIGKILLed owner left behind is found and ended by the
+  next command that starts a local instance.
 
 Pre-flight (:func:`preflight`): the CPUs, GPUs and memory a run will reserve are compared
 with the cluster's; on a cluster the autoscaler is asked once
@@ -40,7 +42,7 @@ from typing import Any
 
 import ray
 
-from raydprm.errors import RaydprmError
+from raydprm.errors import RaydprmError, Terminated, note_signal, on_signal
 
 __all__ = ["Resources", "RayRuntime", "connect", "preflight", "in_ray_job", "InsufficientResources",
            "cleanup_stale_local_ray", "end_processes_naming"]
@@ -83,6 +85,7 @@ class RayRuntime:
     address: str | None
     in_job: bool
     autoscaler_requested: bool = False
+    session_dir: str | None = None  # the owned instance's session directory (its processes name it)
     _old_handlers: dict[int, Any] = field(default_factory=dict, repr=False)
 
     def close(self) -> None:
@@ -100,6 +103,8 @@ class RayRuntime:
         self._old_handlers.clear()
         if self.started and ray.is_initialized():
             ray.shutdown()
+            if self.session_dir:  # the agents ignore SIGTERM: end what outlived the raylet
+                end_processes_naming(self.session_dir, timeout_s=5.0)
             _forget_local(os.getpid())
         self.started = False
 
@@ -184,9 +189,41 @@ def end_processes_naming(marker: str, timeout_s: float = 10.0) -> list[int]:
     return killed
 
 
-def _raise_on_sigterm(signum: int, frame: Any) -> None:
-    # SystemExit unwinds through every `finally`, so actors, Serve and Ray are shut down
-    raise SystemExit(128 + signum)
+def _descendants() -> list[Any]:
+    import psutil
+
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _init(**kwargs: Any) -> None:
+    """``ray.init``; a signal (or any error) during its start-up ends the
+    processes it began (the raylet's agents are found while the raylet still holds them) and
+    unwinds as :class:`~raydprm.errors.Terminated` (Ray's own start-up handler turns SIGTERM into
+    ``SystemExit(15)``)."""
+    import psutil
+
+    before = {p.pid for p in _descendants()}
+    try:
+        ray.init(**kwargs)
+    except BaseException as e:
+        began = [p for p in _descendants() if p.pid not in before]
+        try:
+            ray.shutdown()
+        except BaseException as e2:  # noqa: BLE001 - ending what is left matters more
+            log.debug("ray.shutdown after a failed start: %s", e2)
+        for p in began:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(began, timeout=10)
+        if isinstance(e, SystemExit) and e.code == signal.SIGTERM:  # Ray's handler: sys.exit(signum)
+            note_signal(signal.SIGTERM)
+            raise Terminated(signal.SIGTERM) from None
+        raise
 
 
 def connect(ray_cfg: Any, need: Resources | None = None, what: str = "raydprm",
@@ -197,6 +234,7 @@ def connect(ray_cfg: Any, need: Resources | None = None, what: str = "raydprm",
     Already inside an initialised Ray (a Tune trial, a test fixture): attaches to nothing,
     starts nothing, and owns nothing."""
     need = need or Resources()
+    before = signal.getsignal(signal.SIGTERM)  # ray.init replaces it; close() puts this one back
     if ray.is_initialized():
         rt = RayRuntime(started=False, address=None, in_job=in_ray_job())
     else:
@@ -206,21 +244,24 @@ def connect(ray_cfg: Any, need: Resources | None = None, what: str = "raydprm",
         if address or job:
             env = None if job else {"env_vars": _forwarded_env()}
             try:
-                ray.init(address=address or "auto", namespace=namespace, runtime_env=env, log_to_driver=job)
+                _init(address=address or "auto", namespace=namespace, runtime_env=env, log_to_driver=job)
             except ConnectionError as e:
                 raise RaydprmError(f"cannot reach the Ray cluster at {address or 'auto'}: {e}") from None
             rt = RayRuntime(started=False, address=address, in_job=job)
         else:
             cleanup_stale_local_ray()
             n = local_num_cpus or getattr(ray_cfg, "num_cpus", 0) or max(os.cpu_count() or 1, math.ceil(need.cpu))
-            ray.init(num_cpus=n, namespace=namespace, include_dashboard=False, log_to_driver=False)
+            _init(num_cpus=n, namespace=namespace, include_dashboard=False, log_to_driver=False)
             rt = RayRuntime(started=True, address=None, in_job=False)
             try:
-                _remember_local(ray._private.worker._global_node.session_name)
+                node = ray._private.worker._global_node
+                rt.session_dir = node.get_session_dir_path()
+                _remember_local(node.session_name)
             except Exception as e:  # noqa: BLE001 - bookkeeping only
                 log.debug("could not record the local Ray session: %s", e)
-        try:  # SIGTERM unwinds like Ctrl-C, so Serve, actors and an owned Ray shut down
-            rt._old_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+        try:  # SIGTERM unwinds like Ctrl-C (ray.init replaced the handler), so Serve, actors and Ray shut down
+            signal.signal(signal.SIGTERM, on_signal)
+            rt._old_handlers[signal.SIGTERM] = before if before is not None else signal.SIG_DFL
         except ValueError:  # not the main thread: the caller owns signal handling
             pass
     try:

@@ -167,6 +167,21 @@ class RewardDeployment:
             raise Unavailable(f"the preference store actor '{self._store_name}' is not reachable") from None
         return {"accepted": int(out.get("added", 0)), "duplicates": int(out.get("duplicates", 0))}
 
+    async def store_health(self) -> str | None:
+        """None while the store actor answers (or none is attached), else why /healthz is not ok."""
+        import ray
+
+        if not self._store_name:
+            return None
+        try:
+            await asyncio.wait_for(self._store_handle().__ray_ready__.remote(), timeout=5.0)
+        except Unavailable as e:
+            return str(e)
+        except (ray.exceptions.RayActorError, asyncio.TimeoutError):
+            self._store = None  # look it up again next time: it may be restarted
+            return f"the preference store actor '{self._store_name}' is not reachable"
+        return None
+
     # --- the ASGI app, built on the replica after __init__ -----------------------------------
     def __serve_build_asgi_app__(self):
         from raydprm.serve.http import build_http_app
@@ -175,7 +190,7 @@ class RewardDeployment:
                              self._model_name, self.score, self.add_votes if self._store_name else None,
                              token_sha256=self._digest, max_body_bytes=max_body_bytes(self._serve_cfg),
                              max_json_depth=self._serve_cfg.max_json_depth,
-                             max_int_digits=self._serve_cfg.max_int_digits)
+                             max_int_digits=self._serve_cfg.max_int_digits, health_fn=self.store_health)
         return app
 
 

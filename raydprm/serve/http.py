@@ -251,13 +251,15 @@ def _error(status: int, errors: list[dict[str, str]], headers: dict[str, str] | 
 
 def build_http_app(schemas: Schemas, label_names: Sequence[str], rewards: Sequence[float], scalar: str,
                    model_name: str, score_fn: ScoreFn, votes_fn: VotesFn | None, token_sha256: str,
-                   max_body_bytes: int = 64 << 20, max_json_depth: int = 16, max_int_digits: int = 32) -> FastAPI:
+                   max_body_bytes: int = 64 << 20, max_json_depth: int = 16, max_int_digits: int = 32,
+                   health_fn: Callable[[], Awaitable[str | None]] | None = None) -> FastAPI:
     """The FastAPI app. ``score_fn`` maps [(prompt, response)] to per-item result dicts;
     ``votes_fn`` ingests validated votes (None: the store is not attached -> 503);
     ``token_sha256``: digest of the bearer token of /votes (see :func:`token_digest`; ''
     = no token configured -> every /votes is 401); ``max_body_bytes``: larger bodies
     are refused with 413 without reading past the limit; ``max_json_depth`` and
-    ``max_int_digits`` bound the JSON parser (400 beyond)."""
+    ``max_int_digits`` bound the JSON parser (400 beyond); ``health_fn`` says what is broken
+    (the store actor died: /healthz answers 503 naming it) or None."""
     app = FastAPI(title="raydprm reward service", version="1")
     app.add_middleware(CatchAll)
     ScoreRequest, VotesRequest = schemas.ScoreRequest, schemas.VotesRequest
@@ -287,8 +289,12 @@ def build_http_app(schemas: Schemas, label_names: Sequence[str], rewards: Sequen
     async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:
         return _error(503, [{"field": "server", "message": str(exc)}])
 
-    @app.get("/healthz", response_model=HealthResponse)
-    async def healthz() -> HealthResponse:
+    @app.get("/healthz", response_model=HealthResponse, responses={503: {"description": "a dependency is down"}})
+    async def healthz():
+        problem = await health_fn() if health_fn is not None else None
+        if problem:  # a load balancer must stop sending votes here: not "ok"
+            return JSONResponse(status_code=503, content={"status": "unavailable", "model": model_name,
+                                                          "labels": len(label_names), "error": problem})
         return HealthResponse(status="ok", model=model_name, labels=len(label_names))
 
     @app.get("/labels", response_model=LabelsResponse)

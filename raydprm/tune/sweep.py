@@ -58,7 +58,7 @@ from ray import tune
 from raydprm.cluster.group import Placement
 from raydprm.cluster.pipeline import Pipeline
 from raydprm.cluster.run_plan import bundle_layout
-from raydprm.cluster.run_state import copy_stages, write_json
+from raydprm.cluster.run_state import MANIFEST, copy_stages, verify_checkpoint, write_json, write_manifest
 from raydprm.cluster.runtime import InsufficientResources, Resources, connect
 from raydprm.config import Config, save_config
 from raydprm.errors import RaydprmError
@@ -253,17 +253,69 @@ def _unpack(ckpt: Any, run_dir: Path, cfg: Config) -> Path:
     d = run_dir / "ppo" / "start"
     shutil.rmtree(d, ignore_errors=True)
     ckpt.to_directory(str(d))
+    manifest = (d / MANIFEST).is_file()
+    if manifest:  # what Tune hands back is what the trial saved (a checkpoint saved before manifests has none)
+        verify_checkpoint(d)
     meta = json.loads((d / "trial.json").read_text())
-    if meta.get("ppo.beta") != cfg.ppo.beta:
+    edited = meta.get("ppo.beta") != cfg.ppo.beta
+    if edited:
         state = d / "learner_state.json"
         learner = json.loads(state.read_text())
         learner["kl_coef"] = cfg.ppo.beta
         state.write_text(json.dumps(learner, indent=1))
+    if edited or not manifest:
+        write_manifest(d)  # the checkpoint the pipeline verifies is this trial's own
     progress = json.loads((d / "progress.json").read_text())
     with open(run_dir / "restores.jsonl", "a") as fh:  # a trial's history of restores (PBT clones included)
         fh.write(json.dumps({"from_trial": meta.get("trial_id"), "step": progress["step"],
                              "from_beta": meta.get("ppo.beta"), "beta": cfg.ppo.beta, "time": time.time()}) + "\n")
     return d
+
+
+class TrackingCallback(tune.Callback):
+    """``run.loggers`` other than TensorBoard for a sweep: one tracker run per trial, opened on the
+    driver (so a trial paused, restored or cloned by PBT stays one run), with the trial's resolved
+    config as params and every result Tune receives (the PPO step's metrics, under TensorBoard's
+    names) at its step. Each trial's pipeline still writes its own TensorBoard logs."""
+
+    def __init__(self, config_of: Any, runs_dir: str | Path, loggers: tuple[str, ...]) -> None:
+        self.config_of, self.runs_dir, self.loggers = config_of, Path(runs_dir), loggers
+        self.open: dict[str, Any] = {}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        from dataclasses import replace
+
+        from raydprm.cluster.tracking import open_trackers
+
+        if trial.trial_id in self.open:
+            return
+        cfg = self.config_of(dict(trial.config), trial.trial_id)
+        run_cfg = replace(cfg.run, loggers=self.loggers)
+        self.open[trial.trial_id] = open_trackers(run_cfg, self.runs_dir / trial.trial_id, params=cfg.to_dict())
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        t = self.open.get(trial.trial_id)
+        if t is None:
+            return
+        step = int(result.get("step") or result.get("training_iteration") or 0)
+        t.log_metrics({k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))
+                       and not isinstance(v, bool)}, step)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        t = self.open.pop(trial.trial_id, None)
+        if t is not None:
+            t.close()
+
+    on_trial_error = on_trial_complete
+
+
+def _tracking_callbacks(setup: _Setup) -> list[Any]:
+    loggers = tuple(x for x in setup.base.run.loggers if x != "tensorboard")
+    if not loggers:
+        return []
+    runs = Path(setup.sweep_dir) / "runs"
+    return [TrackingCallback(lambda labels, tid: trial_config(setup.base, setup.space, labels, runs, tid), runs,
+                             loggers)]
 
 
 def pipeline_trial(config: dict[str, Any], setup: _Setup) -> None:
@@ -287,7 +339,8 @@ def pipeline_trial(config: dict[str, Any], setup: _Setup) -> None:
     pg = get_current_placement_group()
     _, offsets = bundle_layout(cfg)
     placement = {role: Placement(pg, off) for role, off in offsets.items() if role != "driver"} if pg else {}
-    reporter = _Reporter(cfg, run_dir, trial_id)
+    cfg = cfg.override(["run.loggers=[tensorboard]" if "tensorboard" in cfg.run.loggers else "run.loggers=[]"])
+    reporter = _Reporter(cfg, run_dir, trial_id)  # (the driver's TrackingCallback logs to mlflow/wandb)
     out = Pipeline(cfg, run_dir, progress=False, on_step=reporter.on_step, placement=placement, ppo_start=start,
                    until=setup.until).fit()
     tune.report(reporter.final(out))
@@ -425,7 +478,8 @@ def run_sweep(space: SweepSpace, base: Config, sweep_dir: str | Path, *, resume:
                                           # PBT clones from other trials' checkpoints: keep a few more
                                           checkpoint_config=tune.CheckpointConfig(
                                               num_to_keep=4 if space.scheduler.type == "pbt" else 2),
-                                          failure_config=tune.FailureConfig(max_failures=0)))
+                                          failure_config=tune.FailureConfig(max_failures=0),
+                                          callbacks=_tracking_callbacks(setup)))
         grid = tuner.fit()
         try:  # Tune's own trial states tell a scheduler's stop from an interruption
             states = {t.trial_id: t.status for t in grid._experiment_analysis.trials}

@@ -101,12 +101,13 @@ def test_group_with_a_missing_model_fails_fast(ray_local, tiny_kit, tmp_path):
 
 def test_dead_rank_restarts_the_whole_group_from_its_checkpoint(ray_local, tiny_kit, tmp_path):
     """Ranks share a process group, so one dead rank restarts every rank: the group
-    rejoins, loads the last checkpoint, and tells the caller to redo the work since."""
+    rejoins, loads the last checkpoint, and tells the caller to redo the work since. A reset
+    group (warm reuse) keeps its processes, and a restart after it builds the reset learner."""
     from raydprm.cluster.group import GroupRestarted
     from raydprm.cluster.learner_group import LearnerActor, LearnerGroup
 
     cfg = dataclasses.replace(CFG, num_workers=2, engine="torch")
-    group = LearnerGroup.create(cfg, "tiny-gpt2", seed=0, max_restarts=1, timeout_s=300)
+    group = LearnerGroup.create(cfg, "tiny-gpt2", seed=0, max_restarts=2, timeout_s=300)
     try:
         group.update(make_batch(seed=1))
         group.save(tmp_path / "ckpt")
@@ -122,6 +123,20 @@ def test_dead_rank_restarts_the_whole_group_from_its_checkpoint(ray_local, tiny_
         now = group.full_state_dict()
         assert all(torch.equal(at_ckpt[k], now[k]) for k in at_ckpt)
         group.update(make_batch(seed=2))  # the redone step trains again
+        # warm reuse: the same processes (and process group) become a fresh learner; seed 7 draws
+        # another value head, so a rank rebuilt from the old arguments would show
+        fresh = PPOLearner(dataclasses.replace(cfg, num_workers=1), "tiny-gpt2", seed=7).full_state_dict()
+        pids = [i["pid"] for i in group.info()]
+        assert group.reset("tiny-gpt2", seed=7) == pids
+        assert group.last_checkpoint is None and [i["step"] for i in group.info()] == [0, 0]
+        now = group.full_state_dict()
+        assert all(torch.equal(fresh[k], now[k]) for k in fresh)
+        group.update(make_batch(seed=1))
+        kill_actor(group.group.actors[1])  # a rank restarted after the reset builds the reset learner
+        with pytest.raises(GroupRestarted):
+            group.update(make_batch(seed=2))
+        now = group.full_state_dict()
+        assert all(torch.equal(fresh[k], now[k]) for k in fresh)  # no checkpoint since the reset
         kill_actor(group.group.actors[0])
         with pytest.raises(Exception, match="restart budget"):
             group.group.all(LearnerActor.info)

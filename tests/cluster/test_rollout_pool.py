@@ -213,7 +213,8 @@ def test_rollout_ray_nccl_broadcast_from_the_learner_to_vllm_workers(ray_local, 
 def test_rollout_ray_pool_loads_another_policy_from_its_hf_directory(ray_local, tiny_policy, tmp_path):
     """Evaluation reuses one pool for every trained policy: after load_checkpoint its logprobs
     and greedy samples are those of a pool started on that directory; a directory without
-    weights is refused and the pool keeps serving its old weights."""
+    weights is refused and the pool keeps serving its old weights. ``version=0`` (warm reuse for
+    another run) counts weight versions from 0 again, also in a replica restarted after it."""
     from raydprm.cluster.rollout_actor import RolloutPool
     from raydprm.rollout.engine import RolloutError
 
@@ -221,7 +222,8 @@ def test_rollout_ray_pool_loads_another_policy_from_its_hf_directory(ray_local, 
     other.save_pretrained(tmp_path / "other")
     AutoTokenizer.from_pretrained(tiny_policy).save_pretrained(tmp_path / "other")
     cfg = RolloutConfig(num_replicas=1, num_cpus=0.5)
-    reused, fresh = RolloutPool.create(cfg, tiny_policy), RolloutPool.create(cfg, str(tmp_path / "other"))
+    reused = RolloutPool.create(cfg, tiny_policy, max_restarts=1)
+    fresh = RolloutPool.create(cfg, str(tmp_path / "other"))
     try:
         seqs = [r.prompt_ids + r.token_ids for r in fresh.generate(PROMPTS, GREEDY)]
         before = reused.score(seqs)
@@ -233,6 +235,17 @@ def test_rollout_ray_pool_loads_another_policy_from_its_hf_directory(ray_local, 
         assert max(abs(a - b) for x, y in zip(got, want) for a, b in zip(x, y)) < 1e-5
         assert max(abs(a - b) for x, y in zip(before, want) for a, b in zip(x, y)) > 0.1  # it did change
         assert [r.text for r in reused.generate(PROMPTS, GREEDY)] == [r.text for r in fresh.generate(PROMPTS, GREEDY)]
+        # warm reuse for another training run: a synced pool counts weight versions from 0 again
+        learner = perturbed(tiny_policy, seed=3)
+        reused.sync_weights(_update(learner, 4, reused))
+        assert reused.version == 4 and reused.versions() == [4]
+        reused.load_checkpoint(tmp_path / "other", version=0)
+        assert reused.version == 0 and reused.versions() == [0] == fresh.versions()
+        assert reused.score(seqs) == fresh.score(seqs)
+        kill_actor(reused.group.actors[0])  # a replica restarted now loads that directory at version 0
+        assert reused.score(seqs) == fresh.score(seqs) and reused.versions() == [0] and reused.restarts == 1
+        reused.sync_weights(_update(learner, 1, reused))  # the next run's first sync is accepted
+        assert reused.versions() == [1]
     finally:
         reused.shutdown()
         fresh.shutdown()

@@ -154,3 +154,114 @@ def test_next_start_ends_what_a_sigkilled_owner_left(tmp_path, monkeypatch):
     assert _session_procs(session) == []
     assert not list((tmp_path / "cache" / "ray-local").glob("*.json"))  # the record is gone too
     assert isinstance(killed, list)
+
+
+# ---------------------------------------------------------------- signals through the CLI (issue 25, part 4)
+CLI_OWNER = textwrap.dedent("""
+    import argparse, sys, time
+    import raydprm.cli as cli
+
+    def handler(args):
+        import ray
+        from raydprm.cluster.runtime import connect
+        from raydprm.config import RayConfig
+        rt = connect(RayConfig(num_cpus=1))
+        try:
+            print(ray._private.worker._global_node.session_name, flush=True)
+            ray.get(ray.remote(lambda: time.sleep(600)).remote())  # the signal arrives inside a Ray wait
+        finally:
+            print("cleaned", flush=True)
+            rt.close()
+
+    class Parser:
+        def parse_args(self, argv):
+            return argparse.Namespace(debug=False, handler=handler)
+
+    cli.build_parser = Parser
+    sys.exit(cli.main([]))
+""")
+
+
+def _agents(session: str) -> list[str]:
+    import psutil
+
+    out = []
+    for pid in _session_procs(session):
+        try:
+            out.append(" ".join(psutil.Process(pid).cmdline())[:80])
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_inside_a_ray_wait_prints_one_line_exits_128_plus_it_and_leaves_no_agent(tmp_path, sig):
+    env = {**os.environ, "RAYDPRM_CACHE": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    p = subprocess.Popen([sys.executable, "-c", CLI_OWNER], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    session = p.stdout.readline().strip()
+    assert session.startswith("session_"), session
+    deadline = time.monotonic() + 60  # until the raylet's agents are up (what used to be left behind)
+    while not any("Agent" in a or "agent" in a for a in _agents(session)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=120)
+    assert "cleaned" in out
+    assert p.returncode == 128 + sig, (p.returncode, err)  # not 1 (a Ray wait's SystemExit) nor 15
+    lines = [x for x in err.splitlines() if x.startswith("raydprm:")]
+    assert lines == [f"raydprm: {'terminated' if sig == signal.SIGTERM else 'interrupted'} by "
+                     f"{signal.Signals(sig).name}"], err
+    assert _agents(session) == [], "Ray processes of the run's session outlived it"
+
+
+STARTUP_OWNER = textwrap.dedent("""
+    import argparse, sys
+    import raydprm.cli as cli
+
+    def handler(args):
+        from raydprm.cluster.runtime import connect
+        from raydprm.config import RayConfig
+        connect(RayConfig(num_cpus=1)).close()
+        print("started", flush=True)  # the signal came too late: the test retries earlier
+
+    class Parser:
+        def parse_args(self, argv):
+            return argparse.Namespace(debug=False, handler=handler)
+
+    cli.build_parser = Parser
+    sys.exit(cli.main([]))
+""")
+
+
+@pytest.mark.slow
+def test_sigterm_during_rays_start_up_exits_143_and_leaves_none_of_its_processes(tmp_path):
+    import psutil
+
+    env = {**os.environ, "RAYDPRM_CACHE": str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    p = subprocess.Popen([sys.executable, "-c", STARTUP_OWNER], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    owner = psutil.Process(p.pid)
+    seen: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the raylet is up: its agents are starting (the window of the probe)
+        try:
+            kids = owner.children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        seen.update({k.pid: k for k in kids})
+        if any("raylet" in (k.name() or "") for k in kids if k.is_running()):
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    seen.update({k.pid: k for k in owner.children(recursive=True)})
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert "started" not in out, "Ray's start-up finished before the signal (the test raced; rerun)"
+    assert p.returncode == 143, (p.returncode, err)
+    assert [x for x in err.splitlines() if x.startswith("raydprm:")] == ["raydprm: terminated by SIGTERM"], err
+    time.sleep(1)
+    left = [k for k in seen.values() if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], f"processes of the interrupted start-up are still running: {[k.name() for k in left]}"
