@@ -37,7 +37,6 @@ puts generators and learner on shared bundles, where they take turns (docs/pipel
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -53,7 +52,7 @@ import ray
 from raydprm.cluster.drift import Drift
 from raydprm.cluster.group import GroupRestarted, Placement
 from raydprm.cluster.placement import RolePlacements
-from raydprm.cluster.run_plan import Arm, arms, eval_prompts, eval_sampling, required_resources
+from raydprm.cluster.run_plan import Arm, arms, eval_sampling, required_resources
 from raydprm.cluster.run_state import (
     CheckpointDamaged,
     DamagedFile,
@@ -185,10 +184,11 @@ class Pipeline:
                                lambda: self._align(arm, key, sft_dir, self._abs(col["data"])))
         rew = self._stage(arm.stage("reward"), ac, {"data": col["digest"]},
                           lambda: self._reward(arm, self._abs(col["data"])))
+        # a store crowd's PPO prompts come from col["data"], which the reward digest covers (its model trained on it)
         ppo_in = {"sft": sft["digest"], "reward": rew["digest"]}
         key = key_of(arm.stage("ppo"), ac, ppo_in)[0]
         return self._stage(arm.stage("ppo"), ac, ppo_in,
-                           lambda: self._ppo(arm, key, sft_dir, self._abs(rew["best_dir"])))
+                           lambda: self._ppo(arm, key, sft_dir, self._abs(rew["best_dir"]), self._abs(col["data"])))
 
     def _stage(self, name: str, c: dict[str, Any], inputs: dict[str, str],
                body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -224,65 +224,26 @@ class Pipeline:
         return {**out, "path": self._rel(out["path"]), "digest": dir_digest(out["path"])}
 
     def _collect(self, policy_dir: str) -> dict[str, Any]:
-        """The crowd votes on world items and on the SFT policy's own samples (so the reward
-        model has seen the kind of text PPO will ask it to score)."""
+        """The crowd's votes (:mod:`raydprm.cluster.crowd_source`): the store's (``pipeline.crowd = store``),
+        or the simulated crowd's on world items and on the SFT policy's own samples."""
+        from raydprm.cluster import crowd_source
         from raydprm.cluster.rollout_actor import RolloutPool
-        from raydprm.cluster.store_actor import StoreClient
         from raydprm.rollout.sampling import SamplingParams
-        from raydprm.sim.personas import Population, simulated_items
-        from raydprm.sim.world import prompts as world_prompts
 
         cfg = self.cfg
-        if cfg.pipeline.crowd == "store":  # the store's votes are the crowd (raydprm.cluster.crowd_source)
-            from raydprm.cluster.crowd_source import store_collect
-
-            out = store_collect(cfg, self.run_dir)
-            self._say(f"  {out['votes']} votes from {cfg.store.path}: {out['items']} items to train on, "
-                      f"{out['heldout_items']} held out for the gold judge; groups {', '.join(out['group_labels'])}")
-            return {"store": self._rel(cfg.store.path), "votes": out["votes"], "items": out["items"],
-                    "heldout_items": out["heldout_items"], "data": self._rel(out["paths"]["data"]),
-                    "heldout": self._rel(out["paths"]["heldout"]), "group_labels": out["group_labels"],
-                    "heldout_group_labels": out["heldout_group_labels"], "digest": out["digest"]}
-        store_path = cfg.store.path or str(self.run_dir / "store.db")
-        if not cfg.store.path:  # a redone collect starts from an empty store, never adds to old votes
-            for suffix in ("", "-wal", "-shm"):
-                Path(store_path + suffix).unlink(missing_ok=True)
-        pool = self._track(RolloutPool.create(cfg.rollout, policy_dir, dtype=cfg.models.dtype,
-                                              placement=self.placement.get("rollout"),
-                                              max_restarts=cfg.ray.max_restarts), "rollout")
-        n_policy = cfg.crowd.n_items // 2
-        crowd_prompts = world_prompts(n_policy, seed=cfg.run.seed + 7)
-        sampled = pool.generate(crowd_prompts, SamplingParams.from_config(cfg.rollout, n=1, seed=cfg.run.seed))
-        self._untrack(pool)
-        items = simulated_items(cfg.crowd.n_items - n_policy, seed=cfg.run.seed)
-        items += [(crowd_prompts[r.prompt_index], r.text) for r in sampled if r.text.strip()]
-        crowd = Population.from_config(cfg.crowd)
-        votes = crowd.simulate_votes(items, cfg.crowd.votes_per_item, seed=cfg.run.seed)
-        from raydprm.store import PreferenceStore
-
-        # the crowd's personas are the store's rater groups: registered before the store actor opens it
-        PreferenceStore.from_config(cfg.store, cfg.labels, default_path=store_path, personas=crowd.names).close()
-        store = StoreClient.create(cfg.store, cfg.labels, default_path=store_path, num_cpus=cfg.pipeline.store_num_cpus,
-                                   placement=self.placement.get("store"))
-        try:
-            bar = self._bar(total=len(votes), desc="collect: votes", unit="vote")
-            for i in range(0, len(votes), 1000):
-                store.add_votes(votes[i:i + 1000])
-                bar.update(len(votes[i:i + 1000]))
-            bar.close()
-            # targets under reward.group_weights when given (the population crowd DPO and the metrics see)
-            data, n_votes = store.export(dict(cfg.reward.group_weights) or None, cfg.store.smoothing), \
-                store.count_votes()
-        finally:
-            store.shutdown()
-        data_dir = self.run_dir / "collect" / "data"
-        data.save_to_disk(str(data_dir))
-        rows = json.dumps([list(data[c]) for c in ("prompt", "response", "target")])
-        from raydprm.cluster.crowd_source import group_labels
-
-        self._say(f"  {n_votes} votes on {len(data)} items ({len(items) - n_policy} world, SFT samples) -> {store_path}")
-        return {"store": self._rel(store_path), "votes": n_votes, "items": len(data), "data": self._rel(data_dir),
-                "group_labels": group_labels(data), "digest": hashlib.sha256(rows.encode()).hexdigest()}
+        if cfg.pipeline.crowd == "store":
+            out, msg = crowd_source.store_collect_stage(cfg, self.run_dir, self._rel)
+        else:
+            pool = self._track(RolloutPool.create(cfg.rollout, policy_dir, dtype=cfg.models.dtype,
+                                                  placement=self.placement.get("rollout"),
+                                                  max_restarts=cfg.ray.max_restarts), "rollout")
+            prompts = crowd_source.sim_prompts(cfg)
+            sampled = pool.generate(prompts, SamplingParams.from_config(cfg.rollout, n=1, seed=cfg.run.seed))
+            self._untrack(pool)
+            out, msg = crowd_source.sim_collect(cfg, self.run_dir, [(prompts[r.prompt_index], r.text) for r in sampled],
+                                                placement=self.placement.get("store"), bar=self._bar, rel=self._rel)
+        self._say(msg)
+        return out
 
     def _reward(self, arm: Arm, data_dir: str) -> dict[str, Any]:
         out = ray.get(_reward_task.options(**self._task_options()).remote(arm.cfg, data_dir,
@@ -297,19 +258,22 @@ class Pipeline:
             self._say(f"  loss={arm.cfg.reward.loss}: held-out pair accuracy {bm.get('pair_accuracy', float('nan')):.3f}")
         return {**out, "best_dir": self._rel(out["best_dir"]), "digest": dir_digest(out["best_dir"])}
 
-    def _ppo(self, arm: Arm, key: str, policy_dir: str, reward_dir: str) -> dict[str, Any]:
+    def _ppo(self, arm: Arm, key: str, policy_dir: str, reward_dir: str, data_dir: str) -> dict[str, Any]:
         """The RL stage: :meth:`PPOLoop.step` per step (generate -> score -> advantages + update ->
-        publish), then the step hooks: the population judges the step's samples and, with live
-        votes, the crowd votes on them (:class:`~raydprm.cluster.drift.Drift`)."""
+        publish) on the world's prompts or a store crowd's training prompts, then the step hooks: the
+        population judges the step's samples and, with live votes, the crowd votes on them
+        (:class:`~raydprm.cluster.drift.Drift`)."""
+        from raydprm.cluster.crowd_source import ppo_prompts
         from raydprm.sim.personas import Population
-        from raydprm.sim.world import prompts as world_prompts
 
         cfg = arm.cfg
         n = cfg.ppo.rollout_batch // cfg.rollout.n_per_prompt  # prompts per step
         judge, rewards = Population.from_config(cfg.crowd), np.asarray(cfg.labels.rewards, dtype=np.float64)
+        train_prompts, source, msg = ppo_prompts(cfg, policy_dir, data_dir, cfg.ppo.steps * n)
+        if msg:
+            self._say(msg)
         self.init_workers(policy_dir, reward_dir, cfg)
         self.drift = Drift.create(self, arm, reward_dir, cfg.pipeline.store_num_cpus)  # None without live votes
-        train_prompts = world_prompts(cfg.ppo.steps * n, seed=cfg.run.seed + 1)  # the data position is the step
 
         def ppo_step(step: int) -> dict[str, Any]:
             nxt = train_prompts[(step + 1) * n:(step + 2) * n] if step + 1 < cfg.ppo.steps else None
@@ -323,8 +287,9 @@ class Pipeline:
                 rec.update(self.drift.after_step(step + 1, prompts, texts, rec["population/expected_reward"]))
             return rec
 
-        return self._train_stage(arm, key, cfg.ppo.steps, ppo_step, lambda r: {
+        out = self._train_stage(arm, key, cfg.ppo.steps, ppo_step, lambda r: {
             "reward": f"{r['reward/mean']:.3f}", "pop": f"{r['population/expected_reward']:.3f}"})
+        return {**out, **source}
 
     def _align(self, arm: Arm, key: str, policy_dir: str, data_dir: str) -> dict[str, Any]:
         """Direct alignment (``align.algo``) from the SFT policy on response pairs of the store's
@@ -422,24 +387,16 @@ class Pipeline:
     def _evaluate(self, sft_dir: str, trained: list[tuple[Arm, dict[str, Any]]]) -> dict[str, Any]:
         """Every policy samples the held-out prompts under ``pipeline.eval_seeds`` sampling seeds
         per training seed, the SFT policy (vanilla) under the same ones, so samples pair up by
-        (seed, prompt); the population judges; KL(policy || SFT) per sample is the exact per-token
-        KL over the vocabulary summed along the sampled response (:func:`sample_with_kl`)."""
+        (seed, prompt); the run's judge (the population, or a store crowd's gold judge:
+        :class:`~raydprm.cluster.crowd_source.EvalJudge`) judges; KL(policy || SFT) per sample is the
+        exact per-token KL over the vocabulary summed along the sampled response (:func:`sample_with_kl`)."""
+        from raydprm.cluster.crowd_source import EvalJudge
         from raydprm.cluster.rollout_actor import RolloutPool, sample_with_kl
-        from raydprm.evaluate.judge import judge_samples
         from raydprm.evaluate.report import build_report, curves, write_report
-        from raydprm.models.dprm import label_scale_from_config
-        from raydprm.sim.personas import Population
 
         cfg, pc = self.cfg, self.cfg.pipeline
-        col = self.state.record("collect")["outputs"]
-        heldout = None
-        if pc.crowd == "store":  # the held-out items' prompts: the gold judge knows their kind of text
-            import datasets
-
-            heldout = datasets.load_from_disk(self._abs(col["heldout"]))
-            prompts = list(dict.fromkeys(heldout["prompt"]))[:pc.eval_prompts]
-        else:
-            prompts = eval_prompts(cfg)
+        judge = EvalJudge(cfg, self.run_dir, self.state.record("collect")["outputs"])
+        prompts = judge.prompts
         n_seeds = pc.seeds if pc.policies else 1
         # row r = (training seed k, sampling seed e); k = 0, e < eval_seeds are a single run's rows
         rows = [(k, eval_sampling(cfg, k, e)) for k in range(n_seeds) for e in range(pc.eval_seeds)]
@@ -468,39 +425,15 @@ class Pipeline:
         if pol is not None:
             self._untrack(pol)
         self._untrack(ref)
-        if heldout is not None:  # a learned gold judge (crowd_source), trained once on the held-out items
-            from raydprm.cluster.crowd_source import train_gold
-            from raydprm.evaluate.judge import judge_with_model
-            from raydprm.models.reward_models import load_reward_model
-
-            gold = train_gold(cfg, self._abs(col["heldout"]), col["digest"], self.run_dir / "gold",
-                              self._task_options())
-            gold_model = load_reward_model(gold["best_dir"], label_scale_from_config(cfg.labels))
-
-            def judge(txts, kl=None):
-                return judge_with_model(gold_model, prompts, txts, kl=kl)
-            reference = col.get("heldout_group_labels")
-        else:
-            pop = Population.from_config(cfg.crowd)
-
-            def judge(txts, kl=None):
-                return judge_samples(pop, cfg.labels.rewards, prompts, txts, kl=kl)
-            reference = col.get("group_labels")
+        judge.load(self._task_options())  # a gold judge trains here (once), after the generators are gone
         judged = {"vanilla": judge(texts["vanilla"])}
         for name in names:
             judged[name] = judge(texts[name], kl=np.asarray(kl[name]))
         report = build_report(judged, cfg.labels.rewards, margin=pc.tie_margin, n_boot=pc.bootstrap, seed=cfg.run.seed,
-                              seed_groups=[k for k, _ in rows], group_reference=reference)
-        fit = self._reward_fit(trained, heldout)
-        if fit:
-            report["reward_fit"] = fit
-        if heldout is not None:
-            from raydprm.cluster.crowd_source import JUDGE_DESCRIPTION, gold_verdict
-
-            report["judge"] = {"kind": "gold_model", "learned_model": True, "model": self._rel(gold["best_dir"]),
-                               "heldout_items": len(heldout), "fit": gold["best_metrics"].get("persona", {}),
-                               "description": JUDGE_DESCRIPTION.format(items=len(heldout), store=cfg.store.path),
-                               "verdict": gold_verdict(report)}
+                              seed_groups=[k for k, _ in rows], group_reference=judge.reference)
+        rewards = {arm.prefix.rstrip("/") or arm.name: (self.state.record(arm.stage("reward")), arm.cfg)
+                   for arm, _ in trained if arm.kind == "ppo"}
+        report.update(judge.report_blocks(report, rewards, self._rel))
         stages = {k: {"seconds": v["seconds"]} for k, v in self.state.data["stages"].items()}
         stages["evaluate"] = {"seconds": time.time() - self._stage_t0}
         totals: dict[str, float] = {}  # per kind of stage (a comparison has one reward/ppo/align per policy and seed)
@@ -519,26 +452,6 @@ class Pipeline:
         p = report["policies"]
         self._say("  E[r] " + ", ".join(f"{n} {p[n]['expected_reward']:.3f}" for n in p) + f"; {path}")
         return {"report": "report.json"}
-
-    def _reward_fit(self, trained: list[tuple[Arm, dict[str, Any]]], heldout: Any) -> dict[str, Any]:
-        """Per-group held-out fit of each trained reward model (part of _evaluate): on the gold judge's
-        held-out items with a store crowd, else the reward stage's own held-out split."""
-        from raydprm.cluster.crowd_source import reward_fit
-
-        fit = {}
-        for arm, _ in trained:
-            rec = self.state.record(arm.stage("reward")) if arm.kind == "ppo" else None
-            if rec is None:
-                continue
-            rec = rec["outputs"]
-            name = arm.prefix.rstrip("/") or arm.name
-            if heldout is not None:
-                per = reward_fit(self._abs(rec["best_dir"]), heldout, arm.cfg)
-            else:
-                per = rec.get("best_metrics", {}).get("persona", {})
-            if per:
-                fit[name] = per
-        return fit
 
     def _rel(self, path: str | Path) -> str:
         """Paths in records are relative to the run directory (so a run directory can be moved)."""

@@ -1,5 +1,5 @@
 """The store crowd's pieces without Ray: the collect stage's item-id split and saved parts, each
-group's own labels, the gold judge's settings and verdict."""
+group's own labels, PPO's prompts from the training part, the gold judge's settings and verdict."""
 
 import datasets
 import pytest
@@ -12,8 +12,10 @@ from raydprm.cluster.crowd_source import (
     gold_verdict,
     group_labels,
     store_collect,
+    store_ppo_prompts,
 )
 from raydprm.config import load_config
+from raydprm.errors import RaydprmError
 from raydprm.store import heldout_mask
 from raydprm.train.reward_data import config_with_store_labels
 
@@ -47,3 +49,20 @@ def test_gold_settings_and_verdict():
     v = gold_verdict(rep)
     assert v.startswith("The judge rates dprm_ot highest") and "dprm_ot is better than vanilla by +0.300" in v
     assert "vanilla: worst group A at -0.100, disparity 0.300" in v
+
+
+def test_store_ppo_prompts_are_the_training_parts_that_fit_the_token_limit(tiny_policy):
+    from raydprm.models.policy import load_tokenizer
+
+    tok = load_tokenizer(tiny_policy)
+    long = "a much longer prompt about many topics " * 8
+    data = datasets.Dataset.from_dict({"prompt": ["short one", long, "short one", "two words"]})
+    limit = len(tok(long, add_special_tokens=False)["input_ids"]) - 1  # the long prompt is one token over
+    prompts, kept, dropped = store_ppo_prompts(data, tok, limit, 7, seed=1)
+    assert (kept, dropped) == (2, 1) and len(prompts) == 7  # distinct prompts counted once
+    for k in range(0, 6, 2):  # every pass is a permutation of the kept prompts
+        assert sorted(prompts[k:k + 2]) == ["short one", "two words"]
+    assert store_ppo_prompts(data, tok, limit, 7, seed=1)[0] == prompts  # seeded: the data position is the step
+    assert store_ppo_prompts(data, tok, limit + 1, 7, seed=1)[1:] == (3, 0)
+    with pytest.raises(RaydprmError, match=r"none of the 3 prompts .* rollout.max_prompt_tokens=1 "):
+        store_ppo_prompts(data, tok, 1, 7, seed=1)

@@ -1,10 +1,12 @@
 """`raydprm run pipeline.crowd=store` on a small DICES-layout store (3 labels, rater groups):
 one run checks the label scale taken from the store, the item-id split, a group-conditioned
 reward model steered by worst_group, each reward model's per-group held-out fit, and the gold
-judge (a learned model, said so) with per-group verdicts in report.json/md."""
+judge (a learned model, said so) with per-group verdicts in report.json/md; PPO samples the
+store's training prompts."""
 
 import json
 
+import datasets
 import numpy as np
 import pytest
 from helpers import DICES_GROUPS as GROUPS
@@ -58,3 +60,9 @@ def test_run_on_a_store_crowd_with_group_dprm_and_gold_judge(tmp_path, capsys):
     assert "| safe | unsure | unsafe |" in md and "worst group E[r]" in md and "Held-out fit" in md
     ppo = json.loads((run / "ppo" / "history.json").read_text())
     assert len(ppo) == 2 and all(np.isfinite(r["reward/mean"]) for r in ppo)
+    # PPO samples the training part's prompts (none is over rollout.max_prompt_tokens here), and says so
+    ppo_rec = json.loads((run / "ppo" / "record.json").read_text())["outputs"]
+    train = datasets.load_from_disk(str(run / col["data"]))
+    assert ppo_rec["prompts"] == len(set(train["prompt"])) and ppo_rec["prompts_dropped"] == 0
+    assert (f"PPO samples {ppo_rec['prompts']} prompts of the store's training part; 0 dropped (over 192 tokens)"
+            in capsys.readouterr().out)
