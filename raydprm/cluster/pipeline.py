@@ -54,17 +54,17 @@ from raydprm.cluster.group import GroupRestarted, Placement
 from raydprm.cluster.placement import RolePlacements
 from raydprm.cluster.run_plan import Arm, arms, eval_sampling, required_resources
 from raydprm.cluster.run_state import (
-    CheckpointDamaged,
-    DamagedFile,
     RunState,
     dir_digest,
+    newest_intact_checkpoint,
     read_json,
+    save_checkpoint_dir,
     verify_checkpoint,
     write_json,
-    write_manifest,
 )
 from raydprm.cluster.runtime import connect
 from raydprm.cluster.stage_keys import check_key_version, key_of
+from raydprm.cluster.stage_tasks import reward_task, sft_task
 from raydprm.cluster.step_log import StepLog
 from raydprm.config import Config, save_config
 from raydprm.errors import DiskFull, RaydprmError, disk_full, is_disk_full
@@ -72,33 +72,6 @@ from raydprm.errors import DiskFull, RaydprmError, disk_full, is_disk_full
 __all__ = ["Pipeline"]
 
 log = logging.getLogger(__name__)
-
-
-@ray.remote(num_cpus=1)
-def _sft_task(cfg: Config, out_dir: str) -> dict[str, Any]:
-    from raydprm.models.tiny import resolve_model
-    from raydprm.sim.world import sft_corpus
-    from raydprm.train.sft import sft
-
-    res = sft(resolve_model(cfg.models.policy, cfg.models.cache_dir or None),
-              sft_corpus(cfg.sft.n_examples, seed=cfg.run.seed), out_dir, epochs=cfg.sft.epochs, lr=cfg.sft.lr,
-              batch_size=cfg.sft.batch_size, max_length=cfg.sft.max_length, seed=cfg.run.seed, progress=False)
-    return {"path": str(res.path), "first_loss": res.first_loss, "final_loss": res.final_loss, "steps": res.steps}
-
-
-@ray.remote(num_cpus=1)
-def _reward_task(cfg: Config, data_dir: str, out_dir: str) -> dict[str, Any]:
-    import datasets
-
-    from raydprm.cluster.reward_train import train_reward_auto
-    from raydprm.models.dprm import label_scale_from_config
-    from raydprm.models.tiny import resolve_model
-
-    res = train_reward_auto(datasets.load_from_disk(data_dir), scale=label_scale_from_config(cfg.labels),
-                            reward_cfg=cfg.reward, out_dir=out_dir, seed=cfg.run.seed, device="cpu", progress=False,
-                            backbone=resolve_model(cfg.models.reward_backbone, cfg.models.cache_dir or None),
-                            cpus_per_worker=cfg.reward.actor_num_cpus)
-    return {k: v for k, v in res.to_dict().items() if k in ("best_dir", "best_metrics", "epochs", "seconds")}
 
 
 class Pipeline:
@@ -219,7 +192,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
     def _sft(self) -> dict[str, Any]:
-        out = ray.get(_sft_task.options(**self._task_options()).remote(self.cfg, str(self.run_dir / "sft")))
+        out = ray.get(sft_task.options(**self._task_options()).remote(self.cfg, str(self.run_dir / "sft")))
         self._say(f"  SFT loss {out['first_loss']:.2f} -> {out['final_loss']:.2f} in {out['steps']} steps")
         return {**out, "path": self._rel(out["path"]), "digest": dir_digest(out["path"])}
 
@@ -246,7 +219,7 @@ class Pipeline:
         return out
 
     def _reward(self, arm: Arm, data_dir: str) -> dict[str, Any]:
-        out = ray.get(_reward_task.options(**self._task_options()).remote(arm.cfg, data_dir,
+        out = ray.get(reward_task.options(**self._task_options()).remote(arm.cfg, data_dir,
                                                                         str(self.run_dir / arm.stage("reward"))))
         bm = out["best_metrics"]
         if "group_ot_distance" in bm:  # a group-conditioned DPRM: each group's fit
@@ -501,18 +474,8 @@ class Pipeline:
         matches. A save that fails (a full disk: one line naming the directory) leaves no directory behind."""
         ckpt_root = self.run_dir / self.arm.stage(self.arm.kind) / "ckpt"
         d = ckpt_root / f"step_{step:06d}"
-        shutil.rmtree(d, ignore_errors=True)  # a save of this step that never finished (or a damaged one)
-        try:
-            self.learner.save(d)
-            write_json(d / "progress.json", {"key": key, "step": step, "history": history}
-                       | ({"drift": self.drift.save(d)} if self.drift is not None else {}),
-                       what="a checkpoint's progress")
-            write_manifest(d)  # last: its presence says the checkpoint is complete
-        except BaseException as e:
-            shutil.rmtree(d, ignore_errors=True)
-            if is_disk_full(e):
-                raise disk_full(d, f"the checkpoint of step {step}") from None
-            raise
+        save_checkpoint_dir(d, step, self.learner.save, lambda: {"key": key, "step": step, "history": history}
+                            | ({"drift": self.drift.save(d)} if self.drift is not None else {}))
         self.state.set_ppo(step, str(d.relative_to(self.run_dir)), key)
         for old in sorted(ckpt_root.glob("step_*"))[:-self.cfg.pipeline.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
@@ -524,23 +487,14 @@ class Pipeline:
         ppo = self.state.data.get("ppo", {})
         named = [self.run_dir / ppo["checkpoint"]] if ppo.get("key") == key and ppo.get("checkpoint") else []
         root = self.run_dir / self.arm.stage(self.arm.kind) / "ckpt"
-        damaged = False
-        for d in dict.fromkeys(named + sorted(root.glob("step_*"), reverse=True)):
-            try:
-                verify_checkpoint(d)
-                progress = read_json(d / "progress.json", what="a checkpoint's progress", way_out="")
-                if progress.get("key") != key:  # another configuration's: never resumed from
-                    continue
-                if not isinstance(progress.get("step"), int) or not isinstance(progress.get("history"), list):
-                    raise DamagedFile(f"'{d / 'progress.json'}' (a checkpoint's progress) has no step or history")
-            except (CheckpointDamaged, DamagedFile) as e:
-                damaged = True
-                msg = str(e).rstrip("; ")
-                self._say(f"  {msg}; trying the previous checkpoint")
-                log.warning("%s; trying the previous checkpoint", msg)
-                continue
+
+        def say(msg: str) -> None:
+            self._say(f"  {msg}")
+            log.warning("%s", msg)
+        d, progress = newest_intact_checkpoint(named + sorted(root.glob("step_*"), reverse=True), key, say)
+        if d is not None:
             return self._load_dir(d, progress)
-        if damaged:
+        if progress:  # every checkpoint was damaged
             self._say(f"  no intact checkpoint of {self.arm.stage(self.arm.kind)} left: it starts from step 0")
         if self.drift is not None:
             self.drift.restore(None)

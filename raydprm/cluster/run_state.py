@@ -27,11 +27,11 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from raydprm.errors import RaydprmError, disk_full
+from raydprm.errors import RaydprmError, disk_full, is_disk_full
 
 __all__ = ["RunState", "RunDirNotEmpty", "DamagedFile", "CheckpointDamaged", "stage_key", "dir_digest", "write_json",
            "read_json", "write_manifest", "verify_checkpoint", "copy_stages", "MANIFEST"]
@@ -157,6 +157,45 @@ def verify_checkpoint(ckpt_dir: str | os.PathLike[str]) -> None:
                 h.update(chunk)
         if h.hexdigest() != want.get("digest"):
             raise CheckpointDamaged(f"checkpoint '{d}': '{rel}' does not match its {algo} digest (damaged on disk)")
+
+
+def save_checkpoint_dir(d: Path, step: int, save: Callable[[Path], None],
+                        progress: Callable[[], Mapping[str, Any]]) -> None:
+    """A checkpoint directory written whole or not at all: ``save(d)`` (the learner's states), then
+    ``progress()`` (which may write files of its own into ``d``) as ``progress.json``, then the manifest last (its presence says the checkpoint is complete). A save that
+    fails (a full disk: one line naming the directory) leaves no directory behind."""
+    shutil.rmtree(d, ignore_errors=True)  # a save of this step that never finished (or a damaged one)
+    try:
+        save(d)
+        write_json(d / "progress.json", dict(progress()), what="a checkpoint's progress")
+        write_manifest(d)
+    except BaseException as e:
+        shutil.rmtree(d, ignore_errors=True)
+        if is_disk_full(e):
+            raise disk_full(d, f"the checkpoint of step {step}") from None
+        raise
+
+
+def newest_intact_checkpoint(candidates: Iterable[Path], key: str,
+                             say: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | tuple[None, bool]:
+    """The first of ``candidates`` (newest first) whose manifest verifies and whose progress.json is of
+    stage key ``key``: ``(dir, progress)``; a damaged one is reported through ``say`` in one line and the
+    next is tried. ``(None, damaged)`` when none is left (``damaged``: whether one was skipped as damaged)."""
+    damaged = False
+    for d in dict.fromkeys(candidates):
+        try:
+            verify_checkpoint(d)
+            progress = read_json(d / "progress.json", what="a checkpoint's progress", way_out="")
+            if progress.get("key") != key:  # another configuration's: never resumed from
+                continue
+            if not isinstance(progress.get("step"), int) or not isinstance(progress.get("history"), list):
+                raise DamagedFile(f"'{d / 'progress.json'}' (a checkpoint's progress) has no step or history")
+        except (CheckpointDamaged, DamagedFile) as e:
+            damaged = True
+            say(f"{str(e).rstrip('; ')}; trying the previous checkpoint")
+            continue
+        return d, progress
+    return None, damaged
 
 
 def _digest(obj: Any) -> str:
