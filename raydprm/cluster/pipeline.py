@@ -403,7 +403,8 @@ class Pipeline:
         for name in names:
             judged[name] = judge(texts[name], kl=np.asarray(kl[name]))
         report = build_report(judged, cfg.labels.rewards, margin=pc.tie_margin, n_boot=pc.bootstrap, seed=cfg.run.seed,
-                              seed_groups=[k for k, _ in rows], group_reference=judge.reference)
+                              seed_groups=[k for k, _ in rows], group_reference=judge.reference,
+                              all_pairs=bool(pc.policies), group_diffs=True)
         rewards = {arm.prefix.rstrip("/") or arm.name: (self.state.record(arm.stage("reward")), arm.cfg)
                    for arm, _ in trained if arm.kind == "ppo"}
         report.update(judge.report_blocks(report, rewards, self._rel))

@@ -24,10 +24,14 @@ as the population's. ``distance`` (with a reference per group: each group's own 
 distribution over the crowd's items, e.g. its votes in the store) is the 1-Wasserstein distance
 on the reward scale, sum_l |F_a(l) - F_b(l)| (r_(l+1) - r_(l)), between the label distribution the
 policy earns from the group and the group's own.
+Every head-to-head entry has ``expected_reward_diff`` (mean E[r] difference with its interval);
+a pipeline run's, with per-group verdicts, also ``worst_group_diff`` and ``disparity_diff`` (each
+``{"mean": float, "ci95": [lo, hi]}``; the worst group's E[r] and the disparity recomputed inside
+each paired resample: :func:`pair_group_diffs`).
 A comparison (`raydprm run --compare`) adds per policy ``expected_reward_per_seed`` (one value per
-training seed), per head-to-head entry ``expected_reward_diff`` (mean E[r] difference with its
-interval), ``compare`` (policies, seeds, budgets) and ``curves`` (training curves averaged over
-seeds); intervals then resample whole training seeds (:mod:`raydprm.evaluate.stats`).
+training seed), head-to-head entries for every pair of policies (not only against vanilla and bt),
+``compare`` (policies, seeds, budgets) and ``curves`` (training curves averaged over seeds);
+intervals then resample whole training seeds (:mod:`raydprm.evaluate.stats`).
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ from raydprm.config import PPO_POLICY_LOSS
 from raydprm.evaluate.judge import Judged
 from raydprm.evaluate.stats import bootstrap_ci, head_to_head
 
-__all__ = ["POLICY_NAMES", "CURVE_KEYS", "policy_name", "build_report", "group_summary", "reward_w1", "curves",
-           "write_report"]
+__all__ = ["POLICY_NAMES", "CURVE_KEYS", "policy_name", "build_report", "group_summary", "pair_group_diffs", "reward_w1",
+           "curves", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +118,13 @@ def group_summary(j: Judged, rewards: Sequence[float], *, n_boot: int = 1000, se
 def build_report(judged: Mapping[str, Judged], rewards: Sequence[float], *, refs: Sequence[str] = ("vanilla", "bt"),
                  margin: float = 0.05, n_boot: int = 1000, seed: int = 0,
                  seed_groups: Sequence[int] | None = None,
-                 group_reference: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
+                 group_reference: Mapping[str, Sequence[float]] | None = None,
+                 all_pairs: bool = False, group_diffs: bool = False) -> dict[str, Any]:
     """Policies' label shares, E[r] and KL (with 95% intervals), per-group E[r], worst group and
-    disparity (:func:`group_summary`), and head to head vs each ref present.
+    disparity (:func:`group_summary`), and head to head vs each ref present (with ``all_pairs``:
+    every pair of policies, each once, the given refs' pairs first and unchanged); each pair's
+    E[r] difference and, with ``group_diffs`` and per-group verdicts, its worst-group and
+    disparity differences (:func:`pair_group_diffs`).
 
     ``seed_groups``: the training seed of each sample row (a comparison); intervals then resample
     whole training seeds, and each policy gets its E[r] per training seed. ``group_reference``:
@@ -138,6 +146,8 @@ def build_report(judged: Mapping[str, Judged], rewards: Sequence[float], *, refs
             policies[name]["expected_reward_per_seed"] = [float(j.reward[ga == k].mean()) for k in dict.fromkeys(g)]
         policies[name].update(group_summary(j, r, reference=group_reference, **boot))
     h2h = {}
+    if all_pairs:  # every other policy becomes a reference too, after the given ones (in judged's order)
+        refs = (*refs, *(n for n in judged if n not in refs))
     for ref in refs:
         if ref not in judged:
             continue
@@ -147,8 +157,34 @@ def build_report(judged: Mapping[str, Judged], rewards: Sequence[float], *, refs
                 lo, hi = bootstrap_ci(d, lambda x: x.mean(), **boot)
                 h2h[f"{name}_vs_{ref}"] = {**head_to_head(j, judged[ref], margin=margin, **boot),
                                            "expected_reward_diff": {"mean": float(d.mean()),
-                                                                    "ci95": [float(lo), float(hi)]}}
+                                                                    "ci95": [float(lo), float(hi)]},
+                                           **(pair_group_diffs(j, judged[ref], **boot) if group_diffs else {})}
     return {"policies": policies, "head_to_head": h2h}
+
+
+def pair_group_diffs(a: Judged, b: Judged, *, n_boot: int = 1000, seed: int = 0,
+                groups: Sequence[int] | None = None) -> dict[str, Any]:
+    """``worst_group_diff`` and ``disparity_diff`` of policy ``a`` minus ``b`` (mean and 95% interval),
+    empty unless both have per-group verdicts of the same groups.
+
+    Paired: each resample draws the same rows (whole training seeds with ``groups``) and prompts for
+    both policies (the resampling of their ``expected_reward_diff``: same seed), and recomputes
+    inside it each policy's per-group means m_g, its worst group's E[r] min_g m_g and its
+    disparity max_g m_g - min_g m_g; the worst groups of a and b may differ."""
+    names = list(b.persona_reward)
+    if not names or set(a.persona_reward) != set(names):
+        return {}
+    xa = np.stack([a.persona_reward[g] for g in names], -1)  # (S, N, G)
+    xb = np.stack([b.persona_reward[g] for g in names], -1)  # (S, N, G)
+
+    def stat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ma, mb = a.mean((0, 1)), b.mean((0, 1))  # (G,) each policy's per-group E[r]
+        return np.array([ma.min() - mb.min(), (ma.max() - ma.min()) - (mb.max() - mb.min())])
+
+    point = stat(xa, xb)
+    lo, hi = bootstrap_ci({"a": xa, "b": xb}, stat, n_boot=n_boot, seed=seed, groups=groups)
+    return {key: {"mean": float(point[k]), "ci95": [float(lo[k]), float(hi[k])]}
+            for k, key in enumerate(("worst_group_diff", "disparity_diff"))}
 
 
 def curves(histories: Mapping[str, Sequence[Sequence[Mapping[str, float]]]]) -> dict[str, dict[str, list[float]]]:
@@ -237,13 +273,23 @@ def write_report(report: Mapping[str, Any], run_dir: str | os.PathLike[str], lab
     if cmp:
         lines += ["", "E[r] per training seed: " + "; ".join(
             f"{n} " + ", ".join(f"{x:.3f}" for x in p.get("expected_reward_per_seed", [])) for n, p in pol.items())]
-    diffs = {k: h["expected_reward_diff"] for k, h in report.get("head_to_head", {}).items()
-             if "expected_reward_diff" in h}
+    diffs = {k: h for k, h in report.get("head_to_head", {}).items() if "expected_reward_diff" in h}
     if diffs:
+        wg = any("worst_group_diff" in h for h in diffs.values())
+
+        def cell(d: Mapping[str, Any] | None) -> str:
+            if d is None:
+                return " | |"
+            return (f" {d['mean']:+.3f} {_fmt_ci(d['ci95'], 3)} | "
+                    f"{'yes' if d['ci95'][0] > 0 or d['ci95'][1] < 0 else 'no'} |")
+
         lines += ["", "## Differences of E[r] (resolved: the 95% interval excludes 0)", "",
-                  "| pair | mean difference (95% CI) | resolved |", "|---|---|---|"]
-        lines += [f"| {k} | {d['mean']:+.3f} {_fmt_ci(d['ci95'], 3)} | "
-                  f"{'yes' if d['ci95'][0] > 0 or d['ci95'][1] < 0 else 'no'} |" for k, d in diffs.items()]
+                  "| pair | mean difference (95% CI) | resolved |"
+                  + (" worst-group E[r] difference (95% CI) | resolved | disparity difference (95% CI) | resolved |"
+                     if wg else ""), "|---" * (3 + 4 * wg) + "|"]
+        lines += [f"| {k} |" + cell(h["expected_reward_diff"])
+                  + (cell(h.get("worst_group_diff")) + cell(h.get("disparity_diff")) if wg else "")
+                  for k, h in diffs.items()]
     for key, h in report.get("head_to_head", {}).items():
         o = h["overall"]
         lines += ["", f"## {key}: head to head, % of (prompt, seed) samples", "",
