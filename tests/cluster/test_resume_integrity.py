@@ -119,7 +119,7 @@ def test_a_full_disk_during_a_checkpoint_save_names_the_directory_and_leaves_non
         raise OSError(errno.ENOSPC, "No space left on device")
 
     pipe.learner = FileLearner()
-    monkeypatch.setattr("raydprm.cluster.pipeline.write_manifest", enospc)
+    monkeypatch.setattr("raydprm.cluster.run_state.write_manifest", enospc)
     with pytest.raises(DiskFull):
         pipe.save_checkpoint("k", 2, [])
     assert not _ckpt(pipe, 2).exists()
