@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from raydprm.cluster.stage_tasks import reward_task
 from raydprm.config import Config
 from raydprm.errors import RaydprmError
 
@@ -197,21 +198,6 @@ def gold_reward_config(cfg: Config):
                                loss=r.loss if r.loss != "bt" else "ot")
 
 
-@ray.remote(num_cpus=1)
-def _gold_task(cfg: Config, data_dir: str, out_dir: str) -> dict[str, Any]:
-    import datasets
-
-    from raydprm.core.label_scale import LabelScale
-    from raydprm.models.tiny import resolve_model
-    from raydprm.train.reward import train_reward
-
-    res = train_reward(datasets.load_from_disk(data_dir), scale=LabelScale.from_config(cfg.labels),
-                       reward_cfg=gold_reward_config(cfg), out_dir=out_dir, seed=cfg.run.seed, device="cpu",
-                       backbone=resolve_model(cfg.models.reward_backbone, cfg.models.cache_dir or None),
-                       progress=False, tb_dir=None)
-    return {"best_dir": str(res.best_dir), "best_metrics": res.best_metrics, "epochs": res.epochs}
-
-
 def train_gold(cfg: Config, heldout_dir: str, data_digest: str, out_dir: Path,
                task_options: dict[str, Any]) -> dict[str, Any]:
     """Train the gold judge on the held-out part (once: a gold model whose inputs are unchanged is reused)."""
@@ -224,7 +210,8 @@ def train_gold(cfg: Config, heldout_dir: str, data_digest: str, out_dir: Path,
         rec = json.loads(done.read_text())
         if rec.get("key") == key and Path(rec["best_dir"]).is_dir():
             return rec
-    out = ray.get(_gold_task.options(**task_options).remote(cfg, heldout_dir, str(out_dir)))
+    gold_cfg = dataclasses.replace(cfg, reward=gold_reward_config(cfg))  # the run's reward training, gold settings
+    out = ray.get(reward_task.options(**task_options).remote(gold_cfg, heldout_dir, str(out_dir)))
     rec = {"key": key, **out}
     done.write_text(json.dumps(rec, default=str))
     return rec

@@ -347,14 +347,9 @@ class PreferenceStore:
     def export(self, persona_weights: Mapping[str, float] | None = None, smoothing: float = 0.0,
                min_votes: int = 1, at: float | None = None, *, split: str | None = None,
                heldout_fraction: float = 0.2, split_seed: int = 0):
-        """A ``datasets.Dataset`` for DPRM training, one row per item with >= ``min_votes`` votes:
-        ``item_id, prompt, response, target`` (posterior mean (L,)), ``variance`` (L,),
-        ``n_votes`` and ``persona_counts`` ({persona: undecayed counts (L,)} over all personas).
-
-        ``persona_weights`` re-weights groups (a mixture; post-stratification to a target
-        population). ``split="train"`` / ``"heldout"`` keeps one side of the deterministic
-        split by item id (:func:`raydprm.store.split.heldout_mask` with ``heldout_fraction``
-        and ``split_seed``); None keeps every item. See :mod:`raydprm.store.export`."""
+        """A ``datasets.Dataset`` for DPRM training, one row per item with >= ``min_votes`` votes,
+        optionally re-weighted to a target population and limited to one side of the split by item
+        id: :func:`raydprm.store.export.export_items` documents every argument."""
         from raydprm.store.export import export_items
 
         return export_items(self, persona_weights, smoothing, min_votes, at, split=split,
