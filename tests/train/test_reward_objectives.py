@@ -17,9 +17,11 @@ from raydprm.train.reward import (
     LOSSES,
     REWARD_OBJECTIVES,
     DistributionalObjective,
+    GroupObjective,
     PairwiseObjective,
     evaluate_reward_model,
     make_loss,
+    objective_for,
 )
 from raydprm.train.reward_data import PairExamples, examples_from_records
 
@@ -31,8 +33,10 @@ def test_config_choices_are_the_registered_losses():
     assert set(choices) == set(LOSSES) == set(REWARD_OBJECTIVES)
     assert set(DISTRIBUTIONAL_LOSSES) == {k for k, o in REWARD_OBJECTIVES.items() if o is DistributionalObjective}
     assert REWARD_OBJECTIVES["bt"] is PairwiseObjective
-    # each objective trains a registered reward-model kind
-    assert {o.kind for o in REWARD_OBJECTIVES.values()} == set(REWARD_MODELS)
+    # each reward-model kind is trained by an objective: the losses' ones, plus the group DPRM's
+    # (reward.conditioning=group on a distributional loss)
+    assert {o.kind for o in REWARD_OBJECTIVES.values()} | {GroupObjective.kind} == set(REWARD_MODELS)
+    assert objective_for(RewardConfig(loss="ot", conditioning="group")) is GroupObjective
 
 
 def test_make_loss_refuses_a_pairwise_name():
