@@ -699,6 +699,7 @@ class PipelineConfig(Section):
     step_seconds: float = opt(60.0, doc="Crowd time of one PPO step: live votes of step t carry the timestamp T0 + t * step_seconds (T0 = the end of the collect stage), the clock store.half_life_s forgets by.", gt=0)
     crowd: str = opt("sim", doc="Where the crowd comes from: sim = the simulated personas vote (crowd.*); store = the votes already in the store at store.path (e.g. imported with `raydprm store import`): items are split by item id into a training part (the reward model) and a held-out part (pipeline.gold_fraction) on which a gold judge, a second reward model of the same kind, is trained to evaluate the policies (docs/pluralism.md, Reports).", choices=("sim", "store"))
     gold_fraction: float = opt(0.3, doc="pipeline.crowd = store: share of items (by item id) held out to train the gold judge.", gt=0, lt=1)
+    warm_actors: bool = opt(True, doc="Start each role's actors (generators, reward replicas, learner) once per run and reuse them across stages and a comparison's arms, loading the next policy or reward model into the live processes; a pool is started anew (one console line says why) when its shape differs (replicas, resources, engine arguments, PPO vs direct-alignment learner). false = fresh actors for every stage, as before; the numbers are the same either way.")
 
     def validate(self) -> None:
         check_mixture("pipeline.drift_mixture", self.drift_mixture)

@@ -31,6 +31,10 @@ Placement: a caller that holds a placement group for the run (a Tune trial, whos
 Without one, the run places each role on a placement group of its own for the stages that
 use it (:class:`~raydprm.cluster.placement.RolePlacements`); ``pipeline.layout = colocate``
 puts generators and learner on shared bundles, where they take turns (docs/pipeline.md).
+Warm actors (``pipeline.warm_actors``, :mod:`raydprm.cluster.warm`): each role's pool starts once
+and is reused (collect's generators -> every PPO stage's -> evaluate's policy pool; reward
+replicas and learner across the arms), so every arm's reward stage runs before the first
+training stage (their task takes a learner bundle), PPO arms before direct-alignment ones.
 ``ppo_start`` is a PPO checkpoint directory to continue from instead of the run's own
 (a Tune trial restored or cloned by PBT from another trial's checkpoint).
 """
@@ -66,6 +70,14 @@ from raydprm.cluster.runtime import connect
 from raydprm.cluster.stage_keys import check_key_version, key_of
 from raydprm.cluster.stage_tasks import reward_task, sft_task
 from raydprm.cluster.step_log import StepLog
+from raydprm.cluster.warm import (
+    WarmPools,
+    learner_shape,
+    pool_pids,
+    reuse_generators,
+    reward_shape,
+    rollout_shape,
+)
 from raydprm.config import Config, save_config
 from raydprm.errors import DiskFull, RaydprmError, disk_full, is_disk_full
 
@@ -105,6 +117,9 @@ class Pipeline:
         self._pools: list[tuple[str, Any]] = []
         self._stage_t0 = time.time()
         self._stage_name = ""  # the stage running now (restart events name it)
+        # nccl weight sync forms a broadcast group per PPO stage: its generators and learner start afresh
+        self.warm = WarmPools(cfg.pipeline.warm_actors and cfg.rollout.weight_sync != "nccl", self._say,
+                              self._track, self._untrack)
 
     def _say(self, msg: str) -> None:
         from tqdm.auto import tqdm
@@ -133,7 +148,7 @@ class Pipeline:
             sft = self._stage("sft", c, {}, self._sft)
             sft_dir = self._abs(sft["path"])
             col = self._stage("collect", c, {"sft": sft["digest"]}, lambda: self._collect(sft_dir))
-            trained = [(arm, self._train(arm, sft, col)) for arm in self.arms]
+            trained = self._train_arms(sft, col)
             if self.until == "ppo":
                 return {"ppo": trained[0][1]["history"]}
             ev_in = {"sft": sft["digest"]} | {arm.prefix + "policy": out["digest"] for arm, out in trained}
@@ -145,9 +160,21 @@ class Pipeline:
             runtime.close()
         return json.loads((self.run_dir / "report.json").read_text())
 
-    def _train(self, arm: Arm, sft: dict[str, Any], col: dict[str, Any]) -> dict[str, Any]:
-        """The stages of one policy: reward[loss] -> ppo[reward], or align; their outputs hold
-        ``policy`` (the exported HF directory), its ``digest`` and the training ``history``."""
+    def _train_arms(self, sft: dict[str, Any], col: dict[str, Any]) -> list[tuple[Arm, dict[str, Any]]]:
+        """Every PPO arm's reward stage first (a task on the learner's first bundle, which the warm
+        learner holds from the first PPO stage on), then the training stages, PPO arms before
+        direct-alignment ones (one change of learner kind); (arm, training outputs) in arm order."""
+        rews = {i: self._stage(a.stage("reward"), a.cfg.to_dict(), {"data": col["digest"]},
+                               lambda a=a: self._reward(a, self._abs(col["data"])))
+                for i, a in enumerate(self.arms) if a.kind == "ppo"}
+        order = sorted(range(len(self.arms)), key=lambda i: self.arms[i].kind != "ppo")
+        out = {i: self._train(self.arms[i], sft, col, rews.get(i)) for i in order}
+        return [(a, out[i]) for i, a in enumerate(self.arms)]
+
+    def _train(self, arm: Arm, sft: dict[str, Any], col: dict[str, Any], rew: dict[str, Any] | None) -> dict[str, Any]:
+        """The training stage of one policy: ppo[reward] (``rew``: its reward stage's outputs), or align;
+        its outputs hold ``policy`` (the exported HF directory), its ``digest``, the training ``history``
+        and the ``pids`` of the actors that trained it."""
         self.arm = arm
         ac, sft_dir = arm.cfg.to_dict(), self._abs(sft["path"])
         if arm.kind == "align":
@@ -155,8 +182,7 @@ class Pipeline:
             key = key_of(arm.stage("align"), ac, al_in)[0]
             return self._stage(arm.stage("align"), ac, al_in,
                                lambda: self._align(arm, key, sft_dir, self._abs(col["data"])))
-        rew = self._stage(arm.stage("reward"), ac, {"data": col["digest"]},
-                          lambda: self._reward(arm, self._abs(col["data"])))
+        assert rew is not None
         # a store crowd's PPO prompts come from col["data"], which the reward digest covers (its model trained on it)
         ppo_in = {"sft": sft["digest"], "reward": rew["digest"]}
         key = key_of(arm.stage("ppo"), ac, ppo_in)[0]
@@ -184,7 +210,7 @@ class Pipeline:
                 raise disk_full(self.run_dir / name, f"the outputs of stage {name} (never trusted without its "
                                 f"record: `--resume` redoes them)") from None
             raise
-        self._release_placement()  # the stage's actors are gone: the next stage places what it uses
+        self._release_placement(keep=self.warm.roles)  # the next stage places what it uses; warm pools stay
         rec = self.state.complete(name, key, inputs=inputs, config=config, outputs=outputs, started=t0)
         self._say(f"{name}: done in {rec['seconds']:.1f} s")
         self._stages_bar.update(1)
@@ -200,19 +226,16 @@ class Pipeline:
         """The crowd's votes (:mod:`raydprm.cluster.crowd_source`): the store's (``pipeline.crowd = store``),
         or the simulated crowd's on world items and on the SFT policy's own samples."""
         from raydprm.cluster import crowd_source
-        from raydprm.cluster.rollout_actor import RolloutPool
         from raydprm.rollout.sampling import SamplingParams
 
         cfg = self.cfg
         if cfg.pipeline.crowd == "store":
             out, msg = crowd_source.store_collect_stage(cfg, self.run_dir, self._rel)
         else:
-            pool = self._track(RolloutPool.create(cfg.rollout, policy_dir, dtype=cfg.models.dtype,
-                                                  placement=self.placement.get("rollout"),
-                                                  max_restarts=cfg.ray.max_restarts), "rollout")
+            pool = self._generators(cfg, policy_dir)
             prompts = crowd_source.sim_prompts(cfg)
             sampled = pool.generate(prompts, SamplingParams.from_config(cfg.rollout, n=1, seed=cfg.run.seed))
-            self._untrack(pool)
+            self.warm.done(pool)  # warm: PPO's generators
             out, msg = crowd_source.sim_collect(cfg, self.run_dir, [(prompts[r.prompt_index], r.text) for r in sampled],
                                                 placement=self.placement.get("store"), bar=self._bar, rel=self._rel)
         self._say(msg)
@@ -280,9 +303,11 @@ class Pipeline:
                                   pairs_per_prompt=a.pairs_per_prompt, ties=a.ties, min_margin=a.min_margin,
                                   hard=a.algo != "crowd_dpo", seed=cfg.run.seed)
         tok = load_tokenizer(policy_dir)
-        self.learner = self._track(LearnerGroup.create_aligner(a, policy_dir, seed=cfg.run.seed,
-                                                               placement=self.placement.get("learner"),
-                                                               max_restarts=cfg.ray.max_restarts), "learner")
+        self.learner = self.warm.get("learner", learner_shape("align", a),
+                                     lambda: LearnerGroup.create_aligner(a, policy_dir, seed=cfg.run.seed,
+                                                                         placement=self.placement.get("learner"),
+                                                                         max_restarts=cfg.ray.max_restarts),
+                                     lambda g: g.reset(policy_dir, seed=cfg.run.seed, align=a))
         self._say(f"  {a.algo}: {len(pairs)} pairs from the store, {a.steps} updates of {a.batch}")
         stream: list[Any] = [-1, None]  # (position, iterator): the seeded stream of batches, skipped to the step
 
@@ -346,8 +371,9 @@ class Pipeline:
         metrics.close()
         policy = self.learner.export_hf(out_dir / "policy")
         write_json(out_dir / "history.json", history)
-        self.shutdown_workers()
-        return {"policy": self._rel(policy), "digest": dir_digest(policy), "history": history, "steps": step}
+        pids = self._end_training()
+        return {"policy": self._rel(policy), "digest": dir_digest(policy), "history": history, "steps": step,
+                "pids": pids}
 
     def metrics_log(self, arm: Arm) -> StepLog:
         """Where a training stage's step records go: the loggers of ``run.loggers`` (TensorBoard under
@@ -373,20 +399,20 @@ class Pipeline:
         n_seeds = pc.seeds if pc.policies else 1
         # row r = (training seed k, sampling seed e); k = 0, e < eval_seeds are a single run's rows
         rows = [(k, eval_sampling(cfg, k, e)) for k in range(n_seeds) for e in range(pc.eval_seeds)]
-        mk = dict(dtype=cfg.models.dtype, max_restarts=cfg.ray.max_restarts)
-        ref = self._track(RolloutPool.create(cfg.rollout, sft_dir, placement=self.placement.get("reference"), **mk),
-                          "rollout")
+        self.warm.drop("learner", "reward")  # their groups go before the reference pool takes its own
+        self._release_placement(keep=self.warm.roles)
+        ref = self._track(RolloutPool.create(cfg.rollout, sft_dir, placement=self.placement.get("reference"),
+                                             dtype=cfg.models.dtype, max_restarts=cfg.ray.max_restarts), "rollout")
         names = list(dict.fromkeys(arm.name for arm, _ in trained))
         texts: dict[str, list[list[str]]] = {"vanilla": [[r.text for r in ref.generate(prompts, sp)] for _, sp in rows]}
         kl: dict[str, list[list[float]]] = {}
         bar = self._bar(total=len(trained), desc="evaluate: policies", unit="policy")
-        pol = None  # one pool for every trained policy: each loads its weights from disk in turn
+        pol = None  # one pool for every trained policy (warm: PPO's): each loads its weights from disk in turn
         for name in names:
             texts[name], kl[name] = [[] for _ in rows], [[] for _ in rows]
             for arm, out in ((a, o) for a, o in trained if a.name == name):
                 if pol is None:
-                    pol = self._track(RolloutPool.create(cfg.rollout, self._abs(out["policy"]),
-                                                         placement=self.placement.get("rollout"), **mk), "rollout")
+                    pol = self._generators(cfg, self._abs(out["policy"]))
                 else:
                     pol.load_checkpoint(self._abs(out["policy"]))
                 for i, (k, sp) in enumerate(rows):
@@ -396,7 +422,8 @@ class Pipeline:
                 bar.update(1)
         bar.close()
         if pol is not None:
-            self._untrack(pol)
+            self.warm.done(pol)
+        self.warm.drop("rollout")
         self._untrack(ref)
         judge.load(self._task_options())  # a gold judge trains here (once), after the generators are gone
         judged = {"vanilla": judge(texts["vanilla"])}
@@ -451,21 +478,48 @@ class Pipeline:
         from raydprm.cluster.learner_group import LearnerGroup
         from raydprm.cluster.ppo_loop import PPOLoop
         from raydprm.cluster.reward_actor import RewardPool
-        from raydprm.cluster.rollout_actor import RolloutPool
         from raydprm.models.dprm import label_scale_from_config
 
         cfg = cfg or self.cfg
-        r, at = cfg.ray.max_restarts, self.placement.get
+        r, at, scale = cfg.ray.max_restarts, self.placement.get, label_scale_from_config(cfg.labels)
         colocate = cfg.pipeline.layout == "colocate"
-        self.rollout = self._track(RolloutPool.create(cfg.rollout, policy_dir, dtype=cfg.models.dtype,
-                                                      placement=at("rollout"), max_restarts=r,
-                                                      sleep_mode=colocate), "rollout")
-        self.reward = self._track(RewardPool.create(reward_dir, label_scale_from_config(cfg.labels), cfg.reward,
-                                                    placement=at("reward"), max_restarts=r), "reward")
-        self.learner = self._track(LearnerGroup.create(cfg.ppo, policy_dir, seed=cfg.run.seed, dtype=cfg.models.dtype,
-                                                       placement=at("learner"), max_restarts=r), "learner")
+        self.rollout = self._generators(cfg, policy_dir)
+        rw = cfg.reward
+        self.reward = self.warm.get("reward", reward_shape(rw),
+                                    lambda: RewardPool.create(reward_dir, scale, rw, placement=at("reward"),
+                                                              max_restarts=r),
+                                    lambda p: p.reload(reward_dir, scale, rw))
+        self.learner = self.warm.get("learner", learner_shape("ppo", cfg.ppo),
+                                     lambda: LearnerGroup.create(cfg.ppo, policy_dir, seed=cfg.run.seed,
+                                                                 dtype=cfg.models.dtype, placement=at("learner"),
+                                                                 max_restarts=r),
+                                     lambda g: g.reset(policy_dir, seed=cfg.run.seed, ppo=cfg.ppo,
+                                                       dtype=cfg.models.dtype))
         self.loop = PPOLoop(self.rollout, self.reward, self.learner, cfg.rollout, seed=cfg.run.seed,
                             async_rollout=cfg.ppo.async_rollout, colocate=colocate)
+
+    def _generators(self, cfg: Config, policy_dir: str) -> Any:
+        """The rollout pool on ``policy_dir``: the warm one (the policy loaded, versions from 0, ``cfg``'s
+        sampling) or a new one. Every stage asks for the same shape (``sleep_mode`` under colocate too)."""
+        from raydprm.cluster.rollout_actor import RolloutPool
+
+        ro, colocate = cfg.rollout, cfg.pipeline.layout == "colocate"
+        return self.warm.get("rollout", rollout_shape(cfg), lambda: RolloutPool.create(
+            ro, policy_dir, dtype=cfg.models.dtype, placement=self.placement.get("rollout"),
+            max_restarts=cfg.ray.max_restarts, sleep_mode=colocate), lambda p: reuse_generators(p, policy_dir, ro))
+
+    def _end_training(self) -> dict[str, list[int]]:
+        """A training stage is through with its pools: their actors' pids (the stage's record keeps
+        them); warm ones stay for the next stage, others are shut down."""
+        if self.drift is not None:
+            self.drift.close()
+        pools = {r: p for r, p in (("rollout", self.rollout), ("reward", self.reward), ("learner", self.learner))
+                 if p is not None}
+        pids = {r: pool_pids(p) for r, p in pools.items()}
+        for p in pools.values():
+            self.warm.done(p)
+        self.rollout = self.reward = self.learner = self.loop = self.drift = None
+        return pids
 
     def save_checkpoint(self, key: str, step: int, history: list[dict[str, Any]]) -> None:
         """Learner state (policy, critic, optimizer, KL controller, RNG) + the driver's position, under the
@@ -517,10 +571,10 @@ class Pipeline:
         self._say(f"  {what} resumes after step {progress['step']} ({self._rel(d)})")
         return int(progress["step"]), list(progress["history"])
 
-    def _release_placement(self) -> None:
-        """Remove the run's own placement groups (never a caller's)."""
+    def _release_placement(self, keep: list[str] | None = None) -> None:
+        """Remove the run's own placement groups (never a caller's), but those of the roles in ``keep``."""
         if self.own_placement is not None:
-            self.own_placement.release()
+            self.own_placement.release(keep=keep or ())
 
     def _track(self, pool: Any, role: str) -> Any:
         """Keep ``pool`` for shutdown and restart counting; log each of its restarts as it happens."""
@@ -560,4 +614,5 @@ class Pipeline:
                 self._untrack(pool)
             except Exception as e:  # noqa: BLE001 - best effort cleanup
                 log.warning("shutdown of %s failed: %s", role, e)
+        self.warm.forget()
         self.rollout = self.reward = self.learner = self.loop = self.drift = None

@@ -2,13 +2,19 @@
 
 A run that is not given a placement by its caller (a Tune trial passes its own) places each
 role on a placement group of its own (:class:`RolePlacements`), created when a stage first
-asks for the role and removed when the stage ends (every actor of a stage is gone by then),
-so a run never holds the bundles of a stage that is not running::
+asks for the role and removed when the stage ends, unless a warm pool of the role lives on it
+(``pipeline.warm_actors``, :mod:`raydprm.cluster.warm`: a pool and its group stay until no
+later stage uses the role)::
 
     placements = RolePlacements(cfg)
     pool = RolloutPool.create(cfg.rollout, model, placement=placements.get("rollout"))
     ...
-    placements.release()                    # end of the stage: every group removed
+    placements.release(keep=["rollout"])    # end of the stage: every group but the warm rollout's removed
+
+What is held at once never exceeds the largest stage's groups (:func:`peak_resources`): the
+warm generators wait through the reward stages (whose task takes one learner bundle), the
+warm reward pool through the direct-alignment stages, and the learner and reward groups are
+removed before evaluate places its reference pool.
 
 Roles and their bundles (one bundle per actor; a bundle's CPUs/GPUs are its actor's):
 
@@ -245,11 +251,14 @@ class RolePlacements:
 
         return {name: placement_group_table(pg) for name, pg in self._pgs.items()}
 
-    def release(self) -> None:
-        """Remove every live group (their actors must already be shut down). Idempotent."""
+    def release(self, keep: Sequence[str] = ()) -> None:
+        """Remove every live group but those of the roles in ``keep`` (warm pools live there); the
+        removed groups' actors must already be shut down. Idempotent."""
         from ray.util.placement_group import remove_placement_group
 
-        pgs, self._pgs = self._pgs, {}
+        kept = {self.group(r) for r in keep}
+        pgs = {n: pg for n, pg in self._pgs.items() if n not in kept}
+        self._pgs = {n: pg for n, pg in self._pgs.items() if n in kept}
         for name, pg in pgs.items():
             try:
                 remove_placement_group(pg)

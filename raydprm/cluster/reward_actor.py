@@ -20,6 +20,7 @@ whole batch (the pool scalarises after joining its replicas' parts).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -119,6 +120,14 @@ class RewardActor:
         self._version += 1
         return self._version
 
+    def reload(self, model_dir: str, scale: LabelScale | None, reward_cfg, device: str = "cpu",
+               dtype: str = "float32", num_threads: int = 0) -> int:
+        """Warm reuse (another arm of a comparison): become, in this process, the replica that
+        ``__init__`` builds on these arguments: a reward model of any kind, another label scale and
+        ``reward.*`` section, version 0. Returns this process's pid."""
+        self.__init__(model_dir, scale, reward_cfg, device, dtype, num_threads)
+        return os.getpid()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> int:
         """Load a full DPRM state dict (backbone + head) in place (strict); new version."""
         self._model.load_state_dict(state_dict, strict=True)
@@ -141,7 +150,7 @@ class RewardActor:
                 "epochs": res.epochs, "items": len(data), "seconds": res.seconds}
 
     def info(self) -> dict[str, Any]:
-        return {"version": self._version, "source": self._source, "labels": list(self._model.scale.names),
+        return {"version": self._version, "source": self._source, "pid": os.getpid(), "labels": list(self._model.scale.names),
                 "scalar": self._cfg.scalar, "busy_s": self._busy_s, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -200,6 +209,16 @@ class RewardPool:
         """Every replica loads the checkpoint in ``model_dir`` (a refresh of the DPRM)."""
         self._source = ("dir", str(model_dir))
         return self.group.all(RewardActor.load_weights, str(model_dir), timeout_s=timeout_s)
+
+    def reload(self, model_dir: str, scale: LabelScale | None, reward_cfg, timeout_s: float | None = None) -> list[int]:
+        """Warm reuse: every replica becomes, in its own process, the one :meth:`create` would start on
+        ``model_dir`` (any kind of reward model), ``scale`` and ``reward_cfg`` (same replicas, CPUs,
+        device and dtype); a replica restarted from now on starts on them too. Returns the pids."""
+        (_, _, _, *rest), kw = self.group._init(0)  # device, dtype, threads: the pool's own
+        args = (str(model_dir), scale, reward_cfg, *rest)
+        self.group._init = lambda rank: (args, kw)
+        self.reward_cfg, self._source = reward_cfg, None
+        return self.group.all(RewardActor.reload, *args, timeout_s=timeout_s)
 
     def refresh(self, data, out_dir: str, reward_cfg, seed: int, timeout_s: float | None = None) -> dict[str, Any]:
         """Fine-tune the served model on ``data`` (replica 0 trains, see :meth:`RewardActor.fine_tune`),

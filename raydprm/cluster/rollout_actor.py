@@ -373,6 +373,11 @@ class RolloutPool:
         if version is not None:
             self.version = version
 
+    def use_config(self, cfg: Any) -> None:
+        """Warm reuse for another arm: its ``rollout`` section's sampling defaults, timeouts and
+        tolerances (the engines' constructor arguments must be the pool's: a new pool otherwise)."""
+        self.cfg, self.default_sampling = cfg, SamplingParams.from_config(cfg)
+
     def _catch_up(self, group: ActorGroup, ranks: list[int]) -> None:
         """A restarted replica starts from the initial weights: give it the last verified update
         (or the checkpoint the pool last loaded)."""

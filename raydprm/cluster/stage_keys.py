@@ -52,6 +52,7 @@ NOT_READ = frozenset({
     "serve.*", "ray.*", "run.name", "run.output_dir", "run.device", "run.log_level", "models.cache_dir",
     "models.tokenizer", "models.trust_remote_code", "pipeline.checkpoint_every", "pipeline.keep_checkpoints",
     "pipeline.layout", "pipeline.placement_timeout_s", "pipeline.store_num_cpus",
+    "pipeline.warm_actors",  # the same numbers with fresh or warm actors (tests/cluster/test_compare.py)
     "run.loggers", "run.tracking_uri", "run.experiment",  # where metrics are logged (declared before they land)
 })
 

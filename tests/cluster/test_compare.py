@@ -25,8 +25,15 @@ def test_compare_trains_each_policy_per_seed_and_judges_them_on_the_same_prompts
     report = Pipeline(cfg, run_dir, progress=False).fit()
 
     state = json.loads((run_dir / "state.json").read_text())
-    assert list(state["stages"]) == ["sft", "collect", "bt/seed0/reward", "bt/seed0/ppo", "crowd_dpo/seed0/align",
-                                     "bt/seed1/reward", "bt/seed1/ppo", "crowd_dpo/seed1/align", "evaluate"]
+    # every reward stage before the first training stage (its task takes a learner bundle), PPO before alignment
+    assert list(state["stages"]) == ["sft", "collect", "bt/seed0/reward", "bt/seed1/reward", "bt/seed0/ppo",
+                                     "bt/seed1/ppo", "crowd_dpo/seed0/align", "crowd_dpo/seed1/align", "evaluate"]
+    # warm actors: the arms of a kind trained in the same processes (pipeline.warm_actors, the default)
+    pids = {s: json.loads((run_dir / s / "record.json").read_text())["outputs"]["pids"]
+            for s in ("bt/seed0/ppo", "bt/seed1/ppo", "crowd_dpo/seed0/align", "crowd_dpo/seed1/align")}
+    assert set(pids["bt/seed0/ppo"]) == {"rollout", "reward", "learner"}
+    assert pids["bt/seed0/ppo"] == pids["bt/seed1/ppo"] and pids["crowd_dpo/seed0/align"] == pids["crowd_dpo/seed1/align"]
+    assert not set(pids["crowd_dpo/seed0/align"]["learner"]) & set(pids["bt/seed0/ppo"]["learner"])  # another kind
     meta = json.loads((run_dir / "bt" / "seed0" / "reward" / "best" / "reward_model.json").read_text())
     assert meta["kind"] == "bt"  # PPO of the BT policy ran against a Bradley-Terry reward model
     h0 = json.loads((run_dir / "bt" / "seed0" / "ppo" / "history.json").read_text())
