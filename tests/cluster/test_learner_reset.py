@@ -6,6 +6,7 @@ driven in this process."""
 import dataclasses
 import os
 
+import numpy as np
 import pytest
 import torch
 from helpers import make_batch
@@ -84,3 +85,57 @@ def test_reset_refuses_another_group_shape_and_an_unset_rank():
         LearnerGroup(None).reset("q", seed=1)
     with pytest.raises(RuntimeError, match="before setup"):
         LearnerActor(PPOLearner, {}).reset({})
+
+
+def test_reset_turns_a_critic_learner_into_a_critic_free_one_as_a_fresh_rank(tiny_kit):
+    """A comparison's next arm may drop the critic (reinforce_pp after GAE): reset builds it without."""
+    used = LearnerActor(PPOLearner, dict(ppo=CFG, policy="tiny-gpt2", seed=0, device="cpu"))
+    used.setup("127.0.0.1", None)
+    used.update(make_batch(seed=1))
+    free = dataclasses.replace(CFG, advantage="reinforce_pp")
+    assert CFG.uses_critic and not free.uses_critic
+    used.reset({"seed": 5, "ppo": free})
+    fresh = LearnerActor(PPOLearner, dict(ppo=free, policy="tiny-gpt2", seed=5, device="cpu"))
+    fresh.setup("127.0.0.1", None)
+    _assert_same(_state(used), _state(fresh))  # no value head on either side
+    assert _untimed(used.update(make_batch(seed=3))) == _untimed(fresh.update(make_batch(seed=3)))
+    _assert_same(_state(used), _state(fresh))
+
+
+def test_reward_replica_reload_is_a_fresh_replica_of_another_kind_and_config(tiny_kit, tmp_path):
+    """Warm reward replicas take another arm's reward model (a DPRM after a Bradley-Terry one) and
+    reward section in their own process; the pool makes a replica restarted later start on them."""
+    from raydprm.cluster.reward_actor import RewardActor, RewardPool
+    from raydprm.config import RewardConfig
+    from raydprm.core.label_scale import LabelScale
+    from raydprm.models.dprm import DPRM
+    from raydprm.models.reward_models import BTRewardModel
+
+    scale = LabelScale(("safe", "unsure", "unsafe"), (1.0, 0.0, -1.0))
+    prompts, resp = ["Q: a ?\nA:", "Q: b ?\nA:"], [" yes .", " no ."]
+    bt = BTRewardModel.from_backbone("tiny-opt", scale, max_length=64).save(tmp_path / "bt")
+    dprm = DPRM.from_backbone("tiny-opt", scale, max_length=64, seed=2).save(tmp_path / "dprm")
+    cvar = RewardConfig(scalar="cvar", cvar_alpha=0.3)
+    actor = RewardActor(str(bt), scale, RewardConfig())
+    assert np.isnan(actor.score(prompts, resp)["entropy"]).all()  # a BT model: no distribution
+    actor._version = 3  # e.g. refreshed during the last arm
+    assert actor.reload(str(dprm), scale, cvar) == os.getpid()
+    got, want = actor.score(prompts, resp), RewardActor(str(dprm), scale, cvar).score(prompts, resp)
+    assert got.keys() == want.keys() and got["version"] == 0
+    assert all(np.array_equal(got[k], want[k]) for k in ("distribution", "expected", "reward", "cvar", "entropy"))
+
+    class _Group:  # the pool's side, one replica in this process
+        num_actors = 1
+
+        def __init__(self):
+            self._init = lambda rank: ((str(bt), scale, RewardConfig(), "cpu", "float32", 1), {})
+            self.actor = RewardActor(*self._init(0)[0])
+
+        def all(self, method, *args, timeout_s=None):
+            return [getattr(self.actor, method.__name__)(*args)]
+
+    pool = RewardPool(_Group(), RewardConfig())
+    assert pool.reload(str(dprm), scale, cvar) == [os.getpid()] and pool.reward_cfg is cvar
+    args, _ = pool.group._init(0)
+    assert args == (str(dprm), scale, cvar, "cpu", "float32", 1)  # what a restarted replica is built on
+    assert pool._source is None  # nothing to load on top of it
