@@ -73,7 +73,6 @@ class WarmPools:
                  untrack: Callable[[Any], None]) -> None:
         self.enabled, self._say, self._track, self._untrack = enabled, say, track, untrack
         self._held: dict[str, tuple[dict[str, Any], Any]] = {}  # role -> (shape, pool)
-        self.started: dict[str, int] = {}  # role -> pools started (tests, bench)
 
     def get(self, role: str, shape: dict[str, Any], create: Callable[[], Any],
             reuse: Callable[[Any], None]) -> Any:
@@ -89,7 +88,6 @@ class WarmPools:
             self._say(f"  {role}: new actors, the warm ones cannot take this shape ({diff})")
             self.drop(role)
         pool = self._track(create(), role)
-        self.started[role] = self.started.get(role, 0) + 1
         if self.enabled:
             self._held[role] = (dict(shape), pool)
         return pool
