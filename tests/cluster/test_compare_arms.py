@@ -74,3 +74,33 @@ def test_a_policy_whose_fields_do_not_fit_the_run_s_config_is_named_in_one_line(
     cfg = load_config(None, ["pipeline.policies=[dprm_ot_wg,bt]", "reward.loss=ot", "reward.conditioning=group"])
     with pytest.raises(ConfigError, match=r"^policy 'bt' of pipeline.policies: .*'reward.conditioning' = 'group'"):
         arms(cfg)
+
+
+def test_warm_pools_reuse_a_pool_of_the_same_shape_and_start_another_shape_anew_saying_why():
+    from raydprm.cluster.warm import WarmPools, learner_shape
+
+    said, live, made = [], [], []
+
+    def create(name):
+        def make():
+            made.append(name)
+            return name
+        return make
+
+    warm = WarmPools(True, said.append, lambda p, role: live.append(p) or p, live.remove)
+    ppo = load_config(None, []).ppo
+    a = warm.get("learner", learner_shape("ppo", ppo), create("a"), lambda p: said.append(f"reset {p}"))
+    warm.done(a)  # kept for the next arm
+    b = warm.get("learner", learner_shape("ppo", dataclasses.replace(ppo, beta=0.5)), create("b"),
+                 lambda p: said.append(f"reset {p}"))
+    assert a == b == "a" and made == ["a"] and said == ["reset a"] and live == ["a"]
+    c = warm.get("learner", learner_shape("align", load_config(None, []).align), create("c"), lambda p: None)
+    assert c == "c" and live == ["c"] and warm.roles == ["learner"]  # the PPO learner shut down first
+    assert said[-1] == "  learner: new actors, the warm ones cannot take this shape (kind 'ppo' -> 'align')"
+    warm.drop("learner")
+    assert live == [] and warm.roles == []
+
+    cold = WarmPools(False, said.append, lambda p, role: live.append(p) or p, live.remove)
+    d = cold.get("rollout", {"replicas": 1}, create("d"), lambda p: None)
+    cold.done(d)  # pipeline.warm_actors = false: every stage's pools are shut down after it
+    assert live == [] and cold.roles == [] and cold.get("rollout", {"replicas": 1}, create("e"), None) == "e"
