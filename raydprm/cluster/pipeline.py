@@ -120,7 +120,7 @@ class Pipeline:
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         check_key_version(self.run_dir)  # a run keyed by an older scheme is refused before any file
-        from raydprm.cluster.tracking import check_installed
+        from raydprm.cluster.tracking import check_installed, end_open_trackers
 
         check_installed(cfg.run.loggers)  # a tracker's missing package, before any work
         runtime = connect(cfg.ray, required_resources(cfg), what="raydprm run")  # pre-flight before any file
@@ -138,6 +138,9 @@ class Pipeline:
                 return {"ppo": trained[0][1]["history"]}
             ev_in = {"sft": sft["digest"]} | {arm.prefix + "policy": out["digest"] for arm, out in trained}
             self._stage("evaluate", c, ev_in, lambda: self._evaluate(sft_dir, trained))
+        except BaseException as e:  # the tracker runs of a stage that died end FAILED, or KILLED by a signal
+            end_open_trackers(e)
+            raise
         finally:
             self._stages_bar.close()
             self.shutdown_workers()
