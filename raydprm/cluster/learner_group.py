@@ -198,26 +198,28 @@ class LearnerGroup:
         self._spec = spec if spec is not None else {}
 
     @classmethod
-    def create(cls, ppo: PPOConfig, policy: str, *, seed: int = 0, dtype: str = "float32",
+    def create(cls, ppo: PPOConfig, policy: str | os.PathLike[str], *, seed: int = 0, dtype: str = "float32",
                trust_remote_code: bool = False, placement: Placement | None = None, max_restarts: int = 0,
                timeout_s: float | None = None) -> LearnerGroup:
         """PPO ranks (rank ``i`` on bundle ``i`` of ``placement``), started and joined into one group."""
         from raydprm.train.learner import PPOLearner
 
         gpu = ppo.num_gpus_per_worker > 0
-        kw = dict(ppo=ppo, policy=policy, seed=seed, device="cuda" if gpu else "cpu", dtype=dtype,
+        kw = dict(ppo=ppo, policy=os.fspath(policy), seed=seed, device="cuda" if gpu else "cpu", dtype=dtype,
                   trust_remote_code=trust_remote_code)
         return cls._start(PPOLearner, kw, ppo, placement, max_restarts, timeout_s, role="learner")
 
     @classmethod
-    def create_aligner(cls, align: Any, policy: str, *, seed: int = 0, placement: Placement | None = None,
+    def create_aligner(cls, align: Any, policy: str | os.PathLike[str], *, seed: int = 0,
+                       placement: Placement | None = None,
                        max_restarts: int = 0, timeout_s: float | None = None) -> LearnerGroup:
         """Direct-alignment ranks (``align.algo``: dpo, ipo, slic, slic_rso, rrhf, crowd_dpo) on the same
         actor group, DeepSpeed engine, checkpoints and restart policy as PPO; ``update`` takes a
         :class:`~raydprm.train.direct_alignment.PairBatch`."""
         from raydprm.train.direct_alignment import DirectAlignmentLearner
 
-        kw = dict(align=align, policy=policy, seed=seed, device="cuda" if align.num_gpus_per_worker > 0 else "cpu")
+        kw = dict(align=align, policy=os.fspath(policy), seed=seed,
+                  device="cuda" if align.num_gpus_per_worker > 0 else "cpu")
         return cls._start(DirectAlignmentLearner, kw, align, placement, max_restarts, timeout_s, role="aligner")
 
     @classmethod
