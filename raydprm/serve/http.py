@@ -310,7 +310,7 @@ def build_http_app(schemas: Schemas, label_names: Sequence[str], rewards: Sequen
 
     @app.exception_handler(RaydprmError)
     async def _user_error(request: Request, exc: RaydprmError) -> JSONResponse:
-        return _error(400, [{"field": getattr(exc, "field", "body"), "message": str(exc)}])
+        return _error(400, [{"field": exc.field if isinstance(exc, RefusedVote) else "body", "message": str(exc)}])
 
     @app.exception_handler(Unavailable)
     async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:
