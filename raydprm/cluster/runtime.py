@@ -122,7 +122,7 @@ class RayRuntime:
         self.started = False
 
 
-# The reaper's program (psutil only: no Ray, no raydprm, ~15 MB): block on the pipe until the owner is
+# The reaper's program (psutil only: no Ray, no raydprm): block on the pipe until the owner is
 # gone (EOF: it exited or was killed, even by SIGKILL), then SIGKILL every process naming the session.
 _REAPER = """
 import os, sys
