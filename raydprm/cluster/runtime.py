@@ -32,10 +32,12 @@ resource. A local instance cannot grow, so a local shortfall (e.g. GPUs) fails a
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator, Mapping
@@ -122,11 +124,25 @@ class RayRuntime:
         self.started = False
 
 
-# The reaper's program (psutil only: no Ray, no raydprm): block on the pipe until the owner is
-# gone (EOF: it exited or was killed, even by SIGKILL), then SIGKILL every process naming the session.
-_REAPER = """
-import os, sys
-import psutil
+def _names(text: str, marker: str) -> bool:
+    """``text`` names ``marker`` as a whole (a session ``..._123`` is not named by ``..._1234``)."""
+    return re.search(re.escape(marker) + r"(?!\w)", text) is not None
+
+
+def _of_session(p: Any, marker: str) -> bool:
+    """``p``'s command line names ``marker``, or ``p`` is a Ray process (its title ``ray::...``: the
+    agents and workers replace their command line with it) writing a file under ``marker`` (its logs)."""
+    cmd = p.info["cmdline"] or []
+    if any(_names(part, marker) for part in cmd):
+        return True
+    return bool(cmd) and cmd[0].startswith("ray::") and any(_names(f.path, marker) for f in p.open_files())
+
+
+# The reaper's program (psutil only: no Ray, no raydprm; the two matchers above, by their source):
+# block on the pipe until the owner is gone (EOF: it exited or was killed, even by SIGKILL), then
+# SIGKILL every process of the session.
+_REAPER = "import os, re, sys\nfrom typing import Any\nimport psutil\n" + inspect.getsource(_names) \
+    + inspect.getsource(_of_session) + """
 fd, marker = int(sys.argv[1]), sys.argv[2]
 try:
     while os.read(fd, 64):
@@ -136,9 +152,7 @@ except OSError:
 me, procs = os.getpid(), []
 for p in psutil.process_iter(["cmdline"]):
     try:
-        cmd = p.info["cmdline"] or []
-        if p.pid != me and (any(marker in part for part in cmd) or (cmd and cmd[0].startswith("ray::") and any(
-                marker in f.path for f in p.open_files()))):
+        if p.pid != me and _of_session(p, marker):
             procs.append(p)
     except psutil.Error:
         pass
@@ -149,6 +163,7 @@ for p in procs:
         pass
 psutil.wait_procs(procs, timeout=10)
 """
+
 
 
 def _start_reaper(session_dir: str) -> tuple[Any, int]:
@@ -228,15 +243,6 @@ def cleanup_stale_local_ray() -> list[int]:
             log.warning("ended %d process(es) left by a killed raydprm run (pid %d, %s)", len(ended), owner, session)
         rec_file.unlink(missing_ok=True)
     return killed
-
-
-def _of_session(p: Any, marker: str) -> bool:
-    """``p``'s command line names ``marker``, or ``p`` is a Ray process (its title ``ray::...``: the
-    agents and workers replace their command line with it) writing a file under ``marker`` (its logs)."""
-    cmd = p.info["cmdline"] or []
-    if any(marker in part for part in cmd):
-        return True
-    return bool(cmd) and cmd[0].startswith("ray::") and any(marker in f.path for f in p.open_files())
 
 
 def end_processes_naming(marker: str, timeout_s: float = 10.0) -> list[int]:
