@@ -540,7 +540,8 @@ class PPOConfig(Section):
     entropy_coef: float = opt(0.0, doc="Entropy bonus coefficient.", ge=0)
     epochs: int = opt(2, doc="PPO epochs per batch of rollouts.", ge=1)
     rollout_batch: int = opt(32, doc="Rollouts per PPO update (global).", ge=1)
-    minibatch: int = opt(16, doc="Minibatch size (global) per optimizer step.", ge=1)
+    minibatch: int = opt(16, doc="Rollouts per optimizer step (global; a multiple of engine.num_workers, split into "
+                         "engine.micro_batch rows per forward).", ge=1)
     lr: float = opt(5e-4, doc="Learning rate (sized for the tiny default policy; use ~1e-6..1e-5 for billion-parameter models).", gt=0)
     grad_clip: float = opt(1.0, doc="Gradient clipping norm; 0 = off.", ge=0)
     whiten_advantages: bool = opt(True, doc="Whiten advantages per batch.")
@@ -594,7 +595,8 @@ class AlignConfig(Section):
     max_prompt_tokens: int = opt(64, doc="Prompt tokens kept (the left end is cut).", ge=1)
     max_response_tokens: int = opt(48, doc="Response tokens kept (the right end is cut).", ge=1)
     batch: int = opt(16, doc="Pairs per update (global).", ge=1)
-    minibatch: int = opt(8, doc="Pairs per optimizer step (global).", ge=1)
+    minibatch: int = opt(8, doc="Pairs per optimizer step (global; a multiple of engine.num_workers, split into "
+                         "engine.micro_batch pairs per forward).", ge=1)
     epochs: int = opt(1, doc="Passes over each update's batch.", ge=1)
     steps: int = opt(40, doc="Updates of a training run.", ge=1)
     lr: float = opt(5e-4, doc="Learning rate (sized for the tiny default policy; ~1e-6 for billion-parameter models; "
