@@ -283,7 +283,7 @@ class Pipeline:
                                   pairs_per_prompt=a.pairs_per_prompt, ties=a.ties, min_margin=a.min_margin,
                                   hard=a.algo != "crowd_dpo", seed=cfg.run.seed)
         tok = load_tokenizer(policy_dir)
-        self.learner = self._track(LearnerGroup.create_aligner(a, policy_dir, seed=cfg.run.seed,
+        self.learner = self._track(LearnerGroup.create_aligner(a, policy_dir, engine=cfg.engine, seed=cfg.run.seed,
                                                                placement=self.placement.get("learner"),
                                                                max_restarts=cfg.ray.max_restarts), "learner")
         self._say(f"  {a.algo}: {len(pairs)} pairs from the store, {a.steps} updates of {a.batch}")
@@ -445,7 +445,7 @@ class Pipeline:
         at = self.placement.get("learner")
         if at is None:
             return {}
-        return {"num_cpus": min(1.0, self.cfg.ppo.num_cpus_per_worker), "scheduling_strategy": at.strategy(0)}
+        return {"num_cpus": min(1.0, self.cfg.engine.num_cpus_per_worker), "scheduling_strategy": at.strategy(0)}
 
     # ------------------------------------------------------------------ workers and checkpoints
     def init_workers(self, policy_dir: str, reward_dir: str, cfg: Config | None = None) -> None:
@@ -465,7 +465,7 @@ class Pipeline:
                                                       sleep_mode=colocate), "rollout")
         self.reward = self._track(RewardPool.create(reward_dir, label_scale_from_config(cfg.labels), cfg.reward,
                                                     placement=at("reward"), max_restarts=r), "reward")
-        self.learner = self._track(LearnerGroup.create(cfg.ppo, policy_dir, seed=cfg.run.seed, dtype=cfg.models.dtype,
+        self.learner = self._track(LearnerGroup.create(cfg.ppo, policy_dir, engine=cfg.engine, seed=cfg.run.seed, dtype=cfg.models.dtype,
                                                        placement=at("learner"), max_restarts=r), "learner")
         self.loop = PPOLoop(self.rollout, self.reward, self.learner, cfg.rollout, seed=cfg.run.seed,
                             async_rollout=cfg.ppo.async_rollout, colocate=colocate)
