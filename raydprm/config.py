@@ -740,7 +740,9 @@ class Config:
 
     def __post_init__(self) -> None:
         """Rules between sections."""
-        self.ppo_engine, self.align_engine  # noqa: B018  (engine.* against ppo.* and align.*: checks name both)
+        self.ppo_engine  # noqa: B018  (engine.* against ppo.*: its checks name both)
+        if set(self.pipeline.policies) & set(ALIGN_ALGOS):  # direct-alignment arms: engine.* against align.* too
+            self.align_engine  # noqa: B018  (a learner group built without them checks it then)
         if self.serve.max_text_chars > self.store.max_text_chars:
             raise ConfigError(f"config key 'serve.max_text_chars' = {self.serve.max_text_chars} must be <= "
                               f"store.max_text_chars = {self.store.max_text_chars} (votes the server accepts "

@@ -169,7 +169,11 @@ def test_the_engine_joins_each_algorithm_and_its_checks_name_the_real_keys():
     assert (p.lr, a.lr) == (cfg.ppo.lr, cfg.align.lr)
     with pytest.raises(ConfigError, match=r"config key 'align\.minibatch' = 6 must be a multiple of engine\.num_workers = 4"):
         load_config(None, ["engine.num_workers=4", "engine.micro_batch=1", "align.minibatch=6", "align.batch=12",
-                           "ppo.minibatch=16"])
+                           "ppo.minibatch=16", "pipeline.policies=[vanilla,dpo]"])
+    # a run with no direct-alignment arm is not held to align.* (a learner group built for one checks it then)
+    ppo_only = load_config(None, ["engine.num_workers=3", "engine.micro_batch=1", "ppo.minibatch=12", "ppo.rollout_batch=24"])
+    with pytest.raises(ConfigError, match=r"'align\.minibatch' = 8 must be a multiple of engine\.num_workers = 3"):
+        ppo_only.align_engine  # noqa: B018
     with pytest.raises(ConfigError, match=r"'engine\.micro_batch' = 3 must divide .* ppo\.minibatch / engine\.num_workers = 16"):
         load_config(None, ["engine.micro_batch=3"])
     with pytest.raises(ConfigError, match=r"'engine\.offload_params' needs engine\.zero_stage = 3"):

@@ -38,7 +38,7 @@ import ray
 
 from raydprm.cluster.group import ActorGroup, Placement, peak_rss_mb
 from raydprm.cluster.weight_sync import NcclSender, WeightUpdate, publish
-from raydprm.config import EngineSection, PPOConfig
+from raydprm.config import EngineConfig, EngineSection, PPOConfig
 from raydprm.rollout.sync import WeightManifest, build_manifest
 from raydprm.train.rollout_batch import RolloutBatch
 
@@ -223,6 +223,7 @@ class LearnerGroup:
         from raydprm.train.direct_alignment import DirectAlignmentLearner
 
         engine = engine or EngineSection()
+        EngineConfig.of(engine, align)  # engine.* against align.*: refused here, before any rank starts
         kw = dict(align=align, policy=os.fspath(policy), engine=engine, seed=seed,
                   device="cuda" if engine.num_gpus_per_worker > 0 else "cpu")
         return cls._start(DirectAlignmentLearner, kw, engine, placement, max_restarts, timeout_s, role="aligner")
