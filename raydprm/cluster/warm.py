@@ -56,7 +56,7 @@ def reward_shape(reward_cfg: Any) -> dict[str, Any]:
 
 def learner_shape(kind: str, section: Any) -> dict[str, Any]:
     """What :meth:`LearnerGroup.reset` cannot change: the learner's kind (``ppo``: with or without a critic,
-    reset builds either; ``align``), its ranks, their resources and engine."""
+    reset builds either; ``align``), its ranks, their resources and engine (of the ``engine`` section)."""
     keys = ("num_workers", "num_cpus_per_worker", "num_gpus_per_worker", "engine")
     return {"kind": kind, **{k: getattr(section, k) for k in keys}}
 

@@ -88,13 +88,13 @@ def test_warm_pools_reuse_a_pool_of_the_same_shape_and_start_another_shape_anew_
         return make
 
     warm = WarmPools(True, said.append, lambda p, role: live.append(p) or p, live.remove)
-    ppo = load_config(None, []).ppo
-    a = warm.get("learner", learner_shape("ppo", ppo), create("a"), lambda p: said.append(f"reset {p}"))
+    engine = load_config(None, []).engine
+    a = warm.get("learner", learner_shape("ppo", engine), create("a"), lambda p: said.append(f"reset {p}"))
     warm.done(a)  # kept for the next arm
-    b = warm.get("learner", learner_shape("ppo", dataclasses.replace(ppo, beta=0.5)), create("b"),
+    b = warm.get("learner", learner_shape("ppo", dataclasses.replace(engine, micro_batch=2)), create("b"),
                  lambda p: said.append(f"reset {p}"))
     assert a == b == "a" and made == ["a"] and said == ["reset a"] and live == ["a"]
-    c = warm.get("learner", learner_shape("align", load_config(None, []).align), create("c"), lambda p: None)
+    c = warm.get("learner", learner_shape("align", engine), create("c"), lambda p: None)
     assert c == "c" and live == ["c"] and warm.roles == ["learner"]  # the PPO learner shut down first
     assert said[-1] == "  learner: new actors, the warm ones cannot take this shape (kind 'ppo' -> 'align')"
     warm.drop("learner")
