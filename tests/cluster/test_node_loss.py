@@ -7,7 +7,11 @@ PPO step 1 the worker that holds the rollout generator is removed (its processes
 preempted VM) and a fresh 2-CPU worker joins (as an autoscaler would replace it). The lost
 roles' placement-group bundles are rescheduled onto the new node, their actors restarted there
 (the learner group from its last checkpoint), and the run ends with exactly the metrics of
-the uninterrupted run on the same cluster. The time from the removal to the end of the next
+the uninterrupted run on the same cluster. The restarted generator's catch-up cannot re-send
+the last weight update when its buckets died with their owner (the learner, when it shared
+the lost node): it asks the learner to publish that version again (a learner restarted from
+its checkpoint makes the run redo the step and publish anew; ``RolloutPool._catch_up``, unit
+tests in ``test_rollout_pool.py``). The time from the removal to the end of the next
 step is printed (docs/hardening.md, "Faults").
 
 ``serial``: it starts a Ray cluster of its own (three raylets) and wants the machine's CPUs.
@@ -64,10 +68,6 @@ def _node_of(actor) -> str:
     return ray.get(actor.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()), timeout=60)
 
 
-@pytest.mark.xfail(run=False, strict=True, reason=(
-    "known failure since the one-loop rollout pool (2026-12-06): the restarted generator's catch-up re-sends the "
-    "pool's last weight update, whose objects died with their owner on the lost node (OwnerDiedError in "
-    "RolloutPool._catch_up); a catch-up that asks the learner to publish again is not built yet"))
 def test_a_worker_node_lost_mid_ppo_is_replaced_and_the_run_ends_as_uninterrupted(cluster, tmp_path, capsys):
     from raydprm.cluster.pipeline import Pipeline
 
