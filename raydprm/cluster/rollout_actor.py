@@ -262,6 +262,7 @@ class RolloutPool:
         # who can publish the pool's version again (sync_policy: the learner), should _last_update's buckets be lost
         self._source: Callable[[int], WeightUpdate] | None = None
         self._checkpoint: str | None = None  # the HF directory the replicas last loaded (load_checkpoint)
+        self._replacing = False  # a sync or load_checkpoint is giving every replica new weights right now
 
     @classmethod
     def create(cls, cfg: Any, model: str, *, dtype: str = "float32", placement: Placement | None = None,
@@ -364,7 +365,11 @@ class RolloutPool:
             raise WeightSyncError("rollout.weight_sync=nccl syncs by broadcast from the learner (sync_policy)")
         timeout_s = timeout_s or self.cfg.sync_timeout_s
         t0 = time.perf_counter()
-        reports = self._receive(update, list(range(self.num_replicas)), timeout_s)
+        self._replacing = True
+        try:
+            reports = self._receive(update, list(range(self.num_replicas)), timeout_s)
+        finally:
+            self._replacing = False
         for r in reports:
             r.extra["wall_s"] = time.perf_counter() - t0
         self.version, self._last_update, self._checkpoint, self._source = update.version, update, None, source
@@ -387,7 +392,12 @@ class RolloutPool:
         replica loads it again. ``version=0``: the pool and its engines start counting weight
         versions again, as a pool started on ``model_dir`` (warm reuse for another training run,
         whose first sync is version 1); None keeps the current version."""
-        self.group.all(RolloutGenerator.load_checkpoint, str(model_dir), version, timeout_s=timeout_s)
+        self._replacing = True  # a replica restarted meanwhile is given the directory by the retried call, so
+        try:  # the version is explicit: a restarted replica has none of its own to keep
+            self.group.all(RolloutGenerator.load_checkpoint, str(model_dir), self.version if version is None else version,
+                           timeout_s=timeout_s)
+        finally:
+            self._replacing = False
         self._last_update, self._checkpoint, self._source = None, str(model_dir), None
         if version is not None:
             self.version = version
@@ -404,7 +414,15 @@ class RolloutPool:
         its last checkpoint and :class:`~raydprm.cluster.group.GroupRestarted` goes to the caller,
         whose recovery publishes a newer version to every replica. Whatever fails here leaves the
         restarted replicas refusing to generate until a sync succeeds, never serving initial weights
-        under the pool's version."""
+        under the pool's version.
+
+        A replica restarted in the middle of a sync (or ``load_checkpoint``) needs no catch-up: the
+        retried call gives it the new weights (e.g. the learner restarted on a lost node, loaded
+        its checkpoint and publishes; the generator that shared the node dies in that sync, and the
+        old update's buckets died with the old learner). It is marked unverified until then."""
+        if self._replacing:
+            self._mark_unverified(group, ranks)
+            return
         try:
             if self._checkpoint is not None and self._last_update is None:
                 group.each(RolloutGenerator.load_checkpoint, [((self._checkpoint, self.version), {})] * len(ranks),

@@ -288,7 +288,7 @@ def lost_pool(ray_local, tiny_policy):
     from raydprm.cluster.rollout_actor import RolloutPool
 
     p = RolloutPool.create(RolloutConfig(num_replicas=2, num_cpus=0.25, sync_timeout_s=60, bucket_mb=1,
-                                         probe_tolerance=1e-4), tiny_policy, max_restarts=6)
+                                         probe_tolerance=1e-4), tiny_policy, max_restarts=8)
     yield p
     p.shutdown()
 
@@ -324,6 +324,17 @@ def test_rollout_ray_restart_after_the_update_died_with_its_owner_gets_the_same_
     kill_actor(pool.group.actors[0])  # the next restart re-sends the fresh copy: nothing is asked again
     assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] == want
     assert asked == [v] and pool.restarts == restarts + 2 and pool.versions() == [v, v]
+    # restarted in the middle of a sync (the pipeline publishing after its learner restarted): the retried
+    # call gives it the new version; the lost one is neither re-sent nor asked for
+    up, owner = _published_by(perturbed(tiny_policy, seed=42), v + 1, pool)
+    pool.sync_weights(up, source=source)
+    _kill_owner(owner, up)
+    kill_actor(pool.group.actors[1])
+    newer = perturbed(tiny_policy, seed=45)
+    pool.sync_weights(_update(newer, v + 2, pool), source=source)
+    assert asked == [v] and pool.restarts == restarts + 3 and pool.versions() == [v + 2, v + 2]
+    assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] == \
+        [r.token_ids for r in _reference(newer, tiny_policy, PROMPTS, GREEDY)]
 
 
 def test_rollout_ray_lost_update_never_lets_a_restarted_replica_serve_other_weights(lost_pool, tiny_policy):
