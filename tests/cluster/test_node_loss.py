@@ -5,9 +5,10 @@ the tiny pipeline; PPO's three roles (rollout, reward, learner: one CPU each, ea
 placement group of its own) cannot all fit on one worker, so they are spread over both. After
 PPO step 1 the worker that holds the rollout generator is removed (its processes killed, as a
 preempted VM) and a fresh 2-CPU worker joins (as an autoscaler would replace it). The lost
-roles' placement-group bundles are rescheduled onto the new node, their actors restarted there
-(the learner group from its last checkpoint), and the run ends with exactly the metrics of
-the uninterrupted run on the same cluster. The restarted generator's catch-up cannot re-send
+roles' placement-group bundles are rescheduled where there is room (the new node, or the
+surviving worker when it has a CPU free), their actors restarted there (the learner group
+from its last checkpoint), and the run ends with exactly the metrics of the uninterrupted
+run on the same cluster. The restarted generator's catch-up cannot re-send
 the last weight update when its buckets died with their owner (the learner, when it shared
 the lost node): it asks the learner to publish that version again (a learner restarted from
 its checkpoint makes the run redo the step and publish anew; ``RolloutPool._catch_up``, unit
@@ -101,6 +102,7 @@ def test_a_worker_node_lost_mid_ppo_is_replaced_and_the_run_ends_as_uninterrupte
             assert len(set(nodes.values())) == 2, nodes  # the roles are spread over both workers
             victim = next(w for w in workers if w.node_id == nodes["rollout"])
             seen["lost_roles"] = sorted(r for r, n in nodes.items() if n == victim.node_id)
+            seen["victim"] = victim.node_id
             c.remove_node(victim, allow_graceful=False)  # a preempted VM: every process of the node killed
             workers.remove(victim)
             workers.append(c.add_node(**NODE))  # its replacement joins
@@ -116,9 +118,10 @@ def test_a_worker_node_lost_mid_ppo_is_replaced_and_the_run_ends_as_uninterrupte
     assert _final(got) == _final(reference)  # the same final metrics as the uninterrupted run
     if layout == "colocate":
         assert seen["lost_roles"] == ["learner", "rollout"]
-    for role in seen["lost_roles"]:  # each lost role was restarted, on the new node
+    live = {w.node_id for w in workers}  # the surviving worker and the new one
+    for role in seen["lost_roles"]:  # each lost role was restarted where there was room: a node still alive
         assert got["restarts"][role] >= 1, (role, got["restarts"], out)
-        assert seen["nodes_after"][role] == workers[-1].node_id
+        assert seen["nodes_after"][role] != seen["victim"] and seen["nodes_after"][role] in live, (role, seen)
     events = [json.loads(x) for x in (dst / "restarts.jsonl").read_text().splitlines()]
     assert sorted({e["role"] for e in events}) == seen["lost_roles"]
     step_s = [r["time/step_s"] for r in got["ppo"] if "time/step_s" in r]
