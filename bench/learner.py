@@ -49,19 +49,21 @@ def make_batch(B: int, P: int, T: int, vocab: int, seed: int):
 
 
 def ppo_config(spec: dict):
-    from raydprm.config import PPOConfig
+    """The learner's ``ppo`` and ``engine`` sections (keyword arguments of PPOLearner / LearnerGroup.create)."""
+    from raydprm.config import EngineSection, PPOConfig
 
     B = spec["batch"]
-    return PPOConfig(rollout_batch=B, minibatch=B // 2, micro_batch=spec["micro"], epochs=spec["epochs"],
-                     lr=1e-4, engine=spec.get("engine", "deepspeed"), zero_stage=spec.get("zero", 0),
-                     optimizer=spec.get("optimizer", "adamw"), offload_optimizer=spec.get("offload", False),
-                     num_workers=spec.get("workers", 1), num_cpus_per_worker=float(spec.get("cpus_per_worker", 1)))
+    return {"ppo": PPOConfig(rollout_batch=B, minibatch=B // 2, epochs=spec["epochs"], lr=1e-4),
+            "engine": EngineSection(micro_batch=spec["micro"], engine=spec.get("engine", "deepspeed"),
+                                    zero_stage=spec.get("zero", 0), optimizer=spec.get("optimizer", "adamw"),
+                                    offload_optimizer=spec.get("offload", False), num_workers=spec.get("workers", 1),
+                                    num_cpus_per_worker=float(spec.get("cpus_per_worker", 1)))}
 
 
 # ----------------------------------------------------------------------------- baseline
 
 
-def plain_torch_update(model, ref, opt, batch, ppo, seed: int, step: int, beta: float) -> None:
+def plain_torch_update(model, ref, opt, batch, ppo, mu: int, seed: int, step: int, beta: float) -> None:
     """The learner's update, written out as one plain single-process torch loop."""
     from raydprm.core.gae import masked_gae, whiten
     from raydprm.core.kl import kl_estimate, shape_rewards
@@ -73,7 +75,6 @@ def plain_torch_update(model, ref, opt, batch, ppo, seed: int, step: int, beta: 
         return model(ids, attn, pos, b.response_ids.shape[1])
 
     mask = batch.response_mask
-    mu = ppo.worker_micro_batch
     with torch.no_grad():
         lps, vals, refs = [], [], []
         for i in range(0, len(batch), mu):
@@ -116,12 +117,14 @@ def plain_torch_update(model, ref, opt, batch, ppo, seed: int, step: int, beta: 
 
 def run_one(spec: dict) -> dict:
     """Run one configuration in this process; returns its figures."""
+    from raydprm.config import EngineConfig
     from raydprm.models.tiny import resolve_model
 
     model_name = MODELS[spec["model"]]
     resolve_model(model_name)
     torch.set_num_threads(spec.get("threads", 1))
-    ppo = ppo_config(spec)
+    sections = ppo_config(spec)
+    ppo, mu = sections["ppo"], EngineConfig.of(sections["engine"], sections["ppo"]).worker_micro_batch
     vocab = 800
     batches = [make_batch(spec["batch"], spec["prompt_len"], spec["response_len"], vocab, s)
                for s in range(spec["steps"] + 1)]
@@ -138,12 +141,12 @@ def run_one(spec: dict) -> dict:
         opt = torch.optim.AdamW(model.parameters(), lr=ppo.lr, weight_decay=ppo.weight_decay)
         for step, b in enumerate(batches):
             t0 = time.perf_counter()
-            plain_torch_update(model, ref, opt, b, ppo, seed=0, step=step, beta=ppo.beta)
+            plain_torch_update(model, ref, opt, b, ppo, mu, seed=0, step=step, beta=ppo.beta)
             times.append(time.perf_counter() - t0)
         if spec.get("check"):
             from raydprm.train.learner import PPOLearner
 
-            lr = PPOLearner(ppo_config({**spec, "engine": "torch"}), model_name, seed=0)
+            lr = PPOLearner(**ppo_config({**spec, "engine": "torch"}), policy=model_name, seed=0)
             for b in batches:
                 lr.update(b)
             got = lr.full_state_dict()
@@ -153,7 +156,7 @@ def run_one(spec: dict) -> dict:
     elif spec.get("workers", 1) == 1:
         from raydprm.train.learner import PPOLearner
 
-        lr = PPOLearner(ppo, model_name, seed=0)
+        lr = PPOLearner(**sections, policy=model_name, seed=0)
         for b in batches:
             times.append(lr.update(b)["ppo/update_time_s"])
         peak.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -163,7 +166,7 @@ def run_one(spec: dict) -> dict:
         from raydprm.config import RayConfig
 
         runtime = connect(RayConfig(num_cpus=os.cpu_count() or 1), what="bench/learner.py")
-        group = LearnerGroup.create(ppo, model_name, seed=0, timeout_s=3600)
+        group = LearnerGroup.create(**sections, policy=model_name, seed=0, timeout_s=3600)
         try:
             for b in batches:
                 times.append(group.update(b)["ppo/update_time_s"])

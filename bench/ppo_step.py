@@ -97,10 +97,9 @@ def bench_sync(model: str, repeats: int, bucket_mb: int) -> dict:
     from raydprm.cluster.learner_group import LearnerGroup
     from raydprm.cluster.rollout_actor import RolloutPool
     from raydprm.cluster.weight_sync import sync_policy
-    from raydprm.config import PPOConfig, RolloutConfig
+    from raydprm.config import EngineSection, PPOConfig, RolloutConfig
 
-    ppo = PPOConfig(engine="torch", num_cpus_per_worker=1)
-    learner = LearnerGroup.create(ppo, model, seed=0)
+    learner = LearnerGroup.create(PPOConfig(), model, engine=EngineSection(engine="torch", num_cpus_per_worker=1), seed=0)
     rollout = RolloutPool.create(RolloutConfig(num_replicas=1, num_cpus=1, bucket_mb=bucket_mb, sync_timeout_s=900),
                                  model)
     sender = ActorGroup(_Sender, 1, role="floor-sender", init=lambda r: ((model, bucket_mb), {}),
@@ -146,11 +145,11 @@ def bench_steps(model: str, async_rollout: bool, steps: int, batch: int, new_tok
     from raydprm.core.label_scale import LabelScale
 
     cfg = Config().override([f"rollout.max_new_tokens={new_tokens}", "rollout.num_cpus=0.5",
-                             f"ppo.rollout_batch={batch}", f"ppo.minibatch={batch}", f"ppo.micro_batch={batch}",
-                             "ppo.epochs=1", "reward.actor_num_cpus=0.5", "ppo.num_cpus_per_worker=1"])
+                             f"ppo.rollout_batch={batch}", f"ppo.minibatch={batch}", f"engine.micro_batch={batch}",
+                             "ppo.epochs=1", "reward.actor_num_cpus=0.5", "engine.num_cpus_per_worker=1"])
     rollout = RolloutPool.create(cfg.rollout, model)
     reward = RewardPool.create(rm_dir, LabelScale.hh(), cfg.reward)
-    learner = LearnerGroup.create(cfg.ppo, model, seed=0)
+    learner = LearnerGroup.create(cfg.ppo, model, engine=cfg.engine, seed=0)
     try:
         loop = PPOLoop(rollout, reward, learner, cfg.rollout, seed=0, async_rollout=async_rollout)
         prompts = [[PROMPTS[(s * batch + i) % len(PROMPTS)] for i in range(batch)] for s in range(steps + 1)]
@@ -210,15 +209,15 @@ def _estimator_child(spec: str) -> None:
     """One configuration in this (fresh) process; prints its figures as one JSON line."""
     import resource
 
-    from raydprm.config import PPOConfig
+    from raydprm.config import EngineSection, PPOConfig
     from raydprm.train.learner import PPOLearner
     from raydprm.train.rollout_batch import RolloutBatch
 
     a = json.loads(spec)
     torch.set_num_threads(a["threads"])
     B, T = a["batch"], a["tokens"]
-    cfg = PPOConfig(rollout_batch=B, minibatch=B, micro_batch=B, epochs=1, engine="torch", **ESTIMATORS[a["name"]])
-    lr = PPOLearner(cfg, a["model"], seed=0)
+    cfg = PPOConfig(rollout_batch=B, minibatch=B, epochs=1, **ESTIMATORS[a["name"]])
+    lr = PPOLearner(cfg, a["model"], engine=EngineSection(micro_batch=B, engine="torch"), seed=0)
     V = lr.ref.config.vocab_size
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(5, V, (T,), generator=g).tolist() for _ in range(B)]

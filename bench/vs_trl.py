@@ -14,7 +14,7 @@ minibatch = the batch), the same learning rate, clip ratio and KL coefficient:
 
 - **TRL**: ``GRPOTrainer`` (``use_cpu=True``), policy, reference and reward model in this process.
 - **raydprm**: ``PPOLoop`` over a RolloutPool, a RewardPool and a LearnerGroup (one actor each,
-  ``ppo.engine=torch``), GRPO advantages (``ppo.advantage=grpo``, ``rollout.n_per_prompt``) when
+  ``engine.engine=torch``), GRPO advantages (``ppo.advantage=grpo``, ``rollout.n_per_prompt``) when
   this raydprm has them, else PPO with its value head (printed as ``ppo``).
 
 It prints, per side: start-up (building the trainer / starting the actors), the median wall time
@@ -121,16 +121,16 @@ def run_raydprm(policy: str, rm_dir: str, prompts: list[list[str]], batch: int, 
 
     grpo = "n_per_prompt" in RolloutConfig.__dataclass_fields__  # the critic-free estimators are in this raydprm
     overrides = [f"rollout.max_new_tokens={new_tokens}", "rollout.num_cpus=0.5", "rollout.temperature=1.0",
-                 f"ppo.rollout_batch={batch}", f"ppo.minibatch={batch}", f"ppo.micro_batch={batch}", "ppo.epochs=1",
-                 f"ppo.lr={LR}", f"ppo.clip_ratio={CLIP}", f"ppo.beta={BETA}", "ppo.engine=torch",
-                 "reward.actor_num_cpus=0.5", "ppo.num_cpus_per_worker=1"]
+                 f"ppo.rollout_batch={batch}", f"ppo.minibatch={batch}", f"engine.micro_batch={batch}", "ppo.epochs=1",
+                 f"ppo.lr={LR}", f"ppo.clip_ratio={CLIP}", f"ppo.beta={BETA}", "engine.engine=torch",
+                 "reward.actor_num_cpus=0.5", "engine.num_cpus_per_worker=1"]
     if grpo:
         overrides += ["ppo.advantage=grpo", f"rollout.n_per_prompt={group}"]
     cfg = Config().override(overrides)
     t0 = time.perf_counter()
     rollout = RolloutPool.create(cfg.rollout, policy)
     reward = RewardPool.create(rm_dir, LabelScale.hh(), cfg.reward)
-    learner = LearnerGroup.create(cfg.ppo, policy, seed=0)
+    learner = LearnerGroup.create(cfg.ppo, policy, engine=cfg.engine, seed=0)
     startup, startup_load = time.perf_counter() - t0, load()
     # GRPO samples rollout.n_per_prompt responses of each prompt itself; PPO gets each prompt `group` times
     per_step = prompts if grpo else [[p for p in ps for _ in range(group)] for ps in prompts]

@@ -31,11 +31,11 @@ def main() -> None:
 
     from raydprm.cluster.learner_group import LearnerGroup
     from raydprm.cluster.rollout_actor import RolloutPool
-    from raydprm.config import PPOConfig, RolloutConfig
+    from raydprm.config import EngineSection, PPOConfig, RolloutConfig
     from raydprm.models import ensure_tiny_models
 
     policy = str(ensure_tiny_models()["tiny-gpt2"])
-    ppo = PPOConfig(rollout_batch=8, minibatch=4, micro_batch=4, num_cpus_per_worker=0.5)
+    ppo, engine = PPOConfig(rollout_batch=8, minibatch=4), EngineSection(micro_batch=4, num_cpus_per_worker=0.5)
     rcfg = RolloutConfig(num_replicas=1, num_cpus=0.5)
     load0 = os.getloadavg()[0]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -48,8 +48,8 @@ def main() -> None:
             timings[name] = time.perf_counter() - t0
             return out
 
-        LearnerGroup.create(ppo, policy, seed=0).shutdown()  # warm-up: Ray's workers, the page cache
-        group = timed("learner create", lambda: LearnerGroup.create(ppo, policy, seed=0))
+        LearnerGroup.create(ppo, policy, engine=engine, seed=0).shutdown()  # warm-up: Ray's workers, the page cache
+        group = timed("learner create", lambda: LearnerGroup.create(ppo, policy, engine=engine, seed=0))
         with tempfile.TemporaryDirectory() as d:
             other = group.export_hf(d)
             timed("learner reset", lambda: group.reset(other, seed=1))

@@ -415,40 +415,92 @@ class RolloutConfig(Section):
 
 
 @dataclass(frozen=True)
-class EngineConfig:
-    """The training engine of a learner group, one type for every learner (PPO, direct
-    alignment; :class:`raydprm.train.rank.LearnerRank` and ``ds_engine.build_engine`` read it).
-    Not a section of its own: :attr:`PPOConfig.engine_config` and :attr:`AlignConfig.engine_config`
-    derive it from their keys, and its checks name those keys (``section``)."""
+class EngineSection(Section):
+    """``engine.*``: how a learner group runs, one section for every learner (PPO, direct
+    alignment). System-level only: the fields here change where a learner runs, how many ranks
+    share a minibatch, how memory is split (ZeRO, offload, micro-batches, precision) and which
+    frozen model anchors the KL, never the optimisation problem itself. The optimisation
+    hyperparameters that legitimately differ between PPO and direct alignment (a DPO learning
+    rate is typically 10x below PPO's; the minibatch divides ``ppo.rollout_batch`` or
+    ``align.batch``, counted in rollouts or in pairs; weight decay and gradient clipping are
+    tuned with the learning rate) stay in ``ppo.*`` / ``align.*``; :class:`EngineConfig`
+    joins the two. ``engine.reference`` is here because it is the one frozen model a run's
+    learners score against (PPO's KL and DPO's log-ratios alike)."""
 
+    section: ClassVar[str] = "engine"
+    engine: str = opt("deepspeed", doc="Training engine of every learner group (PPO, direct alignment).", choices=("deepspeed", "torch"))
+    num_workers: int = opt(1, doc="Learner actors (ranks) in the torch.distributed group; ppo.minibatch and align.minibatch must be multiples.", ge=1)
+    micro_batch: int = opt(8, doc="Rows (PPO rollouts, alignment pairs) per forward/backward on one rank; "
+                           "gradient accumulation is derived (the applied gradient is the minibatch's whatever it is).", ge=1)
+    zero_stage: int = opt(0, doc="DeepSpeed ZeRO stage (0 = plain data parallel).", ge=0, le=3)
+    offload_optimizer: bool = opt(False, doc="ZeRO optimizer offload to CPU (needs engine.zero_stage >= 1).")
+    offload_params: bool = opt(False, doc="ZeRO-3 parameter offload to CPU (needs engine.zero_stage = 3).")
+    precision: str = opt("fp32", doc="Training precision of the learners.", choices=("fp32", "bf16"))
+    optimizer: str = opt("adamw", doc="adamw: torch AdamW as DeepSpeed's client optimizer (no JIT build); ds_adam: "
+                         "DeepSpeed's own Adam (CPUAdam/FusedAdam, JIT-built once).", choices=("adamw", "ds_adam"))
+    ds_jit_ops: bool = opt(False, doc="Let DeepSpeed JIT-build its optional CPU comm op (~2-3 min the first time); "
+                           "off = plain torch.distributed collectives.")
+    dist_timeout_s: float = opt(600.0, doc="torch.distributed collective timeout of a learner group.", gt=0)
+    num_cpus_per_worker: float = opt(1.0, doc="CPUs reserved per learner actor.", gt=0)
+    num_gpus_per_worker: float = opt(0.0, doc="GPUs reserved per learner actor (NCCL when > 0).", ge=0)
+    reference: str = opt("", doc="Frozen reference model of the learners (PPO's KL, direct alignment's log-ratios): "
+                         "a directory or hub name; empty = the initial policy.")
+
+    def validate(self) -> None:
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError("config key 'engine.offload_params' needs engine.zero_stage = 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("config key 'engine.offload_optimizer' needs engine.zero_stage >= 1")
+
+
+# The keys of ``engine.*``; each was once declared as ppo.<key> and align.<key> too, and those are refused
+# with a line naming the new key (from_dict).
+ENGINE_KEYS = tuple(f.name for f in dataclasses.fields(EngineSection))
+MOVED_KEYS = {f"{sec}.{k}": f"engine.{k}" for sec in ("ppo", "align") for k in ENGINE_KEYS}
+# The optimisation keys each algorithm section keeps (EngineConfig reads them from it).
+ALGO_ENGINE_KEYS = ("minibatch", "lr", "weight_decay", "grad_clip")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The training engine of one learner group, the one type every learner reads
+    (:class:`raydprm.train.rank.LearnerRank`, ``ds_engine.build_engine``): the ``engine.*``
+    section joined with the algorithm's optimisation keys (``<section>.minibatch``, ``lr``,
+    ``weight_decay``, ``grad_clip``). Build it with :meth:`of`; its checks name the real keys."""
+
+    system: EngineSection
     minibatch: int
-    micro_batch: int
-    num_workers: int = 1
     lr: float = 5e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    engine: str = "deepspeed"
-    zero_stage: int = 0
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    precision: str = "fp32"
-    optimizer: str = "adamw"
-    ds_jit_ops: bool = False
-    dist_timeout_s: float = 600.0
-    reference: str = ""
-    section: str = "ppo"
+    section: str = "ppo"  # the algorithm section the optimisation keys come from (ppo, align)
+
+    @classmethod
+    def of(cls, engine: EngineSection, algo: PPOConfig | AlignConfig) -> EngineConfig:
+        """``engine.*`` plus the optimisation keys of ``algo`` (a PPOConfig or AlignConfig)."""
+        return cls(engine, **{k: getattr(algo, k) for k in ALGO_ENGINE_KEYS}, section=algo.section)
 
     def __post_init__(self) -> None:
-        s = self.section
-        if self.minibatch % self.num_workers:
-            raise ConfigError(f"config key '{s}.minibatch' = {self.minibatch} must be a multiple of {s}.num_workers = {self.num_workers}")
+        s, W = self.section, self.num_workers
+        if self.minibatch % W:
+            raise ConfigError(f"config key '{s}.minibatch' = {self.minibatch} must be a multiple of "
+                              f"engine.num_workers = {W}")
         if self.worker_minibatch % self.worker_micro_batch:
-            raise ConfigError(f"config key '{s}.micro_batch' = {self.micro_batch} must divide the per-worker minibatch "
-                              f"{s}.minibatch / {s}.num_workers = {self.worker_minibatch}")
-        if self.offload_params and self.zero_stage != 3:
-            raise ConfigError(f"config key '{s}.offload_params' needs {s}.zero_stage = 3")
-        if self.offload_optimizer and self.zero_stage == 0:
-            raise ConfigError(f"config key '{s}.offload_optimizer' needs {s}.zero_stage >= 1")
+            raise ConfigError(f"config key 'engine.micro_batch' = {self.micro_batch} must divide the per-worker "
+                              f"minibatch {s}.minibatch / engine.num_workers = {self.worker_minibatch}")
+
+    # engine.* as attributes of the joined config (what the engines and the rank base read)
+    engine = property(lambda self: self.system.engine)
+    num_workers = property(lambda self: self.system.num_workers)
+    micro_batch = property(lambda self: self.system.micro_batch)
+    zero_stage = property(lambda self: self.system.zero_stage)
+    offload_optimizer = property(lambda self: self.system.offload_optimizer)
+    offload_params = property(lambda self: self.system.offload_params)
+    precision = property(lambda self: self.system.precision)
+    optimizer = property(lambda self: self.system.optimizer)
+    ds_jit_ops = property(lambda self: self.system.ds_jit_ops)
+    dist_timeout_s = property(lambda self: self.system.dist_timeout_s)
+    reference = property(lambda self: self.system.reference)
 
     @property
     def worker_minibatch(self) -> int:
@@ -464,9 +516,6 @@ class EngineConfig:
     def grad_accum(self) -> int:
         """Micro-batches accumulated per optimizer step on each worker."""
         return self.worker_minibatch // self.worker_micro_batch
-
-
-ENGINE_KEYS = tuple(f.name for f in dataclasses.fields(EngineConfig) if f.name != "section")
 
 
 # raydprm.core.advantages.ADVANTAGES and raydprm.core.ppo_loss.POLICY_LOSSES (a test keeps them equal)
@@ -491,28 +540,16 @@ class PPOConfig(Section):
     entropy_coef: float = opt(0.0, doc="Entropy bonus coefficient.", ge=0)
     epochs: int = opt(2, doc="PPO epochs per batch of rollouts.", ge=1)
     rollout_batch: int = opt(32, doc="Rollouts per PPO update (global).", ge=1)
-    minibatch: int = opt(16, doc="Minibatch size (global) per optimizer step.", ge=1)
-    micro_batch: int = opt(8, doc="Per-worker micro-batch; accumulation is derived.", ge=1)
+    minibatch: int = opt(16, doc="Rollouts per optimizer step (global; a multiple of engine.num_workers, split into "
+                         "engine.micro_batch rows per forward).", ge=1)
     lr: float = opt(5e-4, doc="Learning rate (sized for the tiny default policy; use ~1e-6..1e-5 for billion-parameter models).", gt=0)
     grad_clip: float = opt(1.0, doc="Gradient clipping norm; 0 = off.", ge=0)
     whiten_advantages: bool = opt(True, doc="Whiten advantages per batch.")
     loss_agg: str = opt("token_mean", doc="Loss aggregation: token_mean, seq_mean (mean of each response's token mean) or token_sum (token sum / (rows x padded length): Dr. GRPO's length-unbiased constant).", choices=("token_mean", "seq_mean", "token_sum"))
     critic: str = opt("value_head", doc="Value function: a head on the policy or a separate critic model.", choices=("value_head", "separate"))
-    num_workers: int = opt(1, doc="Learner actors in the torch.distributed group.", ge=1)
-    engine: str = opt("deepspeed", doc="Training engine.", choices=("deepspeed", "torch"))
-    zero_stage: int = opt(0, doc="DeepSpeed ZeRO stage.", ge=0, le=3)
-    offload_optimizer: bool = opt(False, doc="ZeRO optimizer offload to CPU.")
-    offload_params: bool = opt(False, doc="ZeRO-3 parameter offload to CPU.")
-    precision: str = opt("fp32", doc="Training precision.", choices=("fp32", "bf16"))
     steps: int = opt(40, doc="PPO iterations of the pipeline.", ge=1)
-    reference: str = opt("", doc="Frozen reference model (dir or hub name); empty = the initial policy.")
     critic_model: str = opt("", doc="Backbone of the separate critic (critic=separate); empty = the policy's.")
-    optimizer: str = opt("adamw", doc="adamw: torch AdamW as DeepSpeed's client optimizer (no JIT build); ds_adam: DeepSpeed's own Adam (CPUAdam/FusedAdam, JIT-built once).", choices=("adamw", "ds_adam"))
     weight_decay: float = opt(0.0, doc="AdamW weight decay.", ge=0)
-    ds_jit_ops: bool = opt(False, doc="Let DeepSpeed JIT-build its optional CPU comm op (~2-3 min the first time); off = plain torch.distributed collectives.")
-    num_cpus_per_worker: float = opt(1.0, doc="CPUs reserved per learner actor.", gt=0)
-    num_gpus_per_worker: float = opt(0.0, doc="GPUs reserved per learner actor (NCCL when > 0).", ge=0)
-    dist_timeout_s: float = opt(600.0, doc="torch.distributed collective timeout of the learner group.", gt=0)
     async_rollout: bool = opt(False, doc="Generate the rollouts of step t+1 while the learner trains on step t (one step off-policy; the behaviour policy's logprobs are PPO's old logprobs). Off = every step generates with the newest policy.")
     use_rollout_logprobs: bool = opt(False, doc="PPO's old logprobs = the rollout engine's sampled ones (right for stale rollouts); off = recomputed by the learner (immune to engine mismatch).")
     advantage: str = opt("gae", doc="Advantage estimator (raydprm.core.advantages): gae (with the critic), or critic-free "
@@ -533,30 +570,9 @@ class PPOConfig(Section):
         """GAE learns a value function; the critic-free estimators build no value head (ppo.critic unused)."""
         return self.advantage == "gae"
 
-    @property
-    def engine_config(self) -> EngineConfig:
-        """The learner group's engine (:class:`EngineConfig`) from this section's keys."""
-        return EngineConfig(**{k: getattr(self, k) for k in ENGINE_KEYS}, section="ppo")
-
-    @property
-    def worker_minibatch(self) -> int:
-        """Rows of one minibatch that each learner worker processes."""
-        return self.engine_config.worker_minibatch
-
-    @property
-    def worker_micro_batch(self) -> int:
-        """Rows per forward/backward on one worker (micro_batch, capped by the worker's share)."""
-        return self.engine_config.worker_micro_batch
-
-    @property
-    def grad_accum(self) -> int:
-        """Micro-batches accumulated per optimizer step on each worker."""
-        return self.engine_config.grad_accum
-
     def validate(self) -> None:
         if self.rollout_batch % self.minibatch:
             raise ConfigError(f"config key 'ppo.minibatch' = {self.minibatch} must divide ppo.rollout_batch = {self.rollout_batch}")
-        self.engine_config  # noqa: B018  (the engine's checks, under ppo.* names)
 
 
 ALIGN_ALGOS = ("dpo", "ipo", "slic", "slic_rso", "rrhf", "crowd_dpo")
@@ -565,7 +581,7 @@ ALIGN_ALGOS = ("dpo", "ipo", "slic", "slic_rso", "rrhf", "crowd_dpo")
 @dataclass(frozen=True)
 class AlignConfig(Section):
     """Direct alignment (DPO family) on pairs built from the preference store; the
-    losses are :mod:`raydprm.core.pairwise_loss`'s, the engine is the PPO learner's."""
+    losses are :mod:`raydprm.core.pairwise_loss`'s, the engine (``engine.*``) is the PPO learner's."""
 
     section: ClassVar[str] = "align"
     algo: str = opt("dpo", doc="Direct-alignment loss (crowd_dpo: DPO with the crowd's preference probability as a soft label).", choices=ALIGN_ALGOS)
@@ -576,39 +592,21 @@ class AlignConfig(Section):
     ties: str = opt("half", doc="How equal-reward label draws count in the crowd's P(a > b): half a win each, or dropped.", choices=("half", "drop"))
     min_margin: float = opt(0.0, doc="Hard-label algorithms skip pairs with |P(a > b) - 0.5| <= min_margin (0 skips exact ties only).", ge=0, lt=0.5)
     pairs_per_prompt: int = opt(6, doc="Most response pairs drawn per prompt from the store export.", ge=1)
-    reference: str = opt("", doc="Frozen reference model (dir or hub name); empty = the initial policy.")
     max_prompt_tokens: int = opt(64, doc="Prompt tokens kept (the left end is cut).", ge=1)
     max_response_tokens: int = opt(48, doc="Response tokens kept (the right end is cut).", ge=1)
     batch: int = opt(16, doc="Pairs per update (global).", ge=1)
-    minibatch: int = opt(8, doc="Pairs per optimizer step (global).", ge=1)
-    micro_batch: int = opt(4, doc="Pairs per forward/backward on one worker; accumulation is derived.", ge=1)
+    minibatch: int = opt(8, doc="Pairs per optimizer step (global; a multiple of engine.num_workers, split into "
+                         "engine.micro_batch pairs per forward).", ge=1)
     epochs: int = opt(1, doc="Passes over each update's batch.", ge=1)
     steps: int = opt(40, doc="Updates of a training run.", ge=1)
-    lr: float = opt(5e-4, doc="Learning rate (sized for the tiny default policy; ~1e-6 for billion-parameter models).", gt=0)
+    lr: float = opt(5e-4, doc="Learning rate (sized for the tiny default policy; ~1e-6 for billion-parameter models; "
+                    "its own key, as DPO's rate is typically well below PPO's).", gt=0)
     weight_decay: float = opt(0.0, doc="AdamW weight decay.", ge=0)
     grad_clip: float = opt(1.0, doc="Gradient clipping norm; 0 = off.", ge=0)
-    num_workers: int = opt(1, doc="Learner actors in the torch.distributed group.", ge=1)
-    engine: str = opt("deepspeed", doc="Training engine.", choices=("deepspeed", "torch"))
-    zero_stage: int = opt(0, doc="DeepSpeed ZeRO stage.", ge=0, le=3)
-    offload_optimizer: bool = opt(False, doc="ZeRO optimizer offload to CPU.")
-    offload_params: bool = opt(False, doc="ZeRO-3 parameter offload to CPU.")
-    precision: str = opt("fp32", doc="Training precision.", choices=("fp32", "bf16"))
-    optimizer: str = opt("adamw", doc="adamw (torch AdamW as DeepSpeed's client optimizer) or ds_adam.", choices=("adamw", "ds_adam"))
-    ds_jit_ops: bool = opt(False, doc="Let DeepSpeed JIT-build its optional CPU comm op.")
-    num_cpus_per_worker: float = opt(1.0, doc="CPUs reserved per learner actor.", gt=0)
-    num_gpus_per_worker: float = opt(0.0, doc="GPUs reserved per learner actor (NCCL when > 0).", ge=0)
-    dist_timeout_s: float = opt(600.0, doc="torch.distributed collective timeout of the learner group.", gt=0)
-
-    @property
-    def engine_config(self) -> EngineConfig:
-        """The learner group's engine (:class:`EngineConfig`, one minibatch = one optimizer step) from
-        this section's keys; its checks name them ``align.*``."""
-        return EngineConfig(**{k: getattr(self, k) for k in ENGINE_KEYS}, section="align")
 
     def validate(self) -> None:
         if self.batch % self.minibatch:
             raise ConfigError(f"config key 'align.minibatch' = {self.minibatch} must divide align.batch = {self.batch}")
-        self.engine_config  # noqa: B018  (its checks, under align.* names)
 
 
 @dataclass(frozen=True)
@@ -738,9 +736,13 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    engine: EngineSection = field(default_factory=EngineSection)
 
     def __post_init__(self) -> None:
         """Rules between sections."""
+        self.ppo_engine  # noqa: B018  (engine.* against ppo.*: its checks name both)
+        if set(self.pipeline.policies) & set(ALIGN_ALGOS):  # direct-alignment arms: engine.* against align.* too
+            self.align_engine  # noqa: B018  (a learner group built without them checks it then)
         if self.serve.max_text_chars > self.store.max_text_chars:
             raise ConfigError(f"config key 'serve.max_text_chars' = {self.serve.max_text_chars} must be <= "
                               f"store.max_text_chars = {self.store.max_text_chars} (votes the server accepts "
@@ -770,19 +772,29 @@ class Config:
             raise ConfigError(f"config key 'pipeline.drift_step' = {self.pipeline.drift_step} is after the last PPO step "
                               f"(ppo.steps = {self.ppo.steps}): the crowd would never change")
 
+    @property
+    def ppo_engine(self) -> EngineConfig:
+        """The PPO learner group's engine: ``engine.*`` with ``ppo.minibatch``, ``lr``, ..."""
+        return EngineConfig.of(self.engine, self.ppo)
+
+    @property
+    def align_engine(self) -> EngineConfig:
+        """The direct-alignment learner group's engine: ``engine.*`` with ``align.minibatch``, ``lr``, ..."""
+        return EngineConfig.of(self.engine, self.align)
+
     def _check_colocate(self) -> None:
         """Colocate puts generator i and learner rank i on one bundle (one GPU) that they take turns on."""
-        ro, pp = self.rollout, self.ppo
+        ro, pp, en = self.rollout, self.ppo, self.engine
         why = "config key 'pipeline.layout' = 'colocate' "
-        if ro.num_replicas != pp.num_workers:
+        if ro.num_replicas != en.num_workers:
             raise ConfigError(why + f"pairs each generator with one learner rank: rollout.num_replicas = "
-                              f"{ro.num_replicas} must equal ppo.num_workers = {pp.num_workers}")
+                              f"{ro.num_replicas} must equal engine.num_workers = {en.num_workers}")
         if ro.tensor_parallel_size != 1:
             raise ConfigError(why + "shares one GPU per pair: rollout.tensor_parallel_size must be 1, got "
                               f"{ro.tensor_parallel_size}")
-        if ro.num_gpus + pp.num_gpus_per_worker > 1:
-            raise ConfigError(why + "shares one GPU per pair: rollout.num_gpus + ppo.num_gpus_per_worker must be "
-                              f"<= 1 (e.g. 0.5 each), got {ro.num_gpus:g} + {pp.num_gpus_per_worker:g}")
+        if ro.num_gpus + en.num_gpus_per_worker > 1:
+            raise ConfigError(why + "shares one GPU per pair: rollout.num_gpus + engine.num_gpus_per_worker must be "
+                              f"<= 1 (e.g. 0.5 each), got {ro.num_gpus:g} + {en.num_gpus_per_worker:g}")
         if pp.async_rollout:
             raise ConfigError(why + "takes turns on the shared GPU, so generation cannot overlap learning: "
                               "set ppo.async_rollout = false")
@@ -850,6 +862,9 @@ def from_dict(data: Mapping[str, Any] | None) -> Config:
         cls = typing.get_type_hints(Config)[name]
         fields = {f.name for f in dataclasses.fields(cls)}
         for k in value:
+            if f"{name}.{k}" in MOVED_KEYS:
+                raise ConfigError(f"config key '{name}.{k}' moved to {MOVED_KEYS[f'{name}.{k}']} (one engine section "
+                                  "for every learner group)")
             if k not in fields:
                 raise _unknown(f"{name}.{k}", sorted(fields), name)
         kwargs[name] = cls(**value)

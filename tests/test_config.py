@@ -12,7 +12,7 @@ from raydprm.errors import ConfigError
 def test_defaults_are_valid_and_laptop_sized():
     cfg = Config()
     assert cfg.rollout.engine == "transformers"
-    assert cfg.ppo.num_workers == 1 and cfg.reward.num_workers == 1
+    assert cfg.engine.num_workers == 1 and cfg.reward.num_workers == 1
     assert cfg.models.policy.startswith("tiny-")
     assert len(cfg.labels.names) == len(cfg.labels.rewards) == 6
     assert cfg.labels.rewards == (1.0, 0.5, -1.0, -1.0, -1.5, -3.0)
@@ -67,7 +67,7 @@ def test_wrong_types_are_named(override, fragment):
 
 @pytest.mark.parametrize("override, fragment, allowed", [
     ("rollout.engine=vlm", "rollout.engine", "'transformers', 'vllm'"),
-    ("ppo.zero_stage=4", "ppo.zero_stage", "<= 3"),
+    ("engine.zero_stage=4", "engine.zero_stage", "<= 3"),
     ("ppo.beta=-1", "ppo.beta", ">= 0"),
     ("reward.eval_fraction=1", "reward.eval_fraction", "< 1"),
 ])
@@ -125,3 +125,56 @@ def test_exponent_floats_without_a_dot():
     assert load_config(None, ["ppo.lr=1E-5"]).ppo.lr == 1e-5
     with pytest.raises(ConfigError, match="reward.lr"):
         load_config(None, ["reward.lr=3e-x"])
+
+
+@pytest.mark.parametrize("key", ["ppo.zero_stage", "align.num_workers", "ppo.micro_batch", "align.engine",
+                                 "ppo.reference", "align.offload_optimizer", "ppo.num_gpus_per_worker"])
+def test_a_moved_engine_key_is_refused_naming_its_new_key(key, tmp_path):
+    """ppo.* / align.* keys that moved to the one engine section fail in one line, on the command
+    line and in a YAML file alike, never silently ignored."""
+    sec, name = key.split(".")
+    value = {"zero_stage": 2, "num_workers": 2, "micro_batch": 4, "engine": "torch", "reference": "x",
+             "offload_optimizer": True, "num_gpus_per_worker": 1}[name]
+    want = f"config key '{key}' moved to engine.{name}"
+    with pytest.raises(ConfigError, match=want.replace(".", r"\.")) as e:
+        load_config(None, [f"{key}={str(value).lower()}"])
+    assert "\n" not in str(e.value)
+    f = tmp_path / "old.yaml"
+    f.write_text(yaml.safe_dump({sec: {name: value}}))
+    with pytest.raises(ConfigError, match=want.replace(".", r"\.")):
+        load_config(f)
+
+
+def test_one_engine_section_no_field_declared_twice():
+    """engine.* holds how a learner group runs; ppo.* and align.* keep only their algorithm's keys
+    (and the optimisation keys that differ between them), no field in two of the three."""
+    import dataclasses
+
+    from raydprm.config import ALGO_ENGINE_KEYS, ENGINE_KEYS, AlignConfig, EngineSection
+
+    engine = {f.name for f in dataclasses.fields(EngineSection)}
+    ppo, align = ({f.name for f in dataclasses.fields(c)} for c in (PPOConfig, AlignConfig))
+    assert set(ENGINE_KEYS) == engine and not engine & ppo and not engine & align
+    assert set(ALGO_ENGINE_KEYS) <= ppo & align
+    keys = [r[0] for r in describe()]
+    assert {f"engine.{k}" for k in ENGINE_KEYS} <= set(keys)  # `config show --doc` lists the section
+
+
+def test_the_engine_joins_each_algorithm_and_its_checks_name_the_real_keys():
+    cfg = load_config(None, ["engine.num_workers=2", "engine.micro_batch=2", "engine.engine=torch",
+                             "ppo.minibatch=8", "ppo.rollout_batch=16", "align.minibatch=4", "align.batch=8"])
+    p, a = cfg.ppo_engine, cfg.align_engine
+    assert (p.minibatch, p.worker_minibatch, p.grad_accum, p.engine, p.section) == (8, 4, 2, "torch", "ppo")
+    assert (a.minibatch, a.worker_minibatch, a.grad_accum, a.num_workers, a.section) == (4, 2, 1, 2, "align")
+    assert (p.lr, a.lr) == (cfg.ppo.lr, cfg.align.lr)
+    with pytest.raises(ConfigError, match=r"config key 'align\.minibatch' = 6 must be a multiple of engine\.num_workers = 4"):
+        load_config(None, ["engine.num_workers=4", "engine.micro_batch=1", "align.minibatch=6", "align.batch=12",
+                           "ppo.minibatch=16", "pipeline.policies=[vanilla,dpo]"])
+    # a run with no direct-alignment arm is not held to align.* (a learner group built for one checks it then)
+    ppo_only = load_config(None, ["engine.num_workers=3", "engine.micro_batch=1", "ppo.minibatch=12", "ppo.rollout_batch=24"])
+    with pytest.raises(ConfigError, match=r"'align\.minibatch' = 8 must be a multiple of engine\.num_workers = 3"):
+        ppo_only.align_engine  # noqa: B018
+    with pytest.raises(ConfigError, match=r"'engine\.micro_batch' = 3 must divide .* ppo\.minibatch / engine\.num_workers = 16"):
+        load_config(None, ["engine.micro_batch=3"])
+    with pytest.raises(ConfigError, match=r"'engine\.offload_params' needs engine\.zero_stage = 3"):
+        load_config(None, ["engine.offload_params=true"])

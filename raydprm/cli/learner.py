@@ -1,8 +1,8 @@
 """`raydprm learner toy`: the PPO learner on a toy reward (fraction of target tokens).
 
-Runs in-process by default (one rank, DeepSpeed on CPU unless ``ppo.engine=torch``); with
+Runs in-process by default (one rank, DeepSpeed on CPU unless ``engine.engine=torch``); with
 ``--workers N`` (N > 1) or ``--ray`` the learner is a Ray actor group of N ranks in one
-torch.distributed group. Config keys of the ``ppo`` section apply (``ppo.zero_stage=2``,
+torch.distributed group. Config keys of the ``ppo`` and ``engine`` sections apply (``engine.zero_stage=2``,
 ``ppo.kl_controller=adaptive``, ...); the toy sets its own batch shape and learning rate.
 """
 
@@ -50,8 +50,8 @@ def _toy(args: argparse.Namespace) -> int:
     if batch % (2 * args.workers):
         raise RaydprmError(f"--batch {batch} must be a multiple of 2 x --workers = {2 * args.workers}")
     minibatch = batch // 2
-    ppo = dataclasses.replace(cfg.ppo, lr=args.lr, rollout_batch=batch, minibatch=minibatch,
-                              micro_batch=minibatch // args.workers, num_workers=args.workers)
+    ppo = dataclasses.replace(cfg.ppo, lr=args.lr, rollout_batch=batch, minibatch=minibatch)
+    engine = dataclasses.replace(cfg.engine, micro_batch=minibatch // args.workers, num_workers=args.workers)
     from raydprm.train.learner_toy import run_toy_ppo
 
     use_ray = args.ray or args.workers > 1
@@ -60,22 +60,22 @@ def _toy(args: argparse.Namespace) -> int:
         from raydprm.cluster.learner_group import LearnerGroup
         from raydprm.cluster.runtime import Resources, connect
 
-        runtime = connect(cfg.ray, Resources(cpu=ppo.num_workers * ppo.num_cpus_per_worker,
-                                             gpu=ppo.num_workers * ppo.num_gpus_per_worker), what="raydprm learner toy")
+        runtime = connect(cfg.ray, Resources(cpu=engine.num_workers * engine.num_cpus_per_worker,
+                                             gpu=engine.num_workers * engine.num_gpus_per_worker), what="raydprm learner toy")
         try:
-            learner = group = LearnerGroup.create(ppo, cfg.models.policy, seed=cfg.run.seed, dtype=cfg.models.dtype)
+            learner = group = LearnerGroup.create(ppo, cfg.models.policy, engine=engine, seed=cfg.run.seed, dtype=cfg.models.dtype)
         except BaseException:
             runtime.close()
             raise
     else:
         from raydprm.train.learner import PPOLearner
 
-        learner = PPOLearner(ppo, cfg.models.policy, seed=cfg.run.seed, dtype=cfg.models.dtype)
+        learner = PPOLearner(ppo, cfg.models.policy, engine=engine, seed=cfg.run.seed, dtype=cfg.models.dtype)
     run_dir = cfg.run.run_dir / "learner_toy"
     run_dir.mkdir(parents=True, exist_ok=True)
     from raydprm.config import save_config
 
-    save_config(dataclasses.replace(cfg, ppo=ppo), run_dir)  # the effective config, flags included
+    save_config(dataclasses.replace(cfg, ppo=ppo, engine=engine), run_dir)  # the effective config, flags included
     try:
         with open(run_dir / "metrics.jsonl", "w") as f:
             hist = run_toy_ppo(learner, cfg.models.policy, steps=steps, batch_size=batch, max_new_tokens=new_tokens,
@@ -91,7 +91,7 @@ def _toy(args: argparse.Namespace) -> int:
     k = max(1, len(hist) // 4)
     first = sum(m["toy/reward"] for m in hist[:k]) / k
     last = sum(m["toy/reward"] for m in hist[-k:]) / k
-    print(f"toy PPO: {len(hist)} steps, {args.workers} worker(s), engine {ppo.engine} (ZeRO {ppo.zero_stage}); "
+    print(f"toy PPO: {len(hist)} steps, {args.workers} worker(s), engine {engine.engine} (ZeRO {engine.zero_stage}); "
           f"mean reward first {k}: {first:.3f}, last {k}: {last:.3f}; "
           f"{hist[-1]['ppo/tokens_per_s']:.0f} tokens/s; metrics in {run_dir / 'metrics.jsonl'}")
     return 0

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_with_store_labels(cfg)  # a run on a store takes the store's label scale
     # what would otherwise fail minutes in, inside a Ray actor, with a page of traceback
-    check_model_refs(cfg, "models.policy", "models.reward_backbone", "models.tokenizer", "ppo.reference",
+    check_model_refs(cfg, "models.policy", "models.reward_backbone", "models.tokenizer", "engine.reference",
                      "ppo.critic_model")
     from raydprm.cluster.placement import check_sizes
 

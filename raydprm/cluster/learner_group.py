@@ -5,7 +5,7 @@
 driver-side handle over an :class:`~raydprm.cluster.group.ActorGroup` of them that calls
 every rank and returns rank 0's answer::
 
-    group = LearnerGroup.create(cfg.ppo, cfg.models.policy, seed=cfg.run.seed)
+    group = LearnerGroup.create(cfg.ppo, cfg.models.policy, engine=cfg.engine, seed=cfg.run.seed)
     metrics = group.update(batch)            # RolloutBatch -> {"ppo/policy_loss": ..., ...}
     update = group.publish_weights(v, probe_ids, bucket_mb)   # rank 0 publishes; only refs come back
     group.save(ckpt_dir); group.load(ckpt_dir); group.export_hf(out_dir)
@@ -22,8 +22,8 @@ Restarts: the ranks share a torch process group, so a dead rank restarts the who
 
 Rendezvous: rank 0 picks its node IP and a free port; every rank then joins
 ``tcp://ip:port`` concurrently (``setup``), so no port is hard-coded and several groups can
-share a node. Each actor reserves ``ppo.num_cpus_per_worker`` CPUs and
-``ppo.num_gpus_per_worker`` GPUs, optionally inside a placement group bundle.
+share a node. Each actor reserves ``engine.num_cpus_per_worker`` CPUs and
+``engine.num_gpus_per_worker`` GPUs, optionally inside a placement group bundle.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import ray
 
 from raydprm.cluster.group import ActorGroup, Placement, peak_rss_mb
 from raydprm.cluster.weight_sync import NcclSender, WeightUpdate, publish
-from raydprm.config import PPOConfig
+from raydprm.config import EngineConfig, EngineSection, PPOConfig
 from raydprm.rollout.sync import WeightManifest, build_manifest
 from raydprm.train.rollout_batch import RolloutBatch
 
@@ -188,7 +188,7 @@ class LearnerActor:
 
 
 class LearnerGroup:
-    """Driver-side handle of ``ppo.num_workers`` :class:`LearnerActor` ranks."""
+    """Driver-side handle of ``engine.num_workers`` :class:`LearnerActor` ranks."""
 
     def __init__(self, group: ActorGroup, spec: dict[str, Any] | None = None) -> None:
         self.group = group
@@ -198,27 +198,35 @@ class LearnerGroup:
         self._spec = spec if spec is not None else {}
 
     @classmethod
-    def create(cls, ppo: PPOConfig, policy: str, *, seed: int = 0, dtype: str = "float32",
+    def create(cls, ppo: PPOConfig, policy: str | os.PathLike[str], *, engine: EngineSection | None = None,
+               seed: int = 0, dtype: str = "float32",
                trust_remote_code: bool = False, placement: Placement | None = None, max_restarts: int = 0,
                timeout_s: float | None = None) -> LearnerGroup:
         """PPO ranks (rank ``i`` on bundle ``i`` of ``placement``), started and joined into one group."""
         from raydprm.train.learner import PPOLearner
 
-        gpu = ppo.num_gpus_per_worker > 0
-        kw = dict(ppo=ppo, policy=policy, seed=seed, device="cuda" if gpu else "cpu", dtype=dtype,
+        engine = engine or EngineSection()
+        gpu = engine.num_gpus_per_worker > 0
+        kw = dict(ppo=ppo, policy=os.fspath(policy), engine=engine, seed=seed, device="cuda" if gpu else "cpu",
+                  dtype=dtype,
                   trust_remote_code=trust_remote_code)
-        return cls._start(PPOLearner, kw, ppo, placement, max_restarts, timeout_s, role="learner")
+        return cls._start(PPOLearner, kw, engine, placement, max_restarts, timeout_s, role="learner")
 
     @classmethod
-    def create_aligner(cls, align: Any, policy: str, *, seed: int = 0, placement: Placement | None = None,
+    def create_aligner(cls, align: Any, policy: str | os.PathLike[str], *, engine: EngineSection | None = None,
+                       seed: int = 0,
+                       placement: Placement | None = None,
                        max_restarts: int = 0, timeout_s: float | None = None) -> LearnerGroup:
         """Direct-alignment ranks (``align.algo``: dpo, ipo, slic, slic_rso, rrhf, crowd_dpo) on the same
         actor group, DeepSpeed engine, checkpoints and restart policy as PPO; ``update`` takes a
         :class:`~raydprm.train.direct_alignment.PairBatch`."""
         from raydprm.train.direct_alignment import DirectAlignmentLearner
 
-        kw = dict(align=align, policy=policy, seed=seed, device="cuda" if align.num_gpus_per_worker > 0 else "cpu")
-        return cls._start(DirectAlignmentLearner, kw, align, placement, max_restarts, timeout_s, role="aligner")
+        engine = engine or EngineSection()
+        EngineConfig.of(engine, align)  # engine.* against align.*: refused here, before any rank starts
+        kw = dict(align=align, policy=os.fspath(policy), engine=engine, seed=seed,
+                  device="cuda" if engine.num_gpus_per_worker > 0 else "cpu")
+        return cls._start(DirectAlignmentLearner, kw, engine, placement, max_restarts, timeout_s, role="aligner")
 
     @classmethod
     def _start(cls, build: Callable[..., Any], kw: dict[str, Any], res: Any, placement: Placement | None,
@@ -254,7 +262,7 @@ class LearnerGroup:
     def reset(self, policy: str, *, seed: int, **overrides: Any) -> list[int]:
         """Warm reuse: every rank becomes, in its own process, the learner that :meth:`create` (or
         :meth:`create_aligner`) would start on ``policy`` with ``seed`` and ``overrides`` of the
-        other arguments (``ppo=``/``align=`` a config with the same workers and resources, ``dtype=``):
+        other arguments (``ppo=``/``align=``, ``engine=`` a section with the same workers and resources, ``dtype=``):
         fresh policy, reference, optimizer, KL controller, step 0 and seeded RNGs, bit for bit.
         The last checkpoint is forgotten and a rank restarted from now on builds the reset learner.
         Returns the ranks' pids (unchanged: no process is started)."""
@@ -262,13 +270,12 @@ class LearnerGroup:
 
         if "kw" not in self._spec:
             raise RaydprmError("only a learner group started by LearnerGroup.create/create_aligner can be reset")
-        section = "ppo" if "ppo" in self._spec.get("kw", {}) else "align"
-        res = overrides.get(section)
+        res = overrides.get("engine")
         if res is not None:
             old = self._spec["res"]
             keep = ("num_workers", "num_cpus_per_worker", "num_gpus_per_worker")
             if any(getattr(res, k) != getattr(old, k) for k in keep):
-                raise RaydprmError(f"a learner group resets only to the same {section}.num_workers/num_cpus_per_worker/"
+                raise RaydprmError("a learner group resets only to the same engine.num_workers/num_cpus_per_worker/"
                                    f"num_gpus_per_worker ({', '.join(str(getattr(old, k)) for k in keep)}); "
                                    f"another shape needs a new group")
             self._spec["res"] = res

@@ -17,7 +17,7 @@ role        bundles                                      stages that use it
 ==========  ===========================================  ==============================
 rollout     ``rollout.num_replicas`` x rollout.*         collect, ppo, evaluate (policy)
 reward      ``reward.num_replicas`` x reward.actor_*     ppo
-learner     ``ppo.num_workers`` x ppo.*_per_worker       sft, reward (tasks), ppo, align
+learner     ``engine.num_workers`` x engine.*_worker     sft, reward (tasks), ppo, align
 store       1 x ``pipeline.store_num_cpus``              collect, ppo
 reference   ``rollout.num_replicas`` x rollout.*         evaluate (the SFT policy's pool)
 ==========  ===========================================  ==============================
@@ -30,8 +30,8 @@ Layouts (``pipeline.layout``):
 
 - ``split``: every role above has a group of its own.
 - ``colocate``: generators and learner share one group, ``policy``: bundle ``i`` holds
-  generator ``i`` and learner rank ``i`` (``{CPU: rollout.num_cpus + ppo.num_cpus_per_worker,
-  GPU: rollout.num_gpus + ppo.num_gpus_per_worker}``, at most one GPU, so both actors get
+  generator ``i`` and learner rank ``i`` (``{CPU: rollout.num_cpus + engine.num_cpus_per_worker,
+  GPU: rollout.num_gpus + engine.num_gpus_per_worker}``, at most one GPU, so both actors get
   the same device); they take turns (:class:`~raydprm.cluster.ppo_loop.PPOLoop` with
   ``colocate``): the generators sleep while the learner trains, the learner offloads while
   the generators sample.
@@ -84,13 +84,9 @@ def group_of(layout: str, role: str) -> str:
 
 def layout_groups(cfg: Any) -> dict[str, list[dict[str, float]]]:
     """Group name -> its bundles, for ``cfg.pipeline.layout`` (see the module docstring)."""
-    from raydprm.config import ALIGN_ALGOS
-
-    ro, rw, pp, pc = cfg.rollout, cfg.reward, cfg.ppo, cfg.pipeline
-    n, cpu, gpu = pp.num_workers, pp.num_cpus_per_worker, pp.num_gpus_per_worker
-    if any(p in ALIGN_ALGOS for p in pc.policies):  # direct-alignment ranks run on the learner's bundles too
-        al = cfg.align
-        n, cpu, gpu = max(n, al.num_workers), max(cpu, al.num_cpus_per_worker), max(gpu, al.num_gpus_per_worker)
+    ro, rw, en, pc = cfg.rollout, cfg.reward, cfg.engine, cfg.pipeline
+    # PPO's and direct alignment's ranks (one engine section) run on the same learner bundles
+    n, cpu, gpu = en.num_workers, en.num_cpus_per_worker, en.num_gpus_per_worker
     groups = {"rollout": [_bundle(ro.num_cpus, ro.num_gpus)] * ro.num_replicas,
               "reward": [_bundle(rw.actor_num_cpus)] * rw.num_replicas,
               "learner": [_bundle(cpu, gpu)] * n,
@@ -149,8 +145,8 @@ def check_sizes(cfg: Any, *, max_new_tokens: int | None = None, model: str | Non
     new = cfg.rollout.max_new_tokens if max_new_tokens is None else max_new_tokens
     prompt = cfg.rollout.max_prompt_tokens
     refs = [("--model" if model else "models.policy", model or cfg.models.policy)]
-    if not model and cfg.ppo.reference:
-        refs.append(("ppo.reference", cfg.ppo.reference))
+    if not model and cfg.engine.reference:
+        refs.append(("engine.reference", cfg.engine.reference))
     for key, ref in refs:
         n = model_positions(ref)
         if n is not None and prompt + new > n:

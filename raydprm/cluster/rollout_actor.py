@@ -248,7 +248,7 @@ class RolloutPool:
         self._checkpoint: str | None = None  # the HF directory the replicas last loaded (load_checkpoint)
 
     @classmethod
-    def create(cls, cfg: Any, model: str, *, dtype: str = "float32", placement: Placement | None = None,
+    def create(cls, cfg: Any, model: str | os.PathLike[str], *, dtype: str = "float32", placement: Placement | None = None,
                max_restarts: int = 0, startup_timeout_s: float = 600.0, sleep_mode: bool = False) -> RolloutPool:
         """Start the generators (rank ``i`` on bundle ``i`` of ``placement``) and wait until they are up.
         ``sleep_mode``: the engines can give their GPU memory back (:meth:`sleep`; vLLM's sleep mode)."""
@@ -256,6 +256,7 @@ class RolloutPool:
 
         check_transport(cfg.weight_sync)
         kw = engine_kwargs(cfg, dtype) | ({"sleep_mode": True} if sleep_mode else {})
+        model = os.fspath(model)  # a pathlib.Path (ensure_tiny_models' dirs) as a str
         group = ActorGroup(RolloutGenerator, cfg.num_replicas, role=f"rollout ({cfg.engine})",
                            init=lambda rank: ((cfg.engine, model, kw, rank, cfg.probe_length), {}),
                            resources={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}, placement=placement,

@@ -26,7 +26,7 @@ __all__ = ["Arm", "DRIVER_CPU", "ROLES", "RelativeOutputInJob", "SMOKE_OVERRIDES
 # The --smoke sizes: every stage runs, in seconds (tests, `ray job submit ... --smoke`).
 SMOKE_OVERRIDES = [
     "sft.n_examples=256", "sft.epochs=1", "crowd.n_items=64", "crowd.votes_per_item=6", "reward.epochs=1",
-    "ppo.steps=2", "ppo.rollout_batch=8", "ppo.minibatch=8", "ppo.micro_batch=4", "ppo.epochs=1",
+    "ppo.steps=2", "ppo.rollout_batch=8", "ppo.minibatch=8", "engine.micro_batch=4", "ppo.epochs=1",
     "rollout.max_new_tokens=16", "pipeline.eval_prompts=16", "pipeline.bootstrap=200", "align.steps=2",
     "align.batch=8",
 ]
@@ -147,11 +147,11 @@ def bundle_layout(cfg: Config) -> tuple[list[dict[str, float]], dict[str, int]]:
     def one(cpu: float, gpu: float = 0.0) -> dict[str, float]:
         return {"CPU": float(cpu), **({"GPU": float(gpu)} if gpu > 0 else {})}
 
-    ro, rw, pp = cfg.rollout, cfg.reward, cfg.ppo
+    ro, rw, en = cfg.rollout, cfg.reward, cfg.engine
     per_role = {"driver": [one(DRIVER_CPU)],
                 "rollout": [one(ro.num_cpus, ro.num_gpus)] * ro.num_replicas,
                 "reward": [one(rw.actor_num_cpus)] * rw.num_replicas,
-                "learner": [one(pp.num_cpus_per_worker, pp.num_gpus_per_worker)] * pp.num_workers,
+                "learner": [one(en.num_cpus_per_worker, en.num_gpus_per_worker)] * en.num_workers,
                 "store": [one(cfg.pipeline.store_num_cpus)],
                 "reference": [one(ro.num_cpus, ro.num_gpus)] * ro.num_replicas}
     if cfg.pipeline.layout == "colocate":

@@ -16,8 +16,12 @@ Where it attaches:
   it is shut down on exit, on SIGTERM and on SIGINT, with every process of its session
   (the dashboard and runtime-env agents ignore SIGTERM and would outlive the raylet by a
   minute); a signal during Ray's own start-up ends the processes that start-up began (this
-  process's new descendants); what a SIGKILLed owner left behind is found and ended by the
-  next command that starts a local instance.
+  process's new descendants). A SIGKILLed owner cannot clean up: Ray's raylet and GCS die with
+  it (Ray fate-shares them), but its agents then spend 60 s trying to tell the dead GCS
+  (Ray's hard-coded timeout). A reaper (:func:`_start_reaper`: a small process that waits on
+  a pipe only the owner holds, so it wakes the moment the owner is gone, however it died)
+  ends them at once; a reaper that is itself gone is backed up by the next command that
+  starts a local instance, which ends what a dead owner left.
 
 Pre-flight (:func:`preflight`): the CPUs, GPUs and memory a run will reserve are compared
 with the cluster's; on a cluster the autoscaler is asked once
@@ -28,10 +32,12 @@ resource. A local instance cannot grow, so a local shortfall (e.g. GPUs) fails a
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator, Mapping
@@ -87,6 +93,7 @@ class RayRuntime:
     autoscaler_requested: bool = False
     session_dir: str | None = None  # the owned instance's session directory (its processes name it)
     _old_handlers: dict[int, Any] = field(default_factory=dict, repr=False)
+    _reaper: tuple[Any, int] | None = field(default=None, repr=False)  # (its Popen, the pipe's write end)
 
     def close(self) -> None:
         """Clear the autoscaler request; shut Ray down if this runtime started it. Idempotent."""
@@ -104,9 +111,81 @@ class RayRuntime:
         if self.started and ray.is_initialized():
             ray.shutdown()
             if self.session_dir:  # the agents ignore SIGTERM: end what outlived the raylet
-                end_processes_naming(self.session_dir, timeout_s=5.0)
+                end_processes_naming(self.session_dir, timeout_s=5.0)  # the reaper names it too
             _forget_local(os.getpid())
+        if self._reaper is not None:
+            proc, fd = self._reaper
+            self._reaper = None
+            os.close(fd)  # a reaper still there wakes, finds nothing left and exits
+            try:
+                proc.wait(timeout=10)
+            except Exception as e:  # noqa: BLE001 - bookkeeping only
+                log.debug("the reaper did not exit: %s", e)
         self.started = False
+
+
+def _names(text: str, marker: str) -> bool:
+    """``text`` names ``marker`` as a whole (a session ``..._123`` is not named by ``..._1234``)."""
+    return re.search(re.escape(marker) + r"(?!\w)", text) is not None
+
+
+def _of_session(p: Any, marker: str) -> bool:
+    """``p``'s command line names ``marker``, or ``p`` is a Ray process (its title ``ray::...``: the
+    agents and workers replace their command line with it) writing a file under ``marker`` (its logs)."""
+    cmd = p.info["cmdline"] or []
+    if any(_names(part, marker) for part in cmd):
+        return True
+    return bool(cmd) and cmd[0].startswith("ray::") and any(_names(f.path, marker) for f in p.open_files())
+
+
+# The reaper's program (psutil only: no Ray, no raydprm; the two matchers above, by their source):
+# block on the pipe until the owner is gone (EOF: it exited or was killed, even by SIGKILL), then
+# SIGKILL every process of the session.
+_REAPER = "import os, re, sys\nfrom typing import Any\nimport psutil\n" + inspect.getsource(_names) \
+    + inspect.getsource(_of_session) + """
+fd, marker = int(sys.argv[1]), sys.argv[2]
+try:
+    while os.read(fd, 64):
+        pass
+except OSError:
+    pass
+me, procs = os.getpid(), []
+for p in psutil.process_iter(["cmdline"]):
+    try:
+        if p.pid != me and _of_session(p, marker):
+            procs.append(p)
+    except psutil.Error:
+        pass
+for p in procs:
+    try:
+        p.kill()
+    except psutil.Error:
+        pass
+psutil.wait_procs(procs, timeout=10)
+"""
+
+
+
+def _start_reaper(session_dir: str) -> tuple[Any, int]:
+    """Start the reaper of an owned local instance: it holds the read end of a pipe whose write end
+    only this process holds (not inherited by Ray's processes: close-on-exec), so it wakes the moment
+    this process is gone, however it died, and ends the processes naming ``session_dir`` (the
+    dashboard and runtime-env agents that Ray's fate-sharing leaves for ~60 s). Its own session, so a
+    Ctrl-C to the terminal's process group does not end it first. Returns (Popen, write end)."""
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", _REAPER, str(r), session_dir], pass_fds=(r,),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    except BaseException:
+        os.close(w)
+        raise
+    finally:
+        os.close(r)
+    return proc, w
 
 
 def _forwarded_env() -> dict[str, str]:
@@ -167,14 +246,15 @@ def cleanup_stale_local_ray() -> list[int]:
 
 
 def end_processes_naming(marker: str, timeout_s: float = 10.0) -> list[int]:
-    """SIGKILL every process whose command line names ``marker`` (a Ray session directory or a
-    ``--temp-dir``), wait for them, and return their pids. Other Ray instances are untouched."""
+    """SIGKILL every process of a Ray instance named by ``marker`` (a Ray session directory or a
+    ``--temp-dir``): its command line names it, or it is a ``ray::`` process whose logs are under it
+    (:func:`_of_session`). Waits for them and returns their pids. Other Ray instances are untouched."""
     import psutil
 
     procs = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if any(marker in part for part in (p.info["cmdline"] or [])):
+            if p.pid != os.getpid() and _of_session(p, marker):
                 procs.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -257,6 +337,7 @@ def connect(ray_cfg: Any, need: Resources | None = None, what: str = "raydprm",
                 node = ray._private.worker._global_node
                 rt.session_dir = node.get_session_dir_path()
                 _remember_local(node.session_name)
+                rt._reaper = _start_reaper(rt.session_dir)
             except Exception as e:  # noqa: BLE001 - bookkeeping only
                 log.debug("could not record the local Ray session: %s", e)
         try:  # SIGTERM unwinds like Ctrl-C (ray.init replaced the handler), so Serve, actors and Ray shut down

@@ -40,8 +40,7 @@ OPERATIONAL = frozenset({
     "rollout.gpu_memory_utilization", "rollout.kv_cache_memory_mb", "rollout.weight_sync", "rollout.sync_timeout_s",
     "rollout.bucket_mb", "rollout.probe_tolerance", "rollout.probe_length",
     "reward.num_replicas", "reward.actor_num_cpus", "reward.model_dir",
-    "ppo.num_cpus_per_worker", "ppo.dist_timeout_s", "ppo.ds_jit_ops",
-    "align.num_cpus_per_worker", "align.dist_timeout_s", "align.ds_jit_ops",
+    "engine.num_cpus_per_worker", "engine.dist_timeout_s", "engine.ds_jit_ops",
     "store.synchronous", "store.max_text_chars",
 })
 
@@ -55,6 +54,8 @@ NOT_READ = frozenset({
     "run.loggers", "run.tracking_uri", "run.experiment",  # where metrics are logged (declared before they land)
 })
 
+# what PPO maximises over a group-conditioned reward model's groups (reward.objective*): PPO's readout only
+_GROUP_OBJECTIVE = ("reward.objective", "reward.objective_tau", "reward.objective_alpha", "reward.objective_kappa")
 _ROLLOUT = ("rollout.*", "models.dtype")  # a pool of generators samples: what and with which weights' dtype
 # where the crowd's votes come from (simulated or a store's) and the gold judge's share: every stage after SFT
 _CROWD_SOURCE = ("pipeline.crowd", "pipeline.gold_fraction")
@@ -84,18 +85,20 @@ READS: dict[str, Reads] = {
     "collect": Reads(("run.seed", *_ROLLOUT, "crowd.*", "store.*", "labels.*", *_CROWD_SOURCE,
                       "reward.group_weights"), ("sft",),
                      (_VLLM_LAYOUT,)),
-    # the reward model trains on the export (the scalar readout is PPO's, not training's)
+    # the reward model trains on the export (the scalar readout is PPO's, not training's: the group
+    # objectives weigh a group-conditioned model's per-group rewards when PPO scores, never in training)
     "reward": Reads(("run.seed", "models.reward_backbone", "reward.*", "labels.*", *_CROWD_SOURCE), ("data",),
-                    unread=("reward.scalar", "reward.cvar_alpha", "reward.kappa")),
+                    unread=("reward.scalar", "reward.cvar_alpha", "reward.kappa", *_GROUP_OBJECTIVE)),
     # PPO: the generators sample, the reward replicas score (reward.* of the readout; the model is an
     # input), the learner trains, the population's E[r] of every step is recorded
-    "ppo": Reads(("run.seed", *_ROLLOUT, "ppo.*", "reward.*", "labels.*", "crowd.*", "pipeline.live_votes",
+    "ppo": Reads(("run.seed", *_ROLLOUT, "ppo.*", "engine.*", "reward.*", "labels.*", "crowd.*", "pipeline.live_votes",
                   *_CROWD_SOURCE),
                  ("sft", "reward"),
                  (("pipeline.live_votes", tuple(f"pipeline.{k}" for k in DRIFT_KEYS) + ("store.*",)),
                   # the engines' logprobs (equal tokens, float rounding of the batch layout) become PPO's
                   ("ppo.use_rollout_logprobs", ("rollout.num_replicas", "rollout.batch_size")), _VLLM_LAYOUT)),
-    "align": Reads(("run.seed", "align.*", "labels.*"), ("sft", "data")),
+    # direct alignment: its loss and optimisation (align.*) on the learner group's engine (engine.*)
+    "align": Reads(("run.seed", "align.*", "engine.*", "labels.*"), ("sft", "data")),
     # every policy and the SFT policy sample the held-out prompts; the population judges
     "evaluate": Reads(("run.seed", *_ROLLOUT, "crowd.*", "labels.*", "pipeline.eval_prompts", "pipeline.eval_seeds",
                        "pipeline.bootstrap", "pipeline.tie_margin", "pipeline.policies", *_CROWD_SOURCE),

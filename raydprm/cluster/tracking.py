@@ -14,6 +14,12 @@ One interface for every tracker, :class:`Tracker` (``log_params``, ``log_metrics
 ``wandb``        offline mode under ``<run_dir>/wandb`` (``wandb sync`` uploads it later)
 ==============  ===================================================================
 
+A tracker run ends with how the training ended (:func:`end_status`): ``FINISHED`` when it closes
+normally, ``FAILED`` when an exception ended it, ``KILLED`` on SIGTERM/SIGINT (W&B: exit code 0, 1,
+128 + the signal). :class:`Trackers` is a context manager that does so; the pipeline ends every
+tracker still open when a run dies (:func:`end_open_trackers`), and a sweep's Tune callback ends each
+trial's run by the trial's end. Only a ``kill -9`` leaves a run ``RUNNING``.
+
 Params are the resolved config, flattened to dotted keys (``ppo.beta``); metrics keep the
 names TensorBoard shows (``reward/mean``, ``ppo/clipfrac``, ``population/expected_reward``).
 A run, each policy and seed of a comparison (``prefix`` = ``<name>/seed<k>/``), and each
@@ -28,6 +34,7 @@ import json
 import logging
 import math
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +42,8 @@ from typing import Any, Protocol
 from raydprm.errors import ConfigError
 
 __all__ = ["Tracker", "Trackers", "TensorBoardTracker", "MLflowTracker", "WandbTracker", "open_trackers",
-           "flatten_params", "LOGGERS", "mlflow_uri", "allow_file_store", "check_installed"]
+           "flatten_params", "LOGGERS", "mlflow_uri", "allow_file_store", "check_installed", "end_status",
+           "end_open_trackers", "STATUSES"]
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +51,40 @@ LOGGERS = ("tensorboard", "mlflow", "wandb")
 _MODULES = {"mlflow": "mlflow", "wandb": "wandb"}  # the import each logger needs (tensorboard: torch's)
 
 
+STATUSES = ("FINISHED", "FAILED", "KILLED")  # how a tracker run ends (MLflow's RunStatus names)
+
+
 class Tracker(Protocol):
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, status: str = "FINISHED") -> None: ...
+
+
+def end_status(exc: BaseException | None) -> str:
+    """How a training that ``exc`` ended ended: ``FINISHED`` (no exception), ``KILLED`` (SIGTERM or
+    SIGINT, including a signal that a Ray wait turned into ``SystemExit``), else ``FAILED``."""
+    from raydprm.errors import Terminated, received_signal
+
+    if exc is None or (isinstance(exc, SystemExit) and not isinstance(exc, Terminated) and exc.code in (0, None)
+                       and received_signal() is None):
+        return "FINISHED"
+    if isinstance(exc, (KeyboardInterrupt, Terminated)) or received_signal() is not None:
+        return "KILLED"
+    return "FAILED"
+
+
+def _exit_code(status: str) -> int:
+    """A W&B exit code for a status: 0, 1, or 128 + the signal received (130 when none is known)."""
+    from raydprm.errors import received_signal
+
+    if status == "FINISHED":
+        return 0
+    if status == "FAILED":
+        return 1
+    sig = received_signal()
+    return 128 + (sig if sig is not None else 2)
 
 
 def flatten_params(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -82,8 +118,8 @@ class TensorBoardTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.tb.log(dict(metrics), step)
 
-    def close(self) -> None:
-        self.tb.close()
+    def close(self, status: str = "FINISHED") -> None:
+        self.tb.close()  # an event file has no run status
 
 
 def mlflow_uri(run_cfg: Any) -> str:
@@ -150,16 +186,21 @@ class WandbTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.run.log(_finite(metrics), step=step)
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, status: str = "FINISHED") -> None:
+        self.run.finish(exit_code=_exit_code(status))  # non-zero: W&B marks the run failed
+
+
+_OPEN: weakref.WeakSet[Trackers] = weakref.WeakSet()  # opened in this process and not yet closed
 
 
 class Trackers:
     """Every tracker of ``run.loggers`` behind the one interface; a tracker that fails while logging
-    is reported once and dropped (a tracking server down must not end a training run)."""
+    is reported once and dropped (a tracking server down must not end a training run). As a
+    context manager it closes them with the block's :func:`end_status`."""
 
     def __init__(self, trackers: Sequence[tuple[str, Tracker]]) -> None:
         self.trackers = list(trackers)
+        _OPEN.add(self)
 
     def _each(self, what: str, *args: Any) -> None:
         for name, t in list(self.trackers):
@@ -181,15 +222,33 @@ class Trackers:
         ``step``."""
         self.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
 
-    def close(self) -> None:
-        self._each("close")
+    def close(self, status: str = "FINISHED") -> None:
+        """End every tracker's run with ``status`` (one of :data:`STATUSES`); a second close does nothing."""
+        if status not in STATUSES:
+            raise ValueError(f"a tracker run ends {', '.join(STATUSES)}, not {status!r}")
+        _OPEN.discard(self)
+        self._each("close", status)
         self.trackers = []
+
+    def end(self, exc: BaseException | None) -> None:
+        """Close with the status of a training that ``exc`` ended (None: finished)."""
+        self.close(end_status(exc))
 
     def __enter__(self) -> Trackers:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self.end(exc)
+
+
+def end_open_trackers(exc: BaseException | None) -> int:
+    """End every tracker run this process opened and has not closed with the status of a training
+    that ``exc`` ended (the pipeline calls it when a run dies: the stage that opened them never got to
+    close them). Returns how many were ended."""
+    still = list(_OPEN)
+    for t in still:
+        t.end(exc)
+    return len(still)
 
 
 def check_installed(loggers: Sequence[str]) -> None:

@@ -398,14 +398,15 @@ def check_ot(plan: Plan, rec: Recorder) -> None:
 
 
 def _ppo_config(plan: Plan, *, engine: str, precision: str, zero_stage: int, batch: int | None = None):
-    """The PPO config of one learner update of ``batch`` rows (default ``plan.learner_batch``):
-    one minibatch = the whole batch, one epoch, so the losses are those of the initial
-    weights and two devices can be compared."""
-    from raydprm.config import PPOConfig
+    """The PPO learner's ``ppo`` and ``engine`` sections for one update of ``batch`` rows (default
+    ``plan.learner_batch``): one minibatch = the whole batch, one epoch, so the losses are those of
+    the initial weights and two devices can be compared."""
+    from raydprm.config import EngineSection, PPOConfig
 
     B = batch or plan.learner_batch
-    return PPOConfig(rollout_batch=B, minibatch=B, micro_batch=min(plan.learner_micro, B),
-                     epochs=1, lr=1e-5, num_workers=1, engine=engine, zero_stage=zero_stage, precision=precision)
+    return {"ppo": PPOConfig(rollout_batch=B, minibatch=B, epochs=1, lr=1e-5),
+            "engine": EngineSection(micro_batch=min(plan.learner_micro, B), num_workers=1, engine=engine,
+                                    zero_stage=zero_stage, precision=precision)}
 
 
 def _vocab_size(policy: str) -> int:
@@ -480,8 +481,8 @@ def check_learner(plan: Plan, rec: Recorder) -> None:
                                                                    f"(grad norm: {GRAD_NORM_RTOL:g} |cpu|)")
     cpu_metrics: dict[str, float] = {}
     with rec.item("cpu_fp32_reference") as it:
-        lr = PPOLearner(_ppo_config(plan, engine="torch", precision="fp32", zero_stage=0,
-                                    batch=plan.learner_cmp_batch), plan.policy, seed=0, device="cpu")
+        lr = PPOLearner(**_ppo_config(plan, engine="torch", precision="fp32", zero_stage=0,
+                                    batch=plan.learner_cmp_batch), policy=plan.policy, seed=0, device="cpu")
         cpu_metrics = lr.update(batch)
         it["status"] = "info"
         it["figures"] = {k: _sig(cpu_metrics[k], 8) for k in _COMPARED} | {
@@ -491,8 +492,8 @@ def check_learner(plan: Plan, rec: Recorder) -> None:
     with rec.item(f"{engine}_zero2_fp32_vs_cpu" if engine == "deepspeed" else "torch_fp32_vs_cpu") as it:
         if not cpu_metrics:
             raise Skip("the CPU reference update did not run")
-        lr = PPOLearner(_ppo_config(plan, engine=engine, precision="fp32", zero_stage=2 if engine == "deepspeed" else 0,
-                                    batch=plan.learner_cmp_batch), plan.policy, seed=0, device=plan.device)
+        lr = PPOLearner(**_ppo_config(plan, engine=engine, precision="fp32", zero_stage=2 if engine == "deepspeed" else 0,
+                                    batch=plan.learner_cmp_batch), policy=plan.policy, seed=0, device=plan.device)
         m = lr.update(batch)
         diffs = {k: abs(m[k] - cpu_metrics[k]) for k in _COMPARED}
         it["figures"] = {"engine": lr.engine.name, **{k: _sig(m[k], 8) for k in _COMPARED},
@@ -508,8 +509,8 @@ def check_learner(plan: Plan, rec: Recorder) -> None:
         if plan.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             it["figures"]["allocated_before_GiB"] = _sig(torch.cuda.memory_allocated() / 2**30)
-        lr = PPOLearner(_ppo_config(plan, engine=engine, precision="bf16", zero_stage=2 if engine == "deepspeed" else 0),
-                        plan.policy, seed=0, device=plan.device)
+        lr = PPOLearner(**_ppo_config(plan, engine=engine, precision="bf16", zero_stage=2 if engine == "deepspeed" else 0),
+                        policy=plan.policy, seed=0, device=plan.device)
         times, metrics = [], []
         for step in range(plan.learner_steps):  # the first update is the warm-up
             _sync(plan.device)
@@ -551,8 +552,8 @@ def _learner_logprobs(plan: Plan, precision: str, responses) -> list[list[float]
     from raydprm.train.learner import PPOLearner
 
     engine = "deepspeed" if deepspeed_import_error() is None else "torch"
-    lr = PPOLearner(_ppo_config(plan, engine=engine, precision=precision, zero_stage=2 if engine == "deepspeed" else 0),
-                    plan.policy, seed=0, device=plan.device)
+    lr = PPOLearner(**_ppo_config(plan, engine=engine, precision=precision, zero_stage=2 if engine == "deepspeed" else 0),
+                    policy=plan.policy, seed=0, device=plan.device)
     try:
         scored = lr.score([r.prompt_ids + r.token_ids for r in responses])
         return [s[len(r.prompt_ids) - 1:] for s, r in zip(scored, responses)]

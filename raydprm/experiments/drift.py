@@ -50,7 +50,7 @@ DRIFT = ["pipeline.live_votes=4", "pipeline.drift_step=11", "pipeline.drift_mixt
          "store.half_life_s=600", "pipeline.checkpoint_every=10"]
 # Tiny sizes for tests and a quick look (minutes of CPU): the shift at step 3 of 6, a refresh every 2.
 QUICK = ["sft.n_examples=256", "sft.epochs=1", "crowd.n_items=64", "crowd.votes_per_item=6", "reward.epochs=1",
-         "ppo.steps=6", "ppo.rollout_batch=8", "ppo.minibatch=8", "ppo.micro_batch=4", "ppo.epochs=1",
+         "ppo.steps=6", "ppo.rollout_batch=8", "ppo.minibatch=8", "engine.micro_batch=4", "ppo.epochs=1",
          "rollout.max_new_tokens=16", "pipeline.eval_prompts=16", "pipeline.bootstrap=200",
          "pipeline.drift_step=3", "pipeline.refresh_every=2", "pipeline.refresh_epochs=1", "store.half_life_s=180",
          "pipeline.checkpoint_every=2"]

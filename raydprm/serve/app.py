@@ -35,7 +35,7 @@ from ray import serve
 
 from raydprm.core.label_scale import LabelScale
 from raydprm.errors import RaydprmError
-from raydprm.serve.http import BODY_LIMIT_ENV, Unavailable, token_digest
+from raydprm.serve.http import BODY_LIMIT_ENV, Unavailable, refused_vote, token_digest
 
 __all__ = ["RewardDeployment", "build_app", "serve_app", "shutdown_serve", "resolve_token", "token_digest",
            "APP_NAME", "deployment_options", "check_port_free", "proxy_environment"]
@@ -158,7 +158,11 @@ class RewardDeployment:
         try:
             out = await self._store_handle().add_votes.remote(records)
         except ray.exceptions.RayTaskError as e:
+            from raydprm.store.votes import VoteError
+
             cause = getattr(e, "cause", None)
+            if isinstance(cause, VoteError):  # the request's field, the store's groups; not our vote id
+                raise refused_vote(cause, votes) from None
             if isinstance(cause, RaydprmError):
                 raise RaydprmError(str(cause)) from None
             raise

@@ -93,6 +93,33 @@ class Unavailable(RaydprmError):
     """A backend the request needs (the preference store) is not reachable: 503."""
 
 
+class RefusedVote(RaydprmError):
+    """The store refused a vote of the request: 400 naming the field (``votes[i].persona``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def refused_vote(err: Any, votes: Sequence[Any]) -> RefusedVote:
+    """The 400 a client sees for the store's :class:`~raydprm.store.votes.VoteError` on ``votes``
+    (the request's votes): the request's field (``votes[i]``, ``votes[i].persona``) and the rule,
+    without the vote id the server made up. An unknown persona names the store's groups (a store
+    created by ``raydprm store import`` holds only its imported groups, not ``anonymous``, the
+    default of a vote without ``persona``)."""
+    from raydprm.store.votes import name_list
+
+    i = int(err.index)
+    field = f"votes[{i}]" + (f".{err.field}" if err.field else "")
+    if err.rule == "known persona" and 0 <= i < len(votes):
+        persona = getattr(votes[i], "persona", None)
+        default = " (the default of a vote without 'persona')" if persona == "anonymous" else ""
+        return RefusedVote(field, f"persona {persona!r}{default} is not a rater group of the preference store; "
+                                  f"its groups: {name_list(err.known)}; name one of them in 'persona'; nothing of "
+                                  "this batch was written")
+    return RefusedVote(field, f"refused by rule '{err.rule}': {err.detail}; nothing of this batch was written")
+
+
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # a JSON string literal (unrolled loop)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = np.full(256, -1, dtype=np.int8)
@@ -283,7 +310,7 @@ def build_http_app(schemas: Schemas, label_names: Sequence[str], rewards: Sequen
 
     @app.exception_handler(RaydprmError)
     async def _user_error(request: Request, exc: RaydprmError) -> JSONResponse:
-        return _error(400, [{"field": "body", "message": str(exc)}])
+        return _error(400, [{"field": exc.field if isinstance(exc, RefusedVote) else "body", "message": str(exc)}])
 
     @app.exception_handler(Unavailable)
     async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:

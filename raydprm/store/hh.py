@@ -157,7 +157,7 @@ def import_hh(store: PreferenceStore, path: str | os.PathLike[str], *, persona: 
         pairs.clear()
         lines.clear()
 
-    with store.atomic():
+    with store.atomic(f"the import of HH file '{p}'"):
         store.add_persona(persona, "pairwise annotator of an imported HH-format file")
         for lineno, prompt, chosen, rejected in tqdm(read_hh_lines(p, limit), desc="import HH", unit="pair",
                                                       disable=None if progress else True):  # None: TTY only

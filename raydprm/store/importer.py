@@ -542,7 +542,7 @@ def import_file(store: PreferenceStore, path: str | os.PathLike[str], mapping: M
     # a bigger page cache while the one transaction runs: fewer pages spilled to the WAL twice
     store._db.execute(f"PRAGMA cache_size=-{int(IMPORT_CACHE_KIB)}")
     try:
-        with store.atomic():
+        with store.atomic(f"the import of '{p}'"):
             join_cols = imp.load_join()
             r0 = 0
             bar = tqdm(desc=f"import {p.name}", unit="row", disable=None if progress else True)

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from raydprm.core.label_scale import LabelScale
+from raydprm.errors import DiskFull
 from raydprm.store import group_queries, reads, schema, vote_log
 from raydprm.store.group_queries import GroupPosteriors
 from raydprm.store.reads import ItemPosterior, LogRow, PersonaState, UnknownItemError
 from raydprm.store.schema import DEFAULT_STORE_PERSONAS, SCHEMA_VERSION, default_scale
-from raydprm.store.sqlite_db import SQLiteFile, StoreError
+from raydprm.store.sqlite_db import NEW, SQLiteFile, StoreDiskFull, StoreError
 
-__all__ = ["PreferenceStore", "StoreError", "UnknownItemError", "DEFAULT_STORE_PERSONAS", "SCHEMA_VERSION",
+__all__ = ["PreferenceStore", "StoreError", "StoreDiskFull", "UnknownItemError", "DEFAULT_STORE_PERSONAS", "SCHEMA_VERSION",
            "PersonaState", "ItemPosterior", "LogRow", "GroupPosteriors", "default_scale"]
 
 
@@ -90,13 +91,15 @@ class PreferenceStore:
         try:
             with self.db.sql_errors():
                 if not self.readonly:
-                    with self._write() as cur:
+                    with self._write(NEW if not self.db.existed else "its parameters") as cur:
                         schema.create_tables(cur)
                         schema.init_meta(cur, self.path, labels, label_scale, prior, half_life_s, personas,
                                          default_personas)
                 self._load_meta()
-        except BaseException:
+        except BaseException as e:
             self.db.conn.close()
+            if isinstance(e, DiskFull):
+                self.db.discard_new()  # a store whose creation failed leaves nothing behind
             raise
         if self.readonly:  # nothing was recorded: compare what the caller asked for with the file
             schema.check_same(self.path, labels, prior, half_life_s, self.labels, self.prior, self.half_life_s)
@@ -131,17 +134,19 @@ class PreferenceStore:
     synchronous = property(lambda self: self.db.synchronous)
     _db = property(lambda self: self.db.conn)  # the connection (the importer's bulk path, tests)
 
-    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
-        return self.db.write()
+    def _write(self, what: str = "to it") -> contextlib.AbstractContextManager[sqlite3.Cursor]:
+        """One write transaction (``what``: what it writes, named if the disk is full)."""
+        return self.db.write(what)
 
     def _read(self) -> contextlib.AbstractContextManager[sqlite3.Cursor]:
         return self.db.read()
 
     @contextlib.contextmanager
-    def atomic(self) -> Iterator[PreferenceStore]:
+    def atomic(self, what: str = "a batch of writes") -> Iterator[PreferenceStore]:
         """All writes inside the block (add_votes, add_pairs, add_persona, ...) form one
-        transaction: they are all committed at the end, or none of them if it raises."""
-        with self._write():
+        transaction: they are all committed at the end, or none of them if it raises (``what``:
+        what the block writes, named if the disk fills up)."""
+        with self._write(what):
             yield self
 
     def close(self) -> None:
@@ -225,7 +230,7 @@ class PreferenceStore:
 
     def add_persona(self, name: str, description: str = "") -> None:
         """Register a persona or annotator id (idempotent)."""
-        with self._write() as cur:
+        with self._write(f"persona '{name}'") as cur:
             schema.add_persona(cur, name, description)
         self._refresh_personas()
 
@@ -245,7 +250,7 @@ class PreferenceStore:
 
     def rebuild_posteriors(self) -> int:
         """Re-derive every posterior from the vote log; returns the number of votes replayed."""
-        with self._write() as cur:
+        with self._write("the posteriors rebuilt from the vote log") as cur:
             return vote_log.rebuild(self, cur)
 
     def add_pairs(self, pairs: Sequence[Mapping[str, Any]]) -> int:

@@ -14,13 +14,24 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from raydprm.errors import RaydprmError
+from raydprm.errors import DiskFull, RaydprmError, disk_full, is_disk_full
 
-__all__ = ["SQLiteFile", "StoreError"]
+__all__ = ["SQLiteFile", "StoreError", "StoreDiskFull"]
+
+# An SQLite I/O error with less than this free where the store lives is the disk filling up (SQLite
+# reports ENOSPC as SQLITE_FULL for its files, but as a bare SQLITE_IOERR_* for the WAL index).
+FULL_BYTES = 1 << 20
+NEW = "a new store"  # what creating a store writes (a failed creation leaves no file)
 
 
 class StoreError(RaydprmError):
     """The store cannot do what was asked (bad arguments, incompatible, read-only or corrupt file)."""
+
+
+class StoreDiskFull(StoreError, DiskFull):
+    """The store's file system is full: one line naming the store's path and what was being written;
+    the transaction was rolled back, so the store is as it was before (a store being created is
+    removed)."""
 
 
 class SQLiteFile:
@@ -65,7 +76,7 @@ class SQLiteFile:
             self._connect(busy_timeout_s)
             if self.existed and (not self.readonly if check is None else check):
                 self._quick_check()
-            with self.sql_errors():
+            with self.sql_errors(what=NEW if not self.existed else "its write-ahead log"):
                 if self.existed:
                     self._check_is_store()
                 if not self.readonly:
@@ -76,13 +87,26 @@ class SQLiteFile:
                     # Durability is unchanged: a COMMIT is durable once it is in the WAL.
                     self.conn.execute("PRAGMA cache_size=-65536")
                     self.conn.execute("PRAGMA wal_autocheckpoint=4000")
-        except BaseException:
+        except BaseException as e:
             if self.conn is not None:
                 self.conn.close()
+            if isinstance(e, DiskFull):
+                self.discard_new()
             raise
 
+    def discard_new(self) -> None:
+        """Close, and remove the file (and its -wal/-shm) if this open created it: a store whose creation
+        failed (a full disk) leaves nothing behind."""
+        with contextlib.suppress(sqlite3.Error):
+            if self.conn is not None:
+                self.conn.close()
+        if not self.existed and not self.readonly:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(OSError):
+                    Path(str(self.path) + suffix).unlink(missing_ok=True)
+
     def _connect(self, busy_timeout_s: float) -> None:
-        with self.sql_errors("cannot open"):
+        with self.sql_errors("cannot open", what=NEW if not self.existed else "its write-ahead log"):
             if self.readonly:
                 uri = self.path.resolve().as_uri() + "?mode=ro"
                 try:
@@ -125,10 +149,29 @@ class SQLiteFile:
             raise StoreError(f"'{self.path}' is an SQLite file but not a preference store (tables: "
                              f"{', '.join(sorted(tables)) or 'none'})")
 
-    def _sql_error(self, e: sqlite3.Error, doing: str = "") -> StoreError:
-        """One line naming the file for any SQLite error."""
+    def disk_is_full(self, e: sqlite3.Error) -> bool:
+        """SQLite's SQLITE_FULL, or an I/O error while the store's file system has (almost) no room left."""
+        name, low = getattr(e, "sqlite_errorname", "") or "", str(e).lower()
+        if name == "SQLITE_FULL" or ("disk" in low and "full" in low):
+            return True
+        if name.startswith("SQLITE_IOERR") or "disk i/o error" in low:
+            try:
+                st = os.statvfs(self.path.parent)
+            except OSError:
+                return False
+            return st.f_bavail * st.f_frsize < FULL_BYTES
+        return False
+
+    def _sql_error(self, e: sqlite3.Error, doing: str = "", what: str = "") -> StoreError:
+        """One line naming the file for any SQLite error (``what``: what was being written, named when
+        the disk is full)."""
         msg = str(e)
         low = msg.lower()
+        if self.disk_is_full(e):
+            return StoreDiskFull(f"no space left on the device of preference store '{self.path}' while writing "
+                                 f"{what or 'to it'} (SQLite: {msg}); nothing of it was written ("
+                                 f"{'no file is left' if what == NEW else 'the store is as it was'}); free space "
+                                 "there and run again")
         if "malformed" in low or "not a database" in low or "corrupt" in low:
             what = f"is corrupt or not an SQLite file ({msg})"
         elif "readonly" in low or "read-only" in low:
@@ -138,18 +181,16 @@ class SQLiteFile:
             what = f"is locked by another writer for longer than the busy timeout ({msg})"
         elif "unable to open" in low:
             what = f"cannot be opened ({msg}; is its directory readable, and writable for a writer?)"
-        elif "disk" in low and "full" in low:
-            what = f"cannot grow: the disk is full ({msg})"
         else:
             what = f"failed: {type(e).__name__}: {msg}"
         return StoreError(f"{doing + ' ' if doing else ''}preference store '{self.path}' {what}".strip())
 
     @contextlib.contextmanager
-    def sql_errors(self, doing: str = "") -> Iterator[None]:
+    def sql_errors(self, doing: str = "", what: str = "") -> Iterator[None]:
         try:
             yield
         except sqlite3.Error as e:
-            raise self._sql_error(e, doing) from None
+            raise self._sql_error(e, doing, what) from None
 
     def _set_wal(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -161,15 +202,16 @@ class SQLiteFile:
                 return
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise self._sql_error(e) from None
+                    raise self._sql_error(e, what="its write-ahead log") from None
                 time.sleep(0.05)
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Cursor]:
+    def write(self, what: str = "to it") -> Iterator[sqlite3.Cursor]:
         """One write transaction: BEGIN IMMEDIATE (takes the write lock) ... COMMIT, or ROLLBACK.
 
         Nested calls (inside :meth:`PreferenceStore.atomic`) join the outer transaction: what they write
-        commits or rolls back with it."""
+        commits or rolls back with it. ``what`` (e.g. "a batch of 3 votes") is named when the disk is
+        full; in a nested call the outermost transaction's ``what`` is named."""
         if self.readonly:
             raise StoreError(f"preference store '{self.path}' is open read-only")
         with self.lock:
@@ -184,7 +226,7 @@ class SQLiteFile:
             try:
                 cur.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
-                raise self._sql_error(e) from None
+                raise self._sql_error(e, what=what) from None
             self.depth = 1
             try:
                 self.on_begin(cur)
@@ -195,7 +237,7 @@ class SQLiteFile:
                     cur.execute("ROLLBACK")
                 self.on_rollback()
                 if isinstance(e, sqlite3.Error):
-                    raise self._sql_error(e) from None
+                    raise self._sql_error(e, what=what) from None
                 raise
             finally:
                 self.depth = 0
@@ -246,12 +288,18 @@ class SQLiteFile:
                 target = sqlite3.connect(str(tmp))
                 try:
                     self.conn.backup(target)
+                except sqlite3.Error as e:
+                    if is_disk_full(e):  # the copy's disk, not the store's
+                        raise disk_full(d, f"the backup of preference store '{self.path}'") from None
+                    raise
                 finally:
                     target.close()
             for suffix in ("-wal", "-shm"):  # stale companions of an old file at dest
                 Path(str(d) + suffix).unlink(missing_ok=True)
             os.replace(tmp, d)  # all or nothing: a failed backup leaves no partial file at dest
         except OSError as e:
+            if is_disk_full(e):
+                raise disk_full(d, f"the backup of preference store '{self.path}'") from None
             raise StoreError(f"cannot back up the store '{self.path}' to '{d}': {e.strerror or e}") from None
         finally:
             with contextlib.suppress(OSError):

@@ -39,7 +39,7 @@ def reconfigure(store, prior: float | None, half_life_s: float | None) -> dict[s
     new_prior = old[0] if prior is None else float(prior)
     new_hl = old[1] if half_life_s is None else float(half_life_s)
     replayed = 0
-    with store._write() as cur:
+    with store._write("the new prior and half-life") as cur:
         version = schema.record_params(cur, new_prior, new_hl)
         store.prior, store.half_life_s = new_prior, new_hl
         if new_hl != old[1]:
@@ -58,7 +58,7 @@ def add_items(store, items: Iterable[tuple[str, str]]) -> list[str]:
                 raise StoreError(f"item #{i}: {name} must be a non-empty string of at most "
                                  f"{store.max_text_chars} chars")
         rows.append((item_id(prompt, response), prompt, response, now))
-    with store._write() as cur:
+    with store._write(f"{len(rows)} items") as cur:
         cur.executemany(_ITEM_INSERT, rows)
     return [r[0] for r in rows]
 
@@ -92,7 +92,7 @@ def add_votes(store, votes: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 def append_votes(store, vs: Sequence[Vote], batch: dict[str, Vote], dup: int) -> dict[str, int]:
     """Append the deduplicated ``batch`` (of the validated ``vs``) in one transaction."""
     db = store._db
-    with store._write() as cur:
+    with store._write(f"a batch of {len(batch)} votes") as cur:
         # Fast path: INSERT OR IGNORE the whole batch, then look only at the ids that
         # were not inserted (already in the log) - none in the common case.
         last = cur.execute("SELECT COALESCE(MAX(seq), 0) FROM votes").fetchone()[0]
@@ -195,7 +195,7 @@ def add_pairs(store, pairs: Sequence[Mapping[str, Any]]) -> int:
         items[a] = (a, p["prompt"], p["chosen"], now)
         items[b] = (b, p["prompt"], p["rejected"], now)
         rows.append((p["pair_id"], a, b, p["annotator"], str(p.get("source", "api")), float(p.get("ts", now))))
-    with store._write() as cur:
+    with store._write(f"{len(rows)} pairs") as cur:
         cur.executemany(_ITEM_INSERT, list(items.values()))
         before = cur.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
         cur.executemany("INSERT OR IGNORE INTO pairs VALUES (?, ?, ?, ?, ?, ?)", rows)

@@ -32,13 +32,22 @@ SUM_TOL = 1e-6
 class VoteError(RaydprmError, ValueError):
     """A vote breaks a rule; nothing of its batch was written."""
 
-    def __init__(self, vote_id: Any, index: int, rule: str, detail: str) -> None:
+    def __init__(self, vote_id: Any, index: int, rule: str, detail: str, field: str = "",
+                 known: tuple[str, ...] = ()) -> None:
         self.vote_id, self.index, self.rule, self.detail = vote_id, index, rule, detail
+        self.field, self.known = field, tuple(known)  # the vote's field at fault; what the store has instead
         super().__init__(f"vote {vote_id!r} (#{index} of the batch) refused by rule '{rule}': {detail}; "
                          "nothing of this batch was written")
 
     def __reduce__(self):  # picklable (Ray sends it back to the caller)
-        return (type(self), (self.vote_id, self.index, self.rule, self.detail))
+        return (type(self), (self.vote_id, self.index, self.rule, self.detail, self.field, self.known))
+
+
+def name_list(names: Sequence[str], most: int = 20) -> str:
+    """``a, b, c`` (at most ``most`` names, then how many in all)."""
+    names = list(names)
+    shown = ", ".join(names[:most])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "") if names else "none"
 
 
 class Vote(NamedTuple):
@@ -107,8 +116,9 @@ def validate_votes(votes: Sequence[Mapping[str, Any]], *, labels: Sequence[str],
             iid = ids[(prompt, response)] = item_id(prompt, response)
         persona = v.get("persona")
         if persona not in personas:
-            raise VoteError(vid, i, "known persona", f"persona {persona!r} is not registered (known: "
-                            f"{', '.join(personas)}; register new annotators with add_persona)")
+            raise VoteError(vid, i, "known persona", f"persona {persona!r} is not registered in this store; its "
+                            f"personas (rater groups): {name_list(personas)}; name one of them, or register a new "
+                            "annotator first (add_persona)", field="persona", known=tuple(personas))
         label, dist = v.get("label"), v.get("dist")
         lab: int | None = None
         d: tuple[float, ...] | None = None

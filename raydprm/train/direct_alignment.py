@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from raydprm.config import AlignConfig
+from raydprm.config import AlignConfig, EngineConfig, EngineSection
 from raydprm.core.pairwise_loss import pairwise_loss
 from raydprm.core.pbde import crowd_preference
 from raydprm.core.ppo_loss import token_logprobs
@@ -212,15 +212,15 @@ class PolicyLM(nn.Module):
 
 
 class DirectAlignmentLearner(LearnerRank):
-    """One rank of the direct-alignment learner (``world_size = align.num_workers``); the
+    """One rank of the direct-alignment learner (``world_size = engine.num_workers``); the
     same rank base (:class:`~raydprm.train.rank.LearnerRank`: device, process group, seeds,
     reference, engine, checkpoints) and constructor arguments as
     :class:`~raydprm.train.learner.PPOLearner`."""
 
-    def __init__(self, align: AlignConfig, policy: str, *, seed: int = 0, rank: int = 0,
-                 master_addr: str = "127.0.0.1", master_port: int | None = None, device: str = "auto",
+    def __init__(self, align: AlignConfig, policy: str, *, engine: EngineSection | None = None, seed: int = 0,
+                 rank: int = 0, master_addr: str = "127.0.0.1", master_port: int | None = None, device: str = "auto",
                  dtype: str = "float32", trust_remote_code: bool = False):
-        super().__init__(align.engine_config, policy, seed=seed, rank=rank, master_addr=master_addr,
+        super().__init__(EngineConfig.of(engine or EngineSection(), align), policy, seed=seed, rank=rank, master_addr=master_addr,
                          master_port=master_port, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         self.align = align
         self._build(PolicyLM(load_policy(policy, dtype=dtype, trust_remote_code=trust_remote_code).lm))
@@ -266,7 +266,7 @@ class DirectAlignmentLearner(LearnerRank):
         ``align/optimizer_steps``, ``align/step``."""
         if not isinstance(batch, PairBatch):
             raise PairBatchError(f"update() takes a PairBatch, got {type(batch).__name__}")
-        e = self.ecfg  # the engine's batch shape (align.minibatch, micro_batch, num_workers)
+        e = self.ecfg  # the engine's batch shape (align.minibatch, engine.micro_batch, engine.num_workers)
         B, M, W, r = len(batch), self.align.minibatch, self.world_size, self.rank
         if B % M:
             raise PairBatchError(f"a batch of {B} pairs does not split into minibatches of align.minibatch = {M}")

@@ -1,18 +1,18 @@
-"""Training engines for the PPO learner; the ONLY module of raydprm that imports deepspeed.
+"""Training engines for every learner group (PPO, direct alignment); the ONLY module of raydprm that imports deepspeed.
 
 :func:`build_engine` turns a model and an :class:`~raydprm.config.EngineConfig` into an
 :class:`Engine` with one small interface, whatever runs underneath:
 
-- ``DeepSpeedEngine`` (``ppo.engine="deepspeed"``, the default, also on CPU): ZeRO stage
+- ``DeepSpeedEngine`` (``engine.engine="deepspeed"``, the default, also on CPU): ZeRO stage
   0-3, optimizer / parameter offload, bf16 or fp32, gradient clipping, micro-batch and
-  gradient accumulation derived from the global minibatch (``ppo.minibatch ==
+  gradient accumulation derived from the global minibatch (``<section>.minibatch ==
   worker_micro_batch * grad_accum * num_workers``). The optimizer is torch's AdamW handed
-  to DeepSpeed as a *client optimizer* (``ppo.optimizer="adamw"``, no JIT build), or
+  to DeepSpeed as a *client optimizer* (``engine.optimizer="adamw"``, no JIT build), or
   DeepSpeed's own Adam (``"ds_adam"``: DeepSpeedCPUAdam on CPU / FusedAdam on GPU, which
   DeepSpeed JIT-compiles the first time, minutes on 2 cores).
 - ``TorchEngine``: a plain torch data-parallel engine (AdamW, gradient all-reduce over
   the process group, clipping, bf16 autocast) with the same semantics. Used when
-  ``ppo.engine="torch"`` or, with a logged warning, when deepspeed cannot be imported.
+  ``engine.engine="torch"`` or, with a logged warning, when deepspeed cannot be imported.
 
 Semantics shared by both (the learner relies on them): :meth:`Engine.backward` is called
 once per micro-batch; the gradient applied at an optimizer step is the *mean* over ranks
@@ -24,12 +24,12 @@ master weights, gradient buffers) and/or ``"params"`` to host memory, :meth:`Eng
 brings everything back. The torch engine and DeepSpeed ZeRO-0 with torch's AdamW in fp32
 move the module and the optimizer's state tensors; ZeRO-1/2/3 use DeepSpeed's own
 ``offload_states`` / ``reload_states``. Not offloaded (documented, a no-op): ZeRO-0 with
-bf16 or DeepSpeed's Adam (DeepSpeed offers no call for it), ``ppo.offload_params`` (the
+bf16 or DeepSpeed's Adam (DeepSpeed offers no call for it), ``engine.offload_params`` (the
 parameters and optimizer already live on the CPU), and anything on the CPU.
 
 DeepSpeed on CPU: its CPU accelerator uses gloo when oneCCL is absent. Its optional
 shared-memory all-reduce op is JIT-compiled on first use (~2.5 min on 2 cores); it only
-serves inference all-reduce, so it is disabled unless ``ppo.ds_jit_ops`` is set.
+serves inference all-reduce, so it is disabled unless ``engine.ds_jit_ops`` is set.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from raydprm.config import EngineConfig, PPOConfig
+from raydprm.config import EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +208,12 @@ class TorchEngine(Engine):
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, ppo: EngineConfig | PPOConfig):
+    def __init__(self, model: nn.Module, ecfg: EngineConfig):
         self.module = model
-        self.ppo = ppo
+        self.ecfg = ecfg
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=ppo.lr, weight_decay=ppo.weight_decay)
-        self.grad_accum = ppo.grad_accum
+        self.optimizer = torch.optim.AdamW(self.params, lr=ecfg.lr, weight_decay=ecfg.weight_decay)
+        self.grad_accum = ecfg.grad_accum
         self.micro_steps = 0
         self._grad_norm: float | None = None
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -226,7 +226,7 @@ class TorchEngine(Engine):
         self._reload_torch(self.optimizer)
 
     def autocast(self):
-        if self.ppo.precision == "bf16":
+        if self.ecfg.precision == "bf16":
             dev = next(self.module.parameters()).device.type
             return torch.autocast(dev, dtype=torch.bfloat16)
         return super().autocast()
@@ -242,7 +242,7 @@ class TorchEngine(Engine):
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
                 p.grad.div_(self.world)
-        max_norm = self.ppo.grad_clip if self.ppo.grad_clip > 0 else float("inf")
+        max_norm = self.ecfg.grad_clip if self.ecfg.grad_clip > 0 else float("inf")
         self._grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -271,23 +271,23 @@ class TorchEngine(Engine):
         return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
 
 
-def deepspeed_config(ppo: EngineConfig | PPOConfig) -> dict[str, Any]:
-    """The DeepSpeed config dict for ``ppo`` (batch sizes derived from the global minibatch)."""
-    zero: dict[str, Any] = {"stage": ppo.zero_stage}
-    if ppo.offload_optimizer:
+def deepspeed_config(ecfg: EngineConfig) -> dict[str, Any]:
+    """The DeepSpeed config dict for ``ecfg`` (batch sizes derived from the global minibatch)."""
+    zero: dict[str, Any] = {"stage": ecfg.zero_stage}
+    if ecfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    if ppo.offload_params:
+    if ecfg.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    if ppo.zero_stage == 3:
+    if ecfg.zero_stage == 3:
         # gather small models whole: the tiny and 124M policies fit, and it avoids many tiny collectives
         zero["stage3_param_persistence_threshold"] = 0
     cfg: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": ppo.worker_micro_batch,
-        "gradient_accumulation_steps": ppo.grad_accum,
-        "train_batch_size": ppo.worker_micro_batch * ppo.grad_accum * ppo.num_workers,  # == ppo.minibatch
-        "gradient_clipping": ppo.grad_clip,
+        "train_micro_batch_size_per_gpu": ecfg.worker_micro_batch,
+        "gradient_accumulation_steps": ecfg.grad_accum,
+        "train_batch_size": ecfg.worker_micro_batch * ecfg.grad_accum * ecfg.num_workers,  # == ppo.minibatch or align.minibatch
+        "gradient_clipping": ecfg.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": ppo.precision == "bf16"},
+        "bf16": {"enabled": ecfg.precision == "bf16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
         # a client torch optimizer (AdamW) is fine with every ZeRO stage; with offload
@@ -295,8 +295,8 @@ def deepspeed_config(ppo: EngineConfig | PPOConfig) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
     }
-    if ppo.optimizer == "ds_adam":
-        cfg["optimizer"] = {"type": "AdamW", "params": {"lr": ppo.lr, "weight_decay": ppo.weight_decay}}
+    if ecfg.optimizer == "ds_adam":
+        cfg["optimizer"] = {"type": "AdamW", "params": {"lr": ecfg.lr, "weight_decay": ecfg.weight_decay}}
     return cfg
 
 
@@ -305,25 +305,25 @@ class DeepSpeedEngine(Engine):
 
     name = "deepspeed"
 
-    def __init__(self, model: nn.Module, ppo: EngineConfig | PPOConfig):
+    def __init__(self, model: nn.Module, ecfg: EngineConfig):
         import deepspeed
 
-        if not ppo.ds_jit_ops:
+        if not ecfg.ds_jit_ops:
             import deepspeed.ops
 
             # skip the JIT-built shared-memory comm op (inference all-reduce only); gloo does the work
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         if not dist.is_initialized():
             init_process_group(0, 1)
-        if dist.get_world_size() != ppo.num_workers:
-            raise RuntimeError(f"ppo.num_workers = {ppo.num_workers} but the process group has "
+        if dist.get_world_size() != ecfg.num_workers:
+            raise RuntimeError(f"engine.num_workers = {ecfg.num_workers} but the process group has "
                                f"{dist.get_world_size()} ranks")
-        self.ppo = ppo
-        cfg = deepspeed_config(ppo)
+        self.ecfg = ecfg
+        cfg = deepspeed_config(ecfg)
         optimizer = None
         params = [p for p in model.parameters() if p.requires_grad]
-        if ppo.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=ppo.lr, weight_decay=ppo.weight_decay)
+        if ecfg.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=ecfg.lr, weight_decay=ecfg.weight_decay)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, model_parameters=params if optimizer is None else None, config=cfg)
         self.module = self.engine.module
@@ -334,12 +334,12 @@ class DeepSpeedEngine(Engine):
     def _plain_optimizer(self) -> torch.optim.Optimizer | None:
         """ZeRO-0 in fp32 steps the client torch optimizer itself; other ZeRO-0 set-ups wrap it."""
         opt = self.engine.optimizer
-        return opt if self.ppo.zero_stage == 0 and isinstance(opt, torch.optim.Optimizer) else None
+        return opt if self.ecfg.zero_stage == 0 and isinstance(opt, torch.optim.Optimizer) else None
 
     def _offload(self, parts: list[str]) -> list[str]:
-        if self.ppo.offload_params:
+        if self.ecfg.offload_params:
             return []  # parameters and optimizer already live on the CPU
-        if self.ppo.zero_stage == 0:
+        if self.ecfg.zero_stage == 0:
             opt = self._plain_optimizer()
             if opt is None:
                 log.info("DeepSpeed ZeRO-0 with %s keeps its states on the GPU (no offload call for it)",
@@ -357,7 +357,7 @@ class DeepSpeedEngine(Engine):
         return list(parts)
 
     def _reload(self) -> None:
-        if self.ppo.zero_stage == 0:
+        if self.ecfg.zero_stage == 0:
             self._reload_torch(self._plain_optimizer())
         else:
             self.engine.reload_states()
@@ -369,7 +369,7 @@ class DeepSpeedEngine(Engine):
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.backward(loss)  # scales by 1 / gradient_accumulation_steps; all-reduces at the boundary
         own = None
-        if boundary and self.ppo.zero_stage == 0 and not hasattr(self.engine.optimizer, "_global_grad_norm"):
+        if boundary and self.ecfg.zero_stage == 0 and not hasattr(self.engine.optimizer, "_global_grad_norm"):
             # stage 0 with a client torch optimizer clips without reporting the norm: measure it here
             grads = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
             own = float(torch.stack(grads).norm()) if grads else 0.0
@@ -394,18 +394,18 @@ class DeepSpeedEngine(Engine):
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         params = list(self.module.parameters())
-        if self.ppo.zero_stage == 3:
+        if self.ecfg.zero_stage == 3:
             # ZeRO-3 keeps 1/world of each parameter per rank: gather them (collective)
             with self._deepspeed.zero.GatheredParameters(params, modifier_rank=None):
                 return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
         return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
 
 
-def build_engine(model: nn.Module, ppo: EngineConfig | PPOConfig) -> Engine:
-    """The engine ``ppo.engine`` asks for; torch with a warning if deepspeed is missing."""
-    if ppo.engine == "deepspeed":
+def build_engine(model: nn.Module, ecfg: EngineConfig) -> Engine:
+    """The engine ``ecfg.engine`` asks for; torch with a warning if deepspeed is missing."""
+    if ecfg.engine == "deepspeed":
         if deepspeed_available():
-            return DeepSpeedEngine(model, ppo)
+            return DeepSpeedEngine(model, ecfg)
         log.warning("deepspeed cannot be imported here; falling back to the plain torch engine "
                     "(ZeRO, offload and DeepSpeed checkpoints are unavailable)")
-    return TorchEngine(model, ppo)
+    return TorchEngine(model, ecfg)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from raydprm.config import PPOConfig
+from raydprm.config import EngineConfig, EngineSection, PPOConfig
 from raydprm.core.advantages import ADVANTAGES
 from raydprm.core.gae import whiten
 from raydprm.core.kl import kl_estimate, sequence_kl, update_kl_coef
@@ -76,20 +76,22 @@ class PolicyOnly(torch.nn.Module):
 
 
 class PPOLearner(LearnerRank):
-    """One rank of the PPO learner (``world_size = ppo.num_workers``) on the rank base
+    """One rank of the PPO learner (``world_size = engine.num_workers``) on the rank base
     (:class:`~raydprm.train.rank.LearnerRank`: device, process group, seeds, reference, engine,
     checkpoints).
 
     ``policy``: kit name, directory or hub name of the initial policy (and, unless
-    ``ppo.reference`` says otherwise, of the reference). With more than one worker (or
+    ``engine.reference`` says otherwise, of the reference). With more than one worker (or
     the DeepSpeed engine) the process joins a torch.distributed group at
     ``master_addr:master_port`` (a free local port when None and ``world_size == 1``).
+    ``engine``: the ``engine.*`` section (how the group runs), joined with ``ppo.*``'s optimisation
+    keys into :class:`~raydprm.config.EngineConfig`.
     """
 
-    def __init__(self, ppo: PPOConfig, policy: str, *, seed: int = 0, rank: int = 0, master_addr: str = "127.0.0.1",
-                 master_port: int | None = None, device: str = "auto", dtype: str = "float32",
-                 trust_remote_code: bool = False):
-        super().__init__(ppo.engine_config, policy, seed=seed, rank=rank, master_addr=master_addr,
+    def __init__(self, ppo: PPOConfig, policy: str, *, engine: EngineSection | None = None, seed: int = 0,
+                 rank: int = 0, master_addr: str = "127.0.0.1", master_port: int | None = None, device: str = "auto",
+                 dtype: str = "float32", trust_remote_code: bool = False):
+        super().__init__(EngineConfig.of(engine or EngineSection(), ppo), policy, seed=seed, rank=rank, master_addr=master_addr,
                          master_port=master_port, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         self.ppo = ppo
         critic = ppo.critic if ppo.uses_critic else "value_head"
@@ -134,7 +136,7 @@ class PPOLearner(LearnerRank):
     def _experience(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         ppo = self.ppo
         local = self._to_device(batch.shard(self.rank, self.world_size))
-        mu = ppo.worker_micro_batch
+        mu = self.ecfg.worker_micro_batch
         old_lp, old_v, ref_lp, exact_kl = [], [], [], []
         for i in range(0, len(local), mu):
             mb = local.select(slice(i, i + mu))
@@ -194,7 +196,8 @@ class PPOLearner(LearnerRank):
         exp = self._experience(batch)
         full = self._to_device(batch)
         mask = full.response_mask
-        B, M, Mw, mu, G = len(batch), ppo.minibatch, ppo.worker_minibatch, ppo.worker_micro_batch, ppo.grad_accum
+        e = self.ecfg
+        B, M, Mw, mu, G = len(batch), ppo.minibatch, e.worker_minibatch, e.worker_micro_batch, e.grad_accum
         # loss sums are weighted by each micro-batch's share of its minibatch's aggregation
         # count, token statistics by the micro-batch's valid tokens; summed over ranks below
         sums = MetricSums("policy_loss", "value_loss", "agg_count", "clipfrac", "approx_kl", "entropy",

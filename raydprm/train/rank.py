@@ -34,13 +34,15 @@ __all__ = ["LearnerRank", "read_checkpoint_meta", "restore_engine_and_rng", "rng
 _COMPLETE = "COMPLETE"
 
 
-def select_device(device: str = "auto") -> torch.device:
-    """``auto``: CUDA when there is one, else the CPU; ``cuda``: this process's GPU (``LOCAL_RANK``)."""
+def select_device(device: str = "auto", key: str = "device") -> torch.device:
+    """``auto``: CUDA when there is one, else the CPU; ``cuda``: this process's GPU (``LOCAL_RANK``).
+    Every trainer chooses its device here (the learners, the reward trainer); ``key``: the setting
+    named when CUDA was asked for and there is none."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RaydprmError("device 'cuda' was asked for but no CUDA device is available")
+            raise RaydprmError(f"{key} = 'cuda' but no CUDA device is available")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(device)
 

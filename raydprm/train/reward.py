@@ -153,11 +153,10 @@ def make_loss(reward_cfg, scale: LabelScale) -> DistributionalLoss:
 
 
 def select_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RaydprmError("run.device = 'cuda' but no CUDA device is available")
-    return torch.device(device)
+    """The learners' device choice (:func:`raydprm.train.rank.select_device`) for ``run.device``."""
+    from raydprm.train.rank import select_device as rank_device  # lazily: the rank base imports the engines
+
+    return rank_device(device, key="run.device")
 
 
 def _dist_info() -> tuple[int, int]:

@@ -301,12 +301,23 @@ class TrackingCallback(tune.Callback):
         t.log_metrics({k: v for k, v in result.items() if "/" in k and isinstance(v, (int, float))
                        and not isinstance(v, bool)}, step)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def _end(self, trial: Any, status: str) -> None:
         t = self.open.pop(trial.trial_id, None)
         if t is not None:
-            t.close()
+            t.close(status)
 
-    on_trial_error = on_trial_complete
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, "FINISHED")  # done, or stopped by the scheduler
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, "FAILED")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Tune ends (also after a SIGINT, which Tune turns into a last checkpoint): a trial still
+        open never completed, so its run ends KILLED (FINISHED/FAILED by its state if Tune has one)."""
+        for trial in trials:
+            state = getattr(trial, "status", "")
+            self._end(trial, {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(state, "KILLED"))
 
 
 def _tracking_callbacks(setup: _Setup) -> list[Any]:
@@ -480,7 +491,13 @@ def run_sweep(space: SweepSpace, base: Config, sweep_dir: str | Path, *, resume:
                                               num_to_keep=4 if space.scheduler.type == "pbt" else 2),
                                           failure_config=tune.FailureConfig(max_failures=0),
                                           callbacks=_tracking_callbacks(setup)))
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        except BaseException as e:  # SIGTERM skips Tune's clean-up: the trials' tracker runs end here
+            from raydprm.cluster.tracking import end_open_trackers
+
+            end_open_trackers(e)
+            raise
         try:  # Tune's own trial states tell a scheduler's stop from an interruption
             states = {t.trial_id: t.status for t in grid._experiment_analysis.trials}
         except AttributeError:

@@ -35,8 +35,8 @@ def test_prompt_plus_response_must_fit_the_positions(new, prompt, ok):
 
 def test_the_reference_policy_is_checked_too(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"n_positions": 128}))
-    cfg = load_config(None, [f"ppo.reference={tmp_path}", "rollout.max_prompt_tokens=100"])
-    with pytest.raises(ConfigError, match=r"128 positions .* \(ppo.reference\)"):
+    cfg = load_config(None, [f"engine.reference={tmp_path}", "rollout.max_prompt_tokens=100"])
+    with pytest.raises(ConfigError, match=r"128 positions .* \(engine.reference\)"):
         check_sizes(cfg)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raydprm.config import HH_REWARDS, AlignConfig
+from raydprm.config import HH_REWARDS, AlignConfig, EngineSection
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -34,9 +34,9 @@ def test_crowd_dpo_on_a_two_rank_group_trains_and_resumes(ray_local, tiny_kit, t
                  {"prompt": p, "response": " no idea , figure it out .", "target": BAD}]
     pairs = pairs_from_export(rows, HH_REWARDS, pairs_per_prompt=1)
     batch = PairBatch.from_pairs(pairs, load_tokenizer("tiny-gpt2"), max_prompt_tokens=16, max_response_tokens=12)
-    cfg = AlignConfig(algo="crowd_dpo", beta=0.5, batch=8, minibatch=8, micro_batch=4, lr=2e-3, engine="torch",
-                      num_workers=2, num_cpus_per_worker=0.5)
-    group = LearnerGroup.create_aligner(cfg, "tiny-gpt2", seed=0, timeout_s=300)
+    cfg = AlignConfig(algo="crowd_dpo", beta=0.5, batch=8, minibatch=8, lr=2e-3)
+    engine = EngineSection(micro_batch=4, engine="torch", num_workers=2, num_cpus_per_worker=0.5)
+    group = LearnerGroup.create_aligner(cfg, "tiny-gpt2", engine=engine, seed=0, timeout_s=300)
     try:
         assert [i["rank"] for i in group.info()] == [0, 1]
         before = group.evaluate(batch)["align/eval_loss"]
@@ -49,7 +49,7 @@ def test_crowd_dpo_on_a_two_rank_group_trains_and_resumes(ray_local, tiny_kit, t
         want = group.group.all(LearnerActor.policy_state_dict)[0]
     finally:
         group.shutdown()
-    resumed = LearnerGroup.create_aligner(cfg, "tiny-gpt2", seed=0, timeout_s=300)
+    resumed = LearnerGroup.create_aligner(cfg, "tiny-gpt2", engine=engine, seed=0, timeout_s=300)
     try:
         resumed.load(tmp_path / "ckpt")
         assert [i["step"] for i in resumed.info()] == [3, 3]

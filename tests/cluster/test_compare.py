@@ -10,10 +10,10 @@ from raydprm.config import load_config
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 TINY = ["sft.n_examples=48", "sft.epochs=1", "sft.batch_size=16", "crowd.n_items=64", "crowd.votes_per_item=4",
-        "reward.epochs=1", "ppo.steps=2", "ppo.rollout_batch=4", "ppo.minibatch=4", "ppo.micro_batch=4",
-        "ppo.epochs=1", "ppo.engine=torch", "rollout.max_new_tokens=8", "pipeline.eval_prompts=6",
+        "reward.epochs=1", "ppo.steps=2", "ppo.rollout_batch=4", "ppo.minibatch=4", "engine.micro_batch=4",
+        "ppo.epochs=1", "engine.engine=torch", "rollout.max_new_tokens=8", "pipeline.eval_prompts=6",
         "pipeline.eval_seeds=1", "pipeline.bootstrap=100", "align.steps=2", "align.batch=4", "align.minibatch=4",
-        "align.engine=torch", "ray.num_cpus=4", "pipeline.policies=[vanilla,bt,crowd_dpo]", "pipeline.seeds=2"]
+        "ray.num_cpus=4", "pipeline.policies=[vanilla,bt,crowd_dpo]", "pipeline.seeds=2"]
 
 
 def test_compare_trains_each_policy_per_seed_and_judges_them_on_the_same_prompts(tmp_path):

@@ -16,8 +16,8 @@ from raydprm.errors import ConfigError
 from raydprm.sim.personas import Population, load_personas
 
 TINY = ["sft.n_examples=48", "sft.epochs=1", "sft.batch_size=16", "crowd.n_items=24", "crowd.votes_per_item=4",
-        "reward.epochs=1", "ppo.steps=4", "ppo.rollout_batch=4", "ppo.minibatch=4", "ppo.micro_batch=4",
-        "ppo.epochs=1", "ppo.engine=torch", "rollout.max_new_tokens=8", "pipeline.checkpoint_every=2",
+        "reward.epochs=1", "ppo.steps=4", "ppo.rollout_batch=4", "ppo.minibatch=4", "engine.micro_batch=4",
+        "ppo.epochs=1", "engine.engine=torch", "rollout.max_new_tokens=8", "pipeline.checkpoint_every=2",
         "reward.num_replicas=2", "ray.num_cpus=5", "store.half_life_s=120"]
 DRIFT = ["pipeline.live_votes=3", "pipeline.drift_step=2", "pipeline.drift_mixture={teenager: 1}",
          "pipeline.refresh_every=2", "pipeline.refresh_epochs=1", "pipeline.step_seconds=60"]

@@ -22,8 +22,8 @@ TIMING = ("ppo/tokens_per_s", "ppo/samples_per_s", "ppo/update_time_s")
 # --------------------------------------------------------------------------- config and bundles (no Ray)
 
 @pytest.mark.parametrize("bad, words", [
-    (["ppo.num_workers=2", "ppo.minibatch=8"], "rollout.num_replicas = 1 must equal ppo.num_workers = 2"),
-    (["rollout.num_gpus=1", "ppo.num_gpus_per_worker=1"], "must be <= 1 (e.g. 0.5 each), got 1 + 1"),
+    (["engine.num_workers=2", "ppo.minibatch=8"], "rollout.num_replicas = 1 must equal engine.num_workers = 2"),
+    (["rollout.num_gpus=1", "engine.num_gpus_per_worker=1"], "must be <= 1 (e.g. 0.5 each), got 1 + 1"),
     (["ppo.async_rollout=true"], "set ppo.async_rollout = false"),
     (["rollout.weight_sync=nccl"], "NCCL refuses (duplicate GPU)"),
 ])
@@ -34,8 +34,8 @@ def test_colocate_refuses_what_cannot_share_a_gpu(bad, words):
 
 
 def test_split_bundles_are_unchanged_and_colocate_shares_the_learner_bundles():
-    split = load_config(None, ["rollout.num_replicas=2", "ppo.num_workers=2", "ppo.minibatch=8",
-                               "rollout.num_gpus=0.5", "ppo.num_gpus_per_worker=0.5"])
+    split = load_config(None, ["rollout.num_replicas=2", "engine.num_workers=2", "ppo.minibatch=8",
+                               "rollout.num_gpus=0.5", "engine.num_gpus_per_worker=0.5"])
     b, off = bundle_layout(split)  # what a Tune trial reserves: one bundle per actor, as before
     assert off == {"driver": 0, "rollout": 1, "reward": 3, "learner": 4, "store": 6, "reference": 7}
     assert b[1] == b[2] == {"CPU": 1.0, "GPU": 0.5} and b[6] == {"CPU": 0.1}
@@ -48,11 +48,11 @@ def test_split_bundles_are_unchanged_and_colocate_shares_the_learner_bundles():
 
 
 def test_preflight_need_is_the_largest_stage_of_the_layout():
-    split = load_config(None, ["rollout.num_gpus=1", "ppo.num_gpus_per_worker=1"])
+    split = load_config(None, ["rollout.num_gpus=1", "engine.num_gpus_per_worker=1"])
     need = required_resources(split)
     # ppo: rollout 1 + learner 1 GPU = evaluate: policy pool 1 + reference pool 1; CPUs of ppo: 1 + 1 + 1 + 0.1
     assert (need.gpu, need.cpu) == (2.0, 3.1) and "pipeline.layout = split" in need.detail
-    co = load_config(None, ["pipeline.layout=colocate", "rollout.num_gpus=0.5", "ppo.num_gpus_per_worker=0.5"])
+    co = load_config(None, ["pipeline.layout=colocate", "rollout.num_gpus=0.5", "engine.num_gpus_per_worker=0.5"])
     need = peak_resources(co)
     # colocate: the pair's one GPU + evaluate's reference generator (0.5)
     assert need.gpu == 1.5 and "policy 1 x {CPU 2, GPU 1}" in need.detail
@@ -62,7 +62,7 @@ def test_preflight_names_the_layout_and_what_it_places(tmp_path, capsys):
     from raydprm.cli import main
 
     rc = main(["run", "--no-progress", f"run.output_dir={tmp_path}", "run.name=co", "pipeline.layout=colocate",
-               "rollout.num_gpus=0.5", "ppo.num_gpus_per_worker=0.5", "ray.num_cpus=4"])
+               "rollout.num_gpus=0.5", "engine.num_gpus_per_worker=0.5", "ray.num_cpus=4"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("raydprm: error:")]
     assert rc == 2 and len(err) == 1, err
     assert "GPU needs 1.5, the cluster has 0" in err[0] and "pipeline.layout = colocate" in err[0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import kill_actor, make_batch
 
-from raydprm.config import PPOConfig
+from raydprm.config import EngineSection, PPOConfig
 from raydprm.rollout.sync import tensor_digest
 from raydprm.train.learner import PPOLearner
 
@@ -25,14 +25,14 @@ def ray_local():
     ray.shutdown()
 
 
-CFG = PPOConfig(rollout_batch=16, minibatch=8, micro_batch=4, epochs=2, lr=1e-3, num_cpus_per_worker=1.0,
-                kl_controller="adaptive", target_kl=0.01)
+CFG = PPOConfig(rollout_batch=16, minibatch=8, epochs=2, lr=1e-3, kl_controller="adaptive", target_kl=0.01)
+ENGINE = EngineSection(micro_batch=4, num_cpus_per_worker=1.0)
 
 
 @pytest.fixture(scope="module")
 def single_worker_reference(tiny_kit):
     """The 1-worker update (in this process), batches 1 then 2."""
-    lr = PPOLearner(CFG, "tiny-gpt2", seed=0)
+    lr = PPOLearner(CFG, "tiny-gpt2", engine=ENGINE, seed=0)
     m1 = lr.update(make_batch(seed=1))
     m2 = lr.update(make_batch(seed=2))
     return lr.full_state_dict(), m1, m2, lr.kl_coef
@@ -48,8 +48,8 @@ def test_two_workers_match_one_worker(ray_local, tiny_kit, single_worker_referen
     from raydprm.cluster.learner_group import LearnerGroup
 
     want, m1_ref, m2_ref, beta_ref = single_worker_reference
-    cfg = dataclasses.replace(CFG, num_workers=2, zero_stage=stage)
-    group = LearnerGroup.create(cfg, "tiny-gpt2", seed=0, timeout_s=300)
+    engine = dataclasses.replace(ENGINE, num_workers=2, zero_stage=stage)
+    group = LearnerGroup.create(CFG, engine=engine, policy="tiny-gpt2", seed=0, timeout_s=300)
     try:
         info = group.info()
         assert [i["rank"] for i in info] == [0, 1] and {i["world_size"] for i in info} == {2}
@@ -72,7 +72,7 @@ def test_two_workers_match_one_worker(ray_local, tiny_kit, single_worker_referen
         assert len(update.expected_probe) == 2 and all(isinstance(r, ray_local.ObjectRef) for r in update.bucket_refs)
         if stage == 2:
             group.shutdown()
-            group = LearnerGroup.create(cfg, "tiny-gpt2", seed=0, timeout_s=300)
+            group = LearnerGroup.create(CFG, engine=engine, policy="tiny-gpt2", seed=0, timeout_s=300)
             group.load(tmp_path / "ckpt")
             assert [i["step"] for i in group.info()] == [1, 1]
             group.update(make_batch(seed=2))
@@ -86,7 +86,7 @@ def test_cli_toy_on_a_two_worker_group(ray_local, tiny_kit, tmp_path, capsys):
     from raydprm.cli import main
 
     rc = main(["learner", "toy", "--smoke", "--no-progress", "--workers", "2", f"run.output_dir={tmp_path}",
-               "ppo.zero_stage=2"])
+               "engine.zero_stage=2"])
     assert rc == 0
     assert "toy PPO: 2 steps, 2 worker(s), engine deepspeed (ZeRO 2)" in capsys.readouterr().out
 
@@ -94,9 +94,9 @@ def test_cli_toy_on_a_two_worker_group(ray_local, tiny_kit, tmp_path, capsys):
 def test_group_with_a_missing_model_fails_fast(ray_local, tiny_kit, tmp_path):
     from raydprm.cluster.learner_group import LearnerGroup
 
-    cfg = dataclasses.replace(CFG, num_workers=2)
+    engine = dataclasses.replace(ENGINE, num_workers=2)
     with pytest.raises(Exception, match="does not exist .*not a kit name"):
-        LearnerGroup.create(cfg, str(tmp_path / "no-such-model"), timeout_s=120)
+        LearnerGroup.create(CFG, engine=engine, policy=str(tmp_path / "no-such-model"), timeout_s=120)
 
 
 def test_dead_rank_restarts_the_whole_group_from_its_checkpoint(ray_local, tiny_kit, tmp_path):
@@ -106,8 +106,8 @@ def test_dead_rank_restarts_the_whole_group_from_its_checkpoint(ray_local, tiny_
     from raydprm.cluster.group import GroupRestarted
     from raydprm.cluster.learner_group import LearnerActor, LearnerGroup
 
-    cfg = dataclasses.replace(CFG, num_workers=2, engine="torch")
-    group = LearnerGroup.create(cfg, "tiny-gpt2", seed=0, max_restarts=2, timeout_s=300)
+    engine = dataclasses.replace(ENGINE, num_workers=2, engine="torch")
+    group = LearnerGroup.create(CFG, engine=engine, policy="tiny-gpt2", seed=0, max_restarts=2, timeout_s=300)
     try:
         group.update(make_batch(seed=1))
         group.save(tmp_path / "ckpt")
@@ -125,7 +125,7 @@ def test_dead_rank_restarts_the_whole_group_from_its_checkpoint(ray_local, tiny_
         group.update(make_batch(seed=2))  # the redone step trains again
         # warm reuse: the same processes (and process group) become a fresh learner; seed 7 draws
         # another value head, so a rank rebuilt from the old arguments would show
-        fresh = PPOLearner(dataclasses.replace(cfg, num_workers=1), "tiny-gpt2", seed=7).full_state_dict()
+        fresh = PPOLearner(CFG, "tiny-gpt2", engine=dataclasses.replace(engine, num_workers=1), seed=7).full_state_dict()
         pids = [i["pid"] for i in group.info()]
         assert group.reset("tiny-gpt2", seed=7) == pids
         assert group.last_checkpoint is None and [i["step"] for i in group.info()] == [0, 0]

@@ -11,14 +11,14 @@ import torch
 from helpers import make_batch
 
 from raydprm.cluster.learner_group import LearnerActor, LearnerGroup
-from raydprm.config import PPOConfig
+from raydprm.config import EngineSection, PPOConfig
 from raydprm.errors import RaydprmError
 from raydprm.train.learner import PPOLearner
 
 pytestmark = pytest.mark.deepspeed
 
-CFG = PPOConfig(rollout_batch=16, minibatch=8, micro_batch=4, epochs=2, lr=1e-3, kl_controller="adaptive",
-                target_kl=0.01)
+CFG = PPOConfig(rollout_batch=16, minibatch=8, epochs=2, lr=1e-3, kl_controller="adaptive", target_kl=0.01)
+ENGINE = EngineSection(micro_batch=4)
 
 
 def _state(actor):
@@ -48,8 +48,8 @@ def _untimed(m):
 
 @pytest.mark.parametrize("engine", ["torch", "deepspeed"])
 def test_reset_rank_is_bitwise_a_fresh_learner_of_another_policy(tiny_kit, tmp_path, engine):
-    cfg = dataclasses.replace(CFG, engine=engine)
-    used = LearnerActor(PPOLearner, dict(ppo=cfg, policy="tiny-gpt2", seed=0, device="cpu"))
+    cfg, eng = CFG, dataclasses.replace(ENGINE, engine=engine)
+    used = LearnerActor(PPOLearner, dict(ppo=cfg, engine=eng, policy="tiny-gpt2", seed=0, device="cpu"))
     used.setup("127.0.0.1", None)
     used.update(make_batch(seed=1))
     other = used.export_hf(str(tmp_path / "trained"))  # another policy of the same architecture
@@ -61,7 +61,7 @@ def test_reset_rank_is_bitwise_a_fresh_learner_of_another_policy(tiny_kit, tmp_p
     m_got = used.update(make_batch(seed=3))
     after_got = _state(used)
 
-    fresh = LearnerActor(PPOLearner, dict(ppo=cfg2, policy=other, seed=5, device="cpu"))
+    fresh = LearnerActor(PPOLearner, dict(ppo=cfg2, engine=eng, policy=other, seed=5, device="cpu"))
     fresh.setup("127.0.0.1", None)
     want = _state(fresh)
     m_want = fresh.update(make_batch(seed=3))
@@ -71,14 +71,14 @@ def test_reset_rank_is_bitwise_a_fresh_learner_of_another_policy(tiny_kit, tmp_p
     _assert_same(got, want)  # policy + value head, reference, RNG, step, beta
     assert _untimed(m_got) == _untimed(m_want)  # fresh optimizer: the same first update, bit for bit
     _assert_same(after_got, after_want)
-    first = PPOLearner(cfg, "tiny-gpt2", seed=0).ref.state_dict()
+    first = PPOLearner(cfg, "tiny-gpt2", engine=eng, seed=0).ref.state_dict()
     assert any(not torch.equal(first[k], got["ref"][k]) for k in first)  # the reference is the new policy
 
 
 def test_reset_refuses_another_group_shape_and_an_unset_rank():
-    group = LearnerGroup(None, {"kw": {"ppo": CFG, "policy": "p", "seed": 0}, "res": CFG})
-    with pytest.raises(RaydprmError, match="same ppo.num_workers"):
-        group.reset("q", seed=1, ppo=dataclasses.replace(CFG, num_workers=2))
+    group = LearnerGroup(None, {"kw": {"ppo": CFG, "engine": ENGINE, "policy": "p", "seed": 0}, "res": ENGINE})
+    with pytest.raises(RaydprmError, match="same engine.num_workers"):
+        group.reset("q", seed=1, engine=dataclasses.replace(ENGINE, num_workers=2))
     assert group._spec["kw"]["policy"] == "p"  # nothing changed
     with pytest.raises(RaydprmError, match="LearnerGroup.create"):
         LearnerGroup(None).reset("q", seed=1)

@@ -22,8 +22,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["sft.n_examples=48", "sft.epochs=1", "sft.batch_size=16", "crowd.n_items=24", "crowd.votes_per_item=4",
-        "reward.epochs=1", "ppo.steps=3", "ppo.rollout_batch=4", "ppo.minibatch=4", "ppo.micro_batch=4",
-        "ppo.epochs=1", "ppo.engine=torch", "rollout.max_new_tokens=8", "pipeline.eval_prompts=6",
+        "reward.epochs=1", "ppo.steps=3", "ppo.rollout_batch=4", "ppo.minibatch=4", "engine.micro_batch=4",
+        "ppo.epochs=1", "engine.engine=torch", "rollout.max_new_tokens=8", "pipeline.eval_prompts=6",
         "pipeline.eval_seeds=2", "pipeline.bootstrap=100", "pipeline.checkpoint_every=1", "ray.num_cpus=4"]
 TIMING = ("ppo/tokens_per_s", "ppo/samples_per_s", "ppo/update_time_s")
 

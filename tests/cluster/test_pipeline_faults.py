@@ -90,7 +90,7 @@ def test_one_rank_of_a_two_rank_learner_killed_mid_ppo_restarts_the_group_and_en
         reference, tmp_path):
     """Two learner ranks share a process group: killing one mid-PPO restarts both from the last
     checkpoint, and the run ends with exactly the metrics of the same two-rank run left alone."""
-    two = ["ppo.num_workers=2", "ppo.num_cpus_per_worker=0.5"]
+    two = ["engine.num_workers=2", "engine.num_cpus_per_worker=0.5"]
     seen = {}
     runs = {"alone": _rerun_ppo(reference, tmp_path / "alone", None, two),
             "killed": _rerun_ppo(reference, tmp_path / "killed",

@@ -23,8 +23,8 @@ def roles(tiny_kit, tmp_path_factory):
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     cfg = Config().override(["rollout.max_new_tokens=6", "rollout.num_cpus=0.5", "ppo.rollout_batch=4",
-                             "ppo.minibatch=4", "ppo.micro_batch=4", "ppo.epochs=1", "ppo.engine=torch",
-                             "reward.actor_num_cpus=0.5", "ppo.num_cpus_per_worker=0.5"])
+                             "ppo.minibatch=4", "engine.micro_batch=4", "ppo.epochs=1", "engine.engine=torch",
+                             "reward.actor_num_cpus=0.5", "engine.num_cpus_per_worker=0.5"])
     rm_dir = DPRM.from_backbone("tiny-opt", LabelScale.hh(), max_length=64, seed=1).save(
         tmp_path_factory.mktemp("rm") / "rm")
     made = []
@@ -32,7 +32,7 @@ def roles(tiny_kit, tmp_path_factory):
         def make():
             r = RolloutPool.create(cfg.rollout, "tiny-gpt2")
             w = RewardPool.create(str(rm_dir), LabelScale.hh(), cfg.reward)
-            learner = LearnerGroup.create(cfg.ppo, "tiny-gpt2", seed=0)
+            learner = LearnerGroup.create(cfg.ppo, "tiny-gpt2", engine=cfg.engine, seed=0)
             made.extend([r, w, learner])
             return r, w, learner
 

@@ -197,11 +197,11 @@ def test_rollout_ray_nccl_broadcast_from_the_learner_to_vllm_workers(ray_local, 
     from raydprm.cluster.learner_group import LearnerGroup
     from raydprm.cluster.rollout_actor import RolloutPool
     from raydprm.cluster.weight_sync import sync_policy
-    from raydprm.config import PPOConfig
+    from raydprm.config import EngineSection, PPOConfig
 
     p = RolloutPool.create(RolloutConfig(engine="vllm", num_replicas=1, num_gpus=1, weight_sync="nccl",
                                          probe_tolerance=1e-3), tiny_policy)
-    learner = LearnerGroup.create(PPOConfig(num_gpus_per_worker=1, engine="torch"), tiny_policy)
+    learner = LearnerGroup.create(PPOConfig(), tiny_policy, engine=EngineSection(num_gpus_per_worker=1, engine="torch"))
     try:
         (rep,) = sync_policy(learner, p, version=1)
         assert rep.transport == "nccl" and rep.probe_max_diff < 1e-3 and p.versions() == [1]

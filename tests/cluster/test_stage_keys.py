@@ -84,8 +84,34 @@ def test_the_pluralistic_arm_has_its_own_reward_and_ppo_keys_and_shares_sft_and_
         assert key_of(stage, ot, INPUTS[stage])[0] == key_of(stage, wg, INPUTS[stage])[0]
     for stage in ("reward", "ppo"):  # a group-conditioned reward model, PPO on the worst group's soft minimum
         assert key_of(stage, ot, INPUTS[stage])[0] != key_of(stage, wg, INPUTS[stage])[0]
-        assert {"reward.conditioning", "reward.objective"} <= set(read_fields(stage, wg))
-    assert "reward.objective_tau" in read_fields("ppo", wg)
+        assert "reward.conditioning" in read_fields(stage, wg)
+    assert {"reward.objective", "reward.objective_tau"} <= set(read_fields("ppo", wg))
+
+
+@pytest.mark.parametrize("override", ["reward.objective=cvar_groups", "reward.objective_tau=0.5",
+                                      "reward.objective_alpha=0.5", "reward.objective_kappa=2.0"])
+def test_a_group_objective_keys_ppo_and_never_retrains_the_reward_model(override):
+    """reward.objective* weigh the groups of a group-conditioned DPRM in PPO's scalar readout
+    (RewardActor); training never reads them, so changing one reruns PPO on the same reward model."""
+    base = ["reward.conditioning=group", "reward.objective=worst_group"]
+    c = from_dict(apply_overrides(Config().to_dict(), base)).to_dict()
+    other = from_dict(apply_overrides(Config().to_dict(), [*base, override])).to_dict()
+    assert key_of("reward", c, INPUTS["reward"])[0] == key_of("reward", other, INPUTS["reward"])[0]
+    assert key_of("ppo", c, INPUTS["ppo"])[0] != key_of("ppo", other, INPUTS["ppo"])[0]
+    assert not {f for f in read_fields("reward", c) if f.startswith("reward.objective")}
+
+
+def test_the_engine_section_keys_ppo_and_align_but_no_other_stage():
+    """engine.* (one section for every learner group) is read by the learner stages only; its
+    operational fields (CPUs per rank, collective timeout, JIT ops) by none."""
+    c = Config().to_dict()
+    for f in ("engine.zero_stage", "engine.micro_batch", "engine.num_workers", "engine.reference"):
+        assert f in read_fields("ppo", c) and f in read_fields("align", c)
+        assert not any(f in read_fields(s, c) for s in ("sft", "collect", "reward", "evaluate"))
+    for f in ("engine.num_cpus_per_worker", "engine.dist_timeout_s", "engine.ds_jit_ops"):
+        assert f not in read_fields("ppo", c) and f not in read_fields("align", c)
+    assert not [f for s in READS for f in read_fields(s, c) if f.split(".")[1] in ("zero_stage", "num_workers")
+                and not f.startswith(("engine.", "reward."))]
 
 
 def test_a_finished_stage_is_skipped_when_only_fields_it_does_not_read_change(tmp_path):

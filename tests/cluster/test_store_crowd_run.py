@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 LABELS = ["safe", "unsure", "unsafe"]
 TINY = ["sft.n_examples=48", "sft.epochs=1", "sft.batch_size=16", "reward.epochs=2", "reward.batch_size=8",
-        "ppo.steps=2", "ppo.rollout_batch=4", "ppo.minibatch=4", "ppo.micro_batch=4", "ppo.epochs=1",
-        "ppo.engine=torch", "rollout.max_new_tokens=8", "pipeline.eval_prompts=6", "pipeline.eval_seeds=2",
+        "ppo.steps=2", "ppo.rollout_batch=4", "ppo.minibatch=4", "engine.micro_batch=4", "ppo.epochs=1",
+        "engine.engine=torch", "rollout.max_new_tokens=8", "pipeline.eval_prompts=6", "pipeline.eval_seeds=2",
         "pipeline.bootstrap=100", "ray.num_cpus=4"]
 
 

@@ -134,3 +134,186 @@ def test_loggers_are_validated_and_a_missing_extra_is_named_before_any_work(monk
     t.log_metrics({"a/b": 1.0}, 2)  # a tracker that failed is dropped; training goes on
     assert seen == [1, 2] and [n for n, _ in t.trackers] == ["tensorboard"]
     assert "mlflow failed to log_metrics (ConnectionError: tracking server down)" in caplog.text
+
+
+# ---------------------------------------------------------------- how a tracker run ends (FINISHED/FAILED/KILLED)
+
+def _status(client, name, experiment="raydprm"):
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])}
+    return runs[name].info.status
+
+
+@pytest.fixture
+def no_signal_yet(monkeypatch):
+    import raydprm.errors as errors
+
+    monkeypatch.setattr(errors, "_received", [])  # what the CLI's handlers remember: nothing received yet
+    return errors
+
+
+def test_a_tracker_run_ends_finished_failed_or_killed_as_the_training_did(tmp_path, no_signal_yet):
+    import signal
+
+    from raydprm.errors import Terminated
+
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.loggers=[mlflow]"])
+    ends = {"ok": None, "crash": ValueError("a bug in a step"), "sigterm": Terminated(signal.SIGTERM),
+            "sigint": KeyboardInterrupt()}
+    for name, exc in ends.items():
+        with pytest.raises(type(exc)) if exc is not None else open(__file__):
+            with open_trackers(replace_run(cfg, name), tmp_path / name) as t:
+                t.log_metrics({"reward/mean": 1.0}, 1)
+                if exc is not None:
+                    raise exc
+    no_signal_yet.note_signal(signal.SIGTERM)  # a Ray wait turned the signal into SystemExit(1)
+    with pytest.raises(SystemExit), open_trackers(replace_run(cfg, "in_a_ray_wait"), tmp_path / "w"):
+        raise SystemExit(1)
+    client = _client(cfg)
+    assert {n: _status(client, n) for n in (*ends, "in_a_ray_wait")} == {
+        "ok": "FINISHED", "crash": "FAILED", "sigterm": "KILLED", "sigint": "KILLED", "in_a_ray_wait": "KILLED"}
+
+
+def replace_run(cfg, name):
+    from dataclasses import replace
+
+    return replace(cfg.run, name=name)
+
+
+@pytest.mark.parametrize("end", ["crash", "sigterm", "sigint"])
+def test_a_pipeline_run_that_dies_mid_stage_ends_its_mlflow_run_failed_or_killed(tmp_path, monkeypatch, end,
+                                                                                   no_signal_yet):
+    """The training-stage loop opens the trackers and dies at its second step; Pipeline.fit ends what
+    is still open (before: the run stayed RUNNING). Ray is not started: the stages around are stubbed."""
+    import signal
+
+    import raydprm.cluster.pipeline as pl
+    from raydprm.errors import Terminated
+
+    exc = {"crash": RuntimeError("generator died"), "sigterm": Terminated(signal.SIGTERM),
+           "sigint": KeyboardInterrupt()}[end]
+
+    def one_step(step):
+        if step == 1:
+            raise exc
+        return {"reward/mean": 0.5, "ppo/clipfrac": 0.1}
+
+    monkeypatch.setattr(pl, "connect", lambda *a, **kw: types.SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(pl.Pipeline, "_sft", lambda self: {"path": "sft", "digest": "s"})
+    monkeypatch.setattr(pl.Pipeline, "_collect", lambda self, d: {"data": "data", "digest": "c"})
+    monkeypatch.setattr(pl.Pipeline, "_reward", lambda self, arm, d: {"best_dir": "rw", "digest": "r"})
+    monkeypatch.setattr(pl.Pipeline, "_ppo", lambda self, arm, key, *a: self._train_stage(
+        arm, key, 3, one_step, lambda r: {}))
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.name=r", "run.loggers=[tensorboard,mlflow]",
+                             "pipeline.checkpoint_every=100"])
+    with pytest.raises(type(exc)):
+        pl.Pipeline(cfg, tmp_path / "r", progress=False).fit()
+    client = _client(cfg)
+    (run,) = client.search_runs([client.get_experiment_by_name("raydprm").experiment_id])
+    assert run.info.status == {"crash": "FAILED", "sigterm": "KILLED", "sigint": "KILLED"}[end]
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "reward/mean")] == [(1, 0.5)]
+
+
+def test_a_sweeps_trial_runs_end_by_how_each_trial_ended(tmp_path, no_signal_yet):
+    import signal
+
+    from raydprm.cluster.tracking import end_open_trackers
+    from raydprm.errors import Terminated
+    from raydprm.tune.sweep import TrackingCallback
+
+    base = load_config(None, [f"run.output_dir={tmp_path / 'runs'}", "run.loggers=[mlflow]"])
+    cb = TrackingCallback(lambda labels, tid: base.override([f"run.name={tid}"]), tmp_path / "runs", ("mlflow",))
+    trials = [types.SimpleNamespace(trial_id=f"t{i}", config={}, status="RUNNING") for i in range(5)]
+    for t in trials:
+        cb.on_trial_start(0, trials, t)
+    cb.on_trial_complete(0, trials, trials[0])  # done, or stopped early by the scheduler
+    cb.on_trial_error(0, trials, trials[1])
+    trials[2].status = "PAUSED"  # a SIGINT: Tune checkpoints, then ends the experiment with trials unfinished
+    trials[3].status = "TERMINATED"
+    cb.on_experiment_end(trials[:4])
+    assert set(cb.open) == {"t4"}  # not among the trials Tune ended with
+    assert end_open_trackers(Terminated(signal.SIGTERM)) == 1  # SIGTERM skips Tune's clean-up: the sweep ends t4
+    client = _client(base)
+    assert {t.trial_id: _status(client, t.trial_id) for t in trials} == {
+        "t0": "FINISHED", "t1": "FAILED", "t2": "KILLED", "t3": "FINISHED", "t4": "KILLED"}
+
+
+# ---------------------------------------------------------------- W&B, offline (a stand-in when wandb is absent)
+
+class _FakeWandb(types.ModuleType):
+    """Records what the adapter asks of ``wandb``: init's mode/dir/name/project, the config it is
+    given (init's ``config`` or ``run.config.update``), every log(metrics, step) and finish(exit_code)."""
+
+    def __init__(self):
+        import importlib.machinery
+
+        super().__init__("wandb")
+        self.__spec__ = importlib.machinery.ModuleSpec("wandb", None)  # find_spec (check_installed) sees it
+        self.runs = []
+
+    def init(self, **kw):
+        fake = self
+
+        class Config(dict):
+            def update(self, d, allow_val_change=False):
+                dict.update(self, d)
+
+        class Run:
+            def __init__(self):
+                self.init, self.config, self.logged, self.exit_codes = kw, Config(kw.get("config") or {}), [], []
+                fake.runs.append(self)
+
+            def log(self, metrics, step=None):
+                self.logged.append((step, dict(metrics)))
+
+            def finish(self, exit_code=None):
+                self.exit_codes.append(exit_code)
+
+        return Run()
+
+
+def test_wandb_logs_offline_the_config_as_params_and_tensorboards_metric_names(tmp_path, monkeypatch, no_signal_yet):
+    import sys
+
+    from raydprm.cluster.pipeline import Pipeline
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.name=r", "ppo.beta=0.07",
+                             "run.loggers=[tensorboard,wandb]", "run.experiment=paper"])
+    check_installed(cfg.run.loggers)  # the stand-in counts as installed
+    pipe = Pipeline(cfg, tmp_path / "r", progress=False)
+    log = pipe.metrics_log(pipe.arm)
+    for s, rec in enumerate(STEPS, start=1):
+        log.log({"step": s, **rec}, s)
+    log.close()
+    (run,) = fake.runs
+    assert run.init["mode"] == "offline" and run.init["dir"] == str(tmp_path / "r" / "wandb")
+    assert run.init["name"] == "r" and run.init["project"] == "paper"
+    assert dict(run.config) == flatten_params(cfg.to_dict()) and run.config["ppo.beta"] == "0.07"
+    tb = _tb_scalars(tmp_path / "r" / "tb")
+    assert [s for s, _ in run.logged] == [1, 2, 3]
+    assert set().union(*(m for _, m in run.logged)) == set(tb) == set(STEPS[0])  # TensorBoard's names
+    for s, m in run.logged:
+        want = {k: v for k, v in STEPS[s - 1].items() if math.isfinite(v)}  # a NaN is not logged
+        assert m == pytest.approx(want) and all((s, pytest.approx(v)) in tb[k] for k, v in want.items())
+    assert run.exit_codes == [0]
+
+    import signal
+
+    from raydprm.errors import Terminated
+
+    for exc, code in ((ValueError("boom"), 1), (Terminated(signal.SIGTERM), 143)):
+        with pytest.raises(type(exc)), open_trackers(cfg.run, tmp_path / "x", params={"a": 1}):
+            no_signal_yet._received[:] = [signal.SIGTERM] if code == 143 else []
+            raise exc
+        assert fake.runs[-1].exit_codes == [code]  # W&B marks a non-zero exit failed
+
+
+def test_wandb_for_real_writes_an_offline_run(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")  # the optional 'tracking' extra
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.name=r", "run.loggers=[wandb]"])
+    with open_trackers(cfg.run, tmp_path / "r", params={"ppo": {"beta": 0.07}}) as t:
+        t.log_metrics({"reward/mean": 0.5}, 1)
+    runs = list((tmp_path / "r" / "wandb").glob("wandb/offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), wandb.__version__

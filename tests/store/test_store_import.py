@@ -81,6 +81,23 @@ def _content(db) -> str:
     return h
 
 
+def refused_import(tmp_path, capsys, f, *expect):
+    """Create a good/bad store, then import ``f`` through MAPPING: refused in one line naming ``f`` and
+    each of ``expect``, the store unchanged. Returns ``(store path, --mapping args)``."""
+    (tmp_path / "m.yaml").write_text(json.dumps(MAPPING))
+    db = tmp_path / "s.db"
+    assert main(["store", "init", "--db", str(db), "labels.names=[good,bad]", "labels.rewards=[1.0,-1.0]",
+                 "labels.grid=null"]) == 0
+    capsys.readouterr()
+    before = _content(db)
+    mapping = ["--mapping", str(tmp_path / "m.yaml")]
+    assert main(["store", "import", "--db", str(db), "--file", str(f), *mapping]) == 2
+    err = _one_error_line(capsys)
+    assert all(w in err for w in (str(f), *expect)), err
+    assert _content(db) == before
+    return db, mapping
+
+
 def _independent_counts(rows, group_of, labels=("safe", "unsure", "unsafe")):
     to = {"No": 0, "Unsure": 1, "Yes": 2}
     out = {}
@@ -312,18 +329,9 @@ def test_missing_column_names_the_columns_found(tmp_path, capsys):
     ("x.csv", b"\xff\xfe\x00\x00", "not a CSV text file"),
 ])
 def test_a_file_that_is_not_what_its_extension_says(tmp_path, capsys, name, content, expect):
-    (tmp_path / "m.yaml").write_text(json.dumps(MAPPING))
     f = tmp_path / name
     f.write_bytes(content)
-    db = tmp_path / "s.db"
-    assert main(["store", "init", "--db", str(db), "labels.names=[good,bad]", "labels.rewards=[1.0,-1.0]",
-                 "labels.grid=null"]) == 0
-    capsys.readouterr()
-    before = _content(db)
-    assert main(["store", "import", "--db", str(db), "--file", str(f), "--mapping", str(tmp_path / "m.yaml")]) == 2
-    err = _one_error_line(capsys)
-    assert str(f) in err and expect in err
-    assert _content(db) == before
+    refused_import(tmp_path, capsys, f, expect)
 
 
 def test_a_bad_value_on_the_last_row_of_a_large_file_leaves_the_store_unchanged(tmp_path, capsys):

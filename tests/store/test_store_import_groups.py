@@ -8,7 +8,7 @@ import pandas as pd
 
 from raydprm.cli import main
 from raydprm.store import DEFAULT_STORE_PERSONAS, PreferenceStore
-from tests.store.test_store_import import MAPPING, RACES, _content, _one_error_line, dices_rows, write_dices
+from tests.store.test_store_import import MAPPING, RACES, dices_rows, refused_import, write_dices
 
 
 def test_a_store_created_by_an_import_has_only_the_imports_groups(tmp_path, capsys):
@@ -39,26 +39,17 @@ def test_a_new_store_still_registers_the_simulated_crowd(tmp_path):
 
 
 def test_a_lone_surrogate_escape_in_jsonl_is_refused_in_one_line(tmp_path, capsys):
-    (tmp_path / "m.yaml").write_text(json.dumps(MAPPING))
     rows = [{"rater": f"r{i}", "g": "G", "p": f"prompt {i}", "r": "resp", "y": "a"} for i in range(5)]
     lines = [json.dumps(r) for r in rows]
     lines[3] = lines[3].replace('"resp"', '"re\\ud800sp"')  # a high surrogate without its low half
     lines[1] = lines[1].replace('"resp"', '"re\\ud83d\\ude00sp"')  # a valid pair (one emoji) is fine
     f = tmp_path / "x.jsonl"
     f.write_text("\n".join(lines) + "\n")
-    db = tmp_path / "s.db"
-    assert main(["store", "init", "--db", str(db), "labels.names=[good,bad]", "labels.rewards=[1.0,-1.0]",
-                 "labels.grid=null"]) == 0
-    capsys.readouterr()
-    before = _content(db)
-    assert main(["store", "import", "--db", str(db), "--file", str(f), "--mapping", str(tmp_path / "m.yaml")]) == 2
-    err = _one_error_line(capsys)
-    assert str(f) in err and "row 4" in err and "column 'r'" in err and "surrogate" in err
-    assert _content(db) == before
+    db, mapping = refused_import(tmp_path, capsys, f, "row 4", "column 'r'", "surrogate")
     # without the lone surrogate the file imports, the emoji intact
     lines[3] = json.dumps(rows[3])
     f.write_text("\n".join(lines) + "\n")
-    assert main(["store", "import", "--db", str(db), "--file", str(f), "--mapping", str(tmp_path / "m.yaml")]) == 0
+    assert main(["store", "import", "--db", str(db), "--file", str(f), *mapping]) == 0
     with PreferenceStore(db, readonly=True) as s:
         assert s.counts("prompt 1", "re\U0001F600sp")["G"] == [1.0, 0.0]
         assert np.isclose(sum(s.distribution("prompt 3", "resp")), 1.0)

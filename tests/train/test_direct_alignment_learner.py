@@ -4,7 +4,7 @@ bit-identical resume, HF export, config validation."""
 import pytest
 import torch
 
-from raydprm.config import HH_REWARDS, AlignConfig, Config, load_config
+from raydprm.config import ENGINE_KEYS, HH_REWARDS, AlignConfig, Config, EngineSection, load_config
 from raydprm.core.pbde import crowd_preference
 from raydprm.errors import ConfigError, RaydprmError
 from raydprm.models.policy import load_tokenizer
@@ -69,9 +69,10 @@ def test_pair_batch_shapes_and_eos(tiny_kit):
 
 
 def cfg(**kw):
-    base = dict(algo="dpo", beta=0.5, batch=16, minibatch=8, micro_batch=4, lr=2e-3, engine="torch")
-    base.update(kw)
-    return AlignConfig(**base)
+    """The learner's ``align`` and ``engine`` sections (keyword arguments of DirectAlignmentLearner)."""
+    engine = {"micro_batch": 4, "engine": "torch"} | {k: kw.pop(k) for k in list(kw) if k in ENGINE_KEYS}
+    return {"align": AlignConfig(**dict(algo="dpo", beta=0.5, batch=16, minibatch=8, lr=2e-3) | kw),
+            "engine": EngineSection(**engine)}
 
 
 @pytest.fixture(scope="module")
@@ -104,25 +105,25 @@ def _params(learner):
 
 
 def cfg_lr(**kw):
-    return DirectAlignmentLearner(cfg(**kw), "tiny-gpt2", seed=0)
+    return DirectAlignmentLearner(**cfg(**kw), policy="tiny-gpt2", seed=0)
 
 
 @pytest.mark.deepspeed
 def test_resume_is_bit_identical_deepspeed(batch, tmp_path):
     c = cfg(engine="deepspeed", zero_stage=0, epochs=2)
     parts = [batch.select(torch.arange(i, i + 8)) for i in (0, 8, 0)]
-    a = DirectAlignmentLearner(c, "tiny-gpt2", seed=3)
+    a = DirectAlignmentLearner(**c, policy="tiny-gpt2", seed=3)
     for b in parts:
         a.update(b)
     want = _params(a)
 
-    b1 = DirectAlignmentLearner(c, "tiny-gpt2", seed=3)
+    b1 = DirectAlignmentLearner(**c, policy="tiny-gpt2", seed=3)
     b1.update(parts[0])
     b1.save(tmp_path / "ckpt")
     rng_after_save = torch.rand(3)
     del b1
     torch.manual_seed(1234)
-    b2 = DirectAlignmentLearner(c, "tiny-gpt2", seed=3)
+    b2 = DirectAlignmentLearner(**c, policy="tiny-gpt2", seed=3)
     b2.load(tmp_path / "ckpt")
     assert torch.equal(torch.rand(3), rng_after_save)
     assert b2.step == 1
@@ -131,11 +132,11 @@ def test_resume_is_bit_identical_deepspeed(batch, tmp_path):
     got = _params(b2)
     assert want.keys() == got.keys()
     assert all(torch.equal(want[k], got[k]) for k in want), "resumed parameters differ"
-    init = _params(DirectAlignmentLearner(c, "tiny-gpt2", seed=3))
+    init = _params(DirectAlignmentLearner(**c, policy="tiny-gpt2", seed=3))
     assert max(float((want[k] - init[k]).abs().max()) for k in want) > 1e-5  # training moved them
 
     # refuse a checkpoint of another algorithm, or an incomplete one
-    other = DirectAlignmentLearner(cfg(engine="deepspeed", algo="ipo"), "tiny-gpt2")
+    other = DirectAlignmentLearner(**cfg(engine="deepspeed", algo="ipo"), policy="tiny-gpt2")
     with pytest.raises(RaydprmError, match="align.algo"):
         other.load(tmp_path / "ckpt")
     with pytest.raises(RaydprmError, match="COMPLETE"):
@@ -160,8 +161,8 @@ def test_bad_config_and_batches_are_refused(batch):
         load_config(None, ["align.algo=ppo"])
     with pytest.raises(ConfigError, match="align.minibatch"):
         AlignConfig(batch=12, minibatch=8)
-    with pytest.raises(ConfigError, match="align.micro_batch"):
-        AlignConfig(minibatch=8, micro_batch=3)
+    with pytest.raises(ConfigError, match=r"'engine.micro_batch' = 3 must divide .* align.minibatch / engine.num_workers"):
+        load_config(None, ["align.minibatch=8", "engine.micro_batch=3", "ppo.minibatch=6", "ppo.rollout_batch=12"])
     assert Config().align.algo == "dpo"
     lr = cfg_lr()
     with pytest.raises(PairBatchError, match="minibatch"):

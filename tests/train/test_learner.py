@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import make_batch
 
-from raydprm.config import PPOConfig
+from raydprm.config import ENGINE_KEYS, EngineConfig, EngineSection, PPOConfig
 from raydprm.errors import ConfigError, RaydprmError
 from raydprm.train import ds_engine
 from raydprm.train.learner import PPOLearner
@@ -22,10 +22,11 @@ METRICS = ["ppo/policy_loss", "ppo/value_loss", "ppo/clipfrac", "ppo/approx_kl",
 
 
 def ppo_cfg(**kw):
-    base = dict(rollout_batch=16, minibatch=8, micro_batch=4, epochs=2, lr=1e-3, kl_controller="adaptive",
-                target_kl=0.01, kl_horizon=100)
-    base.update(kw)
-    return PPOConfig(**base)
+    """The learner's ``ppo`` and ``engine`` sections (keyword arguments of PPOLearner), ``kw`` of either."""
+    base = dict(rollout_batch=16, minibatch=8, epochs=2, lr=1e-3, kl_controller="adaptive", target_kl=0.01,
+                kl_horizon=100)
+    engine = {"micro_batch": 4} | {k: kw.pop(k) for k in list(kw) if k in ENGINE_KEYS}
+    return {"ppo": PPOConfig(**base | kw), "engine": EngineSection(**engine)}
 
 
 def params(learner):
@@ -34,15 +35,15 @@ def params(learner):
 
 def test_deepspeed_stage0_update_equals_torch_engine(tiny_kit):
     batch = make_batch()
-    ds = PPOLearner(ppo_cfg(engine="deepspeed"), "tiny-gpt2", seed=0)
+    ds = PPOLearner(**ppo_cfg(engine="deepspeed"), policy="tiny-gpt2", seed=0)
     assert ds.engine.name == "deepspeed"
     m_ds = ds.update(batch)
-    pt = PPOLearner(ppo_cfg(engine="torch"), "tiny-gpt2", seed=0)
+    pt = PPOLearner(**ppo_cfg(engine="torch"), policy="tiny-gpt2", seed=0)
     assert pt.engine.name == "torch"
     m_pt = pt.update(batch)
     a, b = params(ds), params(pt)
     assert a.keys() == b.keys()
-    init = PPOLearner(ppo_cfg(engine="torch"), "tiny-gpt2", seed=0).full_state_dict()
+    init = PPOLearner(**ppo_cfg(engine="torch"), policy="tiny-gpt2", seed=0).full_state_dict()
     moved = max(float((a[k] - init[k]).abs().max()) for k in a)
     assert moved > 1e-4  # the update did something
     # DeepSpeed clips with its own norm routine (other summation order): equal up to float noise
@@ -60,18 +61,18 @@ def test_deepspeed_stage0_update_equals_torch_engine(tiny_kit):
 def test_resume_is_bit_identical_zero2(tiny_kit, tmp_path):
     cfg = ppo_cfg(engine="deepspeed", zero_stage=2)
     batches = [make_batch(seed=s) for s in (1, 2, 3)]
-    a = PPOLearner(cfg, "tiny-gpt2", seed=3)
+    a = PPOLearner(**cfg, policy="tiny-gpt2", seed=3)
     for b in batches:
         a.update(b)
     want, beta_a = params(a), a.kl_coef
 
-    b1 = PPOLearner(cfg, "tiny-gpt2", seed=3)
+    b1 = PPOLearner(**cfg, policy="tiny-gpt2", seed=3)
     b1.update(batches[0])
     b1.save(tmp_path / "ckpt")
     rng_after_save = torch.rand(3)
     del b1
     torch.manual_seed(1234)  # a fresh process would have other RNG state
-    b2 = PPOLearner(cfg, "tiny-gpt2", seed=3)
+    b2 = PPOLearner(**cfg, policy="tiny-gpt2", seed=3)
     b2.load(tmp_path / "ckpt")
     assert torch.equal(torch.rand(3), rng_after_save)  # RNG state restored
     assert b2.step == 1
@@ -79,15 +80,15 @@ def test_resume_is_bit_identical_zero2(tiny_kit, tmp_path):
         b2.update(b)
     got = params(b2)
     assert all(torch.equal(want[k], got[k]) for k in want), "resumed parameters differ"
-    assert b2.kl_coef == beta_a and beta_a != cfg.beta  # adaptive controller state carried over
+    assert b2.kl_coef == beta_a and beta_a != cfg["ppo"].beta  # adaptive controller state carried over
 
 
 def test_load_refuses_incomplete_or_mismatched_checkpoint(tiny_kit, tmp_path):
-    lr = PPOLearner(ppo_cfg(engine="torch"), "tiny-gpt2")
+    lr = PPOLearner(**ppo_cfg(engine="torch"), policy="tiny-gpt2")
     with pytest.raises(RaydprmError, match="not a complete learner checkpoint"):
         lr.load(tmp_path / "nothing")
     lr.save(tmp_path / "t")
-    ds = PPOLearner(ppo_cfg(engine="deepspeed"), "tiny-gpt2")
+    ds = PPOLearner(**ppo_cfg(engine="deepspeed"), policy="tiny-gpt2")
     with pytest.raises(RaydprmError, match="torch worker"):
         ds.load(tmp_path / "t")
 
@@ -95,7 +96,7 @@ def test_load_refuses_incomplete_or_mismatched_checkpoint(tiny_kit, tmp_path):
 def test_export_hf_loads_and_matches_policy(tiny_kit, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    lr = PPOLearner(ppo_cfg(engine="deepspeed", zero_stage=3), "tiny-gpt2")
+    lr = PPOLearner(**ppo_cfg(engine="deepspeed", zero_stage=3), policy="tiny-gpt2")
     lr.update(make_batch())
     out = lr.export_hf(tmp_path / "hf")
     model = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -115,7 +116,7 @@ def test_export_hf_loads_and_matches_policy(tiny_kit, tmp_path):
 
 def test_separate_critic_and_seq_mean_and_k3(tiny_kit):
     cfg = ppo_cfg(engine="torch", critic="separate", loss_agg="seq_mean", kl_estimator="k3", entropy_coef=0.01)
-    lr = PPOLearner(cfg, "tiny-opt")
+    lr = PPOLearner(**cfg, policy="tiny-opt")
     before = {k: v.clone() for k, v in lr.full_state_dict().items() if k.startswith("critic_backbone.")}
     assert before
     m = lr.update(make_batch())
@@ -125,7 +126,7 @@ def test_separate_critic_and_seq_mean_and_k3(tiny_kit):
 
 
 def test_bf16_deepspeed_runs(tiny_kit):
-    lr = PPOLearner(ppo_cfg(engine="deepspeed", precision="bf16", epochs=1), "tiny-gpt2")
+    lr = PPOLearner(**ppo_cfg(engine="deepspeed", precision="bf16", epochs=1), policy="tiny-gpt2")
     m = lr.update(make_batch())
     assert all(torch.isfinite(torch.tensor(m[k])) for k in METRICS)
 
@@ -133,33 +134,36 @@ def test_bf16_deepspeed_runs(tiny_kit):
 def test_torch_fallback_warns_when_deepspeed_missing(tiny_kit, monkeypatch, caplog):
     monkeypatch.setattr(ds_engine, "deepspeed_available", lambda: False)
     with caplog.at_level(logging.WARNING, logger="raydprm.train.ds_engine"):
-        lr = PPOLearner(ppo_cfg(engine="deepspeed"), "tiny-gpt2")
+        lr = PPOLearner(**ppo_cfg(engine="deepspeed"), policy="tiny-gpt2")
     assert lr.engine.name == "torch"
     assert "falling back to the plain torch engine" in caplog.text
 
 
 def test_deepspeed_config_derives_batch_shape():
-    cfg = PPOConfig(rollout_batch=32, minibatch=16, micro_batch=4, num_workers=2, zero_stage=3,
-                    offload_optimizer=True, offload_params=True, precision="bf16", grad_clip=0.5)
+    engine = EngineSection(micro_batch=4, num_workers=2, zero_stage=3, offload_optimizer=True, offload_params=True,
+                           precision="bf16")
+    cfg = EngineConfig.of(engine, PPOConfig(rollout_batch=32, minibatch=16, grad_clip=0.5))
     ds = ds_engine.deepspeed_config(cfg)
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 2
     assert ds["train_batch_size"] == 16 and ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"]
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert "optimizer" not in ds  # client AdamW
-    assert "optimizer" in ds_engine.deepspeed_config(dataclasses.replace(cfg, optimizer="ds_adam"))
+    ds_adam = EngineConfig.of(dataclasses.replace(engine, optimizer="ds_adam"), PPOConfig(rollout_batch=32, minibatch=16))
+    assert "optimizer" in ds_engine.deepspeed_config(ds_adam)
 
 
 @pytest.mark.parametrize("kw,msg", [
     (dict(rollout_batch=30, minibatch=8), "must divide ppo.rollout_batch"),
-    (dict(minibatch=9, rollout_batch=18, num_workers=2), "multiple of ppo.num_workers"),
-    (dict(rollout_batch=24, minibatch=12, micro_batch=5), "must divide the per-worker minibatch"),
-    (dict(offload_params=True, zero_stage=2), "needs ppo.zero_stage = 3"),
-    (dict(offload_optimizer=True), "needs ppo.zero_stage >= 1"),
+    (dict(minibatch=9, rollout_batch=18, num_workers=2), r"'ppo.minibatch' = 9 must be a multiple of engine.num_workers"),
+    (dict(rollout_batch=24, minibatch=12, micro_batch=5), r"'engine.micro_batch' = 5 must divide the per-worker minibatch"),
+    (dict(offload_params=True, zero_stage=2), r"'engine.offload_params' needs engine.zero_stage = 3"),
+    (dict(offload_optimizer=True), r"'engine.offload_optimizer' needs engine.zero_stage >= 1"),
 ])
 def test_bad_ppo_config_is_refused(kw, msg):
     with pytest.raises(ConfigError, match=msg):
-        PPOConfig(**kw)
+        c = ppo_cfg(**kw)
+        EngineConfig.of(c["engine"], c["ppo"])
 
 
 def test_bad_batches_are_refused(tiny_kit):
@@ -174,7 +178,7 @@ def test_bad_batches_are_refused(tiny_kit):
     b = make_batch(4)
     with pytest.raises(RolloutBatchError, match="right-padded"):
         RolloutBatch(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask.flip(1), b.logprobs, b.rewards)
-    lr = PPOLearner(ppo_cfg(engine="torch"), "tiny-gpt2")
+    lr = PPOLearner(**ppo_cfg(engine="torch"), policy="tiny-gpt2")
     with pytest.raises(RolloutBatchError, match="does not split into minibatches"):
         lr.update(make_batch(12))
     with pytest.raises(RolloutBatchError, match="takes a RolloutBatch"):
@@ -194,12 +198,12 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 def test_every_zero_stage_and_offload_give_the_same_update(tiny_kit):
     batch = make_batch(seed=5)
-    ref = PPOLearner(ppo_cfg(engine="torch"), "tiny-gpt2", seed=0)
+    ref = PPOLearner(**ppo_cfg(engine="torch"), policy="tiny-gpt2", seed=0)
     ref.update(batch)
     want = params(ref)
     for kw in (dict(zero_stage=1), dict(zero_stage=2, offload_optimizer=True),
                dict(zero_stage=3, offload_optimizer=True, offload_params=True)):
-        lr = PPOLearner(ppo_cfg(engine="deepspeed", **kw), "tiny-gpt2", seed=0)
+        lr = PPOLearner(**ppo_cfg(engine="deepspeed", **kw), policy="tiny-gpt2", seed=0)
         lr.update(batch)
         got = params(lr)
         assert max(float((want[k] - got[k]).abs().max()) for k in want) < 1e-5, kw  # flat-buffer sum order
@@ -228,7 +232,7 @@ def test_critic_free_learner_has_no_value_head_and_trains_the_policy(tiny_kit, a
     """A critic-free estimator: every parameter (and so every optimizer state) is the policy's,
     no value metric is reported, and the update moves the policy."""
     batch = dataclasses.replace(make_batch(), group=torch.arange(16) // 4)  # 4 prompts x 4 responses
-    lr = PPOLearner(ppo_cfg(engine="torch", advantage=advantage, **kw), "tiny-gpt2", seed=0)
+    lr = PPOLearner(**ppo_cfg(engine="torch", advantage=advantage, **kw), policy="tiny-gpt2", seed=0)
     names = [n for n, _ in lr.engine.module.named_parameters()]
     assert names and all(n.startswith("lm.") for n in names) and not any("value_head" in n for n in names)
     assert sum(len(g["params"]) for g in lr.engine.optimizer.param_groups) == len(names)
@@ -250,15 +254,18 @@ def test_rollout_batch_group_defaults_to_one_per_row_and_is_checked():
 
 
 def test_every_learner_is_one_rank_base_on_one_engine_config():
-    """PPO and direct alignment share the rank base and the EngineConfig; its checks name the
-    section's own keys (no renaming of another section's messages)."""
-    from raydprm.config import AlignConfig, EngineConfig
+    """PPO and direct alignment share the rank base and one engine section; EngineConfig joins it
+    with each algorithm's optimisation keys and its checks name the real keys."""
+    from raydprm.config import AlignConfig
     from raydprm.train.direct_alignment import DirectAlignmentLearner
     from raydprm.train.rank import LearnerRank
 
     assert issubclass(PPOLearner, LearnerRank) and issubclass(DirectAlignmentLearner, LearnerRank)
-    ppo, align = ppo_cfg(num_workers=2), AlignConfig(minibatch=8, micro_batch=2, num_workers=2, engine="torch")
-    assert isinstance(ppo.engine_config, EngineConfig) and ppo.engine_config.grad_accum == ppo.grad_accum == 1
-    assert (align.engine_config.engine, align.engine_config.grad_accum, align.engine_config.section) == ("torch", 2, "align")
-    with pytest.raises(ConfigError, match=r"'align.micro_batch' = 3 must divide .* align.minibatch / align.num_workers"):
-        EngineConfig(minibatch=8, micro_batch=3, num_workers=2, section="align")
+    for cls in (PPOLearner, DirectAlignmentLearner):  # neither repeats the rank base's set-up or checkpoints
+        assert not {"_build", "save", "load", "_ref_logits", "_ref_token_logprobs", "export_hf"} & set(vars(cls))
+    engine = EngineSection(micro_batch=2, num_workers=2, engine="torch")
+    ppo, align = EngineConfig.of(engine, ppo_cfg()["ppo"]), EngineConfig.of(engine, AlignConfig(minibatch=8))
+    assert (ppo.grad_accum, ppo.section, ppo.engine) == (2, "ppo", "torch")
+    assert (align.engine, align.grad_accum, align.section) == ("torch", 2, "align")
+    with pytest.raises(ConfigError, match=r"'engine.micro_batch' = 3 must divide .* align.minibatch / engine.num_workers"):
+        EngineConfig.of(EngineSection(micro_batch=3, num_workers=2), AlignConfig(minibatch=8))

@@ -5,15 +5,15 @@ import pytest
 import torch
 from helpers import make_batch
 
-from raydprm.config import PPOConfig
+from raydprm.config import EngineSection, PPOConfig
 from raydprm.core.kl import kl_from_logits
 from raydprm.models.policy import sequence_inputs
 from raydprm.train.learner import PPOLearner
 
 
 def test_exact_kl_is_zero_at_the_start_then_positive_and_exact(tiny_kit):
-    cfg = PPOConfig(rollout_batch=16, minibatch=8, micro_batch=4, epochs=2, lr=1e-2, engine="torch")
-    lr = PPOLearner(cfg, "tiny-gpt2", seed=0)
+    cfg = PPOConfig(rollout_batch=16, minibatch=8, epochs=2, lr=1e-2)
+    lr = PPOLearner(cfg, "tiny-gpt2", engine=EngineSection(micro_batch=4, engine="torch"), seed=0)
     batch = make_batch(seed=1)
     m1 = lr.update(batch)
     assert m1["ppo/kl_exact"] == pytest.approx(0.0, abs=1e-9)  # policy == reference before the first step

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from raydprm.cli import main
-from raydprm.config import PPOConfig
+from raydprm.config import EngineSection, PPOConfig
 from raydprm.train.learner import PPOLearner
 from raydprm.train.learner_toy import default_targets, run_toy_ppo, target_token_reward
 
@@ -19,8 +19,8 @@ def test_target_token_reward():
 
 
 def test_toy_ppo_increases_mean_reward(tiny_kit):
-    ppo = PPOConfig(lr=3e-3, rollout_batch=32, minibatch=16, micro_batch=16, epochs=2)
-    learner = PPOLearner(ppo, "tiny-gpt2", seed=0)
+    ppo = PPOConfig(lr=3e-3, rollout_batch=32, minibatch=16, epochs=2)
+    learner = PPOLearner(ppo, "tiny-gpt2", engine=EngineSection(micro_batch=16), seed=0)
     hist = run_toy_ppo(learner, "tiny-gpt2", steps=15, batch_size=32, max_new_tokens=8, seed=0, progress=False)
     rewards = [m["toy/reward"] for m in hist]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
@@ -39,7 +39,7 @@ def test_default_targets_skip_special_tokens(tiny_kit):
 
 def test_cli_toy_smoke(tiny_kit, tmp_path, capsys):
     rc = main(["learner", "toy", "--smoke", "--no-progress", "--out", str(tmp_path / "hf"),
-               f"run.output_dir={tmp_path}", "ppo.engine=torch"])
+               f"run.output_dir={tmp_path}", "engine.engine=torch"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "toy PPO: 2 steps" in out and "exported policy" in out
@@ -49,11 +49,11 @@ def test_cli_toy_smoke(tiny_kit, tmp_path, capsys):
     from raydprm.config import load_config
 
     saved = load_config(tmp_path / "demo" / "learner_toy" / "config.yaml")  # the run is reproducible
-    assert saved.ppo.engine == "torch" and saved.ppo.rollout_batch == 8
+    assert saved.engine.engine == "torch" and saved.ppo.rollout_batch == 8
 
 
 def test_cli_toy_bad_arguments(capsys):
     assert main(["learner", "toy", "--batch", "7"]) == 2
     assert "--batch 7 must be a multiple" in capsys.readouterr().err
-    assert main(["learner", "toy", "--smoke", "ppo.zero_stage=5"]) == 2
-    assert "ppo.zero_stage" in capsys.readouterr().err
+    assert main(["learner", "toy", "--smoke", "engine.zero_stage=5"]) == 2
+    assert "engine.zero_stage" in capsys.readouterr().err

@@ -115,8 +115,8 @@ def test_example_sweeps_parse(name):
 
 
 def test_bundles_cover_every_actor_of_a_run():
-    cfg = load_config(None, ["rollout.num_replicas=2", "reward.num_replicas=3", "ppo.num_workers=2",
-                             "ppo.minibatch=8", "rollout.num_gpus=1", "ppo.num_gpus_per_worker=1"])
+    cfg = load_config(None, ["rollout.num_replicas=2", "reward.num_replicas=3", "engine.num_workers=2",
+                             "ppo.minibatch=8", "rollout.num_gpus=1", "engine.num_gpus_per_worker=1"])
     bundles, off = bundle_layout(cfg)
     assert off == {"driver": 0, "rollout": 1, "reward": 3, "learner": 6, "store": 8, "reference": 9}
     assert len(bundles) == 1 + 2 + 3 + 2 + 1 + 2
