@@ -133,6 +133,16 @@ class LearnerActor:
         update.publish_s = time.perf_counter() - t0
         return update
 
+    def republish_weights(self, version: int, probe_ids: Sequence[int], bucket_mb: int,
+                          raw: bool = True) -> WeightUpdate | None:
+        """:meth:`publish_weights` again between steps (a restarted generator's catch-up whose copy of
+        the update was lost), leaving offloaded what was offloaded (colocated: the generators' turn)."""
+        was = tuple(sorted(self._offloaded))
+        update = self.publish_weights(version, probe_ids, bucket_mb, raw)
+        if was:
+            self.offload(was)
+        return update
+
     def weight_group_address(self) -> tuple[str, int]:
         return self.address()
 
@@ -305,6 +315,15 @@ class LearnerGroup:
                         raw: bool = True) -> WeightUpdate:
         """Rank 0 publishes the current policy into the object store; returns the handle only."""
         return self.group.all(LearnerActor.publish_weights, version, list(probe_ids), bucket_mb, raw)[0]
+
+    def republish_weights(self, version: int, probe_ids: Sequence[int], bucket_mb: int,
+                          raw: bool = True) -> WeightUpdate:
+        """Publish the current policy again as ``version`` (fresh buckets, owned by the live rank 0),
+        for generators whose copy of that version's update was lost with its owner; offloaded parts
+        stay offloaded. The caller checks that the weights are still those of ``version`` (the
+        manifest's digest): a learner that trained or restarted since holds another policy. A dead
+        rank restarts the group from its last checkpoint (:class:`GroupRestarted`), as any call."""
+        return self.group.all(LearnerActor.republish_weights, version, list(probe_ids), bucket_mb, raw)[0]
 
     def weight_group_address(self) -> tuple[str, int]:
         return self.group.rank0(LearnerActor.weight_group_address)

@@ -241,6 +241,10 @@ class RewardPool:
         return self.group.all(RewardActor.load_state_dict, ref, timeout_s=timeout_s)
 
     def _catch_up(self, group: ActorGroup, ranks: list[int]) -> None:
+        """A restarted replica loads what the others were last told to: a directory on disk, or the
+        state dict :meth:`load_state_dict` put into the object store from the driver, whose
+        objects live as long as the driver (unlike the learner's weight buckets, they cannot die
+        with a worker node)."""
         if self._source is None:
             return
         kind, what = self._source

@@ -15,7 +15,10 @@ handle)::
     pool.shutdown()
 
 A replica that dies is restarted (``ray.max_restarts``) and given the last verified
-update before it serves again.
+update before it serves again. Should that update's buckets be gone (their owner, the learner
+rank that published them, died with its node), the pool asks the learner to publish the same
+version again and accepts it only if its manifest digest is the lost update's, bit for bit
+(:meth:`RolloutPool._catch_up`); otherwise the replica refuses to generate until the next sync.
 
 Colocated with a learner rank (``pipeline.layout = colocate``) the pool sleeps while the
 learner trains (:meth:`RolloutPool.sleep`: the engine gives its device memory back) and
@@ -31,14 +34,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 
 from raydprm.cluster.group import ActorGroup, Placement, peak_rss_mb
-from raydprm.cluster.weight_sync import TRANSPORTS, WeightUpdate, check_transport
+from raydprm.cluster.weight_sync import TRANSPORTS, WeightsLost, WeightUpdate, check_transport
 from raydprm.rollout.engine import Prompt, Response, RolloutError
 from raydprm.rollout.sampling import SamplingParams
 from raydprm.rollout.sync import StageReport, WeightManifest, WeightSyncError, apply_update, probe_sequence
@@ -181,12 +184,23 @@ class RolloutGenerator:
                 except ray.exceptions.GetTimeoutError:
                     raise WeightSyncError(f"weight sync v{manifest.version}: replica {self.replica} timed out "
                                           f"after {timeout_s:g} s fetching buckets from the object store") from None
+                except ray.exceptions.ObjectLostError as e:  # OwnerDiedError among them: the publisher died
+                    raise WeightsLost(f"weight sync v{manifest.version}: replica {self.replica} cannot fetch the "
+                                      f"update's buckets: {type(e).__name__} (their owner, the learner rank that "
+                                      "published them, or the node holding them is gone)") from None
 
         self.weights_dir = None  # the synced weights are on no disk
         rep = apply_update(self.engine, manifest, payloads(), self.probe_ids, update.expected_probe, tolerance,
                            via=via, deadline=deadline)
         rep.replica = self.replica
         return rep
+
+    def mark_unverified(self) -> int:
+        """Refuse to generate until a sync succeeds (a restart whose catch-up failed: the engine holds
+        its initial weights, which are not the pool's version). Returns the weight version (-1)."""
+        self.engine.weight_version = -1
+        self.weights_dir = None
+        return self.engine.weight_version
 
     def init_nccl(self, host: str, port: int, rank_offset: int, world_size: int, timeout_s: float) -> list[int]:
         if not hasattr(self.engine, "nccl_init"):
@@ -245,7 +259,10 @@ class RolloutPool:
         self.version = 0
         self.nccl_ready = False
         self._last_update: WeightUpdate | None = None
+        # who can publish the pool's version again (sync_policy: the learner), should _last_update's buckets be lost
+        self._source: Callable[[int], WeightUpdate] | None = None
         self._checkpoint: str | None = None  # the HF directory the replicas last loaded (load_checkpoint)
+        self._replacing = False  # a sync or load_checkpoint is giving every replica new weights right now
 
     @classmethod
     def create(cls, cfg: Any, model: str | os.PathLike[str], *, dtype: str = "float32", placement: Placement | None = None,
@@ -330,12 +347,15 @@ class RolloutPool:
                                 timeout_s=timeout_s)
         return [k for part in parts for k in part]
 
-    def sync_weights(self, update: WeightUpdate, timeout_s: float | None = None) -> list[StageReport]:
+    def sync_weights(self, update: WeightUpdate, timeout_s: float | None = None,
+                     source: Callable[[int], WeightUpdate] | None = None) -> list[StageReport]:
         """Every replica pulls ``update`` from the object store, verifies and loads it.
 
         ``update`` comes from :func:`~raydprm.cluster.weight_sync.publish`, called where the
         weights live. Raises :class:`WeightSyncError` on a failed check or after ``timeout_s``
-        (default ``rollout.sync_timeout_s``)."""
+        (default ``rollout.sync_timeout_s``). ``source(version)`` publishes the current weights
+        again as ``version`` (the learner's :meth:`~LearnerGroup.republish_weights`): a replica
+        restarted after ``update``'s buckets were lost is caught up from it (:meth:`_catch_up`)."""
         if not isinstance(update, WeightUpdate):
             raise WeightSyncError(f"sync_weights takes a published WeightUpdate (weight_sync.publish), "
                                   f"got {type(update).__name__}")
@@ -346,10 +366,14 @@ class RolloutPool:
             raise WeightSyncError("rollout.weight_sync=nccl syncs by broadcast from the learner (sync_policy)")
         timeout_s = timeout_s or self.cfg.sync_timeout_s
         t0 = time.perf_counter()
-        reports = self._receive(update, list(range(self.num_replicas)), timeout_s)
+        self._replacing = True
+        try:
+            reports = self._receive(update, list(range(self.num_replicas)), timeout_s)
+        finally:
+            self._replacing = False
         for r in reports:
             r.extra["wall_s"] = time.perf_counter() - t0
-        self.version, self._last_update, self._checkpoint = update.version, update, None
+        self.version, self._last_update, self._checkpoint, self._source = update.version, update, None, source
         return reports
 
     def _receive(self, update: WeightUpdate, ranks: list[int], timeout_s: float) -> list[StageReport]:
@@ -369,8 +393,13 @@ class RolloutPool:
         replica loads it again. ``version=0``: the pool and its engines start counting weight
         versions again, as a pool started on ``model_dir`` (warm reuse for another training run,
         whose first sync is version 1); None keeps the current version."""
-        self.group.all(RolloutGenerator.load_checkpoint, str(model_dir), version, timeout_s=timeout_s)
-        self._last_update, self._checkpoint = None, str(model_dir)
+        self._replacing = True  # a replica restarted meanwhile is given the directory by the retried call, so
+        try:  # the version is explicit: a restarted replica has none of its own to keep
+            self.group.all(RolloutGenerator.load_checkpoint, str(model_dir), self.version if version is None else version,
+                           timeout_s=timeout_s)
+        finally:
+            self._replacing = False
+        self._last_update, self._checkpoint, self._source = None, str(model_dir), None
         if version is not None:
             self.version = version
 
@@ -381,14 +410,66 @@ class RolloutPool:
 
     def _catch_up(self, group: ActorGroup, ranks: list[int]) -> None:
         """A restarted replica starts from the initial weights: give it the last verified update
-        (or the checkpoint the pool last loaded)."""
-        if self._checkpoint is not None and self._last_update is None:
-            group.each(RolloutGenerator.load_checkpoint, [((self._checkpoint, self.version), {})] * len(ranks),
-                       ranks=ranks)
-        elif self.cfg.weight_sync == "nccl":
-            self.nccl_ready = False  # the broadcast group must be formed again, with the new replica
-        elif self._last_update is not None:
-            self._receive(self._last_update, ranks, self.cfg.sync_timeout_s)
+        (or the checkpoint the pool last loaded).
+
+        The update's buckets may be gone (:class:`WeightsLost`: their owner, the learner rank that
+        published them, died, e.g. with the node it shared with this replica). Then the pool's
+        source (the learner) publishes its current weights again as the same version, and they are
+        taken only if their manifest digest equals the lost update's: the very weights of that
+        version, verified by checksum and probe as any sync. A learner that died too restarts from
+        its last checkpoint and :class:`~raydprm.cluster.group.GroupRestarted` goes to the caller,
+        whose recovery publishes a newer version to every replica. Whatever fails here leaves the
+        restarted replicas refusing to generate until a sync succeeds, never serving initial weights
+        under the pool's version.
+
+        A replica restarted in the middle of a sync (or ``load_checkpoint``) needs no catch-up: the
+        retried call gives it the new weights (e.g. the learner restarted on a lost node, loaded
+        its checkpoint and publishes; the generator that shared the node dies in that sync, and the
+        old update's buckets died with the old learner). It is marked unverified until then."""
+        if self._replacing:
+            self._mark_unverified(group, ranks)
+            return
+        try:
+            if self._checkpoint is not None and self._last_update is None:
+                group.each(RolloutGenerator.load_checkpoint, [((self._checkpoint, self.version), {})] * len(ranks),
+                           ranks=ranks)
+            elif self.cfg.weight_sync == "nccl":
+                self.nccl_ready = False  # the broadcast group must be formed again, with the new replica
+            elif self._last_update is not None:
+                try:
+                    self._receive(self._last_update, ranks, self.cfg.sync_timeout_s)
+                except WeightsLost as lost:
+                    self._receive_again(ranks, lost)
+        except BaseException:
+            self._mark_unverified(group, ranks)
+            raise
+
+    def _receive_again(self, ranks: list[int], lost: WeightsLost) -> None:
+        """Catch ``ranks`` up from the source's fresh copy of the pool's version (see :meth:`_catch_up`)."""
+        old = self._last_update
+        v = old.version
+        if self._source is None:
+            raise WeightSyncError(f"rollout replica(s) {ranks} restarted, but the buckets of weight version {v} are "
+                                  f"lost ({lost}) and the pool knows no learner to publish them again; sync a newer "
+                                  "version (sync_policy)") from None
+        fresh = self._source(v)  # GroupRestarted when the learner died too: the caller publishes anew
+        if fresh.version != v or fresh.manifest.digest != old.manifest.digest:
+            raise WeightSyncError(f"rollout replica(s) {ranks} restarted, but the buckets of weight version {v} are "
+                                  f"lost ({lost}) and the learner now holds other weights (v{fresh.version}, digest "
+                                  f"{fresh.manifest.digest[:12]}, not {old.manifest.digest[:12]}): version {v} exists "
+                                  "nowhere; they refuse to generate until the next sync") from None
+        self._receive(fresh, ranks, self.cfg.sync_timeout_s)
+        self._last_update = fresh  # live buckets for the next restart
+
+    def _mark_unverified(self, group: ActorGroup, ranks: list[int]) -> None:
+        """Best effort: a replica that died again is restarted (and caught up) by the next call anyway."""
+        refs = group.submit(RolloutGenerator.mark_unverified, [((), {})] * len(ranks), ranks=ranks)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=30)
+        for r in ready:
+            try:
+                ray.get(r)
+            except Exception:  # noqa: BLE001 - the replica died again: it is restarted on its next call
+                pass
 
     # ------------------------------------------------------------------ nccl (driven by sync_policy)
     def join_nccl_async(self, host: str, port: int, world_size: int, timeout_s: float) -> list[Any]:

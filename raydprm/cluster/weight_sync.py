@@ -42,7 +42,7 @@ from raydprm.rollout.sync import (
     send_by_broadcast,
 )
 
-__all__ = ["WeightUpdate", "publish", "NcclSender", "sync_policy", "TRANSPORTS", "check_transport"]
+__all__ = ["WeightUpdate", "WeightsLost", "publish", "NcclSender", "sync_policy", "TRANSPORTS", "check_transport"]
 
 # transport name -> how the generator receives (``apply_update``'s ``via``); nccl is separate
 TRANSPORTS: dict[str, str] = {"object_store": "load_weights", "vllm_rpc": "vllm_rpc", "nccl": "nccl"}
@@ -52,6 +52,12 @@ def check_transport(name: str) -> str:
     if name not in TRANSPORTS:
         raise WeightSyncError(f"unknown weight transport '{name}'; known: {', '.join(TRANSPORTS)}")
     return name
+
+
+class WeightsLost(WeightSyncError):
+    """A published update's buckets are gone from the object store: their owner (the learner rank
+    that published them) died, e.g. with a lost node, or Ray lost the objects otherwise. Nothing was
+    loaded; the version must be published again (:meth:`RolloutPool._catch_up` asks its source)."""
 
 
 @dataclass
@@ -127,5 +133,9 @@ def sync_policy(learner: Any, rollout: Any, version: int, timeout_s: float | Non
         receive = rollout.receive_broadcast_async(manifest, probe, timeout_s)
         learner.broadcast_weights()
         return rollout.finish_receive(receive, version, timeout_s)
-    update = learner.publish_weights(version, rollout.probe_ids, cfg.bucket_mb, raw=cfg.weight_sync == "object_store")
-    return rollout.sync_weights(update, timeout_s=timeout_s)
+    raw = cfg.weight_sync == "object_store"
+    update = learner.publish_weights(version, rollout.probe_ids, cfg.bucket_mb, raw=raw)
+    # a generator restarted later is given this version again; should its buckets be lost with their owner
+    # (the learner's node), the pool asks the learner to publish the same version again (see _catch_up)
+    return rollout.sync_weights(update, timeout_s=timeout_s,
+                                source=lambda v: learner.republish_weights(v, rollout.probe_ids, cfg.bucket_mb, raw=raw))

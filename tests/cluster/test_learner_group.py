@@ -70,6 +70,9 @@ def test_two_workers_match_one_worker(ray_local, tiny_kit, single_worker_referen
         wte = next(t for t in update.manifest.tensors if t.name == "transformer.wte.weight")
         assert wte.digest == tensor_digest(got["lm.transformer.wte.weight"])
         assert len(update.expected_probe) == 2 and all(isinstance(r, ray_local.ObjectRef) for r in update.bucket_refs)
+        again = group.republish_weights(1, [1, 2, 3], bucket_mb=1)  # a lost update's version, published again
+        assert again.manifest == update.manifest and again.expected_probe == update.expected_probe
+        assert set(again.bucket_refs).isdisjoint(update.bucket_refs)  # fresh buckets
         if stage == 2:
             group.shutdown()
             group = LearnerGroup.create(CFG, engine=engine, policy="tiny-gpt2", seed=0, timeout_s=300)

@@ -1,7 +1,7 @@
 """Faults inside a `raydprm run`: a reward replica or a learner rank killed mid-PPO.
 
 Both runs continue from the reference run's directory as it was after the reward stage
-(test_pipeline's fixture and helpers, run again in this module) and must end with exactly
+(the session's ``reference`` fixture in conftest.py, test_pipeline's helpers) and must end with exactly
 the reference's metrics: the reward replica is a deterministic function of its checkpoint
 (a new one loads the same file), and a learner group restarted from its last checkpoint
 (policy, critic, optimizer, KL controller, RNG) redoes the lost step as the uninterrupted run
@@ -10,15 +10,12 @@ did it (same prompts, same sampling seed, the generators re-synced to the checkp
 import json
 
 import pytest
-import test_pipeline
 from helpers import kill_actor
 from test_pipeline import _copy_before_ppo, _final
 
 from raydprm.config import load_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-
-reference = test_pipeline.reference  # its module fixture: the uninterrupted tiny run, once for this module
 
 
 def _events(run_dir):

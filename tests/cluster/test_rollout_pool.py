@@ -249,3 +249,126 @@ def test_rollout_ray_pool_loads_another_policy_from_its_hf_directory(ray_local, 
     finally:
         reused.shutdown()
         fresh.shutdown()
+
+
+@ray.remote(num_cpus=0)
+class _Publisher:
+    """A learner rank's stand-in: the buckets it publishes are its own, and die with it (as with a lost node)."""
+
+    def publish(self, state, version, probe):
+        from raydprm.cluster.weight_sync import publish
+
+        return publish(state, version, probe, bucket_mb=1)
+
+
+def _published_by(learner, version, pool):
+    """What a learner rank publishes (its actor owns the buckets) and that actor."""
+    owner = _Publisher.remote()
+    return ray.get(owner.publish.remote(learner.state_dict(), version, probe_logprobs(learner, pool.probe_ids))), owner
+
+
+def _kill_owner(owner, update, timeout_s=60.0):
+    """Kill the publisher and wait until its buckets are known lost (the owner's death reaches a
+    borrower a moment after its process exits): a plain re-send now raises OwnerDiedError."""
+    kill_actor(owner)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(update.bucket_refs[0], timeout=5)
+        except ray.exceptions.OwnerDiedError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"the buckets were still there {timeout_s:g} s after their owner died")
+
+
+@pytest.fixture(scope="module")
+def lost_pool(ray_local, tiny_policy):
+    from raydprm.cluster.rollout_actor import RolloutPool
+
+    p = RolloutPool.create(RolloutConfig(num_replicas=2, num_cpus=0.25, sync_timeout_s=60, bucket_mb=1,
+                                         probe_tolerance=1e-4), tiny_policy, max_restarts=8)
+    yield p
+    p.shutdown()
+
+
+def test_rollout_ray_restart_after_the_update_died_with_its_owner_gets_the_same_version_republished(
+        lost_pool, tiny_policy):
+    """The node-loss case (issue 25): a replica restarted after the learner rank that published the
+    last update died (its buckets with it) asks the pool's source to publish that version again,
+    takes it because the digest is the lost update's, and serves exactly the learner's policy; the
+    fresh copy's live buckets serve the next restart without asking again."""
+    from raydprm.cluster.rollout_actor import RolloutGenerator
+
+    pool = lost_pool
+    learner = perturbed(tiny_policy, seed=41)
+    want = [r.token_ids for r in _reference(learner, tiny_policy, PROMPTS, GREEDY)]
+    asked = []
+
+    def source(version):  # the learner, alive (or restarted), publishing its current weights again
+        asked.append(version)
+        return _update(learner, version, pool)
+
+    v, restarts = pool.version + 1, pool.restarts
+    up, owner = _published_by(learner, v, pool)
+    pool.sync_weights(up, source=source)
+    assert pool.versions() == [v, v]
+    _kill_owner(owner, up)  # the buckets of version v are gone with their owner
+    pid = pool.group.all(RolloutGenerator.info)[1]["pid"]
+    kill_actor(pool.group.actors[1])
+    out = pool.generate(PROMPTS, GREEDY)
+    assert asked == [v] and pool.restarts == restarts + 1 and pool.group.all(RolloutGenerator.info)[1]["pid"] != pid
+    assert [r.token_ids for r in out] == want and {r.weight_version for r in out} == {v}
+    assert pool.versions() == [v, v] and pool.version == v
+    kill_actor(pool.group.actors[0])  # the next restart re-sends the fresh copy: nothing is asked again
+    assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] == want
+    assert asked == [v] and pool.restarts == restarts + 2 and pool.versions() == [v, v]
+    # restarted in the middle of a sync (the pipeline publishing after its learner restarted): the retried
+    # call gives it the new version; the lost one is neither re-sent nor asked for
+    up, owner = _published_by(perturbed(tiny_policy, seed=42), v + 1, pool)
+    pool.sync_weights(up, source=source)
+    _kill_owner(owner, up)
+    kill_actor(pool.group.actors[1])
+    newer = perturbed(tiny_policy, seed=45)
+    pool.sync_weights(_update(newer, v + 2, pool), source=source)
+    assert asked == [v] and pool.restarts == restarts + 3 and pool.versions() == [v + 2, v + 2]
+    assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] == \
+        [r.token_ids for r in _reference(newer, tiny_policy, PROMPTS, GREEDY)]
+
+
+def test_rollout_ray_lost_update_never_lets_a_restarted_replica_serve_other_weights(lost_pool, tiny_policy):
+    """When the lost version cannot be had again, the restarted replica refuses to generate (never its
+    initial weights under the pool's version) until a sync succeeds: the learner moved on (another
+    digest), the learner restarted too (GroupRestarted reaches the caller, which publishes anew), or
+    the pool has no source."""
+    from raydprm.cluster.group import GroupRestarted
+
+    pool = lost_pool
+    v1, v2 = perturbed(tiny_policy, seed=43), perturbed(tiny_policy, seed=44)
+
+    def moved_on(version):
+        return _update(v2, version, pool)
+
+    def learner_restarted(version):
+        raise GroupRestarted("learner: rank 0 died during 'republish_weights'; the group restarted")
+
+    v, restarts = pool.version, pool.restarts
+    for source, error in [(moved_on, "exists nowhere"), (learner_restarted, "the group restarted"),
+                          (None, "knows no learner")]:
+        v += 1
+        up, owner = _published_by(v1, v, pool)
+        pool.sync_weights(up, source=source)
+        _kill_owner(owner, up)
+        kill_actor(pool.group.actors[1])
+        with pytest.raises((WeightSyncError, GroupRestarted), match=error):
+            pool.generate(PROMPTS, GREEDY)
+        assert pool.versions() == [v, -1]  # the replica that could not catch up is marked unverified
+        with pytest.raises(WeightSyncError, match="failed verification; sync again"):
+            pool.generate(PROMPTS, GREEDY)
+    v += 1
+    pool.sync_weights(_update(v2, v, pool))  # the caller's next sync repairs it (the pipeline publishes anew)
+    assert pool.versions() == [v, v]
+    assert [r.token_ids for r in pool.generate(PROMPTS, GREEDY)] == \
+        [r.token_ids for r in _reference(v2, tiny_policy, PROMPTS, GREEDY)]
+    assert pool.restarts == restarts + 3
