@@ -50,28 +50,8 @@ def _array_bytes(obj, seen=None) -> tuple[int, int]:
     return t, n
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """A full tiny run in this process, every driver-side ray.get watched."""
-    import ray
-
-    from raydprm.cluster.pipeline import Pipeline
-    from raydprm.cluster.run_plan import resolve_run_dir
-
-    out = tmp_path_factory.mktemp("runs")
-    cfg = load_config(None, [*TINY, f"run.output_dir={out}", "run.name=ref"])
-    received = []
-    real_get = ray.get
-
-    def watched_get(refs, *a, **kw):
-        res = real_get(refs, *a, **kw)
-        received.append(_array_bytes(res))
-        return res
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ray, "get", watched_get)
-        report = Pipeline(cfg, resolve_run_dir(cfg), progress=False).fit()
-    return out / "ref", report, received
+# the reference run (TINY sizes, every driver-side ray.get watched) is the session fixture `reference` of
+# tests/cluster/conftest.py, shared with test_pipeline_faults
 
 
 def _final(report):
