@@ -3,7 +3,8 @@ interrupted sweep continues with --resume without redoing its finished trials.
 
 Both run the tiny pipeline (sweeps/smoke.yaml, --smoke sizes) in trials of Ray Tune on a
 local Ray instance the command starts; trials share their common stages (SFT, crowd, reward
-model) by copying them, and each trial's actors sit on its own placement group's bundles."""
+model) by copying them, each trial's actors sit on its own placement group's bundles, and a
+trial that runs in the process of an earlier one (Tune's actor reuse) takes over its warm pools."""
 
 import csv
 import json
@@ -18,7 +19,7 @@ import pytest
 
 from raydprm.cli import main
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+sweep = [pytest.mark.slow, pytest.mark.ray]  # the tests that run a sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -29,6 +30,8 @@ def _rows(sweep_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_small_sweep_beta_x_cost_writes_table_and_plots(tmp_path, capsys):
     rc = main(["sweep", "--smoke", str(ROOT / "sweeps" / "smoke.yaml"), f"run.output_dir={tmp_path}"])
     out = capsys.readouterr().out
@@ -50,6 +53,7 @@ def test_small_sweep_beta_x_cost_writes_table_and_plots(tmp_path, capsys):
     for plot in ("frontier.png", "by_cost.png"):
         assert (sweep_dir / plot).stat().st_size > 1000, plot
     assert "frontier.png" in (sweep_dir / "results.md").read_text()
+    assert "new actors" not in out  # every reused process's pools fitted the next trial
     # trials with the same cost share their reward model; all four share SFT and the crowd's votes
     runs = sweep_dir / "runs"
     keys = {r["trial_id"]: {s: json.loads((runs / r["trial_id"] / s / "record.json").read_text())["key"]
@@ -63,6 +67,18 @@ def test_small_sweep_beta_x_cost_writes_table_and_plots(tmp_path, capsys):
     spans = [((runs / r["trial_id"] / "config.yaml").stat().st_mtime, (runs / r["trial_id"] / "report.json").stat().st_mtime)
              for r in rows]
     assert max(sum(a <= t < b for a, b in spans) for t, _ in spans) == 2, spans
+    # trials that ran one after another in one trial process (Tune's actor reuse) trained with the same
+    # actor processes (warm pools taken over); trials in other processes with others
+    by_proc: dict[int, list[dict]] = {}
+    for r in rows:
+        pids = json.loads((runs / r["trial_id"] / "ppo" / "record.json").read_text())["outputs"]["pids"]
+        proc = json.loads((runs / r["trial_id"] / "placement.json").read_text())["trial"]["pid"]
+        by_proc.setdefault(proc, []).append(pids)
+    assert max(len(v) for v in by_proc.values()) >= 2, by_proc  # at least one trial's process was reused
+    for runs_here in by_proc.values():
+        assert all(p == runs_here[0] for p in runs_here), runs_here
+    sets = [{x for pids in v[:1] for xs in pids[0].values() for x in xs} for v in by_proc.values()]
+    assert sum(len(s) for s in sets) == len(set().union(*sets)), by_proc
     # every actor of a trial sat on its role's bundle of the trial's own placement group
     from raydprm.cluster.run_plan import bundle_layout
     from raydprm.config import load_config
@@ -84,6 +100,8 @@ def test_small_sweep_beta_x_cost_writes_table_and_plots(tmp_path, capsys):
         assert all("population/expected_reward" in x and "ppo/kl" in x for x in results)
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, capsys):
     space = tmp_path / "two.yaml"
     smoke = (ROOT / "sweeps" / "smoke.yaml").read_text().split("space:")[0].replace("max_concurrent: 2",
@@ -132,6 +150,8 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, cap
     assert len(other) == 1 and (sweep_dir / "runs" / other[0] / "report.json").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_pbt_clones_the_learner_of_the_better_trial(tmp_path, capsys):
     """Two trials, synchronous PBT half way through PPO, the worse half exploits the better: the
     exploited trial continues PPO from the other trial's checkpoint, with its own (perturbed) beta.
@@ -170,3 +190,69 @@ space:
     for _tid, rec in cloned:  # restored from the other trial's checkpoint, at a step it had reached
         assert rec["from_trial"] in ids and rec["step"] == 6
         assert rec["beta"] in (0.01, 0.03, 0.1, 0.3)
+
+
+class _Pool:
+    """A stand-in pool: a group with a restart hook and count, shut down once."""
+
+    def __init__(self, name):
+        from types import SimpleNamespace
+
+        self.name, self.down = name, 0
+        self.group = SimpleNamespace(on_restart=f"{name}-own-hook", restarts=0)
+
+    def shutdown(self):
+        self.down += 1
+
+
+def test_a_trial_process_keeps_its_warm_pools_for_the_next_trial_and_shuts_them_down_when_through():
+    from raydprm.cluster.warm import WarmPools
+    from raydprm.config import Config
+    from raydprm.tune import sweep as sw
+
+    class Run:  # what a Pipeline gives its WarmPools: tracking wraps the pool's restart hook
+        def __init__(self):
+            self.tracked, self.said = [], []
+
+        def track(self, pool, role):
+            inner = pool.group.on_restart
+            pool.group.on_restart = (self, inner)
+            self.tracked.append(pool)
+            return pool
+
+        def untrack(self, pool):
+            self.tracked.remove(pool)
+            pool.shutdown()
+
+    cfg, where = Config(), ("pg1", (("learner", 3), ("rollout", 1)))
+    sw.close_warm()
+    held = sw.trial_warm(cfg, where, reuse=True)
+    assert isinstance(held, WarmPools) and held.persistent and held.enabled
+    a = Run()
+    held.adopt(True, a.said.append, a.track, a.untrack)  # what Pipeline(warm=held) does
+    gen = held.get("rollout", {"replicas": 1}, lambda: _Pool("gen"), lambda p: None)
+    lrn = held.get("learner", {"kind": "ppo"}, lambda: _Pool("lrn"), lambda p: None)
+    held.done(gen)
+    held.forget()  # fit's clean-up (shutdown_workers): persistent pools stay
+    assert held.kept() == [gen, lrn] and gen.down == lrn.down == 0
+    lrn.group.restarts = 2  # the first trial spent restarts
+    # the next trial in this process, on the same placement group: the same pools, its own tracking
+    assert sw.trial_warm(cfg, where, reuse=True) is held
+    b = Run()
+    held.adopt(True, b.said.append, b.track, b.untrack)
+    assert b.tracked == [gen, lrn] and lrn.group.on_restart == (b, "lrn-own-hook") and lrn.group.restarts == 0
+    reused = []
+    assert held.get("rollout", {"replicas": 1}, lambda: _Pool("new"), reused.append) is gen and reused == [gen]
+    # a trial on another placement group: the held pools go, new ones start
+    again = sw.trial_warm(cfg, ("pg2", where[1]), reuse=True)
+    assert again is not held and gen.down == lrn.down == 1 and again.kept() == []
+    third = Run()
+    again.adopt(True, third.said.append, third.track, third.untrack)
+    new = again.get("learner", {"kind": "ppo"}, lambda: _Pool("new"), lambda p: None)
+    # a trial that wants no warm actors (pipeline.warm_actors=false), or the process's end: all shut down
+    assert sw.trial_warm(cfg.override(["pipeline.warm_actors=false"]), where, reuse=True) is None
+    assert new.down == 1 and third.tracked == []
+    sw.close_warm()
+    assert sw._WARM == {"pools": None, "where": None}
+    # the trial's trainable shuts them down when Tune stops its actor (the sweep's end, a failed trial)
+    assert sw._ClosesWarmPools in sw.pipeline_trial.__mixins__
