@@ -384,8 +384,8 @@ class _ClosesWarmPools:
     def cleanup(self) -> None:
         try:
             super().cleanup()  # type: ignore[misc]
-        finally:
-            close_warm()
+        finally:  # (a trial thread still in a stage does not hold them up: Tune kills the process 10 s on)
+            close_warm(wait_s=5.0)
 
 
 def pipeline_trial(config: dict[str, Any], setup: _Setup) -> None:
@@ -425,6 +425,26 @@ def pipeline_trial(config: dict[str, Any], setup: _Setup) -> None:
 
 
 pipeline_trial.__mixins__ = (_ClosesWarmPools,)  # type: ignore[attr-defined]
+
+POOL_ACTORS = ("RolloutGenerator", "RewardActor", "LearnerActor")  # what a trial's pools are made of
+
+
+def leftover_pool_actors(wait_s: float = 30.0) -> list[str]:
+    """The class names of this job's pool actors still alive (none, once Tune has stopped every
+    trial's process), after waiting up to ``wait_s`` for shut-downs in flight."""
+    from ray._private import state
+
+    job, deadline = ray.get_runtime_context().get_job_id(), time.monotonic() + wait_s
+    while True:
+        try:
+            alive = state.actors(actor_state_name="ALIVE").values()
+        except Exception:  # noqa: BLE001 - the GCS's actor table is a debugging API: no answer, no check
+            return []
+        left = [a["ActorClassName"] for a in alive if a.get("JobID") == job
+                and str(a.get("ActorClassName", "")).rsplit(".", 1)[-1] in POOL_ACTORS]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -569,6 +589,10 @@ def run_sweep(space: SweepSpace, base: Config, sweep_dir: str | Path, *, resume:
 
             end_open_trackers(e)
             raise
+        left = leftover_pool_actors()
+        if left:  # (they end with the driver's job; a sweep that leaves none is what the tests check)
+            print(f"[raydprm sweep] {len(left)} pool actor(s) outlived the trials: {', '.join(sorted(set(left)))}",
+                  flush=True)
         try:  # Tune's own trial states tell a scheduler's stop from an interruption
             states = {t.trial_id: t.status for t in grid._experiment_analysis.trials}
         except AttributeError:

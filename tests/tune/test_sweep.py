@@ -19,8 +19,6 @@ import pytest
 
 from raydprm.cli import main
 
-sweep = [pytest.mark.slow, pytest.mark.ray]  # the tests that run a sweep
-
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -39,6 +37,7 @@ def test_small_sweep_beta_x_cost_writes_table_and_plots(tmp_path, capsys):
     sweep_dir = tmp_path / "smoke"
     assert out.strip().splitlines()[-1] == str(sweep_dir)  # the directory, printed last
     assert "2 trial(s) at once" in out
+    assert "outlived the trials" not in out  # the last trials' warm pools were shut down with their processes
     rows = _rows(sweep_dir)
     assert len(rows) == 4 and all(r["status"] == "done" for r in rows), rows
     assert {(float(r["ppo.beta"]), r["reward.cost"]) for r in rows} == {
@@ -53,7 +52,6 @@ def test_small_sweep_beta_x_cost_writes_table_and_plots(tmp_path, capsys):
     for plot in ("frontier.png", "by_cost.png"):
         assert (sweep_dir / plot).stat().st_size > 1000, plot
     assert "frontier.png" in (sweep_dir / "results.md").read_text()
-    assert "new actors" not in out  # every reused process's pools fitted the next trial
     # trials with the same cost share their reward model; all four share SFT and the crowd's votes
     runs = sweep_dir / "runs"
     keys = {r["trial_id"]: {s: json.loads((runs / r["trial_id"] / s / "record.json").read_text())["key"]
@@ -68,17 +66,22 @@ def test_small_sweep_beta_x_cost_writes_table_and_plots(tmp_path, capsys):
              for r in rows]
     assert max(sum(a <= t < b for a, b in spans) for t, _ in spans) == 2, spans
     # trials that ran one after another in one trial process (Tune's actor reuse) trained with the same
-    # actor processes (warm pools taken over); trials in other processes with others
-    by_proc: dict[int, list[dict]] = {}
+    # generator and reward processes (warm pools taken over), and the same learner unless the later
+    # trial trained its own reward model (that task takes the learner's bundle); other processes, others
+    by_proc: dict[int, list[tuple[dict, str]]] = {}
     for r in rows:
-        pids = json.loads((runs / r["trial_id"] / "ppo" / "record.json").read_text())["outputs"]["pids"]
-        proc = json.loads((runs / r["trial_id"] / "placement.json").read_text())["trial"]["pid"]
-        by_proc.setdefault(proc, []).append(pids)
+        d = runs / r["trial_id"]
+        pids = json.loads((d / "ppo" / "record.json").read_text())["outputs"]["pids"]
+        proc = json.loads((d / "placement.json").read_text())["trial"]["pid"]
+        by_proc.setdefault(proc, []).append((pids, keys[r["trial_id"]]["reward"]))
     assert max(len(v) for v in by_proc.values()) >= 2, by_proc  # at least one trial's process was reused
-    for runs_here in by_proc.values():
-        assert all(p == runs_here[0] for p in runs_here), runs_here
-    sets = [{x for pids in v[:1] for xs in pids[0].values() for x in xs} for v in by_proc.values()]
-    assert sum(len(s) for s in sets) == len(set().union(*sets)), by_proc
+    for here in by_proc.values():
+        (first, rw), *later = here
+        for pids, rw_later in later:
+            assert pids["rollout"] == first["rollout"] and pids["reward"] == first["reward"], here
+            assert (pids["learner"] == first["learner"]) == (rw_later == rw), here
+    firsts = [{x for xs in v[0][0].values() for x in xs} for v in by_proc.values()]
+    assert sum(map(len, firsts)) == len(set().union(*firsts)), by_proc
     # every actor of a trial sat on its role's bundle of the trial's own placement group
     from raydprm.cluster.run_plan import bundle_layout
     from raydprm.config import load_config
