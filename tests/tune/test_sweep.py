@@ -109,7 +109,9 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, cap
     space = tmp_path / "two.yaml"
     smoke = (ROOT / "sweeps" / "smoke.yaml").read_text().split("space:")[0].replace("max_concurrent: 2",
                                                                                      "max_concurrent: 1")
-    space.write_text(smoke.replace("name: smoke", "name: two") + "space:\n  ppo.beta: {grid: [0.01, 0.3]}\n")
+    # the second trial trains longer: it takes over the first one's warm actors and would otherwise end
+    # before the interruption (its stages are copied, its processes started)
+    space.write_text(smoke.replace("name: smoke", "name: two") + "space:\n  ppo.steps: {grid: [2, 100]}\n")
     cmd = [sys.executable, "-m", "raydprm.cli", "sweep", "--smoke", str(space), f"run.output_dir={tmp_path}"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -146,7 +148,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, cap
     assert rc == 0 and out.strip().splitlines()[-1] == str(sweep_dir)
     rows = _rows(sweep_dir)
     assert len(rows) == 2 and all(r["status"] == "done" for r in rows), rows
-    assert sorted(float(r["ppo.beta"]) for r in rows) == [0.01, 0.3]
+    assert sorted(int(r["ppo.steps"]) for r in rows) == [2, 100]
     after = {p: p.stat().st_mtime_ns for p in (sweep_dir / "runs" / done_id).rglob("*") if p.is_file()}
     assert after == before  # the finished trial's run directory was not touched
     other = [r["trial_id"] for r in rows if r["trial_id"] != done_id]
