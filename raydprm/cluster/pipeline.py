@@ -359,7 +359,7 @@ class Pipeline:
             except GroupRestarted as e:  # the learner group is back at its last checkpoint: redo from there
                 self._say(f"  {e}")
                 if self.loop is not None:
-                    self.loop.finish()
+                    self.loop.finish(collect=False)
                 step, history = self.load_checkpoint(key)
                 if step == 0 and self.loop is not None:  # no checkpoint yet: the group restarted from the SFT policy
                     self.loop.publish()

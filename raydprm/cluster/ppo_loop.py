@@ -7,20 +7,17 @@ The learner computes the advantages (``ppo.advantage``: GAE with the critic, or 
 estimator over each prompt's ``rollout.n_per_prompt`` responses, :mod:`raydprm.core.advantages`)
 and the policy loss (``ppo.policy_loss``) from the batch; the driver only moves handles and data.
 
-Synchronous (default): every step generates with the newest policy. Asynchronous
-(``ppo.async_rollout``): the rollouts of step t+1 are submitted before the learner trains on
-step t (one step off-policy; the importance ratio and clipping bound the stale step) and
-collected before update t is published (a generator never loads weights mid-batch); a
-generator that died meanwhile is restarted by :meth:`RolloutPool.collect` and generates its
-slice again with the same weights and seed.
+Synchronous (default): every step generates with the newest policy. Asynchronous (``ppo.async_rollout``):
+step t+1's rollouts are submitted before the learner trains on step t (one step off-policy, bounded by the
+importance ratio and clipping) and collected before update t is published (never a weight load mid-batch);
+a generator that died meanwhile is restarted by :meth:`RolloutPool.collect` and redoes its slice.
 
 Colocated (``pipeline.layout = colocate``: generator i and learner rank i share one GPU), the
 roles take turns: learner offloaded | generate | generators sleep | score | learn | learner
 offloads its optimizer state | publish | learner offloads its parameters. Same numbers as split.
 
-One :class:`PhaseTimer` times every phase: ``time/generate_s`` (async: the wait the overlap did
-not hide), ``time/score_s``, ``time/learn_s``, ``time/sync_s``, ``time/swap_s`` (colocated
-offloads; 0 when split) and ``time/step_s``.
+One :class:`PhaseTimer` times every phase: ``time/generate_s`` (async: the wait the overlap did not hide),
+``time/score_s``, ``time/learn_s``, ``time/sync_s``, ``time/swap_s`` (colocated offloads) and ``time/step_s``.
 """
 
 from __future__ import annotations
@@ -138,7 +135,9 @@ class PPOLoop:
         if self._ahead is not None and isinstance(self._ahead[1], PendingRollout):
             self._ahead = (self._ahead[0], self.rollout.collect(self._ahead[1]))
 
-    def finish(self) -> None:
-        """Wait for and drop rollouts still in flight (async mode)."""
-        self._settle()
+    def finish(self, collect: bool = True) -> None:
+        """Drop rollouts in flight (async), waited for when ``collect``; a restart handler does not wait
+        (the step is redone; a generator lost with the learner could not get the lost weights back)."""
+        if collect:
+            self._settle()
         self._ahead = None

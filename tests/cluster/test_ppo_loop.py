@@ -66,3 +66,27 @@ def test_ppo_loop_modes(roles, async_rollout):
         assert all(math.isfinite(r[k]) for k in ("ppo/policy_loss", "ppo/value_loss", "reward/mean"))
         parts = sum(r[k] for k in ("time/generate_s", "time/score_s", "time/learn_s", "time/sync_s"))
         assert 0 < parts <= r["time/step_s"] + 1e-6
+
+
+def test_a_restart_handler_drops_async_rollouts_without_collecting_them():
+    """finish(collect=False), the pipeline's GroupRestarted handler: the step is redone, so rollouts in
+    flight are dropped unread (collecting them could restart a generator lost with the learner and ask
+    it for weights that died with it); finish() at the end of a stage still waits for them."""
+    from raydprm.cluster.ppo_loop import PPOLoop
+    from raydprm.cluster.rollout_actor import PendingRollout
+    from raydprm.config import RolloutConfig
+
+    class Pool:
+        collected = 0
+
+        def collect(self, pending):
+            Pool.collected += 1
+            return []
+
+    loop = PPOLoop(Pool(), None, None, RolloutConfig(), async_rollout=True)
+    loop._ahead = (3, PendingRollout([], []))
+    loop.finish(collect=False)
+    assert loop._ahead is None and Pool.collected == 0
+    loop._ahead = (3, PendingRollout([], []))
+    loop.finish()
+    assert loop._ahead is None and Pool.collected == 1

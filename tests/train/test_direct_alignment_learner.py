@@ -162,7 +162,8 @@ def test_bad_config_and_batches_are_refused(batch):
     with pytest.raises(ConfigError, match="align.minibatch"):
         AlignConfig(batch=12, minibatch=8)
     with pytest.raises(ConfigError, match=r"'engine.micro_batch' = 3 must divide .* align.minibatch / engine.num_workers"):
-        load_config(None, ["align.minibatch=8", "engine.micro_batch=3", "ppo.minibatch=6", "ppo.rollout_batch=12"])
+        load_config(None, ["align.minibatch=8", "engine.micro_batch=3", "ppo.minibatch=6", "ppo.rollout_batch=12",
+                           "pipeline.policies=[vanilla,dpo]"])  # a run with a direct-alignment arm
     assert Config().align.algo == "dpo"
     lr = cfg_lr()
     with pytest.raises(PairBatchError, match="minibatch"):
