@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from raydprm.cluster.run_plan import Arm, eval_sampling
+from raydprm.cluster.warm import reuse_generators, rollout_shape
 
 __all__ = ["evaluate"]
 
@@ -31,10 +32,12 @@ def evaluate(pipe: Any, sft_dir: str, trained: list[tuple[Arm, dict[str, Any]]])
     n_seeds = pc.seeds if pc.policies else 1
     # row r = (training seed k, sampling seed e); k = 0, e < eval_seeds are a single run's rows
     rows = [(k, eval_sampling(cfg, k, e)) for k in range(n_seeds) for e in range(pc.eval_seeds)]
-    pipe.warm.drop("learner", "reward")  # their groups go before the reference pool takes its own
+    if not pipe.warm.persistent:  # (a sweep trial's pools stay for the next trial: the reference has bundles of its own)
+        pipe.warm.drop("learner", "reward")  # their groups go before the reference pool takes its own
     pipe._release_placement(keep=pipe.warm.roles)
-    ref = pipe._track(RolloutPool.create(cfg.rollout, sft_dir, placement=pipe.placement.get("reference"),
-                                         dtype=cfg.models.dtype, max_restarts=cfg.ray.max_restarts), "rollout")
+    ref = pipe.warm.get("reference", {**rollout_shape(cfg), "sleep_mode": False}, lambda: RolloutPool.create(
+        cfg.rollout, sft_dir, placement=pipe.placement.get("reference"), dtype=cfg.models.dtype,
+        max_restarts=cfg.ray.max_restarts), lambda p: reuse_generators(p, sft_dir, cfg.rollout))
     names = list(dict.fromkeys(arm.name for arm, _ in trained))
     texts: dict[str, list[list[str]]] = {"vanilla": [[r.text for r in ref.generate(prompts, sp)] for _, sp in rows]}
     kl: dict[str, list[list[float]]] = {}
@@ -55,8 +58,11 @@ def evaluate(pipe: Any, sft_dir: str, trained: list[tuple[Arm, dict[str, Any]]])
     bar.close()
     if pol is not None:
         pipe.warm.done(pol)
-    pipe.warm.drop("rollout")
-    pipe._untrack(ref)
+    pipe.warm.done(ref)
+    if not pipe.warm.persistent:
+        pipe.warm.drop("rollout", "reference")
+    elif judge.heldout is not None:  # the gold judge's task takes the learner's first bundle
+        pipe.warm.drop("learner")
     judge.load(pipe._task_options())  # a gold judge trains here (once), after the generators are gone
     judged = {"vanilla": judge(texts["vanilla"])}
     for name in names:

@@ -35,6 +35,8 @@ Warm actors (``pipeline.warm_actors``, :mod:`raydprm.cluster.warm`): each role's
 and is reused (collect's generators -> every PPO stage's -> evaluate's policy pool; reward
 replicas and learner across the arms), so every arm's reward stage runs before the first
 training stage (their task takes a learner bundle), PPO arms before direct-alignment ones.
+A sweep's trial passes ``warm=``, its process's persistent :class:`~raydprm.cluster.warm.WarmPools`:
+the pools outlive the run for the next trial (:mod:`raydprm.tune.sweep`).
 ``ppo_start`` is a PPO checkpoint directory to continue from instead of the run's own
 (a Tune trial restored or cloned by PBT from another trial's checkpoint).
 """
@@ -77,6 +79,7 @@ from raydprm.cluster.warm import (
     reuse_generators,
     reward_shape,
     rollout_shape,
+    warm_enabled,
 )
 from raydprm.config import Config, save_config
 from raydprm.errors import DiskFull, RaydprmError, disk_full, is_disk_full
@@ -99,7 +102,7 @@ class Pipeline:
     def __init__(self, cfg: Config, run_dir: str | Path, *, progress: bool = True,
                  on_step: Callable[[Pipeline, int], None] | None = None,
                  placement: dict[str, Placement] | None = None, ppo_start: str | Path | None = None,
-                 until: str = "evaluate") -> None:
+                 until: str = "evaluate", warm: WarmPools | None = None) -> None:
         if until not in ("ppo", "evaluate"):
             raise RaydprmError(f"a pipeline runs until 'ppo' or 'evaluate', not {until!r}")
         if until == "ppo" and cfg.pipeline.policies:
@@ -118,8 +121,11 @@ class Pipeline:
         self._stage_t0 = time.time()
         self._stage_name = ""  # the stage running now (restart events name it)
         # nccl weight sync forms a broadcast group per PPO stage: its generators and learner start afresh
-        self.warm = WarmPools(cfg.pipeline.warm_actors and cfg.rollout.weight_sync != "nccl", self._say,
-                              self._track, self._untrack)
+        if warm is None:
+            self.warm = WarmPools(warm_enabled(cfg), self._say, self._track, self._untrack)
+        else:  # a sweep trial's process holds pools across trials: this run takes them over
+            self.warm = warm
+            warm.adopt(warm_enabled(cfg), self._say, self._track, self._untrack)
 
     def _say(self, msg: str) -> None:
         from tqdm.auto import tqdm
@@ -221,6 +227,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
     def _sft(self) -> dict[str, Any]:
+        self.warm.drop("learner")  # a sweep's previous trial may hold it warm on the bundle the task takes
         out = ray.get(sft_task.options(**self._task_options()).remote(self.cfg, str(self.run_dir / "sft")))
         self._say(f"  SFT loss {out['first_loss']:.2f} -> {out['final_loss']:.2f} in {out['steps']} steps")
         return {**out, "path": self._rel(out["path"]), "digest": dir_digest(out["path"])}
@@ -245,6 +252,7 @@ class Pipeline:
         return out
 
     def _reward(self, arm: Arm, data_dir: str) -> dict[str, Any]:
+        self.warm.drop("learner")  # (as in _sft; within a run every reward stage comes before the learner)
         out = ray.get(reward_task.options(**self._task_options()).remote(arm.cfg, data_dir,
                                                                         str(self.run_dir / arm.stage("reward"))))
         bm = out["best_metrics"]
@@ -546,7 +554,10 @@ class Pipeline:
     def shutdown_workers(self) -> None:
         if self.drift is not None:
             self.drift.close()
+        kept = self.warm.kept()  # a sweep trial's pools stay for the next trial
         for role, pool in reversed(self._pools):
+            if any(p is pool for p in kept):
+                continue
             try:
                 self._untrack(pool)
             except Exception as e:  # noqa: BLE001 - best effort cleanup

@@ -19,6 +19,12 @@ console line naming what differs. ``enabled=False`` (``pipeline.warm_actors = fa
 every pool afresh and shuts it down after its stage, as before warm actors. A pool's restart
 budget (``ray.max_restarts``) is that of its group, so the stages and arms that reuse a group
 share it; a group started anew has a budget of its own.
+
+Across a sweep's trials (:mod:`raydprm.tune.sweep`): a trial's process whose Tune actor is reused
+for the next trial keeps its pools in a ``persistent`` :class:`WarmPools` (``fit``'s clean-up and the
+evaluate stage leave them alive), and the next trial's :class:`~raydprm.cluster.pipeline.Pipeline`
+takes them over with :meth:`WarmPools.adopt` (its restart log, a restart budget of its own);
+:meth:`WarmPools.close` shuts them down when the process is through.
 """
 
 from __future__ import annotations
@@ -26,7 +32,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["WarmPools", "learner_shape", "pool_pids", "reuse_generators", "reward_shape", "rollout_shape"]
+__all__ = ["WarmPools", "learner_shape", "pool_pids", "reuse_generators", "reward_shape", "rollout_shape",
+           "warm_enabled"]
+
+
+def warm_enabled(cfg: Any) -> bool:
+    """Whether a run keeps warm actors: ``pipeline.warm_actors``, but never under nccl weight sync
+    (it forms a broadcast group per PPO stage: its generators and learner start afresh)."""
+    return bool(cfg.pipeline.warm_actors) and cfg.rollout.weight_sync != "nccl"
 
 
 def rollout_shape(cfg: Any) -> dict[str, Any]:
@@ -66,13 +79,21 @@ def pool_pids(pool: Any) -> list[int]:
     return [int(i["pid"]) for i in pool.info()]
 
 
+def _hook(pool: Any) -> Any:
+    """A pool's own restart catch-up (what its group calls before a run's tracking wraps it)."""
+    return getattr(getattr(pool, "group", None), "on_restart", None)
+
+
 class WarmPools:
-    """One warm pool per role, with the shape it was started with (see the module docstring)."""
+    """One warm pool per role, with the shape it was started with (see the module docstring).
+    ``persistent``: the pools outlive the run (a sweep trial's process holds them for the next trial)."""
 
     def __init__(self, enabled: bool, say: Callable[[str], None], track: Callable[[Any, str], Any],
-                 untrack: Callable[[Any], None]) -> None:
+                 untrack: Callable[[Any], None], *, persistent: bool = False) -> None:
         self.enabled, self._say, self._track, self._untrack = enabled, say, track, untrack
+        self.persistent = persistent
         self._held: dict[str, tuple[dict[str, Any], Any]] = {}  # role -> (shape, pool)
+        self._hooks: dict[str, Any] = {}  # role -> its pool's own on_restart (before tracking wrapped it)
 
     def get(self, role: str, shape: dict[str, Any], create: Callable[[], Any],
             reuse: Callable[[Any], None]) -> Any:
@@ -87,9 +108,11 @@ class WarmPools:
                              if old.get(k) != shape.get(k))
             self._say(f"  {role}: new actors, the warm ones cannot take this shape ({diff})")
             self.drop(role)
-        pool = self._track(create(), role)
+        pool = create()
+        hook = _hook(pool)
+        pool = self._track(pool, role)
         if self.enabled:
-            self._held[role] = (dict(shape), pool)
+            self._held[role], self._hooks[role] = (dict(shape), pool), hook
         return pool
 
     def done(self, pool: Any) -> None:
@@ -101,12 +124,37 @@ class WarmPools:
         """Shut the warm pools of ``roles`` down (no later stage uses them)."""
         for role in roles:
             held = self._held.pop(role, None)
+            self._hooks.pop(role, None)
             if held is not None:
                 self._untrack(held[1])
 
     def forget(self) -> None:
-        """The pools were shut down elsewhere (:meth:`Pipeline.shutdown_workers`)."""
-        self._held.clear()
+        """The pools were shut down elsewhere (:meth:`Pipeline.shutdown_workers`); persistent ones were not."""
+        if not self.persistent:
+            self._held.clear()
+            self._hooks.clear()
+
+    def kept(self) -> list[Any]:
+        """The pools a run's clean-up must leave alive (persistent ones)."""
+        return [pool for _, pool in self._held.values()] if self.persistent else []
+
+    def adopt(self, enabled: bool, say: Callable[[str], None], track: Callable[[Any, str], Any],
+              untrack: Callable[[Any], None]) -> None:
+        """A new run takes the held pools over (the next sweep trial in the same process): its callbacks,
+        each pool tracked by it (restarts logged in its run directory, a restart budget of its own).
+        A run that wants no warm actors (``enabled`` false) gets none: the held pools are shut down."""
+        if not enabled:
+            self.close()
+        self.enabled, self._say, self._track, self._untrack = enabled, say, track, untrack
+        for role, (_, pool) in self._held.items():
+            group = getattr(pool, "group", None)
+            if group is not None:
+                group.on_restart, group.restarts = self._hooks.get(role), 0
+            self._track(pool, role)
+
+    def close(self) -> None:
+        """Shut every held pool down (a persistent holder's process is through, or failed)."""
+        self.drop(*self._held)
 
     @property
     def roles(self) -> list[str]:

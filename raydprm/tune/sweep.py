@@ -33,6 +33,15 @@ pipeline checkpoint, so schedulers can pause, resume and clone trials; a trial s
 checkpoint continues PPO from it, and one cloned by PBT with another ``ppo.beta`` continues
 with its own beta (the learner's KL coefficient is reset to the trial's).
 
+Warm actors across trials (``pipeline.warm_actors``, default true; :mod:`raydprm.cluster.warm`):
+the Tuner reuses a trial's actor (``TuneConfig(reuse_actors=True)``) for the next trial with the
+same resource request; Tune keeps that actor's placement group with it, so its pools (generators,
+reward replicas, learner, evaluate's reference generators) still sit on the bundles the next trial
+holds. They stay alive in the trial's process (:data:`_WARM`) and the next trial's pipeline loads
+its models into them (reset/reload, as between a comparison's arms); a trial on another placement
+group or layout starts anew (one line), a failed trial shuts them down, and Tune stopping the process
+(the sweep's end, a trial stopped or paused and not reused) shuts them down (:class:`_ClosesWarmPools`).
+
 Storage: the sweep directory is Tune's experiment directory and holds every trial's run
 directory; trials write there directly, so on a multi-node cluster it must be on a disk every
 node mounts. Each node is asked whether it sees the sweep's marker file (at the start, and by
@@ -46,6 +55,7 @@ import math
 import os
 import pickle
 import shutil
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,6 +70,7 @@ from raydprm.cluster.pipeline import Pipeline
 from raydprm.cluster.run_plan import bundle_layout
 from raydprm.cluster.run_state import MANIFEST, copy_stages, verify_checkpoint, write_json, write_manifest
 from raydprm.cluster.runtime import InsufficientResources, Resources, connect
+from raydprm.cluster.warm import WarmPools, warm_enabled
 from raydprm.config import Config, save_config
 from raydprm.errors import RaydprmError
 from raydprm.tune.capacity import demand, max_concurrent, shortfall
@@ -162,11 +173,12 @@ class _Setup:
     base: Config
     sweep_dir: str
     until: str
+    reuse: bool = False  # Tune reuses trial actors: their warm pools stay for the next trial
 
 
 def _where(actor: Any) -> dict[str, Any]:
-    """Inside an actor (or the trial): the placement group Ray runs it in."""
-    return {"placement_group": ray.get_runtime_context().get_placement_group_id()}
+    """Inside an actor (or the trial): the placement group Ray runs it in, and the process."""
+    return {"placement_group": ray.get_runtime_context().get_placement_group_id(), "pid": os.getpid()}
 
 
 def record_placement(pipe: Pipeline, path: Path) -> None:
@@ -329,6 +341,53 @@ def _tracking_callbacks(setup: _Setup) -> list[Any]:
                              loggers)]
 
 
+# --------------------------------------------------------------------------- warm pools across trials
+
+_WARM: dict[str, Any] = {"pools": None, "where": None}  # this process's warm pools and where they sit
+_RUNNING = threading.RLock()  # held while a trial's pipeline runs (its clean-up included)
+THREAD_TIMEOUT_S = "120"  # how long Tune's reuse waits for a stopped trial's thread (its default, 2 s, is too short)
+
+
+def close_warm(wait_s: float = 120.0) -> None:
+    """Shut this process's warm pools down, once the trial running here (if any) is through."""
+    got = _RUNNING.acquire(timeout=wait_s)
+    try:
+        pools, _WARM["pools"], _WARM["where"] = _WARM["pools"], None, None
+        if pools is not None:
+            pools.close()
+    finally:
+        if got:
+            _RUNNING.release()
+
+
+def trial_warm(cfg: Config, where: Any, reuse: bool) -> WarmPools | None:
+    """The warm pools this trial's pipeline takes over (``where``: the trial's placement group and
+    role offsets); new ones when the held ones sit elsewhere; None without reuse."""
+    if not (reuse and warm_enabled(cfg)):
+        close_warm()
+        return None
+    if _WARM["pools"] is not None and _WARM["where"] != where:
+        print("[raydprm sweep] the warm actors of this process's previous trial sit on another placement group "
+              "or layout: new actors", flush=True)
+        close_warm()
+    if _WARM["pools"] is None:  # the pipeline that adopts them sets their callbacks
+        _WARM.update(pools=WarmPools(True, print, lambda p, role: p, lambda p: p.shutdown(), persistent=True),
+                     where=where)
+    return _WARM["pools"]
+
+
+class _ClosesWarmPools:
+    """Mixin of the trial's trainable (``__mixins__``): when Tune stops the trial's actor (the sweep's
+    end, a failed trial, a trial stopped or paused whose actor no other trial reuses), its process's
+    warm pools are shut down with it, never left behind."""
+
+    def cleanup(self) -> None:
+        try:
+            super().cleanup()  # type: ignore[misc]
+        finally:  # (a trial thread still in a stage does not hold them up: Tune kills the process 10 s on)
+            close_warm(wait_s=5.0)
+
+
 def pipeline_trial(config: dict[str, Any], setup: _Setup) -> None:
     """One Tune trial: the pipeline with this trial's keys, on the trial's placement group."""
     from ray.util import get_current_placement_group
@@ -352,9 +411,40 @@ def pipeline_trial(config: dict[str, Any], setup: _Setup) -> None:
     placement = {role: Placement(pg, off) for role, off in offsets.items() if role != "driver"} if pg else {}
     cfg = cfg.override(["run.loggers=[tensorboard]" if "tensorboard" in cfg.run.loggers else "run.loggers=[]"])
     reporter = _Reporter(cfg, run_dir, trial_id)  # (the driver's TrackingCallback logs to mlflow/wandb)
-    out = Pipeline(cfg, run_dir, progress=False, on_step=reporter.on_step, placement=placement, ppo_start=start,
-                   until=setup.until).fit()
+    # a reused actor's Tune waits for this trial's thread to end (a paused trial's pipeline cleans up first)
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", THREAD_TIMEOUT_S)
+    with _RUNNING:
+        warm = trial_warm(cfg, (pg.id.hex() if pg else None, tuple(sorted(offsets.items()))), setup.reuse)
+        try:
+            out = Pipeline(cfg, run_dir, progress=False, on_step=reporter.on_step, placement=placement,
+                           ppo_start=start, until=setup.until, warm=warm).fit()
+        except Exception:  # a failed trial's pools may be broken, and its actor is not reused
+            close_warm()
+            raise
     tune.report(reporter.final(out))
+
+
+pipeline_trial.__mixins__ = (_ClosesWarmPools,)  # type: ignore[attr-defined]
+
+POOL_ACTORS = ("RolloutGenerator", "RewardActor", "LearnerActor")  # what a trial's pools are made of
+
+
+def leftover_pool_actors(wait_s: float = 30.0) -> list[str]:
+    """The class names of this job's pool actors still alive (none, once Tune has stopped every
+    trial's process), after waiting up to ``wait_s`` for shut-downs in flight."""
+    from ray._private import state
+
+    job, deadline = ray.get_runtime_context().get_job_id(), time.monotonic() + wait_s
+    while True:
+        try:
+            alive = state.actors(actor_state_name="ALIVE").values()
+        except Exception:  # noqa: BLE001 - the GCS's actor table is a debugging API: no answer, no check
+            return []
+        left = [a["ActorClassName"] for a in alive if a.get("JobID") == job
+                and str(a.get("ActorClassName", "")).rsplit(".", 1)[-1] in POOL_ACTORS]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -467,7 +557,8 @@ def run_sweep(space: SweepSpace, base: Config, sweep_dir: str | Path, *, resume:
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(n, int(pending) if pending.isdigit() else 0))
         print(f"[raydprm sweep] {space.name}: {n} trial(s) at once, each reserving "
               + ", ".join(f"{v:g} {k}" for k, v in sorted(per_trial.items())) + f"; storage {sweep_dir}", flush=True)
-        setup = _Setup(space=space, base=base, sweep_dir=str(sweep_dir), until=until)
+        reuse = base.pipeline.warm_actors  # actors (and their warm pools) reused across trials
+        setup = _Setup(space=space, base=base, sweep_dir=str(sweep_dir), until=until, reuse=reuse)
         if resume:
             if not tune.Tuner.can_restore(str(sweep_dir)):
                 raise SweepError(f"--resume {sweep_dir}: Tune has no experiment state there to continue")
@@ -482,7 +573,7 @@ def run_sweep(space: SweepSpace, base: Config, sweep_dir: str | Path, *, resume:
                 # the concurrency limit goes to the generator: Tune ignores max_concurrent_trials when
                 # given a SearchGenerator (and warns)
                 tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, num_samples=space.num_samples,
-                                            scheduler=_scheduler(space, base),
+                                            scheduler=_scheduler(space, base), reuse_actors=reuse,
                                             search_alg=BasicVariantGenerator(max_concurrent=n,
                                                                              random_state=space.seed)),
                 run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent), verbose=verbose,
@@ -498,6 +589,10 @@ def run_sweep(space: SweepSpace, base: Config, sweep_dir: str | Path, *, resume:
 
             end_open_trackers(e)
             raise
+        left = leftover_pool_actors()
+        if left:  # (they end with the driver's job; a sweep that leaves none is what the tests check)
+            print(f"[raydprm sweep] {len(left)} pool actor(s) outlived the trials: {', '.join(sorted(set(left)))}",
+                  flush=True)
         try:  # Tune's own trial states tell a scheduler's stop from an interruption
             states = {t.trial_id: t.status for t in grid._experiment_analysis.trials}
         except AttributeError:
