@@ -138,31 +138,6 @@ def _of_session(p: Any, marker: str) -> bool:
     return bool(cmd) and cmd[0].startswith("ray::") and any(_names(f.path, marker) for f in p.open_files())
 
 
-# The reaper's program (psutil only: no Ray, no raydprm; the two matchers above, by their source):
-# block on the pipe until the owner is gone (EOF: it exited or was killed, even by SIGKILL), then
-# SIGKILL every process of the session.
-_REAPER = "import os, re, sys\nfrom typing import Any\nimport psutil\n" + inspect.getsource(_names) \
-    + inspect.getsource(_of_session) + """
-fd, marker = int(sys.argv[1]), sys.argv[2]
-try:
-    while os.read(fd, 64):
-        pass
-except OSError:
-    pass
-me, procs = os.getpid(), []
-for p in psutil.process_iter(["cmdline"]):
-    try:
-        if p.pid != me and _of_session(p, marker):
-            procs.append(p)
-    except psutil.Error:
-        pass
-for p in procs:
-    try:
-        p.kill()
-    except psutil.Error:
-        pass
-psutil.wait_procs(procs, timeout=10)
-"""
 
 
 
@@ -258,15 +233,36 @@ def end_processes_naming(marker: str, timeout_s: float = 10.0) -> list[int]:
                 procs.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    return _kill(procs, timeout_s)
+
+
+def _kill(procs: list[Any], timeout_s: float) -> list[int]:
+    """SIGKILL ``procs`` (psutil processes), wait up to ``timeout_s`` for them; the pids killed."""
+    import psutil
+
     killed = []
     for p in procs:
         try:
             p.kill()
             killed.append(p.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except psutil.Error:
             pass
     psutil.wait_procs(procs, timeout=timeout_s)
     return killed
+
+
+# The reaper's program (psutil only: no Ray, no raydprm; the functions above, by their source): block on
+# the pipe until the owner is gone (EOF: it exited or was killed, even by SIGKILL), then end the session.
+_REAPER = "import os, re, sys\nfrom typing import Any\n" + "".join(
+    inspect.getsource(f) for f in (_names, _of_session, end_processes_naming, _kill)) + """
+fd, marker = int(sys.argv[1]), sys.argv[2]
+try:
+    while os.read(fd, 64):
+        pass
+except OSError:
+    pass
+end_processes_naming(marker, timeout_s=10.0)
+"""
 
 
 def _descendants() -> list[Any]:
@@ -283,7 +279,6 @@ def _init(**kwargs: Any) -> None:
     processes it began (the raylet's agents are found while the raylet still holds them) and
     unwinds as :class:`~raydprm.errors.Terminated` (Ray's own start-up handler turns SIGTERM into
     ``SystemExit(15)``)."""
-    import psutil
 
     before = {p.pid for p in _descendants()}
     try:
@@ -294,12 +289,7 @@ def _init(**kwargs: Any) -> None:
             ray.shutdown()
         except BaseException as e2:  # noqa: BLE001 - ending what is left matters more
             log.debug("ray.shutdown after a failed start: %s", e2)
-        for p in began:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(began, timeout=10)
+        _kill(began, timeout_s=10)
         if isinstance(e, SystemExit) and e.code == signal.SIGTERM:  # Ray's handler: sys.exit(signum)
             note_signal(signal.SIGTERM)
             raise Terminated(signal.SIGTERM) from None
