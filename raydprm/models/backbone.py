@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -212,3 +212,19 @@ class HeadRewardModel(nn.Module):
         model = cls(bb, saved)
         model.head.load_state_dict(torch.load(d / HEAD_FILE, map_location="cpu", weights_only=True))
         return model.to(device)
+
+
+@torch.no_grad()
+def eval_batched(model: torch.nn.Module, fn: Callable[[Sequence[str], Sequence[str]], torch.Tensor],
+                 prompts: Sequence[str], responses: Sequence[str], batch_size: int,
+                 empty: tuple[int, ...]) -> torch.Tensor:
+    """``fn`` (a method of ``model``: its logits or rewards) of (prompt, response) pairs in eval mode,
+    ``batch_size`` at a time (the model's training mode restored); a zero tensor of shape ``empty``
+    for no pairs."""
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [fn(prompts[i:i + batch_size], responses[i:i + batch_size]) for i in range(0, len(prompts), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks) if chunks else torch.zeros(*empty)

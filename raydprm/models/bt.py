@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from raydprm.core.label_scale import LabelScale
-from raydprm.models.backbone import HeadRewardModel, PooledBackbone
+from raydprm.models.backbone import HeadRewardModel, PooledBackbone, eval_batched
 
 __all__ = ["BTRewardModel"]
 
@@ -41,11 +41,4 @@ class BTRewardModel(HeadRewardModel):
     @torch.no_grad()
     def score(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """Scalar rewards (B,) in eval mode."""
-        was_training = self.training
-        self.eval()
-        try:
-            out = [self.rewards(prompts[i:i + batch_size], responses[i:i + batch_size])
-                   for i in range(0, len(prompts), batch_size)]
-        finally:
-            self.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0)
+        return eval_batched(self, self.rewards, prompts, responses, batch_size, (0,))

@@ -45,6 +45,7 @@ from raydprm.models.backbone import (
     HeadRewardModel,
     PooledBackbone,
     check_same_scale,
+    eval_batched,
     read_meta,
 )
 
@@ -144,7 +145,7 @@ class DPRM(HeadRewardModel):
     def score(self, prompts: Sequence[str], responses: Sequence[str], scalar: str = "expected",
               cvar_alpha: float = 0.2, kappa: float = 1.0, batch_size: int = 64) -> RewardOutput:
         """Score (prompt, response) pairs in eval mode, ``batch_size`` at a time."""
-        z = eval_logits(self, prompts, responses, batch_size, (0, self.num_labels))  # (B, L)
+        z = eval_batched(self, self.logits, prompts, responses, batch_size, (0, self.num_labels))  # (B, L)
         return self.readout(z, scalar, cvar_alpha, kappa)
 
 
@@ -238,7 +239,7 @@ class GroupDPRM(DPRM):
     def score(self, prompts: Sequence[str], responses: Sequence[str], scalar: str = "expected",
               cvar_alpha: float = 0.2, kappa: float = 1.0, batch_size: int = 64,
               weights: Mapping[str, float] | Sequence[float] | None = None) -> RewardOutput:
-        z = eval_logits(self, prompts, responses, batch_size, (0, self.num_groups, self.num_labels))  # (B, G, L)
+        z = eval_batched(self, self.logits, prompts, responses, batch_size, (0, self.num_groups, self.num_labels))  # (B, G, L)
         return self.readout(z, scalar, cvar_alpha, kappa, weights)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -259,18 +260,3 @@ class GroupDPRM(DPRM):
         model = cls(bb, saved, meta["groups"], meta.get("group_weights"))
         model.head.load_state_dict(torch.load(d / HEAD_FILE, map_location="cpu", weights_only=True))
         return model.to(device)
-
-
-@torch.no_grad()
-def eval_logits(model: torch.nn.Module, prompts: Sequence[str], responses: Sequence[str], batch_size: int,
-                empty: tuple[int, ...]) -> torch.Tensor:
-    """``model.logits`` of (prompt, response) pairs in eval mode, ``batch_size`` at a time (the
-    model's training mode restored); a zero tensor of shape ``empty`` for no pairs."""
-    was_training = model.training
-    model.eval()
-    try:
-        chunks = [model.logits(prompts[i:i + batch_size], responses[i:i + batch_size])
-                  for i in range(0, len(prompts), batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks) if chunks else torch.zeros(*empty)
